@@ -1,0 +1,115 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.db.models import Count
+
+from .models import Invitation, Membership, Organization, Project, User
+
+
+class UserCreationForm(AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email",)
+
+
+class UserEditForm(UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    add_form = UserCreationForm
+    form = UserEditForm
+    ordering = ["email"]
+    list_display = ["email", "name", "is_active", "is_staff", "date_joined", "last_login"]
+    list_filter = ["is_active", "is_staff", "is_superuser", "date_joined"]
+    search_fields = ["email", "name"]
+    fieldsets = [
+        (None, {"fields": ["email", "password", "name"]}),
+        (
+            "Permissions",
+            {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]},
+        ),
+        ("Dates", {"fields": ["last_login", "date_joined"]}),
+    ]
+    add_fieldsets = [
+        (None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]}),
+    ]
+    readonly_fields = ["last_login", "date_joined"]
+
+
+class ProjectInline(admin.TabularInline):
+    model = Project
+    extra = 0
+    fields = ["name", "slug", "default_model", "created_at"]
+    readonly_fields = ["created_at"]
+    show_change_link = True
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "is_personal", "member_count", "project_count", "created_at"]
+    list_filter = ["is_personal", "created_at"]
+    search_fields = ["name", "slug", "memberships__user__email"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [MembershipInline, ProjectInline]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _members=Count("memberships", distinct=True),
+                _projects=Count("projects", distinct=True),
+            )
+        )
+
+    @admin.display(description="members", ordering="_members")
+    def member_count(self, obj: Organization) -> int:
+        return obj._members
+
+    @admin.display(description="projects", ordering="_projects")
+    def project_count(self, obj: Organization) -> int:
+        return obj._projects
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "organization", "slug", "default_model", "created_at"]
+    list_filter = ["created_at"]
+    list_select_related = ["organization"]
+    search_fields = ["name", "slug", "organization__name", "organization__slug"]
+    autocomplete_fields = ["organization"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["role", "created_at"]
+    list_select_related = ["user", "organization"]
+    search_fields = ["user__email", "organization__name", "organization__slug"]
+    autocomplete_fields = ["user", "organization"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["email", "organization", "role", "invited_by", "expires_at", "accepted_at"]
+    list_filter = ["role", "expires_at", "accepted_at"]
+    list_select_related = ["organization", "invited_by"]
+    search_fields = ["email", "organization__name"]
+    # The link itself is never stored; only its digest, which is useless to show.
+    exclude = ["token_digest"]
+    readonly_fields = ["organization", "email", "invited_by", "created_at", "accepted_at"]
+
+    def has_add_permission(self, request) -> bool:
+        # Invitations carry a one-time link that only the e-mail ever holds: create them from
+        # the organization's settings page, which sends it.
+        return False

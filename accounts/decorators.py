@@ -1,0 +1,48 @@
+"""Resolve the organization or project named in the URL for the logged-in user, or 404.
+
+Views take the resolved Membership / Project as arguments instead of looking anything up
+themselves, which keeps every tenant lookup on the scoped path.
+"""
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+
+from .errors import ServiceError
+from .selectors import get_membership_or_404, get_project_for_user_or_404
+
+
+def organization_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """``view(request, membership, **kwargs)`` with ``org_slug`` resolved to a Membership."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, org_slug: str, **kwargs) -> HttpResponse:
+        membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
+        return view(request, membership, **kwargs)
+
+    return wrapper
+
+
+def project_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """``view(request, membership, project, **kwargs)`` for ``org_slug`` and ``project_slug``."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, org_slug: str, project_slug: str, **kwargs) -> HttpResponse:
+        project = get_project_for_user_or_404(
+            user=request.user, organization_slug=org_slug, project_slug=project_slug
+        )
+        membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
+        return view(request, membership, project, **kwargs)
+
+    return wrapper
+
+
+def raise_if_forbidden(error: ServiceError) -> None:
+    """A member asking for a manager's action gets 403; other refusals are shown as messages."""
+    if error.code == "forbidden":
+        raise PermissionDenied(error.message)

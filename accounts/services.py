@@ -1,0 +1,303 @@
+"""Writes on users, organizations, projects and memberships.
+
+Every function is keyword-only and atomic; permission checks (``check_*``) come before the
+writes (``do``-style functions below them), and e-mails leave only after the commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Model
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+
+from .errors import ServiceError
+from .models import (
+    MANAGER_ROLES,
+    Invitation,
+    Membership,
+    Organization,
+    Project,
+    Role,
+    User,
+    hash_token,
+)
+from .selectors import owner_count
+from .tasks import send_email
+
+DEFAULT_PROJECT_NAME = "Default"
+
+
+def _unique_slug(model: type[Model], name: str, *, max_length: int = 60, **scope) -> str:
+    base = slugify(name)[: max_length - 4] or "x"
+    slug, n = base, 1
+    while model._default_manager.filter(slug=slug, **scope).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def _send_email_on_commit(*, subject: str, body: str, to: list[str]) -> None:
+    transaction.on_commit(partial(send_email.delay, subject=subject, body=body, to=to))
+
+
+# --- permission checks -----------------------------------------------------------------------
+
+
+def check_can_manage(actor: Membership) -> None:
+    if actor.role not in MANAGER_ROLES:
+        raise ServiceError(
+            "Only owners and admins of this organization can do that.", code="forbidden"
+        )
+
+
+def check_role_change(*, actor: Membership, membership: Membership, role: str) -> None:
+    check_can_manage(actor)
+    if role not in Role.values:
+        raise ServiceError(f"Unknown role {role!r}.")
+    touches_owner = Role.OWNER in (role, membership.role)
+    if touches_owner and actor.role != Role.OWNER:
+        raise ServiceError("Only an owner can grant or take away the owner role.", code="forbidden")
+    if membership.role == Role.OWNER and role != Role.OWNER:
+        _check_not_last_owner(membership)
+
+
+def check_removal(*, actor: Membership, membership: Membership) -> None:
+    if actor.pk != membership.pk:  # anyone may leave; removing others takes a manager
+        check_can_manage(actor)
+        if membership.role == Role.OWNER and actor.role != Role.OWNER:
+            raise ServiceError("Only an owner can remove an owner.", code="forbidden")
+    if membership.role == Role.OWNER:
+        _check_not_last_owner(membership)
+
+
+def _check_not_last_owner(membership: Membership) -> None:
+    if owner_count(membership.organization) <= 1:
+        raise ServiceError(
+            "An organization must keep at least one owner: make someone else an owner first.",
+            code="last_owner",
+        )
+
+
+# --- users and organizations ------------------------------------------------------------------
+
+
+@transaction.atomic
+def user_sign_up(*, email: str, password: str, name: str = "") -> User:
+    """Create the account with its personal organization and a default project."""
+    email = User.objects.normalize_email(email).lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise ServiceError("An account with this e-mail address already exists.", code="taken")
+    try:
+        user = User.objects.create_user(email=email, password=password, name=name)
+    except IntegrityError:  # lost a race with a concurrent sign-up for the same address
+        raise ServiceError(
+            "An account with this e-mail address already exists.", code="taken"
+        ) from None
+    label = name.strip() or email.split("@")[0]
+    organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
+    return user
+
+
+@transaction.atomic
+def organization_create(*, name: str, owner: User, is_personal: bool = False) -> Organization:
+    name = name.strip()
+    if not name:
+        raise ServiceError("The organization needs a name.")
+    organization = Organization.objects.create(
+        name=name, slug=_unique_slug(Organization, name), is_personal=is_personal
+    )
+    Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+    Project.objects.create(
+        organization=organization,
+        name=DEFAULT_PROJECT_NAME,
+        slug=slugify(DEFAULT_PROJECT_NAME),
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_rename(*, actor: Membership, name: str) -> Organization:
+    check_can_manage(actor)
+    name = name.strip()
+    if not name:
+        raise ServiceError("The organization needs a name.")
+    organization = actor.organization
+    organization.name = name
+    organization.save(update_fields=["name"])
+    return organization
+
+
+# --- projects ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def project_create(*, actor: Membership, name: str, default_system_prompt: str = "") -> Project:
+    check_can_manage(actor)
+    name = name.strip()
+    if not name:
+        raise ServiceError("The project needs a name.")
+    organization = actor.organization
+    return Project.objects.create(
+        organization=organization,
+        name=name,
+        slug=_unique_slug(Project, name, organization=organization),
+        default_system_prompt=default_system_prompt,
+    )
+
+
+@transaction.atomic
+def project_update(
+    *, actor: Membership, project: Project, name: str, default_system_prompt: str
+) -> Project:
+    """Rename a project. Its slug stays, so links and bookmarks keep working."""
+    check_can_manage(actor)
+    name = name.strip()
+    if not name:
+        raise ServiceError("The project needs a name.")
+    project.name = name
+    project.default_system_prompt = default_system_prompt
+    project.save(update_fields=["name", "default_system_prompt"])
+    return project
+
+
+@transaction.atomic
+def project_delete(*, actor: Membership, project: Project) -> None:
+    check_can_manage(actor)
+    project.delete()
+
+
+# --- members and invitations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InviteResult:
+    membership: Membership | None = None  # an existing user was added at once
+    invitation: Invitation | None = None  # a new address got a link
+
+
+@transaction.atomic
+def member_invite(*, actor: Membership, email: str, role: str, site_url: str) -> InviteResult:
+    """Add an existing user at once, or e-mail a new address an invitation link that expires.
+
+    ``site_url`` is the absolute root (``https://host/``) the links in the e-mail start with.
+    """
+    check_can_manage(actor)
+    if role not in Role.values:
+        raise ServiceError(f"Unknown role {role!r}.")
+    if role == Role.OWNER and actor.role != Role.OWNER:
+        raise ServiceError("Only an owner can invite another owner.", code="forbidden")
+    organization = actor.organization
+    email = User.objects.normalize_email(email).lower()
+    inviter = actor.user.get_full_name()
+
+    user = User.objects.filter(email__iexact=email).first()
+    if user is not None:
+        if Membership.objects.filter(user=user, organization=organization).exists():
+            raise ServiceError(f"{email} is already a member of {organization.name}.")
+        membership = Membership.objects.create(user=user, organization=organization, role=role)
+        _send_email_on_commit(
+            subject=f"You were added to {organization.name}",
+            body=f"{inviter} added you to {organization.name} as {role}.\n\n{site_url}",
+            to=[email],
+        )
+        return InviteResult(membership=membership)
+
+    # A new invitation replaces any earlier one for the same address.
+    Invitation.objects.for_organization(organization).filter(
+        email=email, accepted_at__isnull=True
+    ).delete()
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role=role,
+        token_digest=hash_token(token),
+        invited_by=actor.user,
+        expires_at=timezone.now() + settings.INVITATION_TTL,
+    )
+    link = site_url.rstrip("/") + reverse("invitation_accept", args=[token])
+    _send_email_on_commit(
+        subject=f"{inviter} invited you to {organization.name}",
+        body=(
+            f"{inviter} invited you to join {organization.name} as {role}.\n\n"
+            f"Accept the invitation: {link}\n\n"
+            f"The link expires on {_format(invitation.expires_at)}."
+        ),
+        to=[email],
+    )
+    return InviteResult(invitation=invitation)
+
+
+def _format(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def invitation_for_token(token: str) -> Invitation | None:
+    return (
+        Invitation.objects.select_related("organization")
+        .filter(token_digest=hash_token(token))
+        .first()
+    )
+
+
+def check_invitation_usable(*, invitation: Invitation | None, user: User | None = None) -> None:
+    if invitation is None:
+        raise ServiceError("This invitation link is not valid.", code="invalid_invitation")
+    if invitation.accepted_at is not None:
+        raise ServiceError("This invitation has already been used.", code="invitation_used")
+    if invitation.is_expired:
+        raise ServiceError(
+            f"This invitation expired on {_format(invitation.expires_at)}. Ask for a new one.",
+            code="invitation_expired",
+        )
+    if user is not None and user.email.lower() != invitation.email.lower():
+        raise ServiceError(
+            f"This invitation is for {invitation.email}, but you are logged in as "
+            f"{user.email}. Log out and sign up or log in with that address.",
+            code="invitation_wrong_user",
+        )
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User) -> Membership:
+    invitation = invitation_for_token(token)
+    check_invitation_usable(invitation=invitation, user=user)
+    assert invitation is not None  # noqa: S101 - narrowed by the check above
+    membership, _ = Membership.objects.get_or_create(
+        user=user, organization=invitation.organization, defaults={"role": invitation.role}
+    )
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at"])
+    return membership
+
+
+@transaction.atomic
+def invitation_revoke(*, actor: Membership, invitation: Invitation) -> None:
+    check_can_manage(actor)
+    invitation.delete()
+
+
+@transaction.atomic
+def membership_change_role(*, actor: Membership, membership: Membership, role: str) -> Membership:
+    # Lock the organization's memberships so two owners demoting each other at once cannot
+    # leave it with none (a no-op on SQLite, whose write transactions are serialized anyway).
+    list(Membership.objects.select_for_update().for_organization(membership.organization))
+    check_role_change(actor=actor, membership=membership, role=role)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, actor: Membership, membership: Membership) -> None:
+    list(Membership.objects.select_for_update().for_organization(membership.organization))
+    check_removal(actor=actor, membership=membership)
+    membership.delete()

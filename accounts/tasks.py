@@ -1,0 +1,7 @@
+from celery import shared_task
+from django.core.mail import send_mail
+
+
+@shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
+def send_email(*, subject: str, body: str, to: list[str]) -> None:
+    send_mail(subject=subject, message=body, from_email=None, recipient_list=to)

@@ -1,0 +1,34 @@
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from . import views
+from .forms import EmailAuthenticationForm
+
+org = "orgs/<slug:org_slug>/"
+project = org + "projects/<slug:project_slug>/"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("signup/", views.signup, name="signup"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            authentication_form=EmailAuthenticationForm, redirect_authenticated_user=True
+        ),
+        name="login",
+    ),
+    # logout, password_change and the password_reset_* views, with Django's own templates names.
+    path("", include("django.contrib.auth.urls")),
+    path("invitations/<str:token>/", views.invitation_accept, name="invitation_accept"),
+    path("orgs/new/", views.organization_create, name="organization_create"),
+    path(org, views.organization_settings, name="organization_settings"),
+    path(org + "rename/", views.organization_rename, name="organization_rename"),
+    path(org + "members/invite/", views.member_invite, name="member_invite"),
+    path(org + "members/<int:pk>/role/", views.member_change_role, name="member_change_role"),
+    path(org + "members/<int:pk>/remove/", views.member_remove, name="member_remove"),
+    path(org + "invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
+    path(org + "projects/new/", views.project_create, name="project_create"),
+    path(project, views.project_detail, name="project_detail"),
+    path(project + "settings/", views.project_settings, name="project_settings"),
+    path(project + "delete/", views.project_delete, name="project_delete"),
+]

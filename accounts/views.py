@@ -1,0 +1,278 @@
+"""Pages for accounts, organizations and projects. Thin: forms in, services out."""
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from . import selectors, services
+from .decorators import organization_view, project_view, raise_if_forbidden
+from .errors import ServiceError
+from .forms import InviteForm, NameForm, ProjectForm, RoleForm, SignUpForm
+from .models import Membership, Project, Role
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("home")
+    token = request.GET.get("invitation", "")
+    invitation = services.invitation_for_token(token) if token else None
+    initial = {"email": invitation.email} if invitation else {}
+    form = SignUpForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.user_sign_up(
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+                name=form.cleaned_data["name"],
+            )
+        except ServiceError as error:
+            form.add_error("email", error.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            if token:
+                return redirect("invitation_accept", token=token)
+            messages.success(request, "Welcome! Your workspace is ready.")
+            return redirect("home")
+    return render(request, "accounts/signup.html", {"form": form, "invitation": invitation})
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    organizations = selectors.organizations_with_projects_for_user(request.user)
+    return render(request, "accounts/home.html", {"organizations": organizations})
+
+
+@login_required
+def organization_create(request: HttpRequest) -> HttpResponse:
+    form = NameForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            organization = services.organization_create(
+                name=form.cleaned_data["name"], owner=request.user
+            )
+        except ServiceError as error:
+            form.add_error("name", error.message)
+        else:
+            messages.success(request, f"Created {organization.name}.")
+            return redirect("organization_settings", org_slug=organization.slug)
+    return render(request, "orgs/create.html", {"form": form})
+
+
+@organization_view
+def organization_settings(request: HttpRequest, membership: Membership) -> HttpResponse:
+    organization = membership.organization
+    return render(
+        request,
+        "orgs/settings.html",
+        {
+            "membership": membership,
+            "organization": organization,
+            "members": selectors.members_of(organization),
+            "invitations": selectors.pending_invitations_of(organization),
+            "projects": selectors.projects_for_user(request.user, organization=organization),
+            "rename_form": NameForm(initial={"name": organization.name}),
+            "invite_form": InviteForm(),
+            "roles": Role.choices,
+        },
+    )
+
+
+def _back_to_settings(membership: Membership) -> HttpResponse:
+    return redirect("organization_settings", org_slug=membership.organization.slug)
+
+
+@require_POST
+@organization_view
+def organization_rename(request: HttpRequest, membership: Membership) -> HttpResponse:
+    form = NameForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The organization needs a name of at most 100 characters.")
+        return _back_to_settings(membership)
+    try:
+        services.organization_rename(actor=membership, name=form.cleaned_data["name"])
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        messages.success(request, "Organization renamed.")
+    return _back_to_settings(membership)
+
+
+@require_POST
+@organization_view
+def member_invite(request: HttpRequest, membership: Membership) -> HttpResponse:
+    form = InviteForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(errors))
+        return _back_to_settings(membership)
+    email = form.cleaned_data["email"]
+    try:
+        result = services.member_invite(
+            actor=membership,
+            email=email,
+            role=form.cleaned_data["role"],
+            site_url=request.build_absolute_uri("/"),
+        )
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        if result.membership:
+            messages.success(request, f"{email} already had an account and was added.")
+        else:
+            messages.success(request, f"Invitation sent to {email}.")
+    return _back_to_settings(membership)
+
+
+@require_POST
+@organization_view
+def member_change_role(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+    target = selectors.get_member_or_404(organization=membership.organization, membership_id=pk)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose owner, admin or member.")
+        return _back_to_settings(membership)
+    try:
+        services.membership_change_role(
+            actor=membership, membership=target, role=form.cleaned_data["role"]
+        )
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"{target.user.email} is now {target.get_role_display()}.")
+    return _back_to_settings(membership)
+
+
+@require_POST
+@organization_view
+def member_remove(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+    target = selectors.get_member_or_404(organization=membership.organization, membership_id=pk)
+    leaving = target.pk == membership.pk
+    try:
+        services.membership_remove(actor=membership, membership=target)
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+        return _back_to_settings(membership)
+    if leaving:
+        messages.success(request, f"You left {membership.organization.name}.")
+        return redirect("home")
+    messages.success(request, f"Removed {target.user.email}.")
+    return _back_to_settings(membership)
+
+
+@require_POST
+@organization_view
+def invitation_revoke(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+    invitation = selectors.get_invitation_or_404(
+        organization=membership.organization, invitation_id=pk
+    )
+    try:
+        services.invitation_revoke(actor=membership, invitation=invitation)
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Invitation for {invitation.email} revoked.")
+    return _back_to_settings(membership)
+
+
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    invitation = services.invitation_for_token(token)
+    user = request.user if request.user.is_authenticated else None
+    try:
+        services.check_invitation_usable(invitation=invitation, user=user)
+    except ServiceError as error:
+        return render(
+            request,
+            "orgs/invitation.html",
+            {"error": error.message, "invitation": invitation},
+            status=404 if error.code == "invalid_invitation" else 400,
+        )
+    if request.method == "POST" and user is not None:
+        membership = services.invitation_accept(token=token, user=user)
+        messages.success(request, f"You joined {membership.organization.name}.")
+        return redirect("organization_settings", org_slug=membership.organization.slug)
+    return render(request, "orgs/invitation.html", {"invitation": invitation, "token": token})
+
+
+@organization_view
+def project_create(request: HttpRequest, membership: Membership) -> HttpResponse:
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = services.project_create(actor=membership, **form.cleaned_data)
+        except ServiceError as error:
+            raise_if_forbidden(error)
+            form.add_error(None, error.message)
+        else:
+            messages.success(request, f"Created project {project.name}.")
+            return redirect(
+                "project_detail", org_slug=project.organization.slug, project_slug=project.slug
+            )
+    return render(
+        request,
+        "projects/create.html",
+        {"form": form, "membership": membership, "organization": membership.organization},
+    )
+
+
+@project_view
+def project_detail(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    return render(
+        request,
+        "projects/detail.html",
+        {"project": project, "membership": membership, "organization": project.organization},
+    )
+
+
+@project_view
+def project_settings(
+    request: HttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    initial = {"name": project.name, "default_system_prompt": project.default_system_prompt}
+    form = ProjectForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.project_update(actor=membership, project=project, **form.cleaned_data)
+        except ServiceError as error:
+            raise_if_forbidden(error)
+            form.add_error(None, error.message)
+        else:
+            messages.success(request, "Project saved.")
+            return redirect(
+                "project_settings", org_slug=project.organization.slug, project_slug=project.slug
+            )
+    return render(
+        request,
+        "projects/settings.html",
+        {
+            "form": form,
+            "project": project,
+            "membership": membership,
+            "organization": project.organization,
+        },
+    )
+
+
+@project_view
+def project_delete(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            services.project_delete(actor=membership, project=project)
+        except ServiceError as error:
+            raise_if_forbidden(error)
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"Deleted project {project.name}.")
+            return redirect("organization_settings", org_slug=project.organization.slug)
+    return render(
+        request,
+        "projects/delete.html",
+        {"project": project, "membership": membership, "organization": project.organization},
+    )
