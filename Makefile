@@ -25,9 +25,11 @@ $(VENV)/.test-deps: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 # Daphne on http://$(HOST):$(PORT)/ and a demo login printed below.
 run: $(VENV)/.run-deps
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/
 	@trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
-	$(VENV)/bin/celery -A config worker --pool=solo --loglevel=warning & worker=$$!; \
+	$(VENV)/bin/celery -A config worker --pool=solo --loglevel=info >> var/celery-worker.log 2>&1 & \
+	worker=$$!; \
+	echo "Celery worker started (log: var/celery-worker.log)"; \
+	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/ && \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
 
 lint: $(VENV)/.test-deps
