@@ -1,0 +1,123 @@
+"""The provider interface: what services may ask of an LLM backend and what they get back.
+
+Everything here is plain Python (no Django) so providers can be used from services, consumers,
+tasks and benchmarks alike. Providers translate their backend's failures into `ProviderError`
+with one of a small set of `ErrorCode`s, so callers decide about retries, budgets and user
+messages without knowing which SDK sits underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class ErrorCode(StrEnum):
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    BAD_REQUEST = "bad_request"
+    CONTEXT_TOO_LONG = "context_too_long"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    TIMEOUT = "timeout"
+    MODEL_NOT_FOUND = "model_not_found"
+
+
+# Only these can succeed when asked again later; quota, auth and request errors cannot.
+_RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.UPSTREAM_UNAVAILABLE, ErrorCode.TIMEOUT})
+
+
+class ProviderError(Exception):
+    """A failed provider call. `message` is safe to show and log: it never contains a secret."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = code in _RETRYABLE if retryable is None else retryable
+        self.retry_after = retry_after
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"ProviderError({self.code.value!r}, {self.message!r}, status={self.status})"
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion call. `None` means "not sent": the upstream's default applies."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0  # the part of prompt_tokens served from the prompt cache
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Last event of every successful stream. `usage` is None when the upstream sent none."""
+
+    finish_reason: str | None
+    usage: Usage | None
+    upstream_id: str | None
+
+
+StreamEvent = TextDelta | StreamEnd
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    usage: Usage | None
+    upstream_id: str | None
+    raw: dict[str, Any]
+
+
+class Provider(Protocol):
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield `TextDelta`s, then exactly one `StreamEnd`.
+
+        Raises `ProviderError`, possibly after some deltas were already yielded (a dropped
+        connection); the caller keeps what it received and marks the reply incomplete.
+        """
+        ...
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def list_models(self) -> list[str]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,502 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server for tests, demos and benchmarks.
+
+It speaks OpenAI's wire format over HTTP/1.1 on 127.0.0.1, so the official SDK (and our
+providers) can be driven end to end without a network and without mocking anything:
+
+- ``GET  /v1/models``            -> the models in `MODELS`.
+- ``POST /v1/chat/completions``  -> JSON, or SSE (``stream: true``) with chunks shaped like
+  ``chat.completion.chunk``; with ``stream_options.include_usage`` a last chunk with empty
+  ``choices`` carries the usage, then ``data: [DONE]``.
+- ``GET  /_fake/stats``          -> ``{"requests": {model: count}}``; ``DELETE`` resets it.
+
+Every ``/v1`` call needs ``Authorization: Bearer <anything>``; the key ``sk-bad`` is refused with
+401 (the key is never echoed back).
+
+The reply is deterministic: ``"Echo: " + <text of the last user message>``, split into tokens
+with ``re.findall(r"\\S+\\s*", reply)`` (each word with its trailing whitespace, so the tokens
+join back to the exact reply), one token per content chunk. ``max_tokens`` (or
+``max_completion_tokens``) truncates to that many tokens with ``finish_reason "length"``,
+otherwise it is ``"stop"``. Usage: ``prompt_tokens = count_message_tokens(messages)``,
+``completion_tokens`` = number of tokens sent.
+
+Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
+combinable in any order (``fake-gpt@slow20@drop3``):
+
+==============  ===========================================================================
+``@429``        429 ``rate_limit_exceeded`` with ``Retry-After: 1``
+``@quota``      429 with code and type ``insufficient_quota`` (what OpenAI sends for no credit)
+``@401``        401 ``invalid_api_key`` whatever the key
+``@500``        500 ``server_error``
+``@context``    400 ``context_length_exceeded``
+``@hang``       answers nothing for `HANG_SECONDS` (until `stop()`), then closes the connection
+``@drop<N>``    sends N content chunks, then closes the connection: no finish_reason, no [DONE]
+                (non-streaming: half the JSON body, then closes)
+``@nousage``    no usage (no usage chunk even when asked; no ``usage`` field in JSON)
+``@slow<MS>``   waits MS milliseconds before each chunk (non-streaming: once, before answering)
+``@words<N>``   replies with N lorem-ipsum words instead of the echo (long replies, benchmarks)
+``@cached<N>``  reports N of the prompt tokens as cached (``prompt_tokens_details``)
+==============  ===========================================================================
+
+An unknown base model answers 404 ``model_not_found``; an unknown marker answers 400.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from chat.llm.tokens import count_message_tokens
+
+MODELS = ("fake-gpt", "fake-gpt-mini")
+BAD_KEY = "sk-bad"
+HANG_SECONDS = 300.0
+_LOREM = (
+    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
+    "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
+)  # fmt: skip
+_MARKER = re.compile(r"(429|quota|401|500|context|hang|nousage)|(drop|slow|words|cached)(\d+)")
+
+
+@dataclass
+class Faults:
+    error: str | None = None  # one of 429, quota, 401, 500, context
+    hang: bool = False
+    drop_after: int | None = None
+    no_usage: bool = False
+    slow_ms: int = 0
+    words: int | None = None
+    cached: int = 0
+
+
+def parse_model(model: str) -> tuple[str, Faults]:
+    """Split ``"fake-gpt@slow20@drop3"`` into the base model and its faults.
+
+    Raises ValueError for an unknown marker, so a typo in a test fails loudly.
+    """
+    base, *markers = model.split("@")
+    faults = Faults()
+    for marker in markers:
+        match = _MARKER.fullmatch(marker)
+        if match is None:
+            raise ValueError(f"unknown fake-upstream marker @{marker}")
+        flag, name, number = match.groups()
+        if flag == "hang":
+            faults.hang = True
+        elif flag == "nousage":
+            faults.no_usage = True
+        elif flag:
+            faults.error = flag
+        elif name == "drop":
+            faults.drop_after = int(number)
+        elif name == "slow":
+            faults.slow_ms = int(number)
+        elif name == "words":
+            faults.words = int(number)
+        else:
+            faults.cached = int(number)
+    return base, faults
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # multi-part content: keep the text parts
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+def reply_tokens(messages: list[dict[str, Any]], faults: Faults) -> list[str]:
+    """The whole reply, one item per content chunk (before any ``max_tokens`` cut)."""
+    if faults.words is not None:
+        text = " ".join(_LOREM[i % len(_LOREM)] for i in range(faults.words))
+    else:
+        text = "Echo: " + _last_user_text(messages)
+    return re.findall(r"\S+\s*", text)
+
+
+def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+_ERRORS: dict[str, tuple[int, dict]] = {
+    "429": (
+        429,
+        _error_body(
+            "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. "
+            "Please try again in 1s.",
+            "requests",
+            "rate_limit_exceeded",
+        ),
+    ),
+    "quota": (
+        429,
+        _error_body(
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
+    ),
+    "401": (
+        401,
+        _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    ),
+    "500": (
+        500,
+        _error_body(
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+        ),
+    ),
+    "context": (
+        400,
+        _error_body(
+            "This model's maximum context length is 128000 tokens. Please reduce the length "
+            "of the messages.",
+            "invalid_request_error",
+            "context_length_exceeded",
+            "messages",
+        ),
+    ),
+}
+
+
+class _Server(ThreadingHTTPServer):
+    # Benchmarks open many connections at once; the default backlog of 5 would refuse them.
+    request_queue_size = 128
+
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.stopping = threading.Event()  # wakes handlers sleeping in @hang / @slow
+        self.request_counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._open_sockets: set[socket.socket] = set()
+        self._next_id = 0
+
+    def count(self, model: str) -> int:
+        with self._lock:
+            self.request_counts[model] += 1
+            self._next_id += 1
+            return self._next_id
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.request_counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.request_counts.clear()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def close_open_connections(self) -> None:
+        """Unblock handler threads waiting on idle keep-alive connections, so they can be
+        joined at once instead of whenever the client lets go."""
+        with self._lock:
+            sockets = list(self._open_sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # already closed by the peer
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked SSE, like the real API
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests and benchmarks would drown in access logs
+
+    def handle(self) -> None:
+        # The client went away (stopped reading a stream, timed out): nothing left to do.
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
+
+    # -- routing -----------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/_fake/stats":
+            self._send_json(200, {"requests": dict(self.server.snapshot())})
+        elif path == "/v1/models":
+            if self._authorized():
+                data = [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS
+                ]
+                self._send_json(200, {"object": "list", "data": data})
+        else:
+            self._send_json(404, _error_body(f"Unknown path {path}", "invalid_request_error", None))
+
+    def do_DELETE(self) -> None:
+        if urlsplit(self.path).path == "/_fake/stats":
+            self.server.reset()
+            self._send_json(200, {"requests": {}})
+        else:
+            self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != "/v1/chat/completions":
+            self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
+            return
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            model, messages = str(body["model"]), body["messages"]
+            if not isinstance(messages, list):
+                raise TypeError("messages must be a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._send_json(
+                400, _error_body(f"Invalid request: {exc}", "invalid_request_error", None)
+            )
+            return
+        request_number = self.server.count(model)
+        if not self._authorized():
+            return
+        try:
+            base, faults = parse_model(model)
+        except ValueError as exc:
+            self._send_json(400, _error_body(str(exc), "invalid_request_error", None, "model"))
+            return
+        if base not in MODELS:
+            message = f"The model `{base}` does not exist or you do not have access to it."
+            self._send_json(404, _error_body(message, "invalid_request_error", "model_not_found"))
+            return
+        if faults.hang:
+            self.server.stopping.wait(HANG_SECONDS)
+            self._drop_connection()
+            return
+        if faults.error:
+            status, payload = _ERRORS[faults.error]
+            self._send_json(status, payload, {"Retry-After": "1"} if faults.error == "429" else {})
+            return
+        self._answer(body, model, messages, faults, f"chatcmpl-fake{request_number}")
+
+    # -- chat completions ----------------------------------------------------------------
+
+    def _answer(
+        self, body: dict, model: str, messages: list, faults: Faults, completion_id: str
+    ) -> None:
+        tokens = reply_tokens(messages, faults)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish_reason = "stop"
+        if limit is not None and len(tokens) > limit:
+            tokens, finish_reason = tokens[:limit], "length"
+        prompt_tokens = count_message_tokens(messages)
+        usage = None
+        if not faults.no_usage:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt_tokens + len(tokens),
+                "prompt_tokens_details": {"cached_tokens": min(faults.cached, prompt_tokens)},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            }
+        envelope = {
+            "id": completion_id,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._stream(
+                envelope,
+                tokens,
+                finish_reason,
+                usage if include_usage else None,
+                include_usage,
+                faults,
+            )
+            return
+        if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
+            return
+        completion = {
+            **envelope,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(tokens), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+        if usage is not None:
+            completion["usage"] = usage
+        if faults.drop_after is not None:
+            data = json.dumps(completion).encode()
+            self._send_head(200, "application/json", {"Content-Length": str(len(data))})
+            self.wfile.write(data[: len(data) // 2])
+            self._drop_connection()
+            return
+        self._send_json(200, completion)
+
+    def _stream(
+        self,
+        envelope: dict,
+        tokens: list[str],
+        finish_reason: str,
+        usage: dict | None,
+        include_usage: bool,
+        faults: Faults,
+    ) -> None:
+        self._send_head(
+            200,
+            "text/event-stream; charset=utf-8",
+            {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"},
+        )
+
+        def chunk(choices: list, chunk_usage: dict | None = None) -> None:
+            payload = {**envelope, "object": "chat.completion.chunk", "choices": choices}
+            if include_usage:  # OpenAI sends "usage": null on every chunk but the last
+                payload["usage"] = chunk_usage
+            self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
+
+        def choice(delta: dict, finish: str | None = None) -> list:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+        chunk(choice({"role": "assistant", "content": "", "refusal": None}))
+        for sent, token in enumerate(tokens):
+            if sent == faults.drop_after:
+                self._drop_connection()
+                return
+            if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
+                self._drop_connection()
+                return
+            chunk(choice({"content": token}))
+        if faults.drop_after is not None:  # asked to drop after at least all the tokens
+            self._drop_connection()
+            return
+        chunk(choice({}, finish_reason))
+        if usage is not None:
+            chunk([], usage)
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")  # the zero-length chunk that ends a chunked body
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _authorized(self) -> bool:
+        """Answer 401 (and return False) unless there is a usable bearer key. Real OpenAI
+        echoes a masked key in its message; we echo none at all."""
+        scheme, _, key = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            self._send_json(
+                401, _error_body("You didn't provide an API key.", "invalid_request_error", None)
+            )
+            return False
+        if key.strip() == BAD_KEY:
+            self._send_json(401, _ERRORS["401"][1])
+            return False
+        return True
+
+    def _send_head(self, status: int, content_type: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("x-request-id", f"req_fake_{id(self):x}")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def _send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self._send_head(
+            status, "application/json", {"Content-Length": str(len(data)), **(headers or {})}
+        )
+        self.wfile.write(data)
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+
+    def _drop_connection(self) -> None:
+        """Close abruptly, mid-body: the client sees an incomplete response, as when a proxy
+        or the provider cuts the connection."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class FakeUpstream:
+    """Runs the fake server in a background thread.
+
+    >>> with FakeUpstream() as upstream:
+    ...     client = AsyncOpenAI(base_url=upstream.base_url, api_key="sk-test")
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> FakeUpstream:
+        self._server = _Server(self._port)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # how long stop() may wait for the accept loop
+            name="fake-upstream",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.stopping.set()
+        server.shutdown()  # stops accepting
+        server.close_open_connections()
+        server.server_close()  # joins the handler threads
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def server(self) -> _Server:
+        if self._server is None:
+            raise RuntimeError("FakeUpstream is not running")
+        return self._server
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def request_counts(self) -> Counter[str]:
+        """Chat-completion requests received per model name (markers included)."""
+        return self.server.snapshot()
+
+    def reset(self) -> None:
+        self.server.reset()
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

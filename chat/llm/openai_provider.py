@@ -1,0 +1,271 @@
+"""Provider for OpenAI and any OpenAI-compatible endpoint, on the official `openai` SDK.
+
+The SDK does the HTTP, SSE parsing and bounded retries (408/409/429/5xx, connection errors,
+timeouts; honouring Retry-After); this module picks explicit limits, shapes requests from
+`ChatRequest`, and turns SDK exceptions into `ProviderError`s whose messages never carry the
+key. One exception to the SDK's retry policy: a 429 whose error is `insufficient_quota` means
+the account has no credit, which retrying cannot fix, so it is not retried (see
+`_refuse_quota_retries`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import AsyncIterator
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import openai
+from openai.types import CompletionUsage
+
+from chat.llm.base import (
+    ChatRequest,
+    Completion,
+    ErrorCode,
+    ProviderError,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_MAX_DETAIL = 300
+
+
+def _is_quota_error(error: object) -> bool:
+    return isinstance(error, dict) and "insufficient_quota" in (
+        error.get("code"),
+        error.get("type"),
+    )
+
+
+async def _refuse_quota_retries(response: httpx2.Response) -> None:
+    """httpx response hook: mark `insufficient_quota` answers with the SDK's own
+    `x-should-retry: false` header, so the SDK stops retrying what is not a rate limit.
+
+    The SDK decides retries from status and headers only, and OpenAI sends both kinds of 429
+    without such a header; reading the (small) error body here is the one place to tell them
+    apart before the SDK sleeps and asks again.
+    """
+    if response.status_code != 429:
+        return
+    await response.aread()
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return
+    if _is_quota_error(error):
+        response.headers["x-should-retry"] = "false"
+
+
+def _retry_after(headers: httpx2.Headers) -> float | None:
+    """Seconds to wait, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    if (millis := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT; an odd server might omit the zone
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _usage(usage: CompletionUsage | None) -> Usage | None:
+    if usage is None:
+        return None
+    details = usage.prompt_tokens_details
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=(details.cached_tokens if details else None) or 0,
+    )
+
+
+class OpenAIProvider:
+    """`Provider` for one connection (base URL + key). Create one per connection and reuse it:
+    it holds a connection pool. Close it with `aclose()`."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str,
+        timeout: float = 60,
+        max_retries: int = 2,
+        organization: str | None = None,
+        project: str | None = None,
+    ) -> None:
+        self._api_key = api_key
+        self._client = openai.AsyncOpenAI(
+            # Explicit default: the OPENAI_BASE_URL of the server's environment must not
+            # redirect a tenant's key somewhere else.
+            base_url=base_url or DEFAULT_BASE_URL,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(
+                event_hooks={"response": [_refuse_quota_retries]}
+            ),
+        )
+        # The SDK falls back to OPENAI_ORG_ID / OPENAI_PROJECT_ID when these are None; a
+        # tenant's connection must send only its own (or none).
+        self._client.organization = organization
+        self._client.project = project
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        upstream_id: str | None = None
+        try:
+            chunks = await self._client.chat.completions.create(
+                **self._params(request), stream=True, stream_options={"include_usage": True}
+            )
+            async with chunks:
+                async for chunk in chunks:
+                    upstream_id = upstream_id or chunk.id
+                    # OpenAI puts usage on a last chunk with empty choices; some compatible
+                    # servers put it on the finish chunk, so take it wherever it appears.
+                    usage = _usage(chunk.usage) or usage
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta is not None and choice.delta.content:
+                        yield TextDelta(choice.delta.content)
+                    finish_reason = choice.finish_reason or finish_reason
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        if finish_reason is None:
+            # A clean end of body without a finish_reason is a truncated reply all the same.
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "The provider ended the stream before the reply was finished.",
+            )
+        yield StreamEnd(finish_reason=finish_reason, usage=usage, upstream_id=upstream_id)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        try:
+            response = await self._client.chat.completions.create(**self._params(request))
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        choice = response.choices[0] if response.choices else None
+        return Completion(
+            text=(choice.message.content if choice else None) or "",
+            finish_reason=choice.finish_reason if choice else None,
+            usage=_usage(response.usage),
+            upstream_id=response.id,
+            raw=response.model_dump(mode="json"),
+        )
+
+    async def list_models(self) -> list[str]:
+        try:
+            return [model.id async for model in self._client.models.list()]
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    @staticmethod
+    def _params(request: ChatRequest) -> dict[str, Any]:
+        # Unset options are left out rather than sent as null: many compatible servers reject
+        # nulls, and leaving them out keeps each upstream's own defaults.
+        return {
+            f.name: value
+            for f in fields(request)
+            if (value := getattr(request, f.name)) is not None
+        }
+
+    def _detail(self, exc: openai.APIError) -> str:
+        """The upstream's own explanation, shortened and with our key scrubbed out."""
+        message = exc.body.get("message") if isinstance(exc.body, dict) else None
+        if not isinstance(message, str) or not message:
+            return ""
+        if self._api_key:
+            message = message.replace(self._api_key, "***")
+        return " " + message[:_MAX_DETAIL]
+
+    def _error(self, exc: openai.OpenAIError) -> ProviderError:
+        # Order matters: APITimeoutError is an APIConnectionError, and the status classes
+        # below are all APIErrors.
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError(ErrorCode.TIMEOUT, "The provider did not answer in time.")
+        if isinstance(exc, openai.APIConnectionError):
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "Could not reach the provider, or it dropped the connection.",
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
+            body = exc.body if isinstance(exc.body, dict) else {}
+            if _is_quota_error(body):
+                return ProviderError(
+                    ErrorCode.QUOTA_EXHAUSTED, "The provider account is out of quota."
+                )
+            if body.get("code") == "context_length_exceeded":
+                return ProviderError(
+                    ErrorCode.CONTEXT_TOO_LONG, "The conversation is too long for this model."
+                )
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"The provider failed while answering.{self._detail(exc)}",
+            )
+        return ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's answer was unusable.")
+
+    def _status_error(self, exc: openai.APIStatusError) -> ProviderError:
+        status = exc.status_code
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            # Never pass the upstream text on: OpenAI's own 401 message quotes part of the key.
+            return ProviderError(
+                ErrorCode.AUTH, f"The provider rejected the API key ({status}).", status=status
+            )
+        if isinstance(exc, openai.RateLimitError):
+            if _is_quota_error(exc.body):
+                return ProviderError(
+                    ErrorCode.QUOTA_EXHAUSTED,
+                    "The provider account is out of quota; add credit or change its plan.",
+                    status=status,
+                )
+            return ProviderError(
+                ErrorCode.RATE_LIMITED,
+                f"The provider is rate limiting requests ({status}).{self._detail(exc)}",
+                retry_after=_retry_after(exc.response.headers),
+                status=status,
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return ProviderError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"The provider does not offer this model ({status}).{self._detail(exc)}",
+                status=status,
+            )
+        if exc.code == "context_length_exceeded":
+            return ProviderError(
+                ErrorCode.CONTEXT_TOO_LONG,
+                f"The conversation is too long for this model.{self._detail(exc)}",
+                status=status,
+            )
+        if status >= 500 or status in (408, 409):  # the kinds the SDK itself deems transient
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"The provider failed ({status}).{self._detail(exc)}",
+                status=status,
+            )
+        return ProviderError(
+            ErrorCode.BAD_REQUEST,
+            f"The provider refused the request ({status}).{self._detail(exc)}",
+            status=status,
+        )

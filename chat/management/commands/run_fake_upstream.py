@@ -1,0 +1,33 @@
+"""`manage.py run_fake_upstream`: serve the fake OpenAI-compatible upstream in the foreground.
+
+Point a provider connection (or the `openai` SDK) at the printed base URL to demo or benchmark
+without a key or network. Fault markers are listed in `chat.llm.fake_upstream`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from chat.llm.fake_upstream import FakeUpstream
+
+
+class Command(BaseCommand):
+    help = "Run the fake OpenAI-compatible upstream on 127.0.0.1 until Ctrl-C."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=8001, help="0 picks a free port.")
+
+    def handle(self, *args: Any, port: int, **options: Any) -> None:
+        upstream = FakeUpstream(port=port).start()
+        self.stdout.write(f"Fake upstream at {upstream.base_url} (any key but sk-bad works)")
+        self.stdout.flush()  # callers wait for this line; stdout may be a pipe
+        try:
+            threading.Event().wait()  # the server runs in its thread; Ctrl-C ends the wait
+        except KeyboardInterrupt:
+            pass
+        finally:
+            upstream.stop()
+            self.stdout.write("Fake upstream stopped.")
