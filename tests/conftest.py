@@ -3,10 +3,19 @@
 alice owns org A, bob is a plain member of org A, charlie owns org B and must see nothing of A.
 """
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
 import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
 from django.test import Client
 
 from accounts.models import Membership, Organization, Project, Role, User
+from chat.llm.fake_upstream import FakeUpstream
+from chat.streaming import wait_for_replies
 from tests.factories import MembershipFactory, OrganizationFactory, ProjectFactory, UserFactory
 
 
@@ -65,3 +74,88 @@ def client_for():
         return client
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def fake_upstream(fake_upstream_server: FakeUpstream, settings) -> FakeUpstream:
+    """The fake OpenAI upstream, request counts zeroed, and the app pointed at it."""
+    fake_upstream_server.reset()
+    settings.LLM_BASE_URL = fake_upstream_server.base_url
+    return fake_upstream_server
+
+
+# --- sockets, opened as a browser opens them: session cookie, Origin, the real ASGI app -----
+
+ORIGIN = "http://testserver"
+
+
+def session_cookie(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    name = django_settings.SESSION_COOKIE_NAME
+    return f"{name}={client.cookies[name].value}"
+
+
+class Socket:
+    """A WebsocketCommunicator with helpers to read the protocol's events."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+
+    async def send(self, **frame: Any) -> None:
+        await self.communicator.send_json_to(frame)
+
+    async def receive(self, within: float = 10) -> dict[str, Any]:
+        return await self.communicator.receive_json_from(within)
+
+    async def until(self, *kinds: str, within: float = 10) -> list[dict[str, Any]]:
+        """Every event up to and including the first of one of ``kinds``."""
+        events = []
+        while True:
+            events.append(await self.receive(within))
+            if events[-1]["type"] in kinds:
+                return events
+
+    async def nothing_more(self) -> bool:
+        return await self.communicator.receive_nothing(timeout=0.2)
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+OpenSocket = Callable[..., Awaitable[tuple[bool, Socket]]]
+
+
+@pytest.fixture
+async def open_socket() -> AsyncIterator[OpenSocket]:
+    sockets: list[Socket] = []
+
+    async def open_(
+        user: User | None, conversation_id: int, *, origin: str = ORIGIN
+    ) -> tuple[bool, Socket]:
+        headers = [(b"origin", origin.encode())]
+        if user is not None:
+            cookie = await database_sync_to_async(session_cookie)(user)
+            headers.append((b"cookie", cookie.encode()))
+        from config.asgi import application
+
+        communicator = WebsocketCommunicator(
+            application, f"/ws/conversations/{conversation_id}/", headers=headers
+        )
+        connected, _ = await communicator.connect()
+        socket = Socket(communicator)
+        if connected:
+            sockets.append(socket)
+        return connected, socket
+
+    yield open_
+    for socket in sockets:
+        await socket.close()
+    async with asyncio.timeout(30):
+        await wait_for_replies()

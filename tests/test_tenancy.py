@@ -44,10 +44,24 @@ TENANT_ROUTES: dict[str, Callable] = {
     "project_detail": _project,
     "project_settings": _project,
     "project_delete": _project,
+    "chat_home": _project,
+    "conversation_new": _project,
+    "conversation_detail": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_rename": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_delete": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_settings": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_export": lambda w: {**_project(w), "pk": w.conversation.pk, "fmt": "json"},
 }
 
-# WebSocket route name -> the kwargs that point at org A's objects (filled as routes appear).
-TENANT_SOCKETS: dict[str, Callable] = {}
+# Conversations belong to one person: other members of the same organization get 404 too.
+PRIVATE_TO_OWNER = {name for name in TENANT_ROUTES if name.startswith("conversation_")} - {
+    "conversation_new"
+}
+
+# WebSocket route name -> the kwargs that point at org A's objects.
+TENANT_SOCKETS: dict[str, Callable] = {
+    "ws_conversation": lambda w: {"conversation_id": w.conversation.pk},
+}
 
 
 def walk(patterns, prefix: str = "", namespace: str = "") -> Iterator[tuple[str, str, set]]:
@@ -94,6 +108,7 @@ def test_every_socket_route_with_arguments_is_covered():
 @pytest.fixture
 def world(alice, bob, charlie, org_a, project_a, project_b):
     from accounts.models import Invitation, Membership, hash_token
+    from chat.models import Conversation
 
     class World:
         pass
@@ -107,6 +122,7 @@ def world(alice, bob, charlie, org_a, project_a, project_b):
         token_digest=hash_token("t"),
         expires_at="2999-01-01T00:00:00Z",
     )
+    w.conversation = Conversation.objects.create(project=project_a, owner=alice, model="fake-gpt")
     return w
 
 
@@ -131,11 +147,40 @@ def test_an_anonymous_visitor_is_sent_to_log_in(name, world, client):
 
 
 @pytest.mark.parametrize("name", sorted(TENANT_ROUTES))
-def test_a_member_is_not_refused_as_an_outsider(name, world, client_for, bob):
-    """The 404s above come from tenancy, not from broken URLs: an insider never gets 404."""
+def test_the_owner_is_not_refused(name, world, client_for, alice):
+    """The 404s above come from tenancy, not from broken URLs: the owner never gets 404."""
     url = reverse(name, kwargs=TENANT_ROUTES[name](world))
 
-    assert client_for(bob).get(url).status_code in (200, 405)
+    assert client_for(alice).get(url).status_code in (200, 302, 405)
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_TO_OWNER))
+def test_another_member_gets_404_on_a_private_conversation(name, world, client_for, bob):
+    url = reverse(name, kwargs=TENANT_ROUTES[name](world))
+
+    assert client_for(bob).get(url).status_code in (404, 405)
+    assert client_for(bob).post(url, {"title": "x", "model": "fake-gpt"}).status_code == 404
+
+
+def _socket_path(name: str, kwargs: dict) -> str:
+    [route] = [r for n, r, _ in walk(websocket_urlpatterns) if n == name]
+    for key, value in kwargs.items():
+        route = route.replace(f"<int:{key}>", str(value)).replace(f"<{key}>", str(value))
+    return "/" + route
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", sorted(TENANT_SOCKETS))
+async def test_an_outsider_cannot_open_the_socket(name, world, open_socket, alice, bob, charlie):
+    kwargs = TENANT_SOCKETS[name](world)
+    path = _socket_path(name, kwargs)
+    assert path == f"/ws/conversations/{kwargs['conversation_id']}/"
+
+    for outsider in (charlie, bob, None):
+        connected, _ = await open_socket(outsider, kwargs["conversation_id"])
+        assert not connected, outsider
+    connected, _ = await open_socket(alice, kwargs["conversation_id"])
+    assert connected
 
 
 def test_the_walker_sees_a_new_route():

@@ -137,3 +137,22 @@ LOGGING = {
         "django.request": {"level": "WARNING"},
     },
 }
+
+# --- Chat and the upstream provider ---------------------------------------------------------
+# Until per-project connections land, one OpenAI-compatible upstream serves every project.
+LLM_BASE_URL = env.str("LLM_BASE_URL", default="") or None  # None: api.openai.com
+LLM_API_KEY = env.str("OPENAI_API_KEY", default="")
+LLM_MODELS = env.list("LLM_MODELS", default=["gpt-4o-mini", "gpt-4o"])
+LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="") or LLM_MODELS[0]
+LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=60.0)
+LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+
+CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
+# A streaming reply is written to the database at most this often (seconds), not per token.
+CHAT_FLUSH_INTERVAL = env.float("CHAT_FLUSH_INTERVAL", default=1.0)
+# Room kept for the reply when a conversation sets no max_tokens.
+CHAT_DEFAULT_REPLY_TOKENS = env.int("CHAT_DEFAULT_REPLY_TOKENS", default=1024)
+# A "streaming" message not written for this long belongs to a process that died.
+CHAT_STALE_STREAM_SECONDS = env.int("CHAT_STALE_STREAM_SECONDS", default=120)
+# Messages shown per page of a conversation; older ones are a link away.
+CHAT_PAGE_SIZE = 50

@@ -62,3 +62,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "processed_folder": str(_broker_dir / "processed"),
     "store_processed": False,
 }
+
+# Until the local model lands, `make run` starts the project's fake OpenAI-compatible upstream
+# on this port and chats with it; set LLM_BASE_URL / OPENAI_API_KEY to use a real one.
+FAKE_UPSTREAM_PORT = env.int("FAKE_UPSTREAM_PORT", default=8001)
+LLM_BASE_URL = env.str("LLM_BASE_URL", default=f"http://127.0.0.1:{FAKE_UPSTREAM_PORT}/v1")
+LLM_API_KEY = env.str("OPENAI_API_KEY", default="sk-local-fake-upstream")
+LLM_MODELS = env.list("LLM_MODELS", default=["fake-gpt", "fake-gpt-mini"])
+LLM_DEFAULT_MODEL = LLM_MODELS[0]

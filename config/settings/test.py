@@ -1,7 +1,9 @@
 """Test profile: fast hashing, in-memory everything, Celery tasks run in-process."""
 
 from .base import *  # noqa: F403
-from .base import BASE_DIR
+from .base import BASE_DIR, VAR_DIR
+
+VAR_DIR.mkdir(exist_ok=True)
 
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-use-0123456789abcdef"
@@ -11,8 +13,10 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": BASE_DIR / "var" / "test.sqlite3",
-        "TEST": {"NAME": None},  # in memory
-        "OPTIONS": {"transaction_mode": "IMMEDIATE"},
+        # A file, not shared-cache memory: socket tests write from several threads, and
+        # shared-cache SQLite fails those with "table is locked" instead of waiting.
+        "TEST": {"NAME": BASE_DIR / "var" / "test-db.sqlite3"},
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
     }
 }
 
@@ -34,3 +38,11 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 # Serve static files from the source folders: tests never run collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# Tests point LLM_BASE_URL at the fake upstream they start (tests/conftest.py).
+LLM_API_KEY = "sk-test-key-0123456789"
+LLM_MODELS = ["fake-gpt", "fake-gpt-mini"]
+LLM_DEFAULT_MODEL = "fake-gpt"
+LLM_TIMEOUT = 5.0
+LLM_MAX_RETRIES = 0
+CHAT_FLUSH_INTERVAL = 0.05

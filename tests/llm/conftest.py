@@ -1,6 +1,6 @@
-"""One fake upstream server per test session; each test starts with zeroed request counts."""
+"""Providers against the session's fake upstream (started in tests/conftest.py)."""
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -10,18 +10,6 @@ from chat.llm.openai_provider import OpenAIProvider
 API_KEY = "sk-test-5f3a9c0e1b7d"  # distinctive, so a leak into any message would be caught
 
 MakeProvider = Callable[..., OpenAIProvider]
-
-
-@pytest.fixture(scope="session")
-def fake_upstream_server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def fake_upstream(fake_upstream_server: FakeUpstream) -> FakeUpstream:
-    fake_upstream_server.reset()
-    return fake_upstream_server
 
 
 @pytest.fixture

@@ -1,0 +1,141 @@
+"""The conversation socket, ``/ws/conversations/<id>/``.
+
+Session, Origin (in ``config.asgi``) and ownership are checked before ``accept()``: anything
+else is refused during the handshake, the same for another tenant's conversation as for one
+that does not exist.
+
+Client → server (JSON objects):
+  ``{"type": "message", "content": "…"}``                 a new message, then the reply
+  ``{"type": "stop"}``                                    cut the reply short
+  ``{"type": "regenerate"}``                              answer the last message again
+  ``{"type": "edit", "message_id": 12, "content": "…"}``  change a message; later turns go
+  ``{"type": "sync"}``                                    send me the reply so far again
+
+Server → client (to every socket on the conversation unless noted):
+  ``message``            ``{"message": {...}}`` the user's message, saved (with its id)
+  ``truncate``           ``{"from": id}`` messages with this id or later were replaced
+  ``assistant.started``  ``{"message": {"id", "model"}, "omitted_messages": n}``
+  ``delta``              ``{"message_id", "offset", "text"}``; offset counts characters
+  ``snapshot``           ``{"message_id", "text", "offset"}`` (only to the asking socket)
+  ``done``               ``{"message": {...}}`` content, rendered html, usage, finish_reason
+  ``error``              ``{"code", "message", "retryable", ...}``; for a request this socket
+                         made that was refused before anything ran, only to this socket
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from accounts.errors import ServiceError
+
+from . import selectors, services
+from .streaming import control_group, conversation_group, start_reply
+
+
+class ConversationConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        conversation = None
+        if user is not None and user.is_authenticated:
+            conversation = await database_sync_to_async(selectors.get_conversation_for_user)(
+                user=user, pk=int(self.scope["url_route"]["kwargs"]["conversation_id"])
+            )
+        if conversation is None:
+            await self.close()  # before accept: the handshake is refused
+            return
+        self.user = user
+        self.conversation_id = conversation.pk
+        ids = {"project_id": conversation.project_id, "conversation_id": conversation.pk}
+        self.group = conversation_group(**ids)
+        self.control_group = control_group(**ids)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        if await database_sync_to_async(selectors.streaming_message)(conversation):
+            await self.request_sync()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        # The reply, if any, goes on: it is saved and the other tabs still see it.
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = json.loads(text_data or "")
+        except ValueError:
+            await self.send_error("bad_frame", "That frame is not JSON.")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await self.send_error("bad_frame", 'A frame is a JSON object with a "type".')
+            return
+        handler = {
+            "message": self.on_message,
+            "stop": self.on_stop,
+            "regenerate": self.on_regenerate,
+            "edit": self.on_edit,
+            "sync": self.on_sync,
+        }.get(frame["type"])
+        if handler is None:
+            await self.send_error("bad_frame", f"Unknown frame type {frame['type']!r}.")
+            return
+        await handler(frame)
+
+    async def on_message(self, frame: dict[str, Any]) -> None:
+        await self.begin(
+            services.reply_start,
+            user=self.user,
+            conversation_id=self.conversation_id,
+            content=frame.get("content"),
+        )
+
+    async def on_regenerate(self, frame: dict[str, Any]) -> None:
+        await self.begin(
+            services.reply_regenerate, user=self.user, conversation_id=self.conversation_id
+        )
+
+    async def on_edit(self, frame: dict[str, Any]) -> None:
+        await self.begin(
+            services.reply_edit,
+            user=self.user,
+            conversation_id=self.conversation_id,
+            message_id=frame.get("message_id"),
+            content=frame.get("content"),
+        )
+
+    async def on_stop(self, frame: dict[str, Any]) -> None:
+        await self.channel_layer.group_send(self.control_group, {"type": "chat.stop"})
+
+    async def on_sync(self, frame: dict[str, Any]) -> None:
+        await self.request_sync()
+
+    async def request_sync(self) -> None:
+        await self.channel_layer.group_send(
+            self.control_group, {"type": "chat.sync", "reply_to": self.channel_name}
+        )
+
+    async def begin(self, service, **kwargs: Any) -> None:
+        """Run a reply_* service; on success broadcast the turn and start the reply's task."""
+        try:
+            pending = await database_sync_to_async(service)(**kwargs)
+        except ServiceError as error:
+            await self.send_error(error.code, error.message)
+            return
+        if pending.truncate_from is not None:
+            await self.broadcast({"type": "truncate", "from": pending.truncate_from})
+        if pending.user_message is not None:
+            await self.broadcast({"type": "message", "message": pending.user_message})
+        start_reply(pending)
+
+    async def broadcast(self, payload: dict[str, Any]) -> None:
+        await self.channel_layer.group_send(self.group, {"type": "chat.event", "payload": payload})
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json(
+            {"type": "error", "code": code, "message": message, "retryable": False}
+        )
+
+    async def chat_event(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["payload"])

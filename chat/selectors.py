@@ -1,0 +1,85 @@
+"""Reads of conversations and messages, always scoped to the user asking."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import Http404
+
+from accounts.models import Project, User
+
+from .llm.catalog import context_window
+from .models import Conversation, Message
+
+
+def conversations_for_user(user: User) -> QuerySet[Conversation]:
+    return Conversation.objects.for_user(user)
+
+
+def sidebar_conversations(
+    *, user: User, project: Project, query: str = "", limit: int = 100
+) -> QuerySet[Conversation]:
+    """The user's conversations in a project, newest activity first, searched by title and text."""
+    qs = conversations_for_user(user).for_project(project).filter(archived=False)
+    if query:
+        in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
+        qs = qs.filter(Q(title__icontains=query) | Exists(in_messages))
+    return qs.order_by("-last_message_at", "-id")[:limit]
+
+
+def get_conversation_or_404(*, user: User, project: Project, pk: int) -> Conversation:
+    try:
+        return conversations_for_user(user).for_project(project).get(pk=pk)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
+
+
+def get_conversation_for_user(*, user: User, pk: int) -> Conversation | None:
+    """For the socket, whose URL names only the conversation."""
+    return (
+        conversations_for_user(user).select_related("project__organization").filter(pk=pk).first()
+    )
+
+
+def message_window(
+    conversation: Conversation, *, before: int | None = None, size: int | None = None
+) -> tuple[list[Message], bool]:
+    """The latest ``size`` messages (before message id ``before``), oldest first, and whether
+    older ones exist. Two queries however long the conversation is."""
+    size = size or settings.CHAT_PAGE_SIZE
+    qs = conversation.messages.all()
+    if before is not None:
+        qs = qs.filter(pk__lt=before)
+    newest_first = list(qs.order_by("-id")[: size + 1])
+    has_older = len(newest_first) > size
+    return list(reversed(newest_first[:size])), has_older
+
+
+def allowed_models(project: Project) -> list[str]:
+    """Models a project's members may pick. Per-project allow-lists come with connections."""
+    models = list(settings.LLM_MODELS)
+    if project.default_model and project.default_model not in models:
+        models.insert(0, project.default_model)
+    return models
+
+
+def default_model(project: Project) -> str:
+    return project.default_model or settings.LLM_DEFAULT_MODEL
+
+
+def streaming_message(conversation: Conversation) -> Message | None:
+    return conversation.messages.filter(state=Message.State.STREAMING).order_by("-id").first()
+
+
+def history_for_prompt(conversation: Conversation, *, before: int) -> QuerySet[Message]:
+    """Earlier messages that can go into a prompt, newest first (read lazily, in chunks)."""
+    return (
+        conversation.messages.filter(pk__lt=before, role__in=["user", "assistant"])
+        .exclude(content="")
+        .order_by("-id")
+        .only("id", "role", "content")
+    )
+
+
+def model_context_window(model: str) -> int:
+    return context_window(model)

@@ -1,0 +1,378 @@
+"""Writes on conversations and messages, and the start and end of every model reply.
+
+``reply_*`` functions run in one transaction each: the start validates, saves the user's
+message and an assistant message in state ``streaming`` and builds the prompt; the finish saves
+what was generated with its final state. The streaming in between lives in ``chat.streaming``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.errors import ServiceError
+from accounts.models import Project, User
+
+from . import selectors
+from .llm.base import ChatRequest, Usage
+from .llm.tokens import count_text_tokens
+from .models import Conversation, Message
+from .prompt import PromptTooLong, build_prompt
+
+TITLE_MAX_CHARS = 80
+
+
+@dataclass(frozen=True)
+class PendingReply:
+    """Everything the streaming task needs, so it never touches the ORM to get going."""
+
+    conversation_id: int
+    project_id: int
+    user_id: int
+    assistant_message_id: int
+    user_message: dict[str, Any] | None  # serialized, when this turn added one
+    request: ChatRequest
+    omitted: int
+    prompt_tokens_estimate: int
+    truncate_from: int | None = None  # messages with this id or later were replaced
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def check_content(content: object) -> str:
+    if not isinstance(content, str) or not content.strip():
+        raise ServiceError("Type a message first: it is empty.", code="empty_message")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ServiceError(
+            f"Your message is {len(content):,} characters long; the limit is {limit:,}.",
+            code="message_too_long",
+        )
+    return content
+
+
+def check_model_allowed(*, project: Project, model: str) -> None:
+    if model not in selectors.allowed_models(project):
+        raise ServiceError(
+            f"The model {model!r} is not available in this project.", code="model_not_allowed"
+        )
+
+
+def _check_not_busy(conversation: Conversation) -> None:
+    streams_expire_stale(conversation=conversation)
+    if conversation.messages.filter(state=Message.State.STREAMING).exists():
+        raise ServiceError(
+            "A reply is still being written. Wait for it or stop it first.", code="busy"
+        )
+
+
+def _resolve(*, user: User, conversation_id: int) -> Conversation:
+    """Re-resolve through the scoped path on every write: a socket opened before the user was
+    removed from the organization must not keep working."""
+    conversation = (
+        selectors.conversations_for_user(user)
+        .select_related("project")
+        .select_for_update(of=("self",))
+        .filter(pk=conversation_id)
+        .first()
+    )
+    if conversation is None:
+        raise ServiceError("This conversation no longer exists.", code="not_found")
+    return conversation
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def conversation_create(*, user: User, project: Project, model: str | None = None) -> Conversation:
+    model = model or selectors.default_model(project)
+    check_model_allowed(project=project, model=model)
+    return Conversation.objects.create(
+        project=project,
+        owner=user,
+        model=model,
+        system_prompt=project.default_system_prompt,
+    )
+
+
+@transaction.atomic
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    conversation.title = title.strip()[:200]
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_delete(*, conversation: Conversation) -> None:
+    conversation.delete()
+
+
+@transaction.atomic
+def conversation_update_settings(
+    *,
+    conversation: Conversation,
+    model: str,
+    system_prompt: str,
+    temperature: float | None,
+    max_tokens: int | None,
+) -> Conversation:
+    check_model_allowed(project=conversation.project, model=model)
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise ServiceError("Temperature goes from 0 to 2.", code="invalid_temperature")
+    window = selectors.model_context_window(model)
+    if max_tokens is not None and not 1 <= max_tokens < window:
+        raise ServiceError(
+            f"Max tokens must be between 1 and {window - 1:,} for {model}.",
+            code="invalid_max_tokens",
+        )
+    conversation.model = model
+    conversation.system_prompt = system_prompt
+    conversation.temperature = temperature
+    conversation.max_tokens = max_tokens
+    conversation.save()
+    return conversation
+
+
+# --- replies ---------------------------------------------------------------------------------
+
+
+def serialize_message(message: Message) -> dict[str, Any]:
+    from .markdown import render_markdown
+
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "html": render_markdown(message.content) if message.role == "assistant" else None,
+        "state": message.state,
+        "model": message.model,
+        "error_code": message.error_code,
+        "error_message": message.error_message,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "finish_reason": message.finish_reason,
+        "omitted_messages": message.omitted_messages,
+        "usage_estimated": message.usage_estimated,
+    }
+
+
+def _begin_reply(
+    *,
+    conversation: Conversation,
+    user: User,
+    user_message: Message,
+    added: bool,
+    truncate_from: int | None = None,
+) -> PendingReply:
+    model = conversation.model
+    check_model_allowed(project=conversation.project, model=model)
+    reply_tokens = conversation.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
+    history = selectors.history_for_prompt(conversation, before=user_message.pk)
+    try:
+        prompt = build_prompt(
+            system_prompt=conversation.system_prompt,
+            latest={"role": "user", "content": user_message.content},
+            history_newest_first=((m.role, m.content) for m in history.iterator(chunk_size=100)),
+            history_count=history.count(),
+            context_window=selectors.model_context_window(model),
+            reply_tokens=reply_tokens,
+        )
+    except PromptTooLong as error:
+        raise ServiceError(
+            f"Your message needs about {error.needed:,} tokens, but {model} leaves room for "
+            f"{error.available:,} once the reply is accounted for. Shorten it, or lower max "
+            "tokens in the settings.",
+            code="context_too_long",
+        ) from None
+
+    # Budgets and rate limits (the billing issue) reserve here, before anything is sent.
+    assistant = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        state=Message.State.STREAMING,
+        model=model,
+        omitted_messages=prompt.omitted,
+    )
+    conversation.last_message_at = timezone.now()
+    conversation.save(update_fields=["last_message_at", "updated_at"])
+    request = ChatRequest(
+        model=model,
+        messages=prompt.messages,
+        temperature=conversation.temperature,
+        top_p=conversation.top_p,
+        max_tokens=conversation.max_tokens,
+        presence_penalty=conversation.presence_penalty,
+        frequency_penalty=conversation.frequency_penalty,
+        user=f"user-{user.pk}",
+    )
+    return PendingReply(
+        conversation_id=conversation.pk,
+        project_id=conversation.project_id,
+        user_id=user.pk,
+        assistant_message_id=assistant.pk,
+        user_message=serialize_message(user_message) if added else None,
+        request=request,
+        omitted=prompt.omitted,
+        prompt_tokens_estimate=prompt.prompt_tokens,
+        truncate_from=truncate_from,
+    )
+
+
+@transaction.atomic
+def reply_start(*, user: User, conversation_id: int, content: object) -> PendingReply:
+    """A new user message and the assistant reply to it."""
+    content = check_content(content)
+    conversation = _resolve(user=user, conversation_id=conversation_id)
+    check_model_allowed(project=conversation.project, model=conversation.model)
+    _check_not_busy(conversation)
+    user_message = Message.objects.create(
+        conversation=conversation, role=Message.Role.USER, content=content
+    )
+    return _begin_reply(conversation=conversation, user=user, user_message=user_message, added=True)
+
+
+@transaction.atomic
+def reply_regenerate(*, user: User, conversation_id: int) -> PendingReply:
+    """Answer the last user message again; the replies after it are replaced."""
+    conversation = _resolve(user=user, conversation_id=conversation_id)
+    _check_not_busy(conversation)
+    last_user = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
+    if last_user is None:
+        raise ServiceError("There is nothing to regenerate yet.", code="nothing_to_regenerate")
+    conversation.messages.filter(pk__gt=last_user.pk).delete()
+    return _begin_reply(
+        conversation=conversation,
+        user=user,
+        user_message=last_user,
+        added=False,
+        truncate_from=last_user.pk + 1,
+    )
+
+
+@transaction.atomic
+def reply_edit(
+    *, user: User, conversation_id: int, message_id: object, content: object
+) -> PendingReply:
+    """Change an earlier message of the user's and answer it again; later turns are replaced."""
+    content = check_content(content)
+    conversation = _resolve(user=user, conversation_id=conversation_id)
+    _check_not_busy(conversation)
+    message = (
+        conversation.messages.filter(role=Message.Role.USER, pk=message_id).first()
+        if isinstance(message_id, int)
+        else None
+    )
+    if message is None:
+        raise ServiceError("You can only edit your own messages.", code="invalid_message")
+    message.content = content
+    message.save(update_fields=["content", "updated_at"])
+    conversation.messages.filter(pk__gt=message.pk).delete()
+    return _begin_reply(
+        conversation=conversation,
+        user=user,
+        user_message=message,
+        added=True,
+        truncate_from=message.pk,
+    )
+
+
+def reply_flush(*, message_id: int, content: str) -> None:
+    """Save the text so far of a reply still streaming (a reload shows it; a crash keeps it)."""
+    Message.objects.filter(pk=message_id, state=Message.State.STREAMING).update(
+        content=content, updated_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def reply_finish(
+    *,
+    pending: PendingReply,
+    content: str,
+    state: str,
+    finish_reason: str | None = None,
+    usage: Usage | None = None,
+    error_code: str = "",
+    error_message: str = "",
+    latency_ms: int | None = None,
+    first_token_ms: int | None = None,
+) -> Message | None:
+    """Save the reply as it ended. Returns None when the conversation was deleted meanwhile."""
+    message = (
+        Message.objects.select_for_update()
+        .select_related("conversation")
+        .filter(pk=pending.assistant_message_id)
+        .first()
+    )
+    if message is None:
+        return None
+    estimated = usage is None
+    if usage is None:
+        # No usage from the upstream (stopped, dropped, or it just sent none): count here.
+        usage = Usage(
+            prompt_tokens=pending.prompt_tokens_estimate,
+            completion_tokens=count_text_tokens(content) if content else 0,
+        )
+    message.content = content
+    message.state = state
+    message.finish_reason = finish_reason or ""
+    message.error_code = error_code
+    message.error_message = error_message
+    message.prompt_tokens = usage.prompt_tokens
+    message.completion_tokens = usage.completion_tokens
+    message.cached_tokens = usage.cached_tokens
+    message.usage_estimated = estimated
+    message.latency_ms = latency_ms
+    message.first_token_ms = first_token_ms
+    message.save()
+
+    conversation = message.conversation
+    conversation.last_message_at = timezone.now()
+    conversation.save(update_fields=["last_message_at", "updated_at"])
+    if state == Message.State.COMPLETE and not conversation.title:
+        from .tasks import title_conversation
+
+        transaction.on_commit(partial(title_conversation.delay, conversation.pk))
+    return message
+
+
+def streams_expire_stale(*, conversation: Conversation | None = None) -> int:
+    """Mark replies whose streaming process died (no write for a while) as incomplete."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
+    qs = Message.objects.filter(state=Message.State.STREAMING, updated_at__lt=cutoff)
+    if conversation is not None:
+        qs = qs.filter(conversation=conversation)
+    return qs.update(
+        state=Message.State.INCOMPLETE,
+        error_code="interrupted",
+        error_message="The server stopped while this reply was being written.",
+        updated_at=timezone.now(),
+    )
+
+
+# --- titles ----------------------------------------------------------------------------------
+
+
+def fallback_title(text: str) -> str:
+    """The first words of the first message, cut at a word boundary."""
+    words = " ".join(text.split())
+    if len(words) <= TITLE_MAX_CHARS:
+        return words
+    return words[:TITLE_MAX_CHARS].rsplit(" ", 1)[0] + "…"
+
+
+def clean_title(raw: str) -> str:
+    title = " ".join(raw.strip().strip("\"'“”").split())
+    return title[:TITLE_MAX_CHARS].rstrip(" .")
+
+
+@transaction.atomic
+def conversation_set_title(*, conversation_id: int, title: str) -> None:
+    """Set the title only if nobody named the conversation in the meantime."""
+    Conversation.objects.filter(pk=conversation_id, title="").update(title=title)

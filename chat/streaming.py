@@ -1,0 +1,231 @@
+"""A reply being generated: its own asyncio task, broadcast to the conversation's group.
+
+The task is not tied to the socket that asked for it, so closing the tab does not lose the
+reply; only a ``stop`` cuts it short. It joins a control group of the conversation so that any
+socket, in any process, can ask it to stop or to send the text so far to a newcomer (a second
+tab, or a tab reloaded mid-stream). Deltas carry their offset in the reply, so a client that
+got a snapshot can drop what it already has.
+
+Whatever happens — finish, stop, upstream error, dropped connection, the task being cancelled —
+the ``finally`` saves the reply with its state and sends ``done`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import services
+from .llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage
+from .models import Message
+from .providers import provider_for
+
+logger = logging.getLogger(__name__)
+
+# Strong references: the event loop keeps only weak ones to tasks.
+_running: set[asyncio.Task] = set()
+
+
+def conversation_group(*, project_id: int, conversation_id: int) -> str:
+    return f"chat.p{project_id}.c{conversation_id}"
+
+
+def control_group(*, project_id: int, conversation_id: int) -> str:
+    return f"chatctl.p{project_id}.c{conversation_id}"
+
+
+def event(payload: dict[str, Any]) -> dict[str, Any]:
+    """A channel-layer message that consumers forward to their socket as it is."""
+    return {"type": "chat.event", "payload": payload}
+
+
+def start_reply(pending: services.PendingReply) -> asyncio.Task:
+    task = asyncio.get_running_loop().create_task(ReplyRunner(pending).run())
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
+
+async def wait_for_replies() -> None:
+    """Wait until every reply of this process has finished (tests, graceful shutdown)."""
+    if _running:
+        await asyncio.gather(*list(_running), return_exceptions=True)
+
+
+HUMAN_ERRORS = {
+    ErrorCode.AUTH: "The model provider rejected our credentials. An admin needs to check the "
+    "API key.",
+    ErrorCode.RATE_LIMITED: "The model provider is rate limiting us right now.",
+    ErrorCode.QUOTA_EXHAUSTED: "The provider account has run out of credit (insufficient "
+    "quota). An admin needs to add credit; retrying will not help.",
+    ErrorCode.BAD_REQUEST: "The model provider refused the request.",
+    ErrorCode.CONTEXT_TOO_LONG: "This conversation is too long for the model's context window. "
+    "Start a new chat or shorten your message.",
+    ErrorCode.UPSTREAM_UNAVAILABLE: "The model provider is unavailable right now.",
+    ErrorCode.TIMEOUT: "The model took too long to answer.",
+    ErrorCode.MODEL_NOT_FOUND: "The provider does not know this model.",
+}
+
+
+def human_message(error: ProviderError, *, partial: bool) -> str:
+    text = HUMAN_ERRORS.get(error.code, "The model call failed.")
+    if error.code == ErrorCode.RATE_LIMITED and error.retry_after:
+        text += f" Try again in {max(1, round(error.retry_after))} s."
+    if error.code in (ErrorCode.BAD_REQUEST, ErrorCode.MODEL_NOT_FOUND):
+        text += f" ({error.message})"
+    if partial:
+        text = "The reply broke off; what arrived is saved. " + text
+    return text
+
+
+class ReplyRunner:
+    def __init__(self, pending: services.PendingReply) -> None:
+        self.pending = pending
+        self.text: list[str] = []
+        self.length = 0
+        self.layer = get_channel_layer()
+        ids = {"project_id": pending.project_id, "conversation_id": pending.conversation_id}
+        self.group = conversation_group(**ids)
+        self.control_group = control_group(**ids)
+        self.stop_requested = False
+        self.stream_task: asyncio.Task | None = None
+
+    @property
+    def message_id(self) -> int:
+        return self.pending.assistant_message_id
+
+    async def broadcast(self, payload: dict[str, Any]) -> None:
+        await self.layer.group_send(self.group, event(payload))
+
+    async def run(self) -> None:
+        control = await self.layer.new_channel()
+        await self.layer.group_add(self.control_group, control)
+        listener = asyncio.create_task(self.listen(control))
+        await self.broadcast(
+            {
+                "type": "assistant.started",
+                "message": {"id": self.message_id, "model": self.pending.request.model},
+                "omitted_messages": self.pending.omitted,
+            }
+        )
+        started = time.monotonic()
+        outcome: dict[str, Any] = {"state": Message.State.ERROR}
+        error: ProviderError | None = None
+        try:
+            self.stream_task = asyncio.create_task(self.stream(started, outcome))
+            if self.stop_requested:  # a stop that came before the stream began
+                self.stream_task.cancel()
+            await self.stream_task
+            outcome["state"] = Message.State.COMPLETE
+        except asyncio.CancelledError:
+            if not self.stop_requested:  # the server is shutting down: keep what we have
+                outcome["state"] = Message.State.INCOMPLETE
+                outcome["error_code"] = "interrupted"
+                raise
+            outcome["state"] = Message.State.STOPPED
+            outcome["finish_reason"] = "stop_requested"
+        except ProviderError as exc:
+            error = exc
+        except Exception as exc:  # never leave a reply streaming because of a bug of ours
+            logger.exception("reply %s failed", self.message_id)
+            error = ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, type(exc).__name__)
+        finally:
+            listener.cancel()
+            if error is not None:
+                outcome["state"] = Message.State.INCOMPLETE if self.length else Message.State.ERROR
+                outcome["error_code"] = error.code.value
+                outcome["error_message"] = human_message(error, partial=bool(self.length))
+            outcome["latency_ms"] = int((time.monotonic() - started) * 1000)
+            # Shielded: even a cancelled task saves the reply and tells the clients.
+            await asyncio.shield(self.finish(outcome, error))
+            await self.layer.group_discard(self.control_group, control)
+
+    async def stream(self, started: float, outcome: dict[str, Any]) -> None:
+        provider = provider_for(project=None, model=self.pending.request.model)
+        last_flush = time.monotonic()
+        try:
+            async for item in provider.stream(self.pending.request):
+                if isinstance(item, TextDelta):
+                    if not self.length:
+                        outcome["first_token_ms"] = int((time.monotonic() - started) * 1000)
+                    offset = self.length
+                    self.text.append(item.text)
+                    self.length += len(item.text)
+                    await self.broadcast(
+                        {
+                            "type": "delta",
+                            "message_id": self.message_id,
+                            "offset": offset,
+                            "text": item.text,
+                        }
+                    )
+                    if time.monotonic() - last_flush >= settings.CHAT_FLUSH_INTERVAL:
+                        last_flush = time.monotonic()
+                        await database_sync_to_async(services.reply_flush)(
+                            message_id=self.message_id, content="".join(self.text)
+                        )
+                elif isinstance(item, StreamEnd):
+                    outcome["finish_reason"] = item.finish_reason
+                    outcome["usage"] = item.usage
+        finally:
+            await provider.aclose()
+
+    async def listen(self, control: str) -> None:
+        while True:
+            message = await self.layer.receive(control)
+            kind = message.get("type")
+            if kind == "chat.stop":
+                self.stop_requested = True
+                if self.stream_task is not None:
+                    self.stream_task.cancel()
+            elif kind == "chat.sync":
+                text = "".join(self.text)
+                await self.layer.send(
+                    message["reply_to"],
+                    event(
+                        {
+                            "type": "snapshot",
+                            "message_id": self.message_id,
+                            "text": text,
+                            "offset": len(text),
+                            "model": self.pending.request.model,
+                        }
+                    ),
+                )
+
+    async def finish(self, outcome: dict[str, Any], error: ProviderError | None) -> None:
+        usage: Usage | None = outcome.get("usage")
+        message = await database_sync_to_async(services.reply_finish)(
+            pending=self.pending,
+            content="".join(self.text),
+            state=outcome["state"],
+            finish_reason=outcome.get("finish_reason"),
+            usage=usage,
+            error_code=outcome.get("error_code", ""),
+            error_message=outcome.get("error_message", ""),
+            latency_ms=outcome.get("latency_ms"),
+            first_token_ms=outcome.get("first_token_ms"),
+        )
+        if message is None:  # the conversation was deleted meanwhile
+            return
+        serialized = await database_sync_to_async(services.serialize_message)(message)
+        if error is not None:
+            await self.broadcast(
+                {
+                    "type": "error",
+                    "code": error.code.value,
+                    "message": message.error_message,
+                    "retryable": error.retryable,
+                    "retry_after": error.retry_after,
+                    "message_id": self.message_id,
+                    "reply": serialized,
+                }
+            )
+        else:
+            await self.broadcast({"type": "done", "message": serialized})

@@ -1,0 +1,56 @@
+import asyncio
+import logging
+
+from celery import shared_task
+
+from . import services
+from .llm.base import ChatRequest, ProviderError
+from .models import Conversation, Message
+from .providers import provider_for
+
+logger = logging.getLogger(__name__)
+
+TITLE_PROMPT = (
+    "Write a short title (at most six words) for a conversation that starts with the message "
+    "below. Answer with the title only, no quotes."
+)
+
+
+async def _ask_for_title(*, model: str, first_message: str) -> str:
+    provider = provider_for(project=None, model=model)
+    try:
+        completion = await provider.complete(
+            ChatRequest(
+                model=model,
+                messages=[
+                    {"role": "system", "content": TITLE_PROMPT},
+                    {"role": "user", "content": first_message[:2000]},
+                ],
+                max_tokens=20,
+                temperature=0.2,
+            )
+        )
+    finally:
+        await provider.aclose()
+    return completion.text
+
+
+@shared_task(ignore_result=True)
+def title_conversation(conversation_id: int) -> None:
+    """Name a conversation after its first exchange; the first words if the model cannot."""
+    conversation = Conversation.objects.filter(pk=conversation_id, title="").first()
+    if conversation is None:
+        return
+    first = conversation.messages.filter(role=Message.Role.USER).order_by("id").first()
+    if first is None:
+        return
+    title = ""
+    try:
+        title = services.clean_title(
+            asyncio.run(_ask_for_title(model=conversation.model, first_message=first.content))
+        )
+    except ProviderError as error:
+        logger.info("titling conversation %s fell back: %s", conversation_id, error.code)
+    services.conversation_set_title(
+        conversation_id=conversation_id, title=title or services.fallback_title(first.content)
+    )

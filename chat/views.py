@@ -1,0 +1,165 @@
+"""Chat pages. The conversation page reads without JavaScript; sending uses the socket."""
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts.decorators import project_view
+from accounts.errors import ServiceError
+from accounts.models import Membership, Project
+
+from . import exports, selectors, services
+from .forms import ConversationSettingsForm, RenameForm
+from .markdown import render_markdown
+
+
+def _conversation_url(project: Project, pk: int) -> str:
+    return reverse("conversation_detail", args=[project.organization.slug, project.slug, pk])
+
+
+@project_view
+def chat_home(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    conversations = selectors.sidebar_conversations(user=request.user, project=project, query=query)
+    if not query and conversations:
+        return redirect(_conversation_url(project, conversations[0].pk))
+    return render(
+        request,
+        "chat/conversation.html",
+        {
+            "project": project,
+            "organization": project.organization,
+            "membership": membership,
+            "conversations": conversations,
+            "query": query,
+            "conversation": None,
+        },
+    )
+
+
+@require_POST
+@project_view
+def conversation_new(
+    request: HttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    try:
+        conversation = services.conversation_create(
+            user=request.user, project=project, model=request.POST.get("model") or None
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+        return redirect("chat_home", org_slug=project.organization.slug, project_slug=project.slug)
+    return redirect(_conversation_url(project, conversation.pk))
+
+
+@project_view
+def conversation_detail(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    before = request.GET.get("before")
+    window, has_older = selectors.message_window(
+        conversation, before=int(before) if before and before.isdigit() else None
+    )
+    for message in window:
+        if message.role == "assistant":
+            message.html = render_markdown(message.content)
+    query = request.GET.get("q", "").strip()
+    models = selectors.allowed_models(project)
+    if conversation.model not in models:
+        models.insert(0, conversation.model)
+    return render(
+        request,
+        "chat/conversation.html",
+        {
+            "project": project,
+            "organization": project.organization,
+            "membership": membership,
+            "conversation": conversation,
+            "conversations": selectors.sidebar_conversations(
+                user=request.user, project=project, query=query
+            ),
+            "query": query,
+            "window": window,
+            "has_older": has_older,
+            "oldest_id": window[0].pk if window else None,
+            "models": models,
+            "settings_form": ConversationSettingsForm(
+                models=models,
+                initial={
+                    "model": conversation.model,
+                    "system_prompt": conversation.system_prompt,
+                    "temperature": conversation.temperature,
+                    "max_tokens": conversation.max_tokens,
+                },
+            ),
+            "socket_path": f"/ws/conversations/{conversation.pk}/",
+        },
+    )
+
+
+@require_POST
+@project_view
+def conversation_rename(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    form = RenameForm(request.POST)
+    if form.is_valid():
+        services.conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
+    else:
+        messages.error(request, "A title has at most 200 characters.")
+    return redirect(_conversation_url(project, conversation.pk))
+
+
+@require_POST
+@project_view
+def conversation_delete(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    services.conversation_delete(conversation=conversation)
+    messages.success(request, f"Deleted “{conversation.display_title}”.")
+    return redirect("chat_home", org_slug=project.organization.slug, project_slug=project.slug)
+
+
+@require_POST
+@project_view
+def conversation_settings(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    form = ConversationSettingsForm(request.POST, models=selectors.allowed_models(project))
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{field.replace('_', ' ').capitalize()}: {' '.join(errors)}")
+    else:
+        try:
+            services.conversation_update_settings(conversation=conversation, **form.cleaned_data)
+        except ServiceError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, "Settings saved.")
+    return redirect(_conversation_url(project, conversation.pk))
+
+
+@project_view
+def conversation_export(
+    request: HttpRequest, membership: Membership, project: Project, pk: int, fmt: str
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    filename = f"conversation-{conversation.pk}.{fmt}"
+    if fmt == "json":
+        response = JsonResponse(
+            exports.as_dict(conversation), json_dumps_params={"ensure_ascii": False, "indent": 2}
+        )
+    elif fmt == "md":
+        response = HttpResponse(
+            exports.as_markdown(conversation), content_type="text/markdown; charset=utf-8"
+        )
+    else:
+        raise Http404("Unknown export format.")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

@@ -1,0 +1,259 @@
+"""The conversation socket end to end: real ASGI app, real SDK, the fake upstream over HTTP."""
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat.models import Conversation, Message
+from chat.streaming import wait_for_replies
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def messages_of(conversation: Conversation) -> list[Message]:
+    return list(conversation.messages.order_by("id"))
+
+
+@database_sync_to_async
+def create(make_conversation, *args, **kwargs) -> Conversation:
+    return make_conversation(*args, **kwargs)
+
+
+def deltas_text(events) -> str:
+    return "".join(e["text"] for e in events if e["type"] == "delta")
+
+
+async def test_it_streams_a_reply_and_saves_both_messages(
+    open_socket, make_conversation, alice, project_a, fake_upstream
+):
+    conversation = await create(make_conversation, alice, project_a)
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content="hello there")
+    events = await socket.until("done")
+
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["message", "assistant.started"]
+    assert kinds.count("delta") == 3  # "Echo: ", "hello ", "there"
+    assert deltas_text(events) == "Echo: hello there"
+    done = events[-1]["message"]
+    assert done["state"] == "complete"
+    assert done["html"] == "<p>Echo: hello there</p>\n"
+    user, reply = await messages_of(conversation)
+    assert (user.role, user.content, user.pk) == ("user", "hello there", events[0]["message"]["id"])
+    assert (reply.role, reply.state, reply.content) == (
+        "assistant",
+        "complete",
+        "Echo: hello there",
+    )
+    assert reply.finish_reason == "stop"
+    assert reply.completion_tokens == 3
+    assert reply.prompt_tokens > 0
+    assert not reply.usage_estimated
+    assert fake_upstream.request_counts["fake-gpt"] >= 1
+
+
+async def test_delta_offsets_describe_the_reply(open_socket, make_conversation, alice, project_a):
+    conversation = await create(make_conversation, alice, project_a)
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content="naïve café 한국어 😀 ok")
+    events = await socket.until("done")
+
+    text = ""
+    for delta in (e for e in events if e["type"] == "delta"):
+        assert delta["offset"] == len(text)
+        text += delta["text"]
+    assert text == events[-1]["message"]["content"]
+
+
+async def test_a_second_tab_sees_the_same_stream(open_socket, make_conversation, alice, project_a):
+    conversation = await create(make_conversation, alice, project_a, model="fake-gpt@slow20")
+    _, first = await open_socket(alice, conversation.pk)
+    _, second = await open_socket(alice, conversation.pk)
+
+    await first.send(type="message", content="one two three four")
+    seen_first = await first.until("done")
+    seen_second = await second.until("done")
+
+    assert deltas_text(seen_second) == deltas_text(seen_first) == "Echo: one two three four"
+    assert seen_second[0]["type"] == "message"
+
+
+async def test_a_tab_opened_mid_stream_gets_the_text_so_far_then_the_rest(
+    open_socket, make_conversation, alice, project_a
+):
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@slow40@words30"
+    )
+    _, first = await open_socket(alice, conversation.pk)
+    await first.send(type="message", content="go")
+    await first.until("assistant.started")
+    for _ in range(5):
+        assert (await first.receive())["type"] == "delta"
+
+    _, late = await open_socket(alice, conversation.pk)
+    events = await late.until("done")
+
+    snapshot = events[0]
+    assert snapshot["type"] == "snapshot"
+    assert 0 < len(snapshot["text"]) == snapshot["offset"]
+    text = snapshot["text"]
+    for delta in (e for e in events if e["type"] == "delta"):
+        if delta["offset"] >= len(text):  # what a client does: skip what it already has
+            assert delta["offset"] == len(text)
+            text += delta["text"]
+    assert text == events[-1]["message"]["content"]
+    assert len(text.split()) == 30
+
+
+async def test_stop_cuts_the_reply_short_and_keeps_it(
+    open_socket, make_conversation, alice, project_a
+):
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@slow50@words100"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="go")
+    await socket.until("assistant.started")
+    await socket.until("delta")
+    await socket.until("delta")
+
+    await socket.send(type="stop")
+    events = await socket.until("done")
+
+    reply = events[-1]["message"]
+    assert reply["state"] == "stopped"
+    assert 2 <= len(reply["content"].split()) < 100
+    saved = (await messages_of(conversation))[-1]
+    assert saved.state == "stopped"
+    assert saved.content == reply["content"]
+    assert saved.usage_estimated
+    assert saved.completion_tokens > 0
+
+
+async def test_closing_the_tab_does_not_lose_the_reply(
+    open_socket, make_conversation, alice, project_a
+):
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@slow10@words20"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="go")
+    await socket.until("assistant.started")
+
+    await socket.close()
+    await wait_for_replies()
+
+    reply = (await messages_of(conversation))[-1]
+    assert reply.state == "complete"
+    assert len(reply.content.split()) == 20
+
+
+@pytest.mark.parametrize(("interval", "saved_words"), [(60, range(0, 1)), (0.2, range(1, 13))])
+async def test_the_reply_is_flushed_at_intervals_not_per_token(
+    open_socket, make_conversation, alice, project_a, settings, interval, saved_words
+):
+    settings.CHAT_FLUSH_INTERVAL = interval
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@slow50@words40"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="go")
+    await socket.until("assistant.started")
+    for _ in range(12):
+        await socket.until("delta")
+
+    reply = (await messages_of(conversation))[-1]
+    assert reply.state == "streaming"
+    assert len(reply.content.split()) in saved_words
+    await socket.until("done")
+
+
+async def test_regenerate_replaces_the_last_reply(open_socket, make_conversation, alice, project_a):
+    conversation = await create(make_conversation, alice, project_a)
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="first")
+    await socket.until("done")
+    old_reply = (await messages_of(conversation))[-1]
+
+    await socket.send(type="regenerate")
+    events = await socket.until("done")
+
+    assert events[0] == {"type": "truncate", "from": old_reply.pk}
+    messages = await messages_of(conversation)
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "first"),
+        ("assistant", "Echo: first"),
+    ]
+    assert messages[-1].pk != old_reply.pk
+
+
+async def test_editing_an_earlier_message_replaces_the_later_turns(
+    open_socket, make_conversation, alice, project_a
+):
+    conversation = await create(make_conversation, alice, project_a)
+    _, socket = await open_socket(alice, conversation.pk)
+    for text in ("one", "two"):
+        await socket.send(type="message", content=text)
+        await socket.until("done")
+    first = (await messages_of(conversation))[0]
+
+    await socket.send(type="edit", message_id=first.pk, content="uno")
+    events = await socket.until("done")
+
+    assert events[0] == {"type": "truncate", "from": first.pk}
+    assert events[1]["type"] == "message"
+    assert events[1]["message"]["content"] == "uno"
+    assert [(m.role, m.content) for m in await messages_of(conversation)] == [
+        ("user", "uno"),
+        ("assistant", "Echo: uno"),
+    ]
+
+
+async def test_a_second_message_while_one_streams_is_refused(
+    open_socket, make_conversation, alice, project_a
+):
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@slow30@words20"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="first")
+    await socket.until("assistant.started")
+
+    await socket.send(type="message", content="second")
+    error = (await socket.until("error"))[-1]
+
+    assert error["code"] == "busy"
+    await socket.until("done")
+    assert [m.content for m in await messages_of(conversation) if m.role == "user"] == ["first"]
+
+
+async def test_the_history_goes_into_the_prompt(open_socket, make_conversation, alice, project_a):
+    conversation = await create(make_conversation, alice, project_a, system_prompt="Be brief.")
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="one")
+    first = (await socket.until("done"))[-1]["message"]
+    await socket.send(type="message", content="two")
+    second = (await socket.until("done"))[-1]["message"]
+
+    assert second["prompt_tokens"] > first["prompt_tokens"]
+    assert second["omitted_messages"] == 0
+
+
+async def test_a_long_history_is_trimmed_and_the_reply_says_how_much(
+    open_socket, make_conversation, alice, project_a
+):
+    # fake-gpt-mini has a 2,048-token window; with max_tokens 1,500 little history fits.
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt-mini", max_tokens=1500
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    for n in range(6):
+        await socket.send(type="message", content=f"message {n} " + "lorem ipsum " * 30)
+        done = (await socket.until("done"))[-1]["message"]
+
+    assert done["omitted_messages"] > 0
+    saved = (await messages_of(conversation))[-1]
+    assert saved.omitted_messages == done["omitted_messages"]
+    assert saved.prompt_tokens <= 2048 - 1500
