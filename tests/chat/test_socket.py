@@ -257,3 +257,17 @@ async def test_a_long_history_is_trimmed_and_the_reply_says_how_much(
     saved = (await messages_of(conversation))[-1]
     assert saved.omitted_messages == done["omitted_messages"]
     assert saved.prompt_tokens <= 2048 - 1500
+
+
+async def test_the_first_exchange_names_the_conversation(
+    open_socket, make_conversation, alice, project_a
+):
+    conversation = await create(make_conversation, alice, project_a)
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content="Plan a trip to Jeju")
+    await socket.until("done")
+    await wait_for_replies()
+
+    await database_sync_to_async(conversation.refresh_from_db)()
+    assert conversation.title == "Echo: Plan a trip to Jeju"

@@ -1,9 +1,12 @@
 """Every way a turn can fail: the user's message is kept, the partial reply is saved, the
 client gets an ``error`` event with a code, and retries happen only where they can help."""
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 
+from chat import services
 from chat.models import Conversation, Message
 from tests.chat.test_socket import create, messages_of
 
@@ -280,3 +283,78 @@ async def test_a_member_removed_while_connected_can_no_longer_send(
     assert error["code"] == "not_found"
     assert await database_sync_to_async(Message.objects.count)() == 0
     assert sum(fake_upstream.request_counts.values()) == 0
+
+
+async def test_a_reply_left_streaming_by_a_dead_process_does_not_block_the_chat(
+    open_socket, make_conversation, alice, project_a
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    conversation = await create(make_conversation, alice, project_a)
+
+    @database_sync_to_async
+    def orphan() -> Message:
+        message = Message.objects.create(
+            conversation=conversation, role="assistant", state="streaming", content="half"
+        )
+        Message.objects.filter(pk=message.pk).update(
+            updated_at=timezone.now() - timedelta(minutes=10)
+        )
+        return message
+
+    orphaned = await orphan()
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content="hello")
+    assert (await socket.until("done"))[-1]["message"]["state"] == "complete"
+
+    await database_sync_to_async(orphaned.refresh_from_db)()
+    assert (orphaned.state, orphaned.content, orphaned.error_code) == (
+        "incomplete",
+        "half",
+        "interrupted",
+    )
+
+
+async def test_stop_closes_a_reply_whose_process_died(
+    open_socket, make_conversation, alice, project_a, settings
+):
+    settings.CHAT_ORPHAN_GRACE = 0.2
+    conversation = await create(make_conversation, alice, project_a)
+    orphan = await database_sync_to_async(Message.objects.create)(
+        conversation=conversation, role="assistant", state="streaming", content="half a"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="stop")
+    done = (await socket.until("done"))[-1]["message"]
+
+    assert (done["id"], done["state"], done["content"]) == (orphan.pk, "stopped", "half a")
+    await socket.send(type="message", content="hello again")
+    assert (await socket.until("done"))[-1]["message"]["content"] == "Echo: hello again"
+
+
+async def test_a_live_reply_is_not_taken_for_an_orphan(
+    open_socket, make_conversation, alice, project_a, settings
+):
+    settings.CHAT_ORPHAN_GRACE = 0.3
+    settings.CHAT_HEARTBEAT_INTERVAL = 0.1
+    conversation = await create(make_conversation, alice, project_a, model="fake-gpt@hang")
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="hello")
+    await socket.until("assistant.started")
+    await asyncio.sleep(0.6)  # no token arrives; the heartbeat keeps the reply fresh
+
+    @database_sync_to_async
+    def state() -> str:
+        services.streams_expire_stale(conversation=conversation)
+        return conversation.messages.get(role="assistant").state
+
+    settings.CHAT_STALE_STREAM_SECONDS = 0.25
+    assert await state() == "streaming"
+    await socket.send(type="stop")
+    done = (await socket.until("done"))[-1]["message"]
+    assert done["state"] == "stopped"
+    assert await socket.nothing_more()

@@ -1,0 +1,518 @@
+// The chat page. The server renders the transcript (it reads without JavaScript); this file adds
+// copy buttons to code blocks and, on the latest page of a conversation, the live part: one
+// WebSocket per conversation, following the protocol in chat/consumers.py.
+//
+// While a reply streams it is shown as plain text (textContent, never HTML); when it ends the
+// server sends it again as sanitized HTML, the only model text that goes into innerHTML.
+(() => {
+  "use strict";
+
+  const chat = document.getElementById("chat");
+  if (!chat) return; // the empty state: no conversation open
+  const transcript = document.getElementById("transcript");
+  const modelSelect = document.getElementById("chat-model");
+  addCopyButtons(transcript);
+  transcript.addEventListener("click", onCopyClick);
+  // Picking a model saves it at once (without JavaScript, an Apply button does).
+  modelSelect.addEventListener("change", () => modelSelect.form.requestSubmit());
+  for (const details of chat.querySelectorAll("details.dropdown")) {
+    details.addEventListener("toggle", closeOtherDropdowns);
+  }
+  if (!chat.dataset.socketPath) return; // reading earlier messages: nothing live there
+
+  const list = document.getElementById("msgs");
+  const composer = document.getElementById("composer");
+  const input = document.getElementById("composer-input");
+  const sendButton = document.getElementById("composer-send");
+  const stopButton = document.getElementById("composer-stop");
+  const alertBox = document.getElementById("composer-alert");
+  const statusLabel = document.getElementById("chat-status");
+
+  const STATE_LABELS = {
+    streaming: "writing…",
+    complete: "Complete",
+    stopped: "Stopped",
+    incomplete: "Incomplete",
+    error: "Error",
+  };
+  const NEAR_BOTTOM_PX = 80;
+  const MAX_RETRY_MS = 30000;
+
+  // Per streaming reply: how many characters of it we hold, counted as the server counts them
+  // (code points), so that deltas can be placed by their offset.
+  const received = new Map();
+  let socket = null;
+  let hasConnected = false;
+  let retries = 0;
+  let syncRequested = false;
+  // Our last request until the server echoes or refuses it: {kind, content, form}.
+  let pending = null;
+  // Events that arrive while the transcript is re-read from the server, applied after it.
+  let heldEvents = null;
+
+  chat.classList.add("is-live");
+  document.getElementById("composer-fields").disabled = false;
+  readOffsets();
+  updateControls();
+  scrollToBottom();
+  connect();
+
+  composer.addEventListener("submit", onComposerSubmit);
+  input.addEventListener("keydown", onComposerKeydown);
+  input.addEventListener("input", autosize);
+  stopButton.addEventListener("click", onStopClick);
+  transcript.addEventListener("click", onTranscriptClick);
+  transcript.addEventListener("submit", onEditSubmit);
+
+  // --- socket --------------------------------------------------------------------------------
+
+  function connect() {
+    setStatus("connecting", hasConnected ? "Reconnecting…" : "Connecting…");
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(scheme + location.host + chat.dataset.socketPath);
+    socket = ws;
+    ws.addEventListener("open", () => {
+      retries = 0;
+      syncRequested = false;
+      setStatus("online", "Connected");
+      // Events sent while we were away (or between the page render and now) are lost; the
+      // server only replays a streaming reply. Re-read the transcript when it may be stale.
+      if (hasConnected || streamingNode()) refreshTranscript();
+      hasConnected = true;
+      updateControls();
+    });
+    ws.addEventListener("message", (event) => {
+      const payload = JSON.parse(event.data);
+      if (heldEvents) heldEvents.push(payload);
+      else applyEvent(payload);
+    });
+    ws.addEventListener("close", () => {
+      if (socket !== ws) return;
+      socket = null;
+      pending = null; // an answer to it, if any, went with the socket
+      // Exponential backoff with jitter, so that many tabs do not come back at the same moment.
+      const delay = Math.min(MAX_RETRY_MS, 1000 * 2 ** retries) * (0.75 + Math.random() / 2);
+      retries += 1;
+      setStatus("offline", `Offline · retrying in ${Math.round(delay / 1000)} s`);
+      setTimeout(connect, delay);
+      updateControls();
+    });
+  }
+
+  function isOpen() {
+    return socket !== null && socket.readyState === WebSocket.OPEN;
+  }
+
+  function send(frame) {
+    if (!isOpen()) return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function setStatus(kind, text) {
+    statusLabel.dataset.status = kind;
+    statusLabel.textContent = text;
+  }
+
+  // --- server events -------------------------------------------------------------------------
+
+  const HANDLERS = {
+    message: onMessage,
+    truncate: onTruncate,
+    "assistant.started": onStarted,
+    delta: onDelta,
+    snapshot: onSnapshot,
+    done: (event) => finishReply(event.message),
+    error: onError,
+  };
+
+  function applyEvent(event) {
+    const handler = HANDLERS[event.type];
+    if (!handler) return;
+    const follow = isNearBottom(); // measured before the change: did the user scroll up?
+    handler(event);
+    updateControls();
+    if (follow) scrollToBottom();
+  }
+
+  function onMessage({ message }) {
+    if (!findMessage(message.id)) list.append(buildUserMessage(message));
+    if (pending && pending.kind === "message" && pending.content === message.content) {
+      // Only now is the text safe with the server (a refusal keeps it in the composer); and
+      // what was typed since it was sent stays.
+      if (input.value === message.content) {
+        input.value = "";
+        autosize();
+      }
+      pending = null;
+    }
+  }
+
+  function onTruncate(event) {
+    for (const node of list.querySelectorAll(".msg")) {
+      const id = Number(node.dataset.id);
+      if (id >= event.from) {
+        received.delete(id);
+        node.remove();
+      }
+    }
+  }
+
+  function onStarted(event) {
+    pending = null;
+    // One reply streams at a time: another one still shown as streaming belonged to a server
+    // process that died, and the server has since marked it. Read its final state.
+    const stale = streamingNode();
+    const node = assistantNode(event.message.id);
+    node.querySelector(".msg-usage").textContent = event.message.model;
+    setOmitted(node, event.omitted_messages);
+    if (stale && stale !== node) refreshTranscript();
+  }
+
+  function onDelta({ message_id: id, offset, text }) {
+    const node = assistantNode(id);
+    if (node.dataset.state !== "streaming") return; // already final: the HTML is authoritative
+    const have = received.get(id) || 0;
+    // Offsets count Python characters (code points): Array.from splits by code point, where
+    // String.length and slice() would count UTF-16 units and cut emoji in half.
+    const chars = Array.from(text);
+    if (offset + chars.length <= have) return; // a repeat of text a snapshot already gave us
+    if (offset > have) {
+      requestSync(); // some text went missing: ask for all of it again
+      return;
+    }
+    node.querySelector(".msg-body").append(chars.slice(have - offset).join(""));
+    received.set(id, offset + chars.length);
+  }
+
+  function onSnapshot({ message_id: id, text, offset }) {
+    syncRequested = false;
+    const node = assistantNode(id);
+    if (node.dataset.state !== "streaming") return;
+    node.querySelector(".msg-body").textContent = text;
+    received.set(id, offset);
+  }
+
+  function onError(event) {
+    if (event.message_id === undefined) {
+      // Refused before anything ran (empty, too long, busy…): the typed text stays put.
+      showAlert(event.message, event.code);
+      if (pending && pending.form) pending.form.querySelector("[type=submit]").disabled = false;
+      pending = null;
+      return;
+    }
+    // The reply failed: keep what arrived and say why. `reply` is the saved message.
+    finishReply(
+      event.reply || { id: event.message_id, state: "error", error_message: event.message }
+    );
+  }
+
+  function requestSync() {
+    if (!syncRequested && send({ type: "sync" })) syncRequested = true;
+  }
+
+  // --- messages ------------------------------------------------------------------------------
+
+  function findMessage(id) {
+    return list.querySelector(`.msg[data-id="${Number(id)}"]`);
+  }
+
+  function streamingNode() {
+    return list.querySelector('.msg[data-state="streaming"]');
+  }
+
+  function cloneTemplate(id) {
+    return document.getElementById(id).content.firstElementChild.cloneNode(true);
+  }
+
+  function buildUserMessage(message) {
+    const node = cloneTemplate("tpl-user");
+    node.dataset.id = message.id;
+    node.dataset.state = message.state;
+    node.querySelector(".msg-body").textContent = message.content;
+    return node;
+  }
+
+  // The bubble of a reply, created (empty, streaming) if we missed its start.
+  function assistantNode(id) {
+    let node = findMessage(id);
+    if (!node) {
+      node = cloneTemplate("tpl-assistant");
+      node.dataset.id = id;
+      received.set(Number(id), 0);
+      list.append(node);
+    }
+    return node;
+  }
+
+  // A reply has ended (done or error): show the server's final version of it.
+  function finishReply(message) {
+    const node = assistantNode(message.id);
+    received.delete(message.id);
+    if (alertBox.dataset.code === "busy") hideAlert(); // no longer true
+    node.dataset.state = message.state;
+    node.querySelector(".msg-status").textContent = STATE_LABELS[message.state] || message.state;
+    if (typeof message.html === "string") {
+      const body = node.querySelector(".msg-body");
+      body.className = "msg-body markdown";
+      body.innerHTML = message.html; // sanitized on the server (chat/markdown.py)
+      addCopyButtons(body);
+    }
+    if (message.omitted_messages !== undefined) setOmitted(node, message.omitted_messages);
+    const errorBox = node.querySelector(".msg-error");
+    errorBox.querySelector(".msg-error-text").textContent = message.error_message || "";
+    errorBox.hidden = !message.error_message;
+    if (message.model) node.querySelector(".msg-usage").textContent = usageText(message);
+  }
+
+  function setOmitted(node, count) {
+    const note = node.querySelector(".msg-note");
+    note.hidden = !count;
+    note.textContent =
+      count === 1
+        ? "1 earlier message was left out to fit the context window."
+        : `${count} earlier messages were left out to fit the context window.`;
+  }
+
+  function usageText(message) {
+    if (message.prompt_tokens == null) return message.model;
+    const estimated = message.usage_estimated ? " (estimated)" : "";
+    return (
+      `${message.model} · ${message.prompt_tokens} prompt · ` +
+      `${message.completion_tokens} completion tokens${estimated}`
+    );
+  }
+
+  // Streaming replies rendered by the server carry how much of the reply they hold.
+  function readOffsets() {
+    received.clear();
+    for (const node of list.querySelectorAll('.msg[data-state="streaming"]')) {
+      received.set(Number(node.dataset.id), Number(node.dataset.received) || 0);
+    }
+  }
+
+  // Replace the messages with a fresh server render; events arriving meanwhile are held and
+  // applied after it (each handler tolerates seeing what the render already shows).
+  async function refreshTranscript() {
+    heldEvents = heldEvents || [];
+    transcript.setAttribute("aria-busy", "true"); // not announced again message by message
+    try {
+      const response = await fetch(location.href, { headers: { Accept: "text/html" } });
+      if (response.ok && !response.redirected) {
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        const fresh = page.getElementById("msgs");
+        if (fresh) {
+          const follow = isNearBottom();
+          list.replaceChildren(...fresh.childNodes);
+          readOffsets();
+          addCopyButtons(list);
+          if (follow) scrollToBottom();
+        }
+      }
+    } catch {
+      // Offline again: the socket's own retry will bring us back here.
+    }
+    const events = heldEvents;
+    heldEvents = null;
+    events.forEach(applyEvent);
+    updateControls();
+  }
+
+  // --- composer and actions ------------------------------------------------------------------
+
+  function onComposerKeydown(event) {
+    // Enter sends, Shift+Enter is a new line; Enter that confirms an IME composition (Korean,
+    // Japanese…) is not a send.
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) {
+      return;
+    }
+    event.preventDefault();
+    composer.requestSubmit();
+  }
+
+  function onComposerSubmit(event) {
+    event.preventDefault();
+    if (pending) return; // the previous request has not been answered yet
+    hideAlert();
+    const content = input.value;
+    if (!request({ type: "message", content }, { kind: "message", content })) return;
+    input.focus();
+  }
+
+  function onStopClick() {
+    if (send({ type: "stop" })) stopButton.disabled = true;
+  }
+
+  // Sends a request the server answers with a turn or a refusal, or says why it cannot.
+  function request(frame, pendingRequest) {
+    if (!send(frame)) {
+      showAlert("Not connected to the server. Your text is kept; try again in a moment.");
+      return false;
+    }
+    pending = pendingRequest;
+    return true;
+  }
+
+  function onTranscriptClick(event) {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const node = button.closest(".msg");
+    if (button.dataset.action === "regenerate") {
+      if (!pending) {
+        hideAlert();
+        request({ type: "regenerate" }, { kind: "regenerate" });
+      }
+    } else if (button.dataset.action === "edit") {
+      startEdit(node);
+    } else if (button.dataset.action === "cancel-edit") {
+      endEdit(node);
+    }
+  }
+
+  function startEdit(node) {
+    if (node.querySelector(".msg-edit-form")) return;
+    const body = node.querySelector(".msg-body");
+    const form = cloneTemplate("tpl-edit");
+    const area = form.querySelector("textarea");
+    area.value = body.textContent;
+    body.hidden = true;
+    body.after(form);
+    area.focus();
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") endEdit(node);
+    });
+  }
+
+  function endEdit(node) {
+    node.querySelector(".msg-edit-form").remove();
+    node.querySelector(".msg-body").hidden = false;
+    node.querySelector(".msg-edit").focus();
+  }
+
+  function onEditSubmit(event) {
+    const form = event.target.closest(".msg-edit-form");
+    if (!form) return;
+    event.preventDefault();
+    if (pending) return;
+    hideAlert();
+    const frame = {
+      type: "edit",
+      message_id: Number(form.closest(".msg").dataset.id),
+      content: form.querySelector("textarea").value,
+    };
+    // On success the server truncates from this message and sends it again: the form goes.
+    if (request(frame, { kind: "edit", form })) form.querySelector("[type=submit]").disabled = true;
+  }
+
+  function showAlert(text, code = "") {
+    alertBox.textContent = text;
+    alertBox.dataset.code = code;
+    alertBox.hidden = false;
+  }
+
+  function hideAlert() {
+    alertBox.hidden = true;
+  }
+
+  // Stop while a reply streams; Regenerate/Retry/Edit only when none does (the CSS reads
+  // .is-busy). Sending stays possible: the server answers "busy" in words if it must.
+  function updateControls() {
+    const busy = streamingNode() !== null;
+    chat.classList.toggle("is-busy", busy);
+    transcript.setAttribute("aria-busy", String(busy)); // read the reply once it is whole
+    stopButton.hidden = !busy;
+    if (!busy) stopButton.disabled = false;
+    sendButton.disabled = !isOpen();
+  }
+
+  // The composer grows with its text (up to the CSS max-height), and shrinks once it is sent.
+  function autosize() {
+    input.style.height = "auto";
+    input.style.height = `${input.scrollHeight}px`;
+  }
+
+  // --- scrolling -----------------------------------------------------------------------------
+
+  // On wide screens the transcript scrolls by itself; on narrow ones the whole page does.
+  function scroller() {
+    return getComputedStyle(transcript).overflowY === "auto"
+      ? transcript
+      : document.scrollingElement;
+  }
+
+  function isNearBottom() {
+    const box = scroller();
+    return box.scrollHeight - box.scrollTop - box.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  function scrollToBottom() {
+    const box = scroller();
+    box.scrollTop = box.scrollHeight;
+  }
+
+  // --- page helpers, live or not -------------------------------------------------------------
+
+  // Without JavaScript the dropdowns may overlap; with it, one is open at a time.
+  function closeOtherDropdowns(event) {
+    if (!event.target.open) return;
+    for (const other of chat.querySelectorAll("details.dropdown[open]")) {
+      if (other !== event.target) other.open = false;
+    }
+  }
+
+  function addCopyButtons(root) {
+    for (const code of root.querySelectorAll(".markdown pre > code")) {
+      const pre = code.parentElement;
+      if (pre.parentElement.classList.contains("codeblock")) continue;
+      const block = document.createElement("div");
+      block.className = "codeblock";
+      const bar = document.createElement("div");
+      bar.className = "codeblock-bar";
+      const language = document.createElement("span");
+      language.textContent = (code.className.match(/language-(\S+)/) || [])[1] || "code";
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "button small copy-button";
+      button.textContent = "Copy";
+      bar.append(language, button);
+      pre.replaceWith(block);
+      block.append(bar, pre);
+    }
+  }
+
+  async function onCopyClick(event) {
+    const button = event.target.closest(".copy-button");
+    if (!button) return;
+    const code = button.closest(".codeblock").querySelector("pre > code");
+    try {
+      await copyText(code.textContent);
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => {
+      button.textContent = "Copy";
+    }, 1500);
+  }
+
+  async function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      try {
+        await navigator.clipboard.writeText(text);
+        return;
+      } catch {
+        // Permission refused (or no focus): try the old way below.
+      }
+    }
+    // Plain-http pages other than localhost have no Clipboard API.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "copy-buffer";
+    document.body.append(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    if (!copied) throw new Error("The browser refused to copy.");
+  }
+})();

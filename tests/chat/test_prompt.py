@@ -1,0 +1,72 @@
+import pytest
+
+from chat.llm.catalog import context_window
+from chat.prompt import PromptTooLong, build_prompt
+
+
+def history(n: int, words: int = 50) -> list[tuple[str, str]]:
+    """n earlier messages, newest first, each about ``words`` tokens."""
+    return [("user" if i % 2 else "assistant", f"turn {i} " + "word " * words) for i in range(n)]
+
+
+def test_everything_fits_in_a_big_window():
+    prompt = build_prompt(
+        system_prompt="Be brief.",
+        latest={"role": "user", "content": "now"},
+        history_newest_first=history(4),
+        history_count=4,
+        context_window=128_000,
+        reply_tokens=1000,
+    )
+
+    assert prompt.omitted == 0
+    assert [m["role"] for m in prompt.messages] == [
+        "system", "user", "assistant", "user", "assistant", "user",
+    ]  # fmt: skip
+    assert prompt.messages[1]["content"].startswith("turn 3")  # oldest first
+    assert prompt.messages[-1]["content"] == "now"
+
+
+def test_the_oldest_turns_are_left_out_first_and_counted():
+    prompt = build_prompt(
+        system_prompt="",
+        latest={"role": "user", "content": "now"},
+        history_newest_first=history(100),
+        history_count=100,
+        context_window=2048,
+        reply_tokens=1000,
+    )
+
+    kept = len(prompt.messages) - 1
+    assert 0 < kept < 100
+    assert prompt.omitted == 100 - kept
+    assert prompt.messages[-2]["content"].startswith("turn 0 ")  # the newest earlier turn
+    assert prompt.prompt_tokens <= 2048 * 0.9 - 1000
+
+
+def test_a_message_that_cannot_fit_is_refused():
+    with pytest.raises(PromptTooLong) as info:
+        build_prompt(
+            system_prompt="",
+            latest={"role": "user", "content": "word " * 5000},
+            history_newest_first=[],
+            history_count=0,
+            context_window=4096,
+            reply_tokens=1000,
+        )
+
+    assert info.value.needed > info.value.available
+
+
+@pytest.mark.parametrize(
+    ("model", "window"),
+    [
+        ("gpt-4o", 128_000),
+        ("gpt-4o-mini-2024-07-18", 128_000),
+        ("gpt-3.5-turbo", 16_385),
+        ("fake-gpt@slow10", 4_096),
+        ("some-local-model", 8_192),
+    ],
+)
+def test_context_windows_by_model_name(model, window):
+    assert context_window(model) == window
