@@ -49,7 +49,7 @@ class UserAdmin(DjangoUserAdmin):
 class ProjectInline(admin.TabularInline):
     model = Project
     extra = 0
-    fields = ["name", "slug", "default_model", "created_at"]
+    fields = ["name", "slug", "created_at"]
     readonly_fields = ["created_at"]
     show_change_link = True
 
@@ -83,7 +83,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["name", "organization", "slug", "default_model", "created_at"]
+    list_display = ["name", "organization", "slug", "created_at"]
     list_filter = ["created_at"]
     list_select_related = ["organization"]
     search_fields = ["name", "slug", "organization__name", "organization__slug"]

@@ -162,7 +162,6 @@ class Project(models.Model):
     )
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=60)
-    default_model = models.CharField(max_length=200, blank=True)
     default_system_prompt = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

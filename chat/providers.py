@@ -1,18 +1,83 @@
-"""Which provider serves a project's model. The only place services get a Provider from."""
+"""From a project's model name to a Provider. The only place services get a Provider from.
 
-from django.conf import settings
+Resolution (database) and construction (no database) are separate steps: services resolve a
+``ProviderSpec`` inside their transaction; the streaming task builds the provider from it on
+the event loop without touching the ORM.
+"""
 
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from accounts.errors import ServiceError
 from accounts.models import Project
 
+from . import connection_selectors
+from .crypto import DecryptionError, decrypt
 from .llm.base import Provider
 from .llm.openai_provider import OpenAIProvider
+from .models import ProviderConnection
 
 
-def provider_for(*, project: Project | None, model: str) -> Provider:
-    """Until per-project connections land, every project uses the upstream in settings."""
+@dataclass(frozen=True)
+class ProviderSpec:
+    kind: str
+    model: str
+    context_window: int
+    base_url: str | None = None
+    api_key: str = field(default="", repr=False)  # plaintext, in memory only, never printed
+    organization: str | None = None
+    project: str | None = None
+    timeout: float = 60.0
+    max_retries: int = 2
+    connection_id: int | None = None
+
+
+def spec_for_connection(connection: ProviderConnection, *, model: str, window: int) -> ProviderSpec:
+    try:
+        api_key = decrypt(connection.api_key_encrypted) if connection.api_key_encrypted else ""
+    except DecryptionError:
+        raise ServiceError(
+            f"The key of the connection “{connection.name}” cannot be read with the configured "
+            "encryption keys. An admin needs to enter it again.",
+            code="connection_key_unreadable",
+        ) from None
+    return ProviderSpec(
+        kind=connection.kind,
+        model=model,
+        context_window=window,
+        base_url=connection.base_url or None,
+        api_key=api_key,
+        organization=connection.openai_organization or None,
+        project=connection.openai_project or None,
+        timeout=connection.timeout,
+        max_retries=connection.max_retries,
+        connection_id=connection.pk,
+    )
+
+
+def spec_for(*, project: Project, model: str) -> ProviderSpec:
+    """The provider serving ``model`` in ``project``; refuses a model the project does not allow."""
+    connection_model = connection_selectors.resolve_model(project, model)
+    if connection_model is None:
+        raise ServiceError(
+            f"The model {model!r} is not available in this project.", code="model_not_allowed"
+        )
+    return spec_for_connection(
+        connection_model.connection, model=model, window=connection_model.context_window
+    )
+
+
+def build_provider(spec: ProviderSpec) -> Provider:
+    if spec.kind == ProviderConnection.Kind.LOCAL:
+        from .llm.local_provider import LocalProvider  # loads llama.cpp only when used
+
+        return LocalProvider()
     return OpenAIProvider(
-        base_url=settings.LLM_BASE_URL,
-        api_key=settings.LLM_API_KEY,
-        timeout=settings.LLM_TIMEOUT,
-        max_retries=settings.LLM_MAX_RETRIES,
+        base_url=spec.base_url,
+        api_key=spec.api_key,
+        timeout=spec.timeout,
+        max_retries=spec.max_retries,
+        organization=spec.organization,
+        project=spec.project,
     )

@@ -8,7 +8,7 @@ from django.http import Http404
 
 from accounts.models import Project, User
 
-from .llm.catalog import context_window
+from . import connection_selectors
 from .models import Conversation, Message
 
 
@@ -56,15 +56,12 @@ def message_window(
 
 
 def allowed_models(project: Project) -> list[str]:
-    """Models a project's members may pick. Per-project allow-lists come with connections."""
-    models = list(settings.LLM_MODELS)
-    if project.default_model and project.default_model not in models:
-        models.insert(0, project.default_model)
-    return models
+    """Names of the models a project's members may pick, the default first."""
+    return connection_selectors.allowed_model_names(project)
 
 
-def default_model(project: Project) -> str:
-    return project.default_model or settings.LLM_DEFAULT_MODEL
+def default_model(project: Project) -> str | None:
+    return connection_selectors.default_model_name(project)
 
 
 def streaming_message(conversation: Conversation) -> Message | None:
@@ -79,7 +76,3 @@ def history_for_prompt(conversation: Conversation, *, before: int) -> QuerySet[M
         .order_by("-id")
         .only("id", "role", "content")
     )
-
-
-def model_context_window(model: str) -> int:
-    return context_window(model)

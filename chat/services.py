@@ -19,11 +19,12 @@ from django.utils import timezone
 from accounts.errors import ServiceError
 from accounts.models import Project, User
 
-from . import selectors
+from . import connection_selectors, selectors
 from .llm.base import ChatRequest, Usage
 from .llm.tokens import count_text_tokens
 from .models import Conversation, Message
 from .prompt import PromptTooLong, build_prompt
+from .providers import ProviderSpec, spec_for
 
 TITLE_MAX_CHARS = 80
 
@@ -38,6 +39,7 @@ class PendingReply:
     assistant_message_id: int
     user_message: dict[str, Any] | None  # serialized, when this turn added one
     request: ChatRequest
+    provider: ProviderSpec
     omitted: int
     prompt_tokens_estimate: int
     truncate_from: int | None = None  # messages with this id or later were replaced
@@ -59,7 +61,7 @@ def check_content(content: object) -> str:
 
 
 def check_model_allowed(*, project: Project, model: str) -> None:
-    if model not in selectors.allowed_models(project):
+    if connection_selectors.resolve_model(project, model) is None:
         raise ServiceError(
             f"The model {model!r} is not available in this project.", code="model_not_allowed"
         )
@@ -94,6 +96,11 @@ def _resolve(*, user: User, conversation_id: int) -> Conversation:
 @transaction.atomic
 def conversation_create(*, user: User, project: Project, model: str | None = None) -> Conversation:
     model = model or selectors.default_model(project)
+    if model is None:
+        raise ServiceError(
+            "This project has no model to chat with: an admin needs to add a connection.",
+            code="no_models",
+        )
     check_model_allowed(project=project, model=model)
     return Conversation.objects.create(
         project=project,
@@ -124,10 +131,14 @@ def conversation_update_settings(
     temperature: float | None,
     max_tokens: int | None,
 ) -> Conversation:
-    check_model_allowed(project=conversation.project, model=model)
+    connection_model = connection_selectors.resolve_model(conversation.project, model)
+    if connection_model is None:
+        raise ServiceError(
+            f"The model {model!r} is not available in this project.", code="model_not_allowed"
+        )
     if temperature is not None and not 0 <= temperature <= 2:
         raise ServiceError("Temperature goes from 0 to 2.", code="invalid_temperature")
-    window = selectors.model_context_window(model)
+    window = connection_model.context_window
     if max_tokens is not None and not 1 <= max_tokens < window:
         raise ServiceError(
             f"Max tokens must be between 1 and {window - 1:,} for {model}.",
@@ -173,7 +184,7 @@ def _begin_reply(
     truncate_from: int | None = None,
 ) -> PendingReply:
     model = conversation.model
-    check_model_allowed(project=conversation.project, model=model)
+    provider = spec_for(project=conversation.project, model=model)
     reply_tokens = conversation.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
     history = selectors.history_for_prompt(conversation, before=user_message.pk)
     try:
@@ -182,7 +193,7 @@ def _begin_reply(
             latest={"role": "user", "content": user_message.content},
             history_newest_first=((m.role, m.content) for m in history.iterator(chunk_size=100)),
             history_count=history.count(),
-            context_window=selectors.model_context_window(model),
+            context_window=provider.context_window,
             reply_tokens=reply_tokens,
         )
     except PromptTooLong as error:
@@ -220,6 +231,7 @@ def _begin_reply(
         assistant_message_id=assistant.pk,
         user_message=serialize_message(user_message) if added else None,
         request=request,
+        provider=provider,
         omitted=prompt.omitted,
         prompt_tokens_estimate=prompt.prompt_tokens,
         truncate_from=truncate_from,

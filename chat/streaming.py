@@ -24,7 +24,7 @@ from django.conf import settings
 from . import services
 from .llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage
 from .models import Message
-from .providers import provider_for
+from .providers import build_provider
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class ReplyRunner:
             await self.layer.group_discard(self.control_group, control)
 
     async def stream(self, started: float, outcome: dict[str, Any]) -> None:
-        provider = provider_for(project=None, model=self.pending.request.model)
+        provider = build_provider(self.pending.provider)
         last_flush = time.monotonic()
         try:
             async for item in provider.stream(self.pending.request):

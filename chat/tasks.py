@@ -3,10 +3,12 @@ import logging
 
 from celery import shared_task
 
+from accounts.errors import ServiceError
+
 from . import services
 from .llm.base import ChatRequest, ProviderError
 from .models import Conversation, Message
-from .providers import provider_for
+from .providers import ProviderSpec, build_provider, spec_for
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +18,8 @@ TITLE_PROMPT = (
 )
 
 
-async def _ask_for_title(*, model: str, first_message: str) -> str:
-    provider = provider_for(project=None, model=model)
+async def _ask_for_title(*, spec: ProviderSpec, model: str, first_message: str) -> str:
+    provider = build_provider(spec)
     try:
         completion = await provider.complete(
             ChatRequest(
@@ -38,7 +40,9 @@ async def _ask_for_title(*, model: str, first_message: str) -> str:
 @shared_task(ignore_result=True)
 def title_conversation(conversation_id: int) -> None:
     """Name a conversation after its first exchange; the first words if the model cannot."""
-    conversation = Conversation.objects.filter(pk=conversation_id, title="").first()
+    conversation = (
+        Conversation.objects.select_related("project").filter(pk=conversation_id, title="").first()
+    )
     if conversation is None:
         return
     first = conversation.messages.filter(role=Message.Role.USER).order_by("id").first()
@@ -46,11 +50,14 @@ def title_conversation(conversation_id: int) -> None:
         return
     title = ""
     try:
-        title = services.clean_title(
-            asyncio.run(_ask_for_title(model=conversation.model, first_message=first.content))
+        spec = spec_for(project=conversation.project, model=conversation.model)
+        raw = asyncio.run(
+            _ask_for_title(spec=spec, model=conversation.model, first_message=first.content)
         )
-    except ProviderError as error:
-        logger.info("titling conversation %s fell back: %s", conversation_id, error.code)
+        title = services.clean_title(raw)
+    except (ProviderError, ServiceError) as error:
+        logger.info("titling conversation %s fell back to its first words: %s", conversation_id,
+                    getattr(error, "code", error))  # fmt: skip
     services.conversation_set_title(
         conversation_id=conversation_id, title=title or services.fallback_title(first.content)
     )

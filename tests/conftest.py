@@ -83,10 +83,9 @@ def fake_upstream_server() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
-def fake_upstream(fake_upstream_server: FakeUpstream, settings) -> FakeUpstream:
-    """The fake OpenAI upstream, request counts zeroed, and the app pointed at it."""
+def fake_upstream(fake_upstream_server: FakeUpstream) -> FakeUpstream:
+    """The fake OpenAI upstream, its request counts zeroed."""
     fake_upstream_server.reset()
-    settings.LLM_BASE_URL = fake_upstream_server.base_url
     return fake_upstream_server
 
 

@@ -20,6 +20,7 @@ PRODUCTION_ENV = {
     "ALLOWED_HOSTS": "gateway.example.com",
     "CSRF_TRUSTED_ORIGINS": "https://gateway.example.com",
     "EMAIL_URL": "smtp+tls://mailer:pw@smtp.example.com:587",
+    "FIELD_ENCRYPTION_KEYS": "3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc=",
 }
 
 

@@ -109,6 +109,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 behaviour now: a URL typed without scheme is https
 
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
@@ -138,14 +139,14 @@ LOGGING = {
     },
 }
 
-# --- Chat and the upstream provider ---------------------------------------------------------
-# Until per-project connections land, one OpenAI-compatible upstream serves every project.
-LLM_BASE_URL = env.str("LLM_BASE_URL", default="") or None  # None: api.openai.com
-LLM_API_KEY = env.str("OPENAI_API_KEY", default="")
-LLM_MODELS = env.list("LLM_MODELS", default=["gpt-4o-mini", "gpt-4o"])
-LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="") or LLM_MODELS[0]
-LLM_TIMEOUT = env.float("LLM_TIMEOUT", default=60.0)
-LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+# --- Chat and the providers ------------------------------------------------------------------
+# Provider keys are encrypted with these Fernet keys, newest first (see chat/crypto.py).
+FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+# When set, every organization may use a shared OpenAI connection holding this key.
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+# The embedded local model: llama.cpp threads and context (0: the model's own, 8,192).
+LOCAL_MODEL_THREADS = env.int("LOCAL_MODEL_THREADS", default=0)
+LOCAL_MODEL_CONTEXT = env.int("LOCAL_MODEL_CONTEXT", default=0)
 
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
 # A streaming reply is written to the database at most this often (seconds), not per token.

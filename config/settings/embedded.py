@@ -64,10 +64,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "store_processed": False,
 }
 
-# Until the local model lands, `make run` starts the project's fake OpenAI-compatible upstream
-# on this port and chats with it; set LLM_BASE_URL / OPENAI_API_KEY to use a real one.
-FAKE_UPSTREAM_PORT = env.int("FAKE_UPSTREAM_PORT", default=8001)
-LLM_BASE_URL = env.str("LLM_BASE_URL", default=f"http://127.0.0.1:{FAKE_UPSTREAM_PORT}/v1")
-LLM_API_KEY = env.str("OPENAI_API_KEY", default="sk-local-fake-upstream")
-LLM_MODELS = env.list("LLM_MODELS", default=["fake-gpt", "fake-gpt-mini"])
-LLM_DEFAULT_MODEL = LLM_MODELS[0]
+def _development_encryption_key() -> str:
+    # Like the secret key: generated once, kept in var/, never committed.
+    from cryptography.fernet import Fernet
+
+    path = VAR_DIR / "field-encryption-key"
+    if not path.exists():
+        path.write_text(Fernet.generate_key().decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [
+    _development_encryption_key()
+]

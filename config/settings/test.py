@@ -39,10 +39,6 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 
-# Tests point LLM_BASE_URL at the fake upstream they start (tests/conftest.py).
-LLM_API_KEY = "sk-test-key-0123456789"
-LLM_MODELS = ["fake-gpt", "fake-gpt-mini"]
-LLM_DEFAULT_MODEL = "fake-gpt"
-LLM_TIMEOUT = 5.0
-LLM_MAX_RETRIES = 0
+# A fixed test key (never used anywhere else); tests that rotate keys override it.
+FIELD_ENCRYPTION_KEYS = ["3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc="]
 CHAT_FLUSH_INTERVAL = 0.05

@@ -6,16 +6,40 @@ import pytest
 
 from accounts.models import Project, User
 from chat import services
-from chat.models import Conversation
+from chat.connection_services import connection_model_add
+from chat.crypto import encrypt, key_hint
+from chat.models import Conversation, ProviderConnection
+
+FAKE_KEY = "sk-test-5f3a9c0e1b7d4a2f"
+
+
+def fake_connection(project: Project, upstream, **fields) -> ProviderConnection:
+    """The project's connection to the fake upstream: no retries, short timeout, exact counts."""
+    connection, _ = ProviderConnection.objects.get_or_create(
+        organization=project.organization,
+        project=project,
+        kind=ProviderConnection.Kind.COMPATIBLE,
+        defaults={
+            "name": "Fake upstream",
+            "base_url": upstream.base_url,
+            "timeout": 5.0,
+            "max_retries": 0,
+            "api_key_encrypted": encrypt(FAKE_KEY),
+            "api_key_hint": key_hint(FAKE_KEY),
+            **fields,
+        },
+    )
+    return connection
 
 
 @pytest.fixture
-def make_conversation(fake_upstream, settings) -> Callable[..., Conversation]:
-    """A conversation of ``user`` in ``project`` on ``model`` (fault markers allowed)."""
+def make_conversation(fake_upstream) -> Callable[..., Conversation]:
+    """A conversation of ``user`` in ``project`` on ``model`` served by the fake upstream
+    (fault markers allowed: ``fake-gpt@500``)."""
 
     def make(user: User, project: Project, model: str = "fake-gpt", **fields) -> Conversation:
-        if model not in settings.LLM_MODELS:
-            settings.LLM_MODELS = [*settings.LLM_MODELS, model]
+        connection = fake_connection(project, fake_upstream)
+        connection_model_add(actor=None, connection=connection, name=model)
         conversation = services.conversation_create(user=user, project=project, model=model)
         for name, value in fields.items():
             setattr(conversation, name, value)

@@ -56,7 +56,8 @@ def test_new_chat_uses_the_project_defaults(client_for, alice, project_a, fake_u
 
     conversation = Conversation.objects.get()
     assert response.url == url("conversation_detail", conversation)
-    assert (conversation.owner, conversation.model) == (alice, "fake-gpt")
+    # Until the project curates its models, new chats use the built-in local model.
+    assert (conversation.owner, conversation.model) == (alice, "smollm2-135m-instruct")
     assert conversation.system_prompt == "You answer in Korean."
 
 
@@ -160,7 +161,11 @@ def test_rename_and_delete(client_for, alice, conversation):
     assert not Conversation.objects.exists()
 
 
-def test_settings_are_saved_and_bad_values_explained(client_for, alice, conversation):
+def test_settings_are_saved_and_bad_values_explained(
+    client_for, alice, project_a, make_conversation
+):
+    make_conversation(alice, project_a, model="fake-gpt-mini")
+    conversation = make_conversation(alice, project_a, model="fake-gpt")
     client = client_for(alice)
     settings_url = url("conversation_settings", conversation)
 

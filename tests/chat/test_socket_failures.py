@@ -7,7 +7,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat import services
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, ProviderConnection
 from tests.chat.test_socket import create, messages_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,7 +43,8 @@ async def test_an_upstream_error_keeps_the_message_and_says_what_happened(
     assert (reply.state, reply.error_code, reply.content) == ("error", code, "")
     assert reply.error_message == error["message"]
     assert "sk-test" not in error["message"]
-    assert fake_upstream.request_counts[model] == 1  # LLM_MAX_RETRIES is 0 in tests
+    assert "5f3a9c0e" not in reply.error_message
+    assert fake_upstream.request_counts[model] == 1  # the test connection does not retry
 
 
 async def test_a_rate_limit_says_when_to_try_again(
@@ -61,11 +62,13 @@ async def test_a_rate_limit_says_when_to_try_again(
 
 @pytest.mark.parametrize(("marker", "requests"), [("500", 2), ("401", 1), ("quota", 1)])
 async def test_retries_are_bounded_and_only_where_they_can_help(
-    open_socket, make_conversation, alice, project_a, fake_upstream, settings, marker, requests
+    open_socket, make_conversation, alice, project_a, fake_upstream, marker, requests
 ):
-    settings.LLM_MAX_RETRIES = 1
     model = f"fake-gpt@{marker}"
     conversation = await create(make_conversation, alice, project_a, model=model)
+    await database_sync_to_async(
+        ProviderConnection.objects.filter(project=project_a).update
+    )(max_retries=1)
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="hello")
@@ -74,11 +77,11 @@ async def test_retries_are_bounded_and_only_where_they_can_help(
     assert fake_upstream.request_counts[model] == requests
 
 
-async def test_a_hung_upstream_times_out(
-    open_socket, make_conversation, alice, project_a, settings
-):
-    settings.LLM_TIMEOUT = 0.5
+async def test_a_hung_upstream_times_out(open_socket, make_conversation, alice, project_a):
     conversation = await create(make_conversation, alice, project_a, model="fake-gpt@hang")
+    await database_sync_to_async(
+        ProviderConnection.objects.filter(project=project_a).update
+    )(timeout=0.5)
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="hello")

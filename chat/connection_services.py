@@ -1,0 +1,335 @@
+"""Writes on provider connections, their models and the models a project allows.
+
+Keys are write-only: they come in as plaintext, are stored encrypted, and only a hint
+(``sk-…abcd``) ever goes back out — in pages, the admin, the API, logs and error texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.errors import ServiceError
+from accounts.models import Membership, Project
+from accounts.services import check_can_manage
+
+from . import connection_selectors
+from .crypto import encrypt, key_hint, rotate
+from .llm.base import ErrorCode, ProviderError
+from .llm.catalog import LOCAL_MODEL_NAME, capabilities
+from .llm.catalog import context_window as guess_window
+from .models import ConnectionModel, ProjectModel, ProviderConnection
+from .providers import build_provider, spec_for_connection
+
+logger = logging.getLogger(__name__)
+
+TENANT_KINDS = (ProviderConnection.Kind.OPENAI, ProviderConnection.Kind.COMPATIBLE)
+LOCAL_CONNECTION_NAME = "Built-in local model"
+SHARED_OPENAI_NAME = "OpenAI (server key)"
+DEFAULT_OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4-turbo", "gpt-3.5-turbo")
+
+
+def _check_fields(*, kind: str, base_url: str, has_key: bool) -> None:
+    if kind not in TENANT_KINDS:
+        raise ServiceError("Choose OpenAI or an OpenAI-compatible server.", code="invalid_kind")
+    if kind == ProviderConnection.Kind.COMPATIBLE and not base_url:
+        raise ServiceError(
+            "An OpenAI-compatible server needs its base URL, e.g. http://localhost:11434/v1.",
+            code="base_url_required",
+        )
+    if kind == ProviderConnection.Kind.OPENAI and not has_key:
+        raise ServiceError("OpenAI needs an API key.", code="api_key_required")
+
+
+def _set_key(connection: ProviderConnection, api_key: str) -> None:
+    api_key = api_key.strip()
+    connection.api_key_encrypted = encrypt(api_key) if api_key else ""
+    connection.api_key_hint = key_hint(api_key) if api_key else ""
+
+
+@transaction.atomic
+def connection_create(
+    *,
+    actor: Membership,
+    project: Project | None,
+    kind: str,
+    name: str,
+    base_url: str = "",
+    api_key: str = "",
+    openai_organization: str = "",
+    openai_project: str = "",
+    timeout: float = 60.0,
+    max_retries: int = 2,
+) -> ProviderConnection:
+    """A connection for one project, or (``project=None``) shared by the organization's."""
+    check_can_manage(actor)
+    _check_fields(kind=kind, base_url=base_url, has_key=bool(api_key.strip()))
+    connection = ProviderConnection(
+        organization=actor.organization,
+        project=project,
+        kind=kind,
+        name=name.strip() or dict(ProviderConnection.Kind.choices)[kind],
+        base_url=base_url.strip(),
+        openai_organization=openai_organization.strip(),
+        openai_project=openai_project.strip(),
+        timeout=timeout,
+        max_retries=max_retries,
+        created_by=actor.user,
+    )
+    _set_key(connection, api_key)
+    connection.save()
+    return connection
+
+
+@transaction.atomic
+def connection_update(
+    *,
+    actor: Membership,
+    connection: ProviderConnection,
+    name: str,
+    base_url: str = "",
+    api_key: str = "",
+    openai_organization: str = "",
+    openai_project: str = "",
+    timeout: float = 60.0,
+    max_retries: int = 2,
+) -> ProviderConnection:
+    """An empty ``api_key`` keeps the stored one: the form never shows it back."""
+    check_can_manage(actor)
+    _check_fields(
+        kind=connection.kind,
+        base_url=base_url,
+        has_key=bool(api_key.strip() or connection.api_key_encrypted),
+    )
+    connection.name = name.strip() or connection.name
+    connection.base_url = base_url.strip()
+    connection.openai_organization = openai_organization.strip()
+    connection.openai_project = openai_project.strip()
+    connection.timeout = timeout
+    connection.max_retries = max_retries
+    if api_key.strip():
+        _set_key(connection, api_key)
+    connection.save()
+    return connection
+
+
+@transaction.atomic
+def connection_delete(*, actor: Membership, connection: ProviderConnection) -> None:
+    """Refused while a project's allow-list names one of its models: say which."""
+    check_can_manage(actor)
+    uses = connection_selectors.connections_using(connection)
+    if uses:
+        listed = "; ".join(f"{project}: {', '.join(names)}" for project, names in uses.items())
+        raise ServiceError(
+            f"“{connection.name}” is still in use by {listed}. Remove those models from the "
+            "projects' allowed models first.",
+            code="connection_in_use",
+        )
+    connection.delete()
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def connection_model_add(
+    *,
+    actor: Membership | None,
+    connection: ProviderConnection,
+    name: str,
+    context_window: int | None = None,
+    supports_vision: bool | None = None,
+    supports_tools: bool | None = None,
+    supports_json: bool | None = None,
+    fetched: bool = False,
+) -> ConnectionModel:
+    if actor is not None:
+        check_can_manage(actor)
+    name = name.strip()
+    if not name:
+        raise ServiceError("A model needs a name.", code="invalid_model")
+    guessed = capabilities(name)
+    model, _ = ConnectionModel.objects.update_or_create(
+        connection=connection,
+        name=name,
+        defaults={
+            "context_window": context_window or guess_window(name),
+            "supports_vision": guessed["supports_vision"]
+            if supports_vision is None
+            else supports_vision,
+            "supports_tools": guessed["supports_tools"]
+            if supports_tools is None
+            else supports_tools,
+            "supports_json": guessed["supports_json"] if supports_json is None else supports_json,
+            "fetched": fetched,
+        },
+    )
+    return model
+
+
+@transaction.atomic
+def connection_model_remove(*, actor: Membership, model: ConnectionModel) -> None:
+    check_can_manage(actor)
+    if ProjectModel.objects.filter(model=model).exists():
+        raise ServiceError(
+            f"{model.name} is allowed in a project; remove it from the project's models first.",
+            code="model_in_use",
+        )
+    model.delete()
+
+
+@dataclass(frozen=True)
+class ConnectionCheck:
+    """The outcome of "test connection", specific enough to act on."""
+
+    status: str  # ok, bad_key, unreachable, timeout, not_openai, error
+    message: str
+    models: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _list_models(connection: ProviderConnection) -> list[str]:
+    spec = spec_for_connection(connection, model="", window=0)
+
+    async def call() -> list[str]:
+        provider = build_provider(spec)
+        try:
+            return await provider.list_models()
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(call())
+
+
+def connection_check(connection: ProviderConnection) -> ConnectionCheck:
+    """Ask the server for its models and say plainly what went wrong, without any key."""
+    try:
+        names = _list_models(connection)
+    except ProviderError as error:
+        status = {
+            ErrorCode.AUTH: "bad_key",
+            ErrorCode.TIMEOUT: "timeout",
+            ErrorCode.MODEL_NOT_FOUND: "not_openai",
+            ErrorCode.BAD_REQUEST: "not_openai",
+        }.get(error.code)
+        if status is None and error.code == ErrorCode.UPSTREAM_UNAVAILABLE:
+            status = "unreachable" if error.status is None else "not_openai"
+        messages = {
+            "bad_key": "The server refused the API key.",
+            "timeout": f"No answer within {connection.timeout:g} s.",
+            "unreachable": "The server cannot be reached at that address.",
+            "not_openai": "Something answered, but not like an OpenAI-compatible server "
+            "(no /v1/models there).",
+        }
+        status = status or "error"
+        return ConnectionCheck(status, messages.get(status, error.message))
+    except Exception as error:  # a 200 that is not OpenAI JSON, a malformed URL…
+        logger.info("connection %s check failed: %s", connection.pk, type(error).__name__)
+        return ConnectionCheck(
+            "not_openai",
+            "Something answered, but not like an OpenAI-compatible server.",
+        )
+    return ConnectionCheck("ok", f"Connected: {len(names)} models available.", tuple(names))
+
+
+@transaction.atomic
+def connection_refresh_models(
+    *, actor: Membership | None, connection: ProviderConnection
+) -> ConnectionCheck:
+    """Fetch the server's models; new ones are added, typed-in ones are kept."""
+    if actor is not None:
+        check_can_manage(actor)
+    result = connection_check(connection)
+    if result.ok:
+        for name in result.models:
+            connection_model_add(actor=None, connection=connection, name=name, fetched=True)
+        connection.models_refreshed_at = timezone.now()
+        connection.save(update_fields=["models_refreshed_at", "updated_at"])
+    return result
+
+
+# --- the models a project allows ------------------------------------------------------------
+
+
+@transaction.atomic
+def project_models_set(
+    *, actor: Membership, project: Project, model_ids: list[int], default_id: int | None
+) -> list[ProjectModel]:
+    """Replace the project's allow-list. An empty list goes back to "every visible model"."""
+    check_can_manage(actor)
+    visible = ConnectionModel.objects.filter(
+        connection__in=connection_selectors.connections_for_project(project), pk__in=model_ids
+    )
+    chosen = list(visible)
+    if len(chosen) != len(set(model_ids)):
+        raise ServiceError("Some of those models are not available to this project.")
+    names = [m.name for m in chosen]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ServiceError(
+            f"Two connections serve {', '.join(duplicates)}: allow it from one of them only.",
+            code="duplicate_model",
+        )
+    if chosen and default_id not in {m.pk for m in chosen}:
+        raise ServiceError("Choose the default among the allowed models.", code="no_default")
+    ProjectModel.objects.filter(project=project).delete()
+    return [
+        ProjectModel.objects.create(
+            project=project, model=m, name=m.name, is_default=m.pk == default_id
+        )
+        for m in chosen
+    ]
+
+
+# --- global connections and key rotation ----------------------------------------------------
+
+
+@transaction.atomic
+def connections_ensure_defaults() -> None:
+    """The built-in local model for everyone, and a shared OpenAI connection when the server
+    has OPENAI_API_KEY. Idempotent; runs after every migrate."""
+    local, _ = ProviderConnection.objects.get_or_create(
+        organization=None,
+        kind=ProviderConnection.Kind.LOCAL,
+        defaults={"name": LOCAL_CONNECTION_NAME, "timeout": 120.0, "max_retries": 0},
+    )
+    connection_model_add(actor=None, connection=local, name=LOCAL_MODEL_NAME, fetched=True)
+
+    key = settings.OPENAI_API_KEY.strip()
+    shared = ProviderConnection.objects.filter(
+        organization=None, kind=ProviderConnection.Kind.OPENAI, name=SHARED_OPENAI_NAME
+    ).first()
+    if not key:
+        return
+    if shared is None:
+        shared = ProviderConnection(
+            organization=None, kind=ProviderConnection.Kind.OPENAI, name=SHARED_OPENAI_NAME
+        )
+    if shared.api_key_hint != key_hint(key) or not shared.pk:
+        _set_key(shared, key)
+        shared.save()
+    for name in DEFAULT_OPENAI_MODELS:
+        if not shared.models.filter(name=name).exists():
+            connection_model_add(actor=None, connection=shared, name=name)
+
+
+def connections_rotate_keys() -> int:
+    """Re-encrypt every stored key with the newest FIELD_ENCRYPTION_KEYS entry."""
+    rotated = 0
+    for connection in ProviderConnection.objects.exclude(api_key_encrypted="").only(
+        "pk", "api_key_encrypted"
+    ):
+        with transaction.atomic():
+            ProviderConnection.objects.filter(pk=connection.pk).update(
+                api_key_encrypted=rotate(connection.api_key_encrypted)
+            )
+        rotated += 1
+    return rotated
