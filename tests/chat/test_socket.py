@@ -271,3 +271,23 @@ async def test_the_first_exchange_names_the_conversation(
 
     await database_sync_to_async(conversation.refresh_from_db)()
     assert conversation.title == "Echo: Plan a trip to Jeju"
+
+
+async def test_chat_still_works_after_the_encryption_keys_rotate(
+    open_socket, make_conversation, alice, project_a, settings
+):
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    conversation = await create(make_conversation, alice, project_a)
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, *settings.FIELD_ENCRYPTION_KEYS]
+    await database_sync_to_async(call_command)("rotate_encryption_keys")
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]  # the old key is gone
+
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="still here")
+    done = (await socket.until("done", "error"))[-1]
+
+    assert done["type"] == "done"
+    assert done["message"]["content"] == "Echo: still here"
