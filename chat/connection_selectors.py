@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import Organization, Project
@@ -23,6 +23,33 @@ def get_managed_connection_or_404(*, organization: Organization, pk: int) -> Pro
         return ProviderConnection.objects.managed_by(organization).get(pk=pk)
     except ProviderConnection.DoesNotExist:
         raise Http404("No such connection.") from None
+
+
+def get_project_connection_or_404(*, project: Project, pk: int) -> ProviderConnection:
+    """A connection managers may edit from this project's pages: the organization's shared
+    ones and this project's own. Another project's own, or a global one, answers 404."""
+    try:
+        return (
+            ProviderConnection.objects.managed_by(project.organization)
+            .filter(Q(project__isnull=True) | Q(project=project))
+            .get(pk=pk)
+        )
+    except ProviderConnection.DoesNotExist:
+        raise Http404("No such connection.") from None
+
+
+def models_visible_to(project: Project) -> list[ConnectionModel]:
+    """Every model of every connection the project sees, by connection."""
+    return list(
+        ConnectionModel.objects.filter(connection__in=connections_for_project(project))
+        .select_related("connection")
+        .order_by("connection__name", "connection_id", "name")
+    )
+
+
+def saved_allow_list(project: Project) -> list[ProjectModel]:
+    """The project's explicit allow-list (empty: every visible model is allowed)."""
+    return list(ProjectModel.objects.filter(project=project).select_related("model"))
 
 
 def get_visible_connection_or_404(*, project: Project, pk: int) -> ProviderConnection:

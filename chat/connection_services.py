@@ -34,6 +34,16 @@ SHARED_OPENAI_NAME = "OpenAI (server key)"
 DEFAULT_OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4-turbo", "gpt-3.5-turbo")
 
 
+def check_can_edit(*, actor: Membership, connection: ProviderConnection) -> None:
+    """Managers of the connection's own organization only; global ones are staff's."""
+    check_can_manage(actor)
+    if connection.organization_id != actor.organization_id:
+        raise ServiceError(
+            "This connection is kept by the site's staff; it cannot be changed here.",
+            code="forbidden",
+        )
+
+
 def _check_fields(*, kind: str, base_url: str, has_key: bool) -> None:
     if kind not in TENANT_KINDS:
         raise ServiceError("Choose OpenAI or an OpenAI-compatible server.", code="invalid_kind")
@@ -100,7 +110,7 @@ def connection_update(
     max_retries: int = 2,
 ) -> ProviderConnection:
     """An empty ``api_key`` keeps the stored one: the form never shows it back."""
-    check_can_manage(actor)
+    check_can_edit(actor=actor, connection=connection)
     _check_fields(
         kind=connection.kind,
         base_url=base_url,
@@ -121,7 +131,7 @@ def connection_update(
 @transaction.atomic
 def connection_delete(*, actor: Membership, connection: ProviderConnection) -> None:
     """Refused while a project's allow-list names one of its models: say which."""
-    check_can_manage(actor)
+    check_can_edit(actor=actor, connection=connection)
     uses = connection_selectors.connections_using(connection)
     if uses:
         listed = "; ".join(f"{project}: {', '.join(names)}" for project, names in uses.items())
@@ -149,7 +159,7 @@ def connection_model_add(
     fetched: bool = False,
 ) -> ConnectionModel:
     if actor is not None:
-        check_can_manage(actor)
+        check_can_edit(actor=actor, connection=connection)
     name = name.strip()
     if not name:
         raise ServiceError("A model needs a name.", code="invalid_model")
@@ -174,7 +184,7 @@ def connection_model_add(
 
 @transaction.atomic
 def connection_model_remove(*, actor: Membership, model: ConnectionModel) -> None:
-    check_can_manage(actor)
+    check_can_edit(actor=actor, connection=model.connection)
     if ProjectModel.objects.filter(model=model).exists():
         raise ServiceError(
             f"{model.name} is allowed in a project; remove it from the project's models first.",
@@ -213,6 +223,8 @@ def connection_check(connection: ProviderConnection) -> ConnectionCheck:
     """Ask the server for its models and say plainly what went wrong, without any key."""
     try:
         names = _list_models(connection)
+    except ServiceError as error:  # e.g. a key no configured encryption key opens
+        return ConnectionCheck("error", error.message)
     except ProviderError as error:
         status = {
             ErrorCode.AUTH: "bad_key",
@@ -237,7 +249,8 @@ def connection_check(connection: ProviderConnection) -> ConnectionCheck:
             "not_openai",
             "Something answered, but not like an OpenAI-compatible server.",
         )
-    return ConnectionCheck("ok", f"Connected: {len(names)} models available.", tuple(names))
+    count = f"{len(names)} model{'s' if len(names) != 1 else ''}"
+    return ConnectionCheck("ok", f"Connected: {count} available.", tuple(names))
 
 
 @transaction.atomic
@@ -270,7 +283,9 @@ def project_models_set(
     )
     chosen = list(visible)
     if len(chosen) != len(set(model_ids)):
-        raise ServiceError("Some of those models are not available to this project.")
+        raise ServiceError(
+            "Some of those models are not available to this project.", code="model_not_visible"
+        )
     names = [m.name for m in chosen]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

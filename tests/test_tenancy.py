@@ -51,6 +51,19 @@ TENANT_ROUTES: dict[str, Callable] = {
     "conversation_delete": lambda w: {**_project(w), "pk": w.conversation.pk},
     "conversation_settings": lambda w: {**_project(w), "pk": w.conversation.pk},
     "conversation_export": lambda w: {**_project(w), "pk": w.conversation.pk, "fmt": "json"},
+    "connections": _project,
+    "connection_new": _project,
+    "connection_edit": lambda w: {**_project(w), "pk": w.connection.pk},
+    "connection_delete": lambda w: {**_project(w), "pk": w.connection.pk},
+    "connection_test": lambda w: {**_project(w), "pk": w.connection.pk},
+    "connection_refresh": lambda w: {**_project(w), "pk": w.connection.pk},
+    "connection_model_add": lambda w: {**_project(w), "pk": w.connection.pk},
+    "connection_model_remove": lambda w: {
+        **_project(w),
+        "pk": w.connection.pk,
+        "model_pk": w.connection_model.pk,
+    },
+    "project_models": _project,
 }
 
 # Conversations belong to one person: other members of the same organization get 404 too.
@@ -108,7 +121,7 @@ def test_every_socket_route_with_arguments_is_covered():
 @pytest.fixture
 def world(alice, bob, charlie, org_a, project_a, project_b):
     from accounts.models import Invitation, Membership, hash_token
-    from chat.models import Conversation
+    from chat.models import ConnectionModel, Conversation, ProviderConnection
 
     class World:
         pass
@@ -123,6 +136,16 @@ def world(alice, bob, charlie, org_a, project_a, project_b):
         expires_at="2999-01-01T00:00:00Z",
     )
     w.conversation = Conversation.objects.create(project=project_a, owner=alice, model="fake-gpt")
+    # Unreachable on purpose (a closed port): the owner's GETs must not wait on a network.
+    w.connection = ProviderConnection.objects.create(
+        organization=org_a,
+        project=project_a,
+        kind=ProviderConnection.Kind.COMPATIBLE,
+        name="A's server",
+        base_url="http://127.0.0.1:9/v1",
+        max_retries=0,
+    )
+    w.connection_model = ConnectionModel.objects.create(connection=w.connection, name="a-model")
     return w
 
 

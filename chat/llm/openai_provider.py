@@ -32,6 +32,7 @@ from chat.llm.base import (
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+KEYLESS_PLACEHOLDER = "no-key"
 _MAX_DETAIL = 300
 
 
@@ -114,7 +115,10 @@ class OpenAIProvider:
             # Explicit default: the OPENAI_BASE_URL of the server's environment must not
             # redirect a tenant's key somewhere else.
             base_url=base_url or DEFAULT_BASE_URL,
-            api_key=api_key,
+            # Self-hosted servers (Ollama, vLLM, LM Studio) need no key, but the SDK refuses an
+            # empty one and would then read keys from the server's environment: send a
+            # placeholder instead, which such servers ignore.
+            api_key=api_key or KEYLESS_PLACEHOLDER,
             timeout=timeout,
             max_retries=max_retries,
             http_client=openai.DefaultAsyncHttpxClient(

@@ -146,3 +146,25 @@ def test_members_cannot_create_connections(bob, org_a, project_a):
             actor=member, project=project_a, kind="openai", name="x", api_key=FAKE_KEY
         )
     assert info.value.code == "forbidden"
+
+
+def test_services_refuse_other_organizations_and_global_connections(owner, charlie, org_b):
+    from accounts.errors import ServiceError
+
+    local = ProviderConnection.objects.get(organization=None, kind="local")
+    other = Membership.objects.get(user=charlie, organization=org_b)
+    theirs = connection_services.connection_create(
+        actor=other, project=None, kind="openai", name="B's", api_key=SECRET
+    )
+
+    for connection in (local, theirs):
+        with pytest.raises(ServiceError) as info:
+            connection_services.connection_update(actor=owner, connection=connection, name="x")
+        assert info.value.code == "forbidden"
+        with pytest.raises(ServiceError):
+            connection_services.connection_delete(actor=owner, connection=connection)
+        with pytest.raises(ServiceError):
+            connection_services.connection_model_add(
+                actor=owner, connection=connection, name="gpt-4o"
+            )
+    assert ProviderConnection.objects.filter(pk__in=[local.pk, theirs.pk]).count() == 2

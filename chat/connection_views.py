@@ -1,0 +1,424 @@
+"""Project settings pages for provider connections and the models a project allows.
+
+Thin: forms in, ``connection_services`` out, ``connection_selectors`` for every lookup. Keys are
+write-only here as everywhere else: no form renders one back, pages show only the hint.
+Owners and admins manage connections; members may look at the Models page and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from accounts.decorators import project_view, raise_if_forbidden
+from accounts.errors import ServiceError
+from accounts.models import Membership, Project
+from accounts.services import check_can_manage
+
+from . import connection_selectors, connection_services
+from .models import ProviderConnection
+
+# --- forms -------------------------------------------------------------------------------------
+
+
+def validate_base_url(value: str) -> None:
+    # Not forms.URLField: its validator refuses single-label hosts such as a compose service
+    # (http://ollama:11434/v1), which is exactly where self-hosted servers live.
+    try:
+        parts = urlsplit(value)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValidationError(
+            "Enter an http:// or https:// address, e.g. http://localhost:11434/v1."
+        )
+
+
+class ConnectionForm(forms.Form):
+    kind = forms.ChoiceField(
+        choices=[(kind.value, kind.label) for kind in connection_services.TENANT_KINDS]
+    )
+    name = forms.CharField(max_length=100, required=False, help_text="Empty: named after its kind.")
+    base_url = forms.CharField(
+        label="Base URL",
+        max_length=200,
+        required=False,
+        validators=[validate_base_url],
+        help_text="Empty for OpenAI itself; for a compatible server its /v1 address, "
+        "e.g. http://localhost:11434/v1.",
+    )
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted; only its last four characters are ever shown again.",
+    )
+    openai_organization = forms.CharField(
+        label="OpenAI organization", max_length=100, required=False, help_text="Optional (org-…)."
+    )
+    openai_project = forms.CharField(
+        label="OpenAI project", max_length=100, required=False, help_text="Optional (proj_…)."
+    )
+    timeout = forms.FloatField(
+        label="Timeout (seconds)",
+        min_value=0.1,
+        max_value=600,
+        initial=60.0,
+        help_text="How long to wait for an answer, and between streamed chunks.",
+    )
+    max_retries = forms.IntegerField(label="Max retries", min_value=0, max_value=10, initial=2)
+    shared = forms.BooleanField(
+        label="Share with all projects of the organization",
+        required=False,
+        help_text="Otherwise only this project sees it.",
+    )
+
+
+class ConnectionEditForm(ConnectionForm):
+    """The same fields but the kind and the scope, which connection_update does not change."""
+
+    def __init__(self, *args: Any, connection: ProviderConnection, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["kind"], self.fields["shared"]
+        if connection.api_key_hint:
+            # format_html: form_fields.html shows help texts unescaped, and the hint is
+            # four characters of whatever was typed as a key.
+            help_text = format_html(
+                "Leave empty to keep the current key ({}).", connection.api_key_hint
+            )
+        else:
+            help_text = "No key is stored; leave empty to keep it that way."
+        self.fields["api_key"].help_text = help_text
+
+
+class ModelAddForm(forms.Form):
+    name = forms.CharField(max_length=200, label="Model name")
+    context_window = forms.IntegerField(
+        label="Context window", min_value=1, required=False, help_text="Tokens; empty: guessed."
+    )
+    supports_vision = forms.BooleanField(label="Vision", required=False)
+    supports_tools = forms.BooleanField(label="Tools", required=False)
+    supports_json = forms.BooleanField(label="JSON output", required=False)
+
+
+class ProjectModelsForm(forms.Form):
+    allowed = forms.TypedMultipleChoiceField(coerce=int, required=False)
+    default = forms.TypedChoiceField(coerce=int, required=False, empty_value=None)
+
+    def __init__(self, *args: Any, model_ids: list[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [(pk, pk) for pk in model_ids]
+        self.fields["allowed"].choices = choices
+        self.fields["default"].choices = choices
+
+
+EDITABLE_FIELDS = (
+    "name", "base_url", "openai_organization", "openai_project", "timeout", "max_retries",
+)  # fmt: skip
+
+# Which field a service refusal is about, so it shows next to that field.
+FIELD_OF_ERROR = {
+    "invalid_kind": "kind",
+    "base_url_required": "base_url",
+    "api_key_required": "api_key",
+    "invalid_model": "name",
+}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _check_manager(membership: Membership) -> None:
+    """403 for members before any form is read or any upstream is called."""
+    try:
+        check_can_manage(membership)
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        raise
+
+
+def _add_service_error(form: forms.Form, error: ServiceError) -> None:
+    raise_if_forbidden(error)
+    field = FIELD_OF_ERROR.get(error.code)
+    form.add_error(field if field in form.fields else None, error.message)
+
+
+def _managed_connection(project: Project, pk: int) -> ProviderConnection:
+    return connection_selectors.get_project_connection_or_404(project=project, pk=pk)
+
+
+def _context(membership: Membership, project: Project, **extra: Any) -> dict[str, Any]:
+    return {
+        "project": project,
+        "membership": membership,
+        "organization": project.organization,
+        **extra,
+    }
+
+
+def _to_list(project: Project) -> HttpResponse:
+    return redirect("connections", org_slug=project.organization.slug, project_slug=project.slug)
+
+
+def _to_edit(project: Project, connection: ProviderConnection) -> HttpResponse:
+    return redirect(
+        "connection_edit",
+        org_slug=project.organization.slug,
+        project_slug=project.slug,
+        pk=connection.pk,
+    )
+
+
+def _back(request: HttpRequest, project: Project, connection: ProviderConnection) -> HttpResponse:
+    """Buttons on the edit page come back to it; the list's come back to the list."""
+    if request.POST.get("next") == "edit" and not connection.is_global:
+        return _to_edit(project, connection)
+    return _to_list(project)
+
+
+def _render_edit(
+    request: HttpRequest,
+    membership: Membership,
+    project: Project,
+    connection: ProviderConnection,
+    *,
+    form: ConnectionEditForm | None = None,
+    model_form: ModelAddForm | None = None,
+) -> HttpResponse:
+    if form is None:
+        initial = {field: getattr(connection, field) for field in EDITABLE_FIELDS}
+        form = ConnectionEditForm(initial=initial, connection=connection)
+    return render(
+        request,
+        "projects/connection_form.html",
+        _context(
+            membership,
+            project,
+            form=form,
+            connection=connection,
+            connection_models=connection.models.all(),
+            model_form=model_form or ModelAddForm(),
+        ),
+    )
+
+
+# --- connections -------------------------------------------------------------------------------
+
+
+@project_view
+def connection_list(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    _check_manager(membership)
+    connections = connection_selectors.connections_for_project(project).annotate(
+        model_count=Count("models")
+    )
+    return render(
+        request, "projects/connections.html", _context(membership, project, connections=connections)
+    )
+
+
+@project_view
+def connection_new(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    _check_manager(membership)
+    form = ConnectionForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        data = dict(form.cleaned_data)
+        shared = data.pop("shared")
+        try:
+            connection = connection_services.connection_create(
+                actor=membership, project=None if shared else project, **data
+            )
+        except ServiceError as error:
+            _add_service_error(form, error)
+        else:
+            messages.success(
+                request, f"Added “{connection.name}”. Refresh its models to start using it."
+            )
+            return _to_edit(project, connection)
+    return render(
+        request, "projects/connection_form.html", _context(membership, project, form=form)
+    )
+
+
+@project_view
+def connection_edit(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    connection = _managed_connection(project, pk)
+    if request.method != "POST":
+        return _render_edit(request, membership, project, connection)
+    form = ConnectionEditForm(request.POST, connection=connection)
+    if form.is_valid():
+        try:
+            connection_services.connection_update(
+                actor=membership, connection=connection, **form.cleaned_data
+            )
+        except ServiceError as error:
+            _add_service_error(form, error)
+        else:
+            messages.success(request, f"Saved “{connection.name}”.")
+            return _to_edit(project, connection)
+    return _render_edit(request, membership, project, connection, form=form)
+
+
+@project_view
+def connection_delete(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    connection = _managed_connection(project, pk)
+    if request.method == "POST":
+        try:
+            connection_services.connection_delete(actor=membership, connection=connection)
+        except ServiceError as error:
+            raise_if_forbidden(error)
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"Deleted “{connection.name}”.")
+            return _to_list(project)
+    return render(
+        request,
+        "projects/connection_delete.html",
+        _context(membership, project, connection=connection),
+    )
+
+
+@require_POST
+@project_view
+def connection_test(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    # Any connection the project sees, global ones included: testing changes nothing.
+    connection = connection_selectors.get_visible_connection_or_404(project=project, pk=pk)
+    result = connection_services.connection_check(connection)
+    report = messages.success if result.ok else messages.error
+    report(request, f"“{connection.name}”: {result.message}")
+    return _back(request, project, connection)
+
+
+@require_POST
+@project_view
+def connection_refresh(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    connection = _managed_connection(project, pk)
+    try:
+        result = connection_services.connection_refresh_models(
+            actor=membership, connection=connection
+        )
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        if result.ok:
+            names = ", ".join(result.models) or "none"
+            messages.success(
+                request, f"“{connection.name}” serves {len(result.models)} models: {names}."
+            )
+        else:
+            messages.error(request, f"“{connection.name}”: {result.message}")
+    return _back(request, project, connection)
+
+
+# --- a connection's models ---------------------------------------------------------------------
+
+
+@require_POST
+@project_view
+def connection_model_add(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    connection = _managed_connection(project, pk)
+    form = ModelAddForm(request.POST)
+    if form.is_valid():
+        try:
+            model = connection_services.connection_model_add(
+                actor=membership, connection=connection, **form.cleaned_data
+            )
+        except ServiceError as error:
+            _add_service_error(form, error)
+        else:
+            messages.success(request, f"Added the model {model.name}.")
+            return _to_edit(project, connection)
+    return _render_edit(request, membership, project, connection, model_form=form)
+
+
+@require_POST
+@project_view
+def connection_model_remove(
+    request: HttpRequest, membership: Membership, project: Project, pk: int, model_pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    connection = _managed_connection(project, pk)
+    model = get_object_or_404(connection.models, pk=model_pk)
+    try:
+        connection_services.connection_model_remove(actor=membership, model=model)
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Removed the model {model.name}.")
+    return _to_edit(project, connection)
+
+
+# --- the models a project allows ---------------------------------------------------------------
+
+
+@project_view
+def project_models(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    if request.method == "POST":
+        _check_manager(membership)
+    available = connection_selectors.models_visible_to(project)
+    # Not ``request.POST or None``: an empty POST is meaningful here (no allow-list).
+    data = request.POST if request.method == "POST" else None
+    form = ProjectModelsForm(data, model_ids=[m.pk for m in available])
+    allow_list = connection_selectors.saved_allow_list(project)
+    selected = {allowed.model_id for allowed in allow_list}
+    default_id = next((a.model_id for a in allow_list if a.is_default), None)
+    if request.method == "POST" and form.is_valid():
+        model_ids, default_id = form.cleaned_data["allowed"], form.cleaned_data["default"]
+        try:
+            connection_services.project_models_set(
+                actor=membership, project=project, model_ids=model_ids, default_id=default_id
+            )
+        except ServiceError as error:
+            raise_if_forbidden(error)
+            form.add_error(None, error.message)
+            selected = set(model_ids)  # show what was asked, to fix it rather than redo it
+        else:
+            if model_ids:
+                messages.success(request, f"Saved: {len(model_ids)} models allowed.")
+            else:
+                messages.success(request, "Every model of the visible connections is allowed.")
+            return redirect(
+                "project_models", org_slug=project.organization.slug, project_slug=project.slug
+            )
+    return render(
+        request,
+        "projects/models.html",
+        _context(
+            membership,
+            project,
+            form=form,
+            available=available,
+            selected=selected,
+            default_id=default_id,
+            has_allow_list=bool(allow_list),
+            choices=connection_selectors.model_choices(project),
+        ),
+    )

