@@ -15,6 +15,8 @@ Server → client (to every socket on the conversation unless noted):
   ``message``            ``{"message": {...}}`` the user's message, saved (with its id)
   ``truncate``           ``{"from": id}`` messages with this id or later were replaced
   ``assistant.started``  ``{"message": {"id", "model"}, "omitted_messages": n}``
+  ``waiting``            ``{"message_id", "position"}`` queued behind ``position`` replies
+                         for the local model (sent again as it moves up)
   ``delta``              ``{"message_id", "offset", "text"}``; offset counts characters
   ``snapshot``           ``{"message_id", "text", "offset", "model"}`` (only to the asker)
   ``done``               ``{"message": {...}}`` content, rendered html, usage, finish_reason

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.conf import settings
+
 from accounts.errors import ServiceError
 from accounts.models import Project
 
@@ -72,7 +74,11 @@ def build_provider(spec: ProviderSpec) -> Provider:
     if spec.kind == ProviderConnection.Kind.LOCAL:
         from .llm.local_provider import LocalProvider  # loads llama.cpp only when used
 
-        return LocalProvider()
+        # One configuration per process: a second one would load a second model and thread.
+        return LocalProvider(
+            n_ctx=settings.LOCAL_MODEL_CONTEXT or None,
+            n_threads=settings.LOCAL_MODEL_THREADS or None,
+        )
     return OpenAIProvider(
         base_url=spec.base_url,
         api_key=spec.api_key,

@@ -13,6 +13,7 @@ the ``finally`` saves the reply with its state and sends ``done`` or ``error``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import services
-from .llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage
+from .llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage, Waiting
 from .models import Message
 from .providers import build_provider
 
@@ -152,31 +153,43 @@ class ReplyRunner:
         provider = build_provider(self.pending.provider)
         last_flush = time.monotonic()
         try:
-            async for item in provider.stream(self.pending.request):
-                if isinstance(item, TextDelta):
-                    if not self.length:
-                        outcome["first_token_ms"] = int((time.monotonic() - started) * 1000)
-                    offset = self.length
-                    self.text.append(item.text)
-                    self.length += len(item.text)
-                    await self.broadcast(
-                        {
-                            "type": "delta",
-                            "message_id": self.message_id,
-                            "offset": offset,
-                            "text": item.text,
-                        }
-                    )
-                    if time.monotonic() - last_flush >= settings.CHAT_FLUSH_INTERVAL:
+            # aclosing: a cancelled or failed reply closes the stream at once, which is what
+            # frees the local model for the next request (a dropped generator would not).
+            async with contextlib.aclosing(provider.stream(self.pending.request)) as stream:
+                async for item in stream:
+                    await self.handle(item, started, outcome)
+                    if isinstance(item, TextDelta) and (
+                        time.monotonic() - last_flush >= settings.CHAT_FLUSH_INTERVAL
+                    ):
                         last_flush = time.monotonic()
                         await database_sync_to_async(services.reply_flush)(
                             message_id=self.message_id, content="".join(self.text)
                         )
-                elif isinstance(item, StreamEnd):
-                    outcome["finish_reason"] = item.finish_reason
-                    outcome["usage"] = item.usage
         finally:
             await provider.aclose()
+
+    async def handle(self, item: object, started: float, outcome: dict[str, Any]) -> None:
+        if isinstance(item, Waiting):
+            await self.broadcast(
+                {"type": "waiting", "message_id": self.message_id, "position": item.position}
+            )
+        elif isinstance(item, TextDelta):
+            if not self.length:
+                outcome["first_token_ms"] = int((time.monotonic() - started) * 1000)
+            offset = self.length
+            self.text.append(item.text)
+            self.length += len(item.text)
+            await self.broadcast(
+                {
+                    "type": "delta",
+                    "message_id": self.message_id,
+                    "offset": offset,
+                    "text": item.text,
+                }
+            )
+        elif isinstance(item, StreamEnd):
+            outcome["finish_reason"] = item.finish_reason
+            outcome["usage"] = item.usage
 
     async def heartbeat(self) -> None:
         """Write the reply now and then even when no token comes (a slow or hung upstream), so

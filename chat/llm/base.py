@@ -95,7 +95,19 @@ class StreamEnd:
     upstream_id: str | None
 
 
-StreamEvent = TextDelta | StreamEnd
+@dataclass(frozen=True)
+class Waiting:
+    """The request is queued behind `position` other generations (running or queued).
+
+    Providers that serve one generation at a time (the local model) yield it before any
+    `TextDelta`, and only when busy: when queued, then each time the request moves up
+    (`position` only shrinks, and is always >= 1).
+    """
+
+    position: int
+
+
+StreamEvent = Waiting | TextDelta | StreamEnd
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,25 @@ network. llama.cpp is CPU-bound and one `Llama` context can run one generation a
   number of event loops (pytest gives every test its own).
 - A request that has to wait for the model first yields `Waiting(position)` — this provider's
   addition to the `Provider` protocol's events — so the UI can say "waiting for the model".
-- When the consumer stops iterating (break, `aclose()`, task cancellation), the job's
-  `threading.Event` is set: a queued job leaves the queue without running, a running one stops
-  at the next token (or the next prompt batch while the prompt is being read), and the model
-  moves on to the next job.
+- When the consumer stops iterating (`aclose()`, task cancellation, or garbage collection of
+  the async generator), the job's `threading.Event` is set: a queued job leaves the queue
+  without running, a running one stops at the next token (or the next prompt batch while the
+  prompt is being read), and the model moves on to the next job.
 
 Usage is counted with the model's own tokenizer: prompt tokens are the chat-formatted prompt
 exactly as llama-cpp-python tokenizes it, completion tokens are the tokens sampled (the
-end-of-generation token excluded, like llama-cpp-python's own non-streaming usage).
+end-of-generation token excluded, like llama-cpp-python's own non-streaming usage), and cached
+tokens are the prompt prefix reused from the previous generation's KV cache.
+
+Keep llama.cpp on one thread per process. It is built with OpenMP (GGML_OPENMP, the default)
+and synchronises its threads at every op with OpenMP barriers. Measured on 2 cores: once two
+live threads of one process have each run a model (two engines, or this engine plus a raw
+`Llama` on the main thread), every generation runs ~3x slower (80 -> 28 tokens/s), the same
+as with OMP_WAIT_POLICY=passive; libgomp stops spinning in barriers when it manages more
+threads than there are CPUs. Hence one engine per configuration, and callers should keep to
+one configuration (threads that ran the model and have exited do not count).
+For the same reason the model is slow when other processes keep the CPUs busy: its threads wait
+for each other at every layer, and one descheduled thread stalls them all.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from chat.llm.base import (
     StreamEnd,
     TextDelta,
     Usage,
+    Waiting,
 )
 
 if TYPE_CHECKING:
@@ -70,18 +82,6 @@ _SAMPLING_FIELDS = (
     "seed",
     "response_format",
 )
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """The request is queued behind `position` other generations (running or queued).
-
-    Yielded by `LocalProvider.stream()` before any `TextDelta`, and only when the model is busy:
-    first when the request is queued, then again each time it moves up (`position` only
-    shrinks, and is always >= 1). A request that gets the model at once sees no `Waiting`.
-    """
-
-    position: int
 
 
 LocalStreamEvent = Waiting | TextDelta | StreamEnd
@@ -181,7 +181,7 @@ def _llama_class() -> type[Llama]:
                 return
             # A long prompt is read in n_batch slices anyway; checking between them lets a
             # cancelled request give the model up in a fraction of a second, not after the
-            # whole prompt.
+            # whole prompt. (Each sampled token comes through here too, as a batch of one.)
             for start in range(0, len(tokens), self.n_batch):
                 if run.cancelled.is_set():
                     raise _Cancelled
@@ -452,6 +452,11 @@ def _shutdown_engines() -> None:
     # the llama context under a generation that is still running.
     for engine in list(_ENGINES.values()):
         engine.shutdown(timeout=2)
+        if not engine._thread.is_alive():
+            # Free the model now, while llama_cpp's module globals still exist: left to
+            # interpreter teardown, Llama.__del__ fails with "NoneType is not callable".
+            engine.llama.close()
+    _ENGINES.clear()
 
 
 # --- The provider ------------------------------------------------------------------------------
@@ -484,6 +489,12 @@ class LocalProvider:
         return self._n_ctx or local_context_window(self._resolved_path())
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[LocalStreamEvent]:
+        """Yield `Waiting`s (only if the model is busy), `TextDelta`s, then one `StreamEnd`.
+
+        Raises `ProviderError`. To stop a generation, cancel the task reading the stream or
+        `aclose()` it (`contextlib.aclosing`): merely breaking out of `async for` leaves the
+        generator suspended, and the model busy, until it is garbage-collected.
+        """
         self._check(request)
         engine = await self._engine()
         job = _Job(request, asyncio.get_running_loop())
@@ -499,8 +510,8 @@ class LocalProvider:
                 if isinstance(item, StreamEnd):
                     return
         finally:
-            # Runs on break, aclose(), task cancellation and errors alike; after a StreamEnd
-            # it only takes the (free) lock.
+            # Runs on aclose(), task cancellation, errors and normal ends alike; after a
+            # StreamEnd it only takes the (free) lock.
             engine.withdraw(job)
 
     async def complete(self, request: ChatRequest) -> Completion:

@@ -120,6 +120,7 @@
     message: onMessage,
     truncate: onTruncate,
     "assistant.started": onStarted,
+    waiting: onWaiting,
     delta: onDelta,
     snapshot: onSnapshot,
     done: (event) => finishReply(event.message),
@@ -169,6 +170,14 @@
     if (stale && stale !== node) refreshTranscript();
   }
 
+  // The local model answers one reply at a time: say so while this one is queued.
+  function onWaiting({ message_id: id, position }) {
+    const node = assistantNode(id);
+    if (node.dataset.state !== "streaming") return;
+    const ahead = position === 1 ? "1 reply" : `${position} replies`;
+    node.querySelector(".msg-status").textContent = `waiting for the model (${ahead} ahead)…`;
+  }
+
   function onDelta({ message_id: id, offset, text }) {
     const node = assistantNode(id);
     if (node.dataset.state !== "streaming") return; // already final: the HTML is authoritative
@@ -181,6 +190,7 @@
       requestSync(); // some text went missing: ask for all of it again
       return;
     }
+    if (!have) node.querySelector(".msg-status").textContent = STATE_LABELS.streaming;
     node.querySelector(".msg-body").append(chars.slice(have - offset).join(""));
     received.set(id, offset + chars.length);
   }

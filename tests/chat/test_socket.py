@@ -291,3 +291,54 @@ async def test_chat_still_works_after_the_encryption_keys_rotate(
 
     assert done["type"] == "done"
     assert done["message"]["content"] == "Echo: still here"
+
+
+# --- the built-in local model, for real --------------------------------------------------------
+
+
+@database_sync_to_async
+def local_conversation(user, project, **fields) -> Conversation:
+    from chat import services
+
+    conversation = services.conversation_create(user=user, project=project)
+    Conversation.objects.filter(pk=conversation.pk).update(title="Local", **fields)
+    conversation.refresh_from_db()
+    return conversation
+
+
+async def test_a_reply_streams_from_the_local_model(open_socket, alice, project_a):
+    conversation = await local_conversation(alice, project_a, max_tokens=12, temperature=0)
+    assert conversation.model == "smollm2-135m-instruct"  # the default, with no key at all
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content="Say hello.")
+    events = await socket.until("done", "error", within=60)
+
+    done = events[-1]
+    assert done["type"] == "done", done
+    reply = done["message"]
+    assert reply["content"].strip()
+    assert reply["content"] == deltas_text(events)
+    assert 0 < reply["completion_tokens"] <= 12
+    assert reply["prompt_tokens"] > 0
+    assert reply["usage_estimated"] is False  # the model's own tokenizer counted
+
+
+async def test_a_second_reply_waits_for_the_local_model_and_says_so(
+    open_socket, alice, project_a
+):
+    first = await local_conversation(alice, project_a, max_tokens=40, temperature=0)
+    second = await local_conversation(alice, project_a, max_tokens=5, temperature=0)
+    _, socket_one = await open_socket(alice, first.pk)
+    _, socket_two = await open_socket(alice, second.pk)
+
+    await socket_one.send(type="message", content="Count from one to twenty.")
+    await socket_one.until("delta", within=60)
+    await socket_two.send(type="message", content="Hi")
+    events = await socket_two.until("done", "error", within=60)
+
+    waiting = [e for e in events if e["type"] == "waiting"]
+    assert waiting
+    assert waiting[0]["position"] == 1
+    assert events[-1]["type"] == "done"
+    await socket_one.until("done", within=60)
