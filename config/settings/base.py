@@ -148,6 +148,8 @@ LOCAL_MODEL_THREADS = env.int("LOCAL_MODEL_THREADS", default=0)
 LOCAL_MODEL_CONTEXT = env.int("LOCAL_MODEL_CONTEXT", default=0)
 
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
+# Tokens closer together than this (seconds) go to the browser in one frame (0: every token).
+CHAT_DELTA_INTERVAL = env.float("CHAT_DELTA_INTERVAL", default=0.05)
 # A streaming reply is written to the database at most this often (seconds), not per token.
 CHAT_FLUSH_INTERVAL = env.float("CHAT_FLUSH_INTERVAL", default=1.0)
 # Room kept for the reply when a conversation sets no max_tokens.

@@ -42,3 +42,4 @@ WHITENOISE_AUTOREFRESH = True
 # A fixed test key (never used anywhere else); tests that rotate keys override it.
 FIELD_ENCRYPTION_KEYS = ["3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc="]
 CHAT_FLUSH_INTERVAL = 0.05
+CHAT_DELTA_INTERVAL = 0  # every token its own frame, so tests can follow the stream exactly

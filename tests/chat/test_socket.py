@@ -342,3 +342,25 @@ async def test_a_second_reply_waits_for_the_local_model_and_says_so(
     assert waiting[0]["position"] == 1
     assert events[-1]["type"] == "done"
     await socket_one.until("done", within=60)
+
+
+async def test_tokens_close_together_share_a_frame(
+    open_socket, make_conversation, alice, project_a, settings
+):
+    settings.CHAT_DELTA_INTERVAL = 0.05
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@slow5@words60"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content="go")
+    events = await socket.until("done")
+
+    deltas = [e for e in events if e["type"] == "delta"]
+    text = ""
+    for delta in deltas:
+        assert delta["offset"] == len(text)
+        text += delta["text"]
+    assert text == events[-1]["message"]["content"]
+    assert len(text.split()) == 60
+    assert 2 <= len(deltas) < 30  # 60 tokens 5 ms apart, sent at most every 50 ms
