@@ -12,8 +12,10 @@ service, reply task, provider, worker thread, channel layer, socket). One warm-u
 ``--runs`` regenerations of it, each measured from sending the frame to its ``done`` event:
 
 - first token: median time from the frame to the first ``delta``;
-- tokens/s: median of completion tokens (the model's own count, from ``done``) / whole turn;
-- decode tok/s: 1 / median gap between consecutive deltas, comparable with local_raw.py's.
+- tokens/s: median of completion tokens (the model's own count, from ``done``) / whole turn,
+  comparable with local_raw.py's "tokens/s";
+- frames: median number of ``delta`` frames per reply (tokens closer together than
+  CHAT_DELTA_INTERVAL share a frame).
 
 Compare with `benchmarks/local_raw.py` run right before or after, on an otherwise idle machine.
 """
@@ -34,7 +36,6 @@ import requests
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import itertools
 
 from benchmarks.local_raw import MAX_TOKENS, PROMPT, RUNS, TEMPERATURE
 
@@ -93,11 +94,10 @@ async def turn(socket, frame: dict) -> dict:
         elif event["type"] == "done":
             ended = time.perf_counter()
             tokens = event["message"]["completion_tokens"]
-            gaps = [b - a for a, b in itertools.pairwise(delta_times)]
             return {
                 "first": delta_times[0] - started,
                 "tps": tokens / (ended - started),
-                "gaps": gaps,
+                "frames": len(delta_times),
                 "tokens": tokens,
             }
 
@@ -128,12 +128,11 @@ def main() -> None:
     session = log_in(args.base, args.email, args.password)
     conversation_id = new_conversation(session, args.base, args.project)
     results = asyncio.run(measure(args.base, session, conversation_id, args.runs))
-    gaps = [gap for r in results for gap in r["gaps"]]
     print(f"whole app over WebSocket ({args.base}), {args.runs} runs, "
           f"{results[0]['tokens']} tokens each")  # fmt: skip
     print(f"  first token  {statistics.median(r['first'] for r in results) * 1000:8.1f} ms")
     print(f"  tokens/s     {statistics.median(r['tps'] for r in results):8.1f}")
-    print(f"  decode tok/s {1 / statistics.median(gaps):8.1f}   max gap {max(gaps) * 1000:.0f} ms")
+    print(f"  frames       {statistics.median(r['frames'] for r in results):8.0f}")
 
 
 if __name__ == "__main__":

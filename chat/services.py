@@ -219,7 +219,9 @@ def _begin_reply(
         messages=prompt.messages,
         temperature=conversation.temperature,
         top_p=conversation.top_p,
-        max_tokens=conversation.max_tokens,
+        # Always capped: a reply without a cap could run to the end of the context window (a
+        # small local model happily repeats itself), and billing reserves against the cap.
+        max_tokens=reply_tokens,
         presence_penalty=conversation.presence_penalty,
         frequency_penalty=conversation.frequency_penalty,
         user=f"user-{user.pk}",

@@ -152,7 +152,8 @@ CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
 CHAT_DELTA_INTERVAL = env.float("CHAT_DELTA_INTERVAL", default=0.05)
 # A streaming reply is written to the database at most this often (seconds), not per token.
 CHAT_FLUSH_INTERVAL = env.float("CHAT_FLUSH_INTERVAL", default=1.0)
-# Room kept for the reply when a conversation sets no max_tokens.
+# The reply's cap when a conversation sets no max_tokens (sent upstream, and kept free in the
+# context window).
 CHAT_DEFAULT_REPLY_TOKENS = env.int("CHAT_DEFAULT_REPLY_TOKENS", default=1024)
 # A streaming reply is written at least this often (seconds) even when no token arrives, so that
 # one not written for CHAT_STALE_STREAM_SECONDS is known to belong to a process that died.
