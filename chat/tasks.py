@@ -7,7 +7,7 @@ from accounts.errors import ServiceError
 
 from . import services
 from .llm.base import ChatRequest, ProviderError
-from .models import Conversation, Message
+from .models import Conversation, Message, ProviderConnection
 from .providers import ProviderSpec, build_provider, spec_for
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ def title_conversation(conversation_id: int) -> None:
     title = ""
     try:
         spec = spec_for(project=conversation.project, model=conversation.model)
+        if spec.kind == ProviderConnection.Kind.LOCAL:
+            # Two processes running llama.cpp on a small machine slow each other down several
+            # times over: the built-in model keeps its CPU for replies, titles take first words.
+            raise ServiceError("the local model does not write titles", code="local_model")
         raw = asyncio.run(
             _ask_for_title(spec=spec, model=conversation.model, first_message=first.content)
         )

@@ -268,3 +268,13 @@ def test_a_model_no_longer_allowed_is_explained_and_not_offered(
     body = response.content.decode()
     assert "gpt-retired is no longer available in this project" in body
     assert 'value="gpt-retired"' not in body
+
+
+def test_conversations_on_the_local_model_are_titled_by_their_first_words(alice, project_a):
+    conversation = services.conversation_create(user=alice, project=project_a)
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Jeju")
+
+    title_conversation(conversation.pk)
+
+    conversation.refresh_from_db()
+    assert conversation.title == "Plan a trip to Jeju"
