@@ -18,6 +18,8 @@ from django.utils import timezone
 
 from accounts.errors import ServiceError
 from accounts.models import Project, User
+from billing.models import UsageRecord
+from billing.services import CallContext, Reservation, quota_reserve, quota_settle
 
 from . import connection_selectors, selectors
 from .llm.base import ChatRequest, Usage
@@ -27,6 +29,13 @@ from .prompt import PromptTooLong, build_prompt
 from .providers import ProviderSpec, spec_for
 
 TITLE_MAX_CHARS = 80
+
+LEDGER_STATUS = {
+    Message.State.COMPLETE: UsageRecord.Status.OK,
+    Message.State.STOPPED: UsageRecord.Status.STOPPED,
+    Message.State.INCOMPLETE: UsageRecord.Status.INCOMPLETE,
+    Message.State.ERROR: UsageRecord.Status.ERROR,
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class PendingReply:
     user_message: dict[str, Any] | None  # serialized, when this turn added one
     request: ChatRequest
     provider: ProviderSpec
+    reservation: Reservation
     omitted: int
     prompt_tokens_estimate: int
     truncate_from: int | None = None  # messages with this id or later were replaced
@@ -204,7 +214,20 @@ def _begin_reply(
             code="context_too_long",
         ) from None
 
-    # Budgets and rate limits (the billing issue) reserve here, before anything is sent.
+    # Rate limits and budgets: the worst case is set aside before anything is sent; a refusal
+    # rolls this whole turn back and the client keeps the text it typed.
+    reservation = quota_reserve(
+        context=CallContext(
+            organization_id=conversation.project.organization_id,
+            project_id=conversation.project_id,
+            user_id=user.pk,
+            model=model,
+            conversation_id=conversation.pk,
+            connection_id=provider.connection_id,
+        ),
+        prompt_tokens=prompt.prompt_tokens,
+        max_tokens=reply_tokens,
+    )
     assistant = Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
@@ -234,6 +257,7 @@ def _begin_reply(
         user_message=serialize_message(user_message) if added else None,
         request=request,
         provider=provider,
+        reservation=reservation,
         omitted=prompt.omitted,
         prompt_tokens_estimate=prompt.prompt_tokens,
         truncate_from=truncate_from,
@@ -324,15 +348,29 @@ def reply_finish(
         .filter(pk=pending.assistant_message_id)
         .first()
     )
-    if message is None:
-        return None
     estimated = usage is None
     if usage is None:
-        # No usage from the upstream (stopped, dropped, or it just sent none): count here.
+        # No usage from the upstream (stopped, dropped, or it just sent none): count here, so
+        # a reply that generated tokens is never free. A call that failed before producing
+        # anything is not charged, as providers do not charge it.
+        failed_empty = state == Message.State.ERROR and not content
         usage = Usage(
-            prompt_tokens=pending.prompt_tokens_estimate,
+            prompt_tokens=0 if failed_empty else pending.prompt_tokens_estimate,
             completion_tokens=count_text_tokens(content) if content else 0,
         )
+    quota_settle(
+        reservation=pending.reservation,
+        status=LEDGER_STATUS[state],
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        estimated=estimated,
+        latency_ms=latency_ms,
+        message_id=message.pk if message else None,
+        conversation_deleted=message is None,
+    )
+    if message is None:
+        return None
     message.content = content
     message.state = state
     message.finish_reason = finish_reason or ""

@@ -1,24 +1,29 @@
 import asyncio
 import logging
+import time
 
 from celery import shared_task
 
 from accounts.errors import ServiceError
+from billing.models import UsageRecord
+from billing.services import CallContext, quota_reserve, quota_settle
 
 from . import services
-from .llm.base import ChatRequest, ProviderError
+from .llm.base import ChatRequest, Completion, ProviderError
+from .llm.tokens import count_message_tokens, count_text_tokens
 from .models import Conversation, Message, ProviderConnection
 from .providers import ProviderSpec, build_provider, spec_for
 
 logger = logging.getLogger(__name__)
 
+TITLE_MAX_TOKENS = 20
 TITLE_PROMPT = (
     "Write a short title (at most six words) for a conversation that starts with the message "
     "below. Answer with the title only, no quotes."
 )
 
 
-async def _ask_for_title(*, spec: ProviderSpec, model: str, first_message: str) -> str:
+async def _ask_for_title(*, spec: ProviderSpec, model: str, first_message: str) -> Completion:
     provider = build_provider(spec)
     try:
         completion = await provider.complete(
@@ -28,13 +33,13 @@ async def _ask_for_title(*, spec: ProviderSpec, model: str, first_message: str) 
                     {"role": "system", "content": TITLE_PROMPT},
                     {"role": "user", "content": first_message[:2000]},
                 ],
-                max_tokens=20,
+                max_tokens=TITLE_MAX_TOKENS,
                 temperature=0.2,
             )
         )
     finally:
         await provider.aclose()
-    return completion.text
+    return completion
 
 
 @shared_task(ignore_result=True)
@@ -50,18 +55,57 @@ def title_conversation(conversation_id: int) -> None:
         return
     title = ""
     try:
-        spec = spec_for(project=conversation.project, model=conversation.model)
-        if spec.kind == ProviderConnection.Kind.LOCAL:
-            # Two processes running llama.cpp on a small machine slow each other down several
-            # times over: the built-in model keeps its CPU for replies, titles take first words.
-            raise ServiceError("the local model does not write titles", code="local_model")
-        raw = asyncio.run(
-            _ask_for_title(spec=spec, model=conversation.model, first_message=first.content)
-        )
-        title = services.clean_title(raw)
+        title = _title_from_model(conversation, first.content)
     except (ProviderError, ServiceError) as error:
         logger.info("titling conversation %s fell back to its first words: %s", conversation_id,
                     getattr(error, "code", error))  # fmt: skip
     services.conversation_set_title(
         conversation_id=conversation_id, title=title or services.fallback_title(first.content)
     )
+
+
+def _title_from_model(conversation: Conversation, first_message: str) -> str:
+    """One metered call: reserved against the owner's budgets, settled into the ledger."""
+    spec = spec_for(project=conversation.project, model=conversation.model)
+    if spec.kind == ProviderConnection.Kind.LOCAL:
+        # Two processes running llama.cpp on a small machine slow each other down several
+        # times over: the built-in model keeps its CPU for replies, titles take first words.
+        raise ServiceError("the local model does not write titles", code="local_model")
+    reservation = quota_reserve(
+        context=CallContext(
+            organization_id=conversation.project.organization_id,
+            project_id=conversation.project_id,
+            user_id=conversation.owner_id,
+            model=conversation.model,
+            source=UsageRecord.Source.TITLE,
+            conversation_id=conversation.pk,
+            connection_id=spec.connection_id,
+        ),
+        prompt_tokens=count_message_tokens(
+            [
+                {"role": "system", "content": TITLE_PROMPT},
+                {"role": "user", "content": first_message[:2000]},
+            ]
+        ),
+        max_tokens=TITLE_MAX_TOKENS,
+    )
+    started = time.monotonic()
+    completion: Completion | None = None
+    try:
+        completion = asyncio.run(
+            _ask_for_title(spec=spec, model=conversation.model, first_message=first_message)
+        )
+    finally:
+        usage = completion.usage if completion else None
+        quota_settle(
+            reservation=reservation,
+            status=UsageRecord.Status.OK if completion else UsageRecord.Status.ERROR,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens
+            if usage
+            else count_text_tokens(completion.text if completion else ""),
+            cached_tokens=usage.cached_tokens if usage else 0,
+            estimated=usage is None,
+            latency_ms=int((time.monotonic() - started) * 1000),
+        )
+    return services.clean_title(completion.text)

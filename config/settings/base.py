@@ -164,3 +164,14 @@ CHAT_STALE_STREAM_SECONDS = env.int("CHAT_STALE_STREAM_SECONDS", default=30)
 CHAT_ORPHAN_GRACE = env.float("CHAT_ORPHAN_GRACE", default=3.0)
 # Messages shown per page of a conversation; older ones are a link away.
 CHAT_PAGE_SIZE = 50
+
+# --- Billing ---------------------------------------------------------------------------------
+# How long money stays set aside for a call in flight before it is given back (a process that
+# died mid-call cannot hold a budget forever).
+BILLING_HOLD_SECONDS = env.int("BILLING_HOLD_SECONDS", default=15 * 60)
+# Links in e-mails sent from tasks, which have no request to build them from.
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000/")
+
+CELERY_BEAT_SCHEDULE = {
+    "expire-budget-holds": {"task": "billing.tasks.expire_holds", "schedule": 300.0},
+}

@@ -1,0 +1,268 @@
+"""Prices, the usage ledger, budgets and their per-period counters, rate limits.
+
+Money is Decimal everywhere. The rounding rule: a call's cost is computed exactly — tokens are
+integers and prices have at most 6 decimal places per 1M tokens, so every per-token price has at
+most 12 — and stored exactly with 12 decimal places. Nothing is rounded until it is shown, where
+amounts are rounded half-up to the cent (or to 4 places in tables of small amounts). Sums of
+exact values are exact, so the ledger and the budgets' counters agree to the last digit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from accounts.models import Organization, Project
+
+MONEY = {"max_digits": 24, "decimal_places": 12}
+PRICE = {"max_digits": 14, "decimal_places": 6}
+PER_MILLION = Decimal(1_000_000)
+
+
+class ModelPrice(models.Model):
+    """USD per 1M tokens for a model (exact name, or a prefix ending in ``*``), from a date on.
+
+    A ledger row points at the price it was charged, so changing prices never rewrites history:
+    add a row with a later ``effective_from`` instead of editing the old one.
+    """
+
+    model = models.CharField(
+        max_length=200, help_text='An exact model name, or a prefix ending in "*" (gpt-4o*).'
+    )
+    input_per_million = models.DecimalField(**PRICE, validators=[MinValueValidator(0)])
+    cached_input_per_million = models.DecimalField(
+        **PRICE, validators=[MinValueValidator(0)], help_text="Prompt tokens served from cache."
+    )
+    output_per_million = models.DecimalField(**PRICE, validators=[MinValueValidator(0)])
+    effective_from = models.DateField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="billing_price_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from}"
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.model.endswith("*")
+
+
+class UsageRecordQuerySet(models.QuerySet["UsageRecord"]):
+    def for_organization(self, organization: Organization) -> UsageRecordQuerySet:
+        return self.filter(organization=organization)
+
+    def update(self, **kwargs):
+        raise TypeError("The usage ledger is append-only.")
+
+    def delete(self):
+        raise TypeError("The usage ledger is append-only.")
+
+
+class UsageRecord(models.Model):
+    """The ledger: one row per upstream call, written once, never changed."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+        STOPPED = "stopped", "Stopped"
+        INCOMPLETE = "incomplete", "Incomplete"
+
+    class Source(models.TextChoices):
+        CHAT = "chat", "Chat"
+        TITLE = "title", "Title"
+        API = "api", "API"
+
+    request_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey(Project, null=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    conversation = models.ForeignKey(
+        "chat.Conversation", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    message = models.ForeignKey(
+        "chat.Message", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    connection = models.ForeignKey(
+        "chat.ProviderConnection", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.CHAT)
+    model = models.CharField(max_length=200)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+    price = models.ForeignKey(ModelPrice, null=True, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices)
+    estimated = models.BooleanField(
+        default=False, help_text="The upstream reported no usage: tokens were counted here."
+    )
+    latency_ms = models.PositiveIntegerField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = UsageRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="billing_usage_org_idx"),
+            models.Index(fields=["project", "created_at"], name="billing_usage_project_idx"),
+            models.Index(fields=["project", "user", "created_at"], name="billing_usage_member_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.cost} ({self.request_id})"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise TypeError("The usage ledger is append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("The usage ledger is append-only.")
+
+
+class Budget(models.Model):
+    """A spending limit for an organization, a project, or one member within a project."""
+
+    class Scope(models.TextChoices):
+        ORGANIZATION = "organization", "Organization"
+        PROJECT = "project", "Project"
+        MEMBER = "member", "Member (in a project)"
+
+    class Period(models.TextChoices):
+        MONTH = "month", "Calendar month (UTC)"
+        DAY = "day", "Day (UTC)"
+        LIFETIME = "lifetime", "Lifetime"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="budgets")
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+        help_text="For a member budget: whose spending, within the project.",
+    )
+    scope = models.CharField(max_length=12, choices=Scope.choices)
+    period = models.CharField(max_length=10, choices=Period.choices, default=Period.MONTH)
+    limit_usd = models.DecimalField(
+        **PRICE, validators=[MinValueValidator(0)], help_text="Hard limit: calls are refused."
+    )
+    soft_thresholds = models.CharField(
+        max_length=50,
+        default="50,80,100",
+        help_text="Percentages of the limit that send an alert, comma-separated.",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organization", "scope", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(scope="organization", project__isnull=True, user__isnull=True)
+                    | models.Q(scope="project", project__isnull=False, user__isnull=True)
+                    | models.Q(scope="member", project__isnull=False, user__isnull=False)
+                ),
+                name="billing_budget_scope_fields",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.describe()}: ${self.limit_usd} per {self.period}"
+
+    def describe(self) -> str:
+        if self.scope == self.Scope.ORGANIZATION:
+            return f"the {self.organization} budget"
+        if self.scope == self.Scope.PROJECT:
+            return f"the budget of project {self.project.name}"
+        return f"{self.user}'s budget in project {self.project.name}"
+
+    def thresholds(self) -> list[int]:
+        values = []
+        for part in self.soft_thresholds.split(","):
+            part = part.strip()
+            if part.isdigit() and 0 < int(part) <= 1000:
+                values.append(int(part))
+        return sorted(set(values))
+
+
+class BudgetPeriod(models.Model):
+    """A budget's spend and in-flight holds for one period: the row reservations lock."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="periods")
+    start = models.DateTimeField()
+    spent = models.DecimalField(**MONEY, default=Decimal(0))
+    reserved = models.DecimalField(**MONEY, default=Decimal(0))
+
+    class Meta:
+        ordering = ["budget", "-start"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "start"], name="billing_period_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} from {self.start:%Y-%m-%d}"
+
+
+class Hold(models.Model):
+    """Money set aside on a budget period for one call in flight."""
+
+    period = models.ForeignKey(BudgetPeriod, on_delete=models.CASCADE, related_name="holds")
+    request_id = models.UUIDField(db_index=True)
+    amount = models.DecimalField(**MONEY)
+    expires_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["period", "request_id"], name="billing_hold_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} held for {self.request_id}"
+
+
+class BudgetAlert(models.Model):
+    """That a threshold was crossed in a period: sent once, shown as a banner."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "period_start", "threshold"], name="billing_alert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget}: {self.threshold}% from {self.period_start:%Y-%m-%d}"
+
+
+class RateLimit(models.Model):
+    """Requests and tokens per minute for a project (API keys get theirs with the REST API)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="rate_limit")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.project}: {self.requests_per_minute} RPM / {self.tokens_per_minute} TPM"

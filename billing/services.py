@@ -1,0 +1,332 @@
+"""The quota service: every upstream call is reserved before and settled after.
+
+``quota_reserve`` runs before the call, in the caller's transaction: it checks the rate limits,
+then sets the call's worst case aside on every budget that applies, locking each budget's
+period row (SELECT … FOR UPDATE on PostgreSQL; on SQLite the IMMEDIATE write transaction
+already serializes writers). A budget that would go over refuses the call with
+``budget_exceeded`` and nothing is sent upstream. ``quota_settle`` runs after the call, whatever
+its outcome: it releases the holds, charges the real cost to every budget that applies and
+writes exactly one ledger row. Holds expire, so a crashed process cannot keep money set aside.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from accounts.errors import ServiceError
+
+from . import pricing
+from .models import Budget, BudgetAlert, BudgetPeriod, Hold, ModelPrice, RateLimit, UsageRecord
+
+logger = logging.getLogger(__name__)
+
+LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who makes a call and where: what decides which budgets and limits apply."""
+
+    organization_id: int
+    project_id: int | None
+    user_id: int | None
+    model: str
+    source: str = UsageRecord.Source.CHAT
+    conversation_id: int | None = None
+    connection_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    request_id: uuid.UUID
+    context: CallContext
+    amount: Decimal
+    price_id: int | None
+    prompt_tokens_estimate: int
+    hold_ids: tuple[int, ...] = field(default=())
+
+
+class QuotaExceeded(ServiceError):
+    """A refusal before anything was sent: ``budget_exceeded`` or ``rate_limited``."""
+
+    def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+# --- periods -----------------------------------------------------------------------------------
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """[start, end) of the period containing ``now``, in UTC; lifetime never ends."""
+    now = now.astimezone(UTC)
+    if period == Budget.Period.DAY:
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    if period == Budget.Period.MONTH:
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=32)).replace(day=1)
+        return start, end
+    return LIFETIME_START, None
+
+
+def applicable_budgets(context: CallContext) -> list[Budget]:
+    """Enabled budgets of the organization, the project and the member — in id order, the order
+    every transaction locks them in, so two calls never wait on each other in a cycle."""
+    scope = Q(scope=Budget.Scope.ORGANIZATION)
+    if context.project_id is not None:
+        scope |= Q(scope=Budget.Scope.PROJECT, project_id=context.project_id)
+        if context.user_id is not None:
+            scope |= Q(
+                scope=Budget.Scope.MEMBER, project_id=context.project_id, user_id=context.user_id
+            )
+    return list(
+        Budget.objects.filter(scope, organization_id=context.organization_id, enabled=True)
+        .select_related("project", "user", "organization")
+        .order_by("id")
+    )
+
+
+def ledger_spend(budget: Budget, start: datetime, end: datetime | None) -> Decimal:
+    rows = UsageRecord.objects.filter(organization_id=budget.organization_id, created_at__gte=start)
+    if end is not None:
+        rows = rows.filter(created_at__lt=end)
+    if budget.scope != Budget.Scope.ORGANIZATION:
+        rows = rows.filter(project_id=budget.project_id)
+    if budget.scope == Budget.Scope.MEMBER:
+        rows = rows.filter(user_id=budget.user_id)
+    return rows.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+
+
+def _locked_period(budget: Budget, now: datetime) -> tuple[BudgetPeriod, bool]:
+    """The budget's current period row, locked, and whether it was just created — from what
+    the ledger says, which is how counters and ledger stay equal for a budget added mid-month."""
+    start, end = period_bounds(budget.period, now)
+    period = BudgetPeriod.objects.select_for_update().filter(budget=budget, start=start).first()
+    if period is not None:
+        return period, False
+    created = True
+    try:
+        with transaction.atomic():  # a savepoint: a concurrent creator may win the race
+            BudgetPeriod.objects.create(
+                budget=budget, start=start, spent=ledger_spend(budget, start, end)
+            )
+    except IntegrityError:
+        created = False
+    return BudgetPeriod.objects.select_for_update().get(budget=budget, start=start), created
+
+
+def _release_expired(period: BudgetPeriod, now: datetime) -> None:
+    expired = list(period.holds.filter(expires_at__lt=now))
+    if expired:
+        total = sum((h.amount for h in expired), Decimal(0))
+        Hold.objects.filter(pk__in=[h.pk for h in expired]).delete()
+        BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") - total)
+        period.refresh_from_db(fields=["reserved"])
+        logger.warning("released %s expired hold(s) on budget %s", len(expired), period.budget_id)
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+def _window_count(key: str, now: float) -> float:
+    """Sliding-window estimate: this minute's count plus the unexpired share of the last's."""
+    minute = int(now // 60)
+    current = cache.get(f"{key}:{minute}", 0)
+    previous = cache.get(f"{key}:{minute - 1}", 0)
+    return current + previous * (1 - (now % 60) / 60)
+
+
+def _window_add(key: str, now: float, amount: int) -> None:
+    bucket = f"{key}:{int(now // 60)}"
+    cache.add(bucket, 0, timeout=150)
+    cache.incr(bucket, amount)
+
+
+def check_rate_limits(context: CallContext, *, tokens: int, now: float | None = None) -> None:
+    """Requests and tokens per minute of the project; counts this call when it passes."""
+    if context.project_id is None:
+        return
+    limit = RateLimit.objects.filter(project_id=context.project_id).first()
+    if limit is None:
+        return
+    now = timezone.now().timestamp() if now is None else now
+    key = f"ratelimit:project:{context.project_id}"
+    checks = [
+        (limit.requests_per_minute, f"{key}:requests", 1, "requests"),
+        (limit.tokens_per_minute, f"{key}:tokens", tokens, "tokens"),
+    ]
+    for allowed, bucket, amount, unit in checks:
+        if allowed and _window_count(bucket, now) + amount > allowed:
+            retry_after = max(1.0, 60 - now % 60)
+            raise QuotaExceeded(
+                f"This project is limited to {allowed:,} {unit} per minute. "
+                f"Try again in {round(retry_after)} s.",
+                code="rate_limited",
+                retry_after=retry_after,
+            )
+    for allowed, bucket, amount, _ in checks:
+        if allowed:
+            _window_add(bucket, now, amount)
+
+
+# --- reserve and settle ----------------------------------------------------------------------
+
+
+def _reset_phrase(budget: Budget, now: datetime) -> str:
+    _, end = period_bounds(budget.period, now)
+    return "It does not reset." if end is None else f"It resets on {end:%Y-%m-%d} 00:00 UTC."
+
+
+@transaction.atomic
+def quota_reserve(*, context: CallContext, prompt_tokens: int, max_tokens: int) -> Reservation:
+    """Set the call's worst case aside on every budget that applies, or refuse it."""
+    now = timezone.now()
+    check_rate_limits(context, tokens=prompt_tokens + max_tokens)
+    price = pricing.price_for(context.model, on=now.date())
+    amount = pricing.worst_case(price, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    budgets = applicable_budgets(context)
+    if budgets and price is None:
+        raise QuotaExceeded(
+            f"The model {context.model} has no price, so its cost cannot be held against "
+            f"{budgets[0].describe()}. An admin needs to set its price.",
+            code="budget_exceeded",
+        )
+    request_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=settings.BILLING_HOLD_SECONDS)
+    holds = []
+    for budget in budgets:
+        period, _ = _locked_period(budget, now)
+        _release_expired(period, now)
+        if period.spent + period.reserved + amount > budget.limit_usd:
+            raise QuotaExceeded(
+                f"This would go over {budget.describe()}: ${budget.limit_usd} per "
+                f"{budget.get_period_display().lower()}, ${period.spent:.2f} spent"
+                f"{f', ${period.reserved:.2f} in flight' if period.reserved else ''}. "
+                f"{_reset_phrase(budget, now)}",
+                code="budget_exceeded",
+            )
+        BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") + amount)
+        holds.append(
+            Hold.objects.create(
+                period=period, request_id=request_id, amount=amount, expires_at=expires_at
+            ).pk
+        )
+    return Reservation(
+        request_id=request_id,
+        context=context,
+        amount=amount,
+        price_id=price.pk if price else None,
+        prompt_tokens_estimate=prompt_tokens,
+        hold_ids=tuple(holds),
+    )
+
+
+@transaction.atomic
+def quota_settle(
+    *,
+    reservation: Reservation,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    estimated: bool = False,
+    latency_ms: int | None = None,
+    message_id: int | None = None,
+    conversation_deleted: bool = False,
+) -> UsageRecord:
+    """Release the holds, charge the real cost to every budget that applies, write the row."""
+    now = timezone.now()
+    context = reservation.context
+    price = ModelPrice.objects.filter(pk=reservation.price_id).first()
+    cost = pricing.cost_of(
+        price,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
+        completion_tokens=completion_tokens,
+    )
+    for hold in Hold.objects.select_related("period").filter(request_id=reservation.request_id):
+        BudgetPeriod.objects.filter(pk=hold.period_id).update(reserved=F("reserved") - hold.amount)
+        hold.delete()
+    record = UsageRecord.objects.create(
+        request_id=reservation.request_id,
+        organization_id=context.organization_id,
+        project_id=context.project_id,
+        user_id=context.user_id,
+        conversation_id=None if conversation_deleted else context.conversation_id,
+        message_id=message_id,
+        connection_id=context.connection_id,
+        source=context.source,
+        model=context.model,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
+        completion_tokens=completion_tokens,
+        cost=cost,
+        price=price,
+        status=status,
+        estimated=estimated,
+        latency_ms=latency_ms,
+    )
+    for budget in applicable_budgets(context):
+        period, created = _locked_period(budget, now)
+        if created:  # started from the ledger, this row included
+            before = period.spent - cost
+        else:
+            before = period.spent
+            if cost:
+                BudgetPeriod.objects.filter(pk=period.pk).update(spent=F("spent") + cost)
+        _alert_on_crossing(budget, period, before=before, after=before + cost)
+    return record
+
+
+def quota_release(reservation: Reservation) -> None:
+    """Give the holds back when the call was never made (refused later, or rolled back)."""
+    with transaction.atomic():
+        for hold in Hold.objects.filter(request_id=reservation.request_id):
+            BudgetPeriod.objects.filter(pk=hold.period_id).update(
+                reserved=F("reserved") - hold.amount
+            )
+            hold.delete()
+
+
+def _alert_on_crossing(
+    budget: Budget, period: BudgetPeriod, *, before: Decimal, after: Decimal
+) -> None:
+    if not budget.limit_usd:
+        return
+    for threshold in budget.thresholds():
+        line = budget.limit_usd * threshold / 100
+        if before < line <= after:
+            _, created = BudgetAlert.objects.get_or_create(
+                budget=budget, period_start=period.start, threshold=threshold
+            )
+            if created:
+                from .tasks import send_budget_alert
+
+                transaction.on_commit(partial(send_budget_alert.delay, budget.pk, threshold))
+
+
+def holds_expire(now: datetime | None = None) -> int:
+    """Release every expired hold (Celery beat runs this; reservations also do it as they go)."""
+    now = now or timezone.now()
+    released = 0
+    for period_id in (
+        Hold.objects.filter(expires_at__lt=now).values_list("period_id", flat=True).distinct()
+    ):
+        with transaction.atomic():
+            period = BudgetPeriod.objects.select_for_update().get(pk=period_id)
+            before = period.holds.count()
+            _release_expired(period, now)
+            released += before - period.holds.count()
+    return released

@@ -1,0 +1,43 @@
+from celery import shared_task
+from django.conf import settings
+
+from accounts.selectors import managers_of
+from accounts.tasks import send_email
+
+from . import services
+from .models import Budget
+
+
+@shared_task(ignore_result=True)
+def send_budget_alert(budget_id: int, threshold: int) -> None:
+    """E-mail the organization's owners and admins that a budget crossed a threshold."""
+    budget = (
+        Budget.objects.select_related("organization", "project", "user")
+        .filter(pk=budget_id)
+        .first()
+    )
+    if budget is None:
+        return
+    recipients = sorted(managers_of(budget.organization).values_list("email", flat=True))
+    if not recipients:
+        return
+    what = (
+        "reached its hard limit: calls are now refused"
+        if threshold >= 100
+        else (f"passed {threshold}% of its limit")
+    )
+    send_email(
+        subject=f"[{budget.organization.name}] {budget.describe()} {what}",
+        body=(
+            f"{budget.describe().capitalize()} (${budget.limit_usd} per "
+            f"{budget.get_period_display().lower()}) has {what}.\n\n"
+            f"Usage: {settings.SITE_URL.rstrip('/')}/orgs/{budget.organization.slug}/usage/"
+        ),
+        to=recipients,
+    )
+
+
+@shared_task(ignore_result=True)
+def expire_holds() -> int:
+    """Celery beat: give back money held for calls whose process died."""
+    return services.holds_expire()
