@@ -80,9 +80,7 @@ def model_choices(project: Project) -> list[ModelChoice]:
     connection (a name served twice goes to the nearest connection), defaulting to the local
     model — so a new project chats out of the box.
     """
-    allowed = list(
-        ProjectModel.objects.filter(project=project).select_related("model__connection")
-    )
+    allowed = list(ProjectModel.objects.filter(project=project).select_related("model__connection"))
     if allowed:
         choices = [ModelChoice(a.name, a.model, a.is_default) for a in allowed]
     else:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import Project, User
+from billing.models import UsageRecord
 
 from . import connection_selectors
 from .models import Conversation, Message
@@ -76,3 +79,19 @@ def history_for_prompt(conversation: Conversation, *, before: int) -> QuerySet[M
         .order_by("-id")
         .only("id", "role", "content")
     )
+
+
+def message_costs(message_ids: list[int]) -> dict[int, Decimal]:
+    """What each reply cost, from the ledger (one query for a page of messages)."""
+    rows = (
+        UsageRecord.objects.filter(message_id__in=message_ids, source=UsageRecord.Source.CHAT)
+        .values("message_id")
+        .annotate(total=Sum("cost"))
+    )
+    return {row["message_id"]: row["total"] for row in rows}
+
+
+def conversation_cost(conversation: Conversation) -> Decimal:
+    """Everything the conversation cost so far: replies and its title."""
+    total = UsageRecord.objects.filter(conversation=conversation).aggregate(total=Sum("cost"))
+    return total["total"] or Decimal(0)

@@ -182,6 +182,11 @@ def serialize_message(message: Message) -> dict[str, Any]:
         "finish_reason": message.finish_reason,
         "omitted_messages": message.omitted_messages,
         "usage_estimated": message.usage_estimated,
+        # Strings: JSON has no Decimal, and a float would not be the ledger's amount.
+        "cost": None if getattr(message, "cost", None) is None else str(message.cost),
+        "conversation_cost": None
+        if getattr(message, "conversation_cost", None) is None
+        else str(message.conversation_cost),
     }
 
 
@@ -358,7 +363,7 @@ def reply_finish(
             prompt_tokens=0 if failed_empty else pending.prompt_tokens_estimate,
             completion_tokens=count_text_tokens(content) if content else 0,
         )
-    quota_settle(
+    record = quota_settle(
         reservation=pending.reservation,
         status=LEDGER_STATUS[state],
         prompt_tokens=usage.prompt_tokens,
@@ -383,6 +388,8 @@ def reply_finish(
     message.latency_ms = latency_ms
     message.first_token_ms = first_token_ms
     message.save()
+    message.cost = record.cost
+    message.conversation_cost = selectors.conversation_cost(message.conversation)
 
     conversation = message.conversation
     conversation.last_message_at = timezone.now()

@@ -67,9 +67,11 @@ def conversation_detail(
     window, has_older = selectors.message_window(
         conversation, before=int(before) if before and before.isdigit() else None
     )
+    costs = selectors.message_costs([m.pk for m in window if m.role == "assistant"])
     for message in window:
         if message.role == "assistant":
             message.html = render_markdown(message.content)
+            message.cost = costs.get(message.pk)
     # A model the project no longer allows is not offered: the picker falls back to the first
     # allowed one and the page says why, so saving the settings never fails on the model.
     models = selectors.allowed_models(project)
@@ -92,6 +94,7 @@ def conversation_detail(
             },
         ),
         socket_path=f"/ws/conversations/{conversation.pk}/",
+        total_cost=selectors.conversation_cost(conversation),
     )
     return render(request, "chat/conversation.html", context)
 

@@ -1,4 +1,5 @@
 from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 from django import template
 
@@ -13,3 +14,13 @@ def durationminutes(value: timedelta) -> str:
         hours = minutes // 60
         return f"{hours} hour{'s' if hours != 1 else ''}"
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+@register.filter
+def usd(value: Decimal | None) -> str:
+    """Money for people: cents, or 4 places for small amounts (rounded half-up, as billing says)."""
+    if value is None:
+        return ""
+    value = Decimal(value)
+    places = Decimal("0.01") if value >= 1 or value == 0 else Decimal("0.0001")
+    return f"${value.quantize(places, rounding=ROUND_HALF_UP):,}"

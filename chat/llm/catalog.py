@@ -31,6 +31,8 @@ def capabilities(model: str) -> dict[str, bool]:
         "supports_tools": model.startswith(TOOLS),
         "supports_json": model.startswith(JSON_OUTPUT),
     }
+
+
 DEFAULT_CONTEXT_WINDOW = 8_192
 
 

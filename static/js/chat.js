@@ -273,6 +273,10 @@
     errorBox.querySelector(".msg-error-text").textContent = message.error_message || "";
     errorBox.hidden = !message.error_message;
     if (message.model) node.querySelector(".msg-usage").textContent = usageText(message);
+    const total = document.getElementById("chat-cost");
+    if (total && message.conversation_cost != null) {
+      total.textContent = formatUsd(message.conversation_cost);
+    }
   }
 
   function setOmitted(node, count) {
@@ -287,10 +291,19 @@
   function usageText(message) {
     if (message.prompt_tokens == null) return message.model;
     const estimated = message.usage_estimated ? " (estimated)" : "";
+    const cost = message.cost == null ? "" : ` · ${formatUsd(message.cost)}`;
     return (
       `${message.model} · ${message.prompt_tokens} prompt · ` +
-      `${message.completion_tokens} completion tokens${estimated}`
+      `${message.completion_tokens} completion tokens${estimated}${cost}`
     );
+  }
+
+  // As the server's |usd filter: cents, or 4 places under a dollar. Amounts come as strings
+  // (exact Decimals); rounding here is only for display.
+  function formatUsd(amount) {
+    const value = Number(amount);
+    const places = value >= 1 || value === 0 ? 2 : 4;
+    return `$${value.toLocaleString("en-US", { minimumFractionDigits: places, maximumFractionDigits: places })}`;
   }
 
   // Streaming replies rendered by the server carry how much of the reply they hold.

@@ -123,3 +123,35 @@ async def test_a_refused_message_sends_nothing_and_writes_nothing(
     assert await ledger() == []
     assert await leftovers() == (0, Decimal(0))
     assert sum(fake_upstream.request_counts.values()) == 0
+
+
+async def test_the_chat_shows_each_replys_cost_and_the_conversation_total(
+    open_socket, make_conversation, alice, project_a, fake_price, client_for
+):
+    conversation = await create(make_conversation, alice, project_a)
+    await database_sync_to_async(type(conversation).objects.filter(pk=conversation.pk).update)(
+        title="Priced"  # no title call: the total is the replies alone
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    costs = []
+    for text in ("one two", "three four five"):
+        await socket.send(type="message", content=text)
+        done = (await socket.until("done"))[-1]["message"]
+        costs.append(Decimal(done["cost"]))
+
+    rows = await ledger()
+    assert costs == [r.cost for r in rows]
+    assert Decimal(done["conversation_cost"]) == sum(costs)
+
+    @database_sync_to_async
+    def page() -> str:
+        url = (
+            f"/orgs/{project_a.organization.slug}/projects/{project_a.slug}/chat/{conversation.pk}/"
+        )
+        return client_for(alice).get(url).content.decode()
+
+    from accounts.templatetags.ui import usd
+
+    body = await page()
+    assert usd(costs[0]) in body
+    assert usd(sum(costs)) in body
