@@ -139,7 +139,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         try:
             pending = await database_sync_to_async(service)(**kwargs)
         except ServiceError as error:
-            await self.send_error(error.code, error.message)
+            # A rate limit says when to come back; a budget refusal names its reset in words.
+            await self.send_error(
+                error.code, error.message, retry_after=getattr(error, "retry_after", None)
+            )
             return
         if pending.truncate_from is not None:
             await self.broadcast({"type": "truncate", "from": pending.truncate_from})
@@ -150,10 +153,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def broadcast(self, payload: dict[str, Any]) -> None:
         await self.channel_layer.group_send(self.group, {"type": "chat.event", "payload": payload})
 
-    async def send_error(self, code: str, message: str) -> None:
-        await self.send_json(
-            {"type": "error", "code": code, "message": message, "retryable": False}
-        )
+    async def send_error(
+        self, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        frame = {"type": "error", "code": code, "message": message, "retryable": False}
+        if retry_after is not None:
+            frame.update(retryable=True, retry_after=retry_after)
+        await self.send_json(frame)
 
     async def chat_event(self, event: dict[str, Any]) -> None:
         await self.send_json(event["payload"])

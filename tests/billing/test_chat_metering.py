@@ -155,3 +155,26 @@ async def test_the_chat_shows_each_replys_cost_and_the_conversation_total(
     body = await page()
     assert usd(costs[0]) in body
     assert usd(sum(costs)) in body
+
+
+async def test_a_rate_limited_message_says_when_to_try_again(
+    open_socket, make_conversation, alice, project_a, fake_upstream
+):
+    from billing.models import RateLimit
+
+    await database_sync_to_async(RateLimit.objects.create)(project=project_a, requests_per_minute=1)
+    conversation = await create(make_conversation, alice, project_a)
+    await database_sync_to_async(type(conversation).objects.filter(pk=conversation.pk).update)(
+        title="No title call"
+    )
+    _, socket = await open_socket(alice, conversation.pk)
+    await socket.send(type="message", content="first")
+    await socket.until("done")
+
+    await socket.send(type="message", content="second")
+    error = await socket.receive()
+
+    assert (error["type"], error["code"], error["retryable"]) == ("error", "rate_limited", True)
+    assert 1 <= error["retry_after"] <= 60
+    assert "1 requests per minute" in error["message"]
+    assert fake_upstream.request_counts["fake-gpt"] == 1
