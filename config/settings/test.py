@@ -1,5 +1,7 @@
 """Test profile: fast hashing, in-memory everything, Celery tasks run in-process."""
 
+import os
+
 from .base import *  # noqa: F403
 from .base import BASE_DIR, VAR_DIR
 
@@ -15,7 +17,8 @@ DATABASES = {
         "NAME": BASE_DIR / "var" / "test.sqlite3",
         # A file, not shared-cache memory: socket tests write from several threads, and
         # shared-cache SQLite fails those with "table is locked" instead of waiting.
-        "TEST": {"NAME": BASE_DIR / "var" / "test-db.sqlite3"},
+        # One per process: two test runs on one machine must not share (and corrupt) it.
+        "TEST": {"NAME": BASE_DIR / "var" / f"test-db-{os.getpid()}.sqlite3"},
         "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
     }
 }
