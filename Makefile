@@ -37,7 +37,8 @@ $(VENV)/.test-deps: requirements.txt requirements-dev.txt requirements-model.txt
 run: $(VENV)/.run-deps
 	$(PY) manage.py migrate --noinput
 	@trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
-	$(VENV)/bin/celery -A config worker --pool=solo --loglevel=info >> var/celery-worker.log 2>&1 & \
+	$(VENV)/bin/celery -A config worker --beat --schedule var/celerybeat-schedule --pool=solo \
+		--loglevel=info >> var/celery-worker.log 2>&1 & \
 	worker=$$!; \
 	echo "Celery worker started (log: var/celery-worker.log)"; \
 	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/ && \
