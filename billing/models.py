@@ -183,7 +183,7 @@ class Budget(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.describe()}: ${self.limit_usd} per {self.period}"
+        return f"{self.describe()}: ${self.limit_usd:.2f} per {self.period}"
 
     def describe(self) -> str:
         if self.scope == self.Scope.ORGANIZATION:
@@ -266,3 +266,48 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project}: {self.requests_per_minute} RPM / {self.tokens_per_minute} TPM"
+
+
+class Statement(models.Model):
+    """A closed calendar month (UTC) of an organization's ledger: written once, never changed.
+
+    ``total_cost`` is the exact sum of the lines, which is the exact sum of the month's ledger.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="statements"
+    )
+    period_start = models.DateTimeField(help_text="First instant of the month (UTC).")
+    period_end = models.DateTimeField(help_text="First instant of the next month (UTC).")
+    total_cost = models.DecimalField(**MONEY, default=Decimal(0))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organization", "-period_start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "period_start"], name="billing_statement_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization} {self.period_start:%Y-%m}"
+
+
+class StatementLine(models.Model):
+    """One project and model of a statement. The project's name is kept as it was at closing."""
+
+    statement = models.ForeignKey(Statement, on_delete=models.CASCADE, related_name="lines")
+    project = models.ForeignKey(Project, null=True, on_delete=models.SET_NULL, related_name="+")
+    project_name = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=200)
+    calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+
+    class Meta:
+        ordering = ["statement", "project_name", "model", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.statement}: {self.project_name or '(no project)'} / {self.model}"

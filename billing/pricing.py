@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from .models import PER_MILLION, ModelPrice
+from django.db.models import BigIntegerField, F, Sum, Value
+from django.db.models.functions import Cast, Round
+
+from .models import MONEY, PER_MILLION, ModelPrice
 
 
 def price_for(model: str, *, on: date) -> ModelPrice | None:
@@ -43,3 +46,24 @@ def worst_case(price: ModelPrice | None, *, prompt_tokens: int, max_tokens: int)
     return cost_of(
         price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=max_tokens
     )
+
+
+# --- exact sums in the database ----------------------------------------------------------------
+
+COST_PLACES: int = MONEY["decimal_places"]
+COST_SCALE = 10**COST_PLACES
+
+
+def cost_units_sum(field_name: str = "cost") -> Sum:
+    """Sum of a MONEY column in units of 1e-12 USD, exactly.
+
+    SQLite keeps decimals as floating point and sums them as floats; each stored cost rounds
+    back to its exact 12-place value, and integer sums are exact on SQLite (up to 9.2e18 units,
+    $9.2M per group) and PostgreSQL (numeric, unbounded).
+    """
+    return Sum(Cast(Round(F(field_name) * Value(COST_SCALE)), BigIntegerField()))
+
+
+def units_to_cost(units: int | Decimal | None) -> Decimal:
+    """Integer 1e-12 USD units back to the exact Decimal, with the ledger's 12 places."""
+    return Decimal(units or 0).scaleb(-COST_PLACES)

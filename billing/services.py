@@ -15,13 +15,13 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.errors import ServiceError
@@ -106,14 +106,21 @@ def ledger_spend(budget: Budget, start: datetime, end: datetime | None) -> Decim
         rows = rows.filter(project_id=budget.project_id)
     if budget.scope == Budget.Scope.MEMBER:
         rows = rows.filter(user_id=budget.user_id)
-    return rows.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    return pricing.units_to_cost(rows.aggregate(units=pricing.cost_units_sum())["units"])
 
 
 def _locked_period(budget: Budget, now: datetime) -> tuple[BudgetPeriod, bool]:
     """The budget's current period row, locked, and whether it was just created — from what
     the ledger says, which is how counters and ledger stay equal for a budget added mid-month."""
     start, end = period_bounds(budget.period, now)
-    period = BudgetPeriod.objects.select_for_update().filter(budget=budget, start=start).first()
+    # order_by(): the default ordering joins budget and organization, and FOR UPDATE would
+    # then lock those rows too, queueing calls on unrelated budgets of the organization.
+    period = (
+        BudgetPeriod.objects.select_for_update()
+        .filter(budget=budget, start=start)
+        .order_by()
+        .first()
+    )
     if period is not None:
         return period, False
     created = True
@@ -184,6 +191,18 @@ def check_rate_limits(context: CallContext, *, tokens: int, now: float | None = 
 # --- reserve and settle ----------------------------------------------------------------------
 
 
+PERIOD_WORDS = {
+    Budget.Period.MONTH: "a month",
+    Budget.Period.DAY: "a day",
+    Budget.Period.LIFETIME: "in all",
+}
+
+
+def money(amount: Decimal) -> str:
+    """An amount for a sentence: rounded half-up to the cent (the display rule)."""
+    return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+
+
 def _reset_phrase(budget: Budget, now: datetime) -> str:
     _, end = period_bounds(budget.period, now)
     return "It does not reset." if end is None else f"It resets on {end:%Y-%m-%d} 00:00 UTC."
@@ -211,9 +230,9 @@ def quota_reserve(*, context: CallContext, prompt_tokens: int, max_tokens: int) 
         _release_expired(period, now)
         if period.spent + period.reserved + amount > budget.limit_usd:
             raise QuotaExceeded(
-                f"This would go over {budget.describe()}: ${budget.limit_usd} per "
-                f"{budget.get_period_display().lower()}, ${period.spent:.2f} spent"
-                f"{f', ${period.reserved:.2f} in flight' if period.reserved else ''}. "
+                f"This would go over {budget.describe()}: {money(budget.limit_usd)} "
+                f"{PERIOD_WORDS[budget.period]}, {money(period.spent)} spent"
+                f"{f', {money(period.reserved)} in flight' if period.reserved else ''}. "
                 f"{_reset_phrase(budget, now)}",
                 code="budget_exceeded",
             )
@@ -256,8 +275,10 @@ def quota_settle(
         cached_tokens=cached_tokens,
         completion_tokens=completion_tokens,
     )
+    held_budget_ids = set()
     for hold in Hold.objects.select_related("period").filter(request_id=reservation.request_id):
         BudgetPeriod.objects.filter(pk=hold.period_id).update(reserved=F("reserved") - hold.amount)
+        held_budget_ids.add(hold.period.budget_id)
         hold.delete()
     record = UsageRecord.objects.create(
         request_id=reservation.request_id,
@@ -278,7 +299,13 @@ def quota_settle(
         estimated=estimated,
         latency_ms=latency_ms,
     )
-    for budget in applicable_budgets(context):
+    # Every budget that covers the call is charged: those that apply now, and those it was held
+    # against even if disabled meanwhile, so no budget's counter drifts from the ledger.
+    budgets = {b.pk: b for b in applicable_budgets(context)}
+    missing = held_budget_ids - budgets.keys()
+    if missing:
+        budgets.update(Budget.objects.in_bulk(missing))
+    for budget in sorted(budgets.values(), key=lambda b: b.pk):
         period, created = _locked_period(budget, now)
         if created:  # started from the ledger, this row included
             before = period.spent - cost

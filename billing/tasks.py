@@ -41,3 +41,11 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
 def expire_holds() -> int:
     """Celery beat: give back money held for calls whose process died."""
     return services.holds_expire()
+
+
+@shared_task(ignore_result=True)
+def close_last_month() -> int:
+    """Celery beat: write last month's statements (idempotent, so it runs hourly)."""
+    from .statement_services import statements_close_previous_month
+
+    return len(statements_close_previous_month())

@@ -5,11 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 
 from accounts.models import Project, User
 from billing.models import UsageRecord
+from billing.pricing import cost_units_sum, units_to_cost
 
 from . import connection_selectors
 from .models import Conversation, Message
@@ -86,12 +87,14 @@ def message_costs(message_ids: list[int]) -> dict[int, Decimal]:
     rows = (
         UsageRecord.objects.filter(message_id__in=message_ids, source=UsageRecord.Source.CHAT)
         .values("message_id")
-        .annotate(total=Sum("cost"))
+        .annotate(units=cost_units_sum())
     )
-    return {row["message_id"]: row["total"] for row in rows}
+    return {row["message_id"]: units_to_cost(row["units"]) for row in rows}
 
 
 def conversation_cost(conversation: Conversation) -> Decimal:
     """Everything the conversation cost so far: replies and its title."""
-    total = UsageRecord.objects.filter(conversation=conversation).aggregate(total=Sum("cost"))
-    return total["total"] or Decimal(0)
+    total = UsageRecord.objects.filter(conversation=conversation).aggregate(
+        units=cost_units_sum()
+    )
+    return units_to_cost(total["units"])

@@ -64,6 +64,11 @@ TENANT_ROUTES: dict[str, Callable] = {
         "model_pk": w.connection_model.pk,
     },
     "project_models": _project,
+    "usage_dashboard": _org,
+    "usage_export": _org,
+    "statement_list": _org,
+    "statement_detail": lambda w: {**_org(w), "pk": w.statement.pk},
+    "statement_export": lambda w: {**_org(w), "pk": w.statement.pk},
 }
 
 # Conversations belong to one person: other members of the same organization get 404 too.
@@ -121,6 +126,7 @@ def test_every_socket_route_with_arguments_is_covered():
 @pytest.fixture
 def world(alice, bob, charlie, org_a, project_a, project_b):
     from accounts.models import Invitation, Membership, hash_token
+    from billing.models import Statement
     from chat.models import ConnectionModel, Conversation, ProviderConnection
 
     class World:
@@ -146,6 +152,12 @@ def world(alice, bob, charlie, org_a, project_a, project_b):
         max_retries=0,
     )
     w.connection_model = ConnectionModel.objects.create(connection=w.connection, name="a-model")
+    w.statement = Statement.objects.create(
+        organization=org_a,
+        period_start="2026-10-01T00:00:00Z",
+        period_end="2026-11-01T00:00:00Z",
+        total_cost="12.5",
+    )
     return w
 
 

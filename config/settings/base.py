@@ -64,6 +64,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "billing.context_processors.budget_alerts",
             ],
         },
     },
@@ -174,4 +175,7 @@ SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000/")
 
 CELERY_BEAT_SCHEDULE = {
     "expire-budget-holds": {"task": "billing.tasks.expire_holds", "schedule": 300.0},
+    # Closing is idempotent and a no-op once done, so hourly costs one small query and a beat
+    # restarted near the month's end still closes it within the hour.
+    "close-monthly-statements": {"task": "billing.tasks.close_last_month", "schedule": 3600.0},
 }

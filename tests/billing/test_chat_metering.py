@@ -119,7 +119,7 @@ async def test_a_refused_message_sends_nothing_and_writes_nothing(
     error = await socket.receive()
 
     assert error["code"] == "budget_exceeded"
-    assert "$0.010000 per calendar month" in error["message"]
+    assert "$0.01 a month" in error["message"]
     assert await ledger() == []
     assert await leftovers() == (0, Decimal(0))
     assert sum(fake_upstream.request_counts.values()) == 0

@@ -90,7 +90,7 @@ def test_a_call_that_would_go_over_is_refused_naming_the_budget_and_reset(
 
     error = info.value
     assert error.code == "budget_exceeded"
-    assert "the budget of project Project A: $0.400000 per calendar month (utc)" in error.message
+    assert "the budget of project Project A: $0.40 a month, $0.00 spent." in error.message
     assert "It resets on " in error.message
     assert not Hold.objects.exists()
     assert UsageRecord.objects.count() == 0
@@ -326,3 +326,21 @@ def test_the_ledger_sum_equals_every_budgets_spend_exactly(
         assert spent == services.ledger_spend(budget, start, end)
         assert reserved == 0
     assert not Hold.objects.exists()
+
+
+def test_a_budget_disabled_mid_call_is_still_charged_for_it(
+    fake_price, make_budget, project_a, alice
+):
+    budget = make_budget(project_a.organization, limit=1)
+    reservation = services.quota_reserve(
+        context=context(project_a, alice), prompt_tokens=100, max_tokens=200
+    )
+    budget.enabled = False
+    budget.save()
+
+    record = services.quota_settle(
+        reservation=reservation, status="ok", prompt_tokens=100, completion_tokens=100
+    )
+
+    period = BudgetPeriod.objects.get(budget=budget)
+    assert (period.spent, period.reserved) == (record.cost, Decimal(0))

@@ -1,0 +1,612 @@
+"""The admin for prices, the usage ledger and cost limits (staff only).
+
+Budget figures are always the current period's, computed in SQL (see ``with_current_figures``)
+so that lists, inlines and the "≥ 80 %" / "blocked" filters agree and cost one query.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    DecimalField,
+    F,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import GreaterThanOrEqual, LessThan
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from accounts.admin import OrganizationAdmin, ProjectAdmin
+from accounts.models import Membership, Organization, Project
+
+from .models import (
+    MONEY,
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    Hold,
+    ModelPrice,
+    RateLimit,
+    Statement,
+    StatementLine,
+    UsageRecord,
+)
+from .services import period_bounds
+
+MONEY_FIELD = DecimalField(**MONEY)
+# Where a lifetime budget's period "ends", for a bound every database can compare against.
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def with_current_figures(budgets: QuerySet[Budget], *, now: datetime | None = None) -> QuerySet:
+    """Annotate ``_spent`` and ``_reserved`` for the period containing ``now``.
+
+    They come from the budget's BudgetPeriod row for that period; without one yet (no call so
+    far this period), spent is what the ledger says (as ``services.ledger_spend``) and nothing
+    is reserved — the same figures ``quota_reserve`` will start the row from.
+    """
+    now = now or timezone.now()
+    bounds = {period: period_bounds(period, now) for period in Budget.Period.values}
+    current = BudgetPeriod.objects.filter(budget=OuterRef("pk"), start=OuterRef("_period_start"))
+    ledger = UsageRecord.objects.filter(
+        organization_id=OuterRef("organization_id"),
+        created_at__gte=OuterRef("_period_start"),
+        created_at__lt=OuterRef("_period_end"),
+    )
+    return budgets.annotate(
+        _period_start=Case(
+            *(When(period=p, then=Value(start)) for p, (start, _) in bounds.items()),
+            output_field=DateTimeField(),
+        ),
+        _period_end=Case(
+            *(When(period=p, then=Value(end or NEVER)) for p, (_, end) in bounds.items()),
+            output_field=DateTimeField(),
+        ),
+        _spent=Coalesce(
+            Subquery(current.values("spent"), output_field=MONEY_FIELD),
+            Case(
+                When(scope=Budget.Scope.ORGANIZATION, then=_total_cost(ledger)),
+                When(
+                    scope=Budget.Scope.PROJECT,
+                    then=_total_cost(ledger.filter(project_id=OuterRef("project_id"))),
+                ),
+                default=_total_cost(
+                    ledger.filter(project_id=OuterRef("project_id"), user_id=OuterRef("user_id"))
+                ),
+                output_field=MONEY_FIELD,
+            ),
+            Value(Decimal(0)),
+            output_field=MONEY_FIELD,
+        ),
+        _reserved=Coalesce(
+            Subquery(current.values("reserved"), output_field=MONEY_FIELD),
+            Value(Decimal(0)),
+            output_field=MONEY_FIELD,
+        ),
+    )
+
+
+def _total_cost(rows: QuerySet[UsageRecord]) -> Subquery:
+    total = rows.order_by().values("organization_id").annotate(total=Sum("cost")).values("total")
+    return Subquery(total, output_field=MONEY_FIELD)
+
+
+def usd(amount: Decimal) -> str:
+    """Half-up to the cent, or to 4 places where cents would hide a small amount."""
+    cents = amount.quantize(Decimal("0.01"), ROUND_HALF_UP)
+    four = amount.quantize(Decimal("0.0001"), ROUND_HALF_UP)
+    return f"${cents:,}" if four == cents else f"${four:,}"
+
+
+def used_percent(budget: Budget) -> Decimal:
+    """Spent as a share of the limit; a zero limit is fully used."""
+    if not budget.limit_usd:
+        return Decimal(100)
+    return budget._spent * 100 / budget.limit_usd
+
+
+def usage_bar(percent: Decimal) -> SafeString:
+    shown = percent.quantize(Decimal(1), ROUND_HALF_UP)
+    color = "#ba2121" if percent >= 100 else "#d98200" if percent >= 80 else "#3d8b3d"
+    return format_html(
+        '<div title="{}% of the limit spent" style="display:inline-block;vertical-align:middle;'
+        "width:80px;height:8px;border:1px solid #aaa;border-radius:4px;overflow:hidden;"
+        'background:#f4f4f4"><div style="width:{}%;height:100%;background:{}"></div></div> {}%',
+        shown,
+        min(shown, Decimal(100)),
+        color,
+        shown,
+    )
+
+
+class BudgetFiguresMixin:
+    """This period's spent / reserved / % used / remaining, for lists and inlines."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Budget]:
+        return with_current_figures(
+            super().get_queryset(request).select_related("organization", "project", "user")
+        )
+
+    @admin.display(description="spent this period", ordering="_spent")
+    def spent(self, budget: Budget) -> str:
+        return usd(budget._spent) if hasattr(budget, "_spent") else "—"
+
+    @admin.display(description="reserved (in flight)", ordering="_reserved")
+    def reserved(self, budget: Budget) -> str:
+        return usd(budget._reserved) if hasattr(budget, "_reserved") else "—"
+
+    @admin.display(description="limit", ordering="limit_usd")
+    def limit(self, budget: Budget) -> str:
+        return usd(budget.limit_usd) if budget.limit_usd is not None else "—"
+
+    @admin.display(description="% used")
+    def used(self, budget: Budget) -> str:
+        return usage_bar(used_percent(budget)) if hasattr(budget, "_spent") else "—"
+
+    @admin.display(description="remaining")
+    def remaining(self, budget: Budget) -> str:
+        if not hasattr(budget, "_spent"):
+            return "—"
+        return usd(max(budget.limit_usd - budget._spent - budget._reserved, Decimal(0)))
+
+
+class UsedFilter(admin.SimpleListFilter):
+    title = "usage this period"
+    parameter_name = "used"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("80", "≥ 80 % used")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "80":  # in whole numbers: SQLite compares decimals as floats
+            return queryset.filter(GreaterThanOrEqual(F("_spent") * 100, F("limit_usd") * 80))
+        return queryset
+
+
+class BlockedFilter(admin.SimpleListFilter):
+    title = "blocked"
+    parameter_name = "blocked"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Blocked (spent + reserved ≥ limit)"), ("no", "Not blocked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        committed = F("_spent") + F("_reserved")
+        if self.value() == "yes":
+            return queryset.filter(GreaterThanOrEqual(committed, F("limit_usd")))
+        if self.value() == "no":
+            return queryset.filter(LessThan(committed, F("limit_usd")))
+        return queryset
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+BUDGET_FIELDS = ["scope", "project", "user", "period", "limit_usd", "soft_thresholds", "enabled"]
+FIGURES = ["spent", "reserved", "used", "remaining"]
+COVERS = ["organization", "scope", "project", "user"]
+
+
+class BudgetForm(forms.ModelForm):
+    """Scope and fields must agree: what the database constraint checks, said clearly, plus
+    what it cannot check (the project's organization, the member's membership)."""
+
+    class Meta:
+        model = Budget
+        fields = ["organization", *BUDGET_FIELDS]
+
+    def clean_soft_thresholds(self) -> str:
+        value = self.cleaned_data["soft_thresholds"]
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(part.isdigit() and 0 < int(part) <= 1000 for part in parts):
+            raise ValidationError("Whole percentages from 1 to 1000, comma-separated: 50,80,100.")
+        return ",".join(parts)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk is not None:
+            # The period counters were kept for what the budget covered; they would be wrong.
+            for name in [n for n in COVERS if n in self.changed_data]:
+                self._error(name, "What a budget covers cannot change: add a new budget instead.")
+        scope, project, user = (self._value(name) for name in ("scope", "project", "user"))
+        if "organization" not in self.fields and project is not None:
+            self.instance.organization = project.organization  # the project page's inline
+        organization = self._value("organization")
+        if scope == Budget.Scope.ORGANIZATION:
+            if project is not None:
+                self._error("project", "An organization budget covers every project: leave empty.")
+            if user is not None:
+                self._error("user", "An organization budget covers everyone: leave empty.")
+            return cleaned
+        if project is None:
+            self._error("project", f"A {scope} budget needs a project.")
+        elif organization is not None and project.organization_id != organization.pk:
+            self._error("project", f"{project} is not a project of {organization}.")
+        if scope == Budget.Scope.PROJECT and user is not None:
+            self._error("user", "A project budget covers everyone in it: leave empty.")
+        if scope == Budget.Scope.MEMBER:
+            if user is None:
+                self._error("user", "A member budget needs the member.")
+            elif project is not None and not _is_member(user, project.organization_id):
+                self._error("user", f"{user} is not a member of {project.organization}.")
+        return cleaned
+
+    def _value(self, name: str) -> Any:
+        """The submitted value, or the instance's for a field this form leaves out."""
+        if name in self.fields:
+            return self.cleaned_data.get(name)
+        field = Budget._meta.get_field(name)
+        if field.is_relation and getattr(self.instance, field.attname) is None:
+            return None
+        return getattr(self.instance, name)
+
+    def _error(self, name: str, message: str) -> None:
+        self.add_error(name if name in self.fields else None, message)
+
+
+def _is_member(user: Any, organization_id: int) -> bool:
+    return Membership.objects.filter(user=user, organization_id=organization_id).exists()
+
+
+class RaiseLimitForm(forms.Form):
+    amount = forms.DecimalField(
+        label="Raise by (USD)", max_digits=14, decimal_places=6, help_text="Added to each limit."
+    )
+
+    def __init__(self, *args: Any, budgets: Iterable[Budget], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.budgets = list(budgets)
+
+    def clean_amount(self) -> Decimal:
+        amount = self.cleaned_data["amount"]
+        if amount <= 0:
+            raise ValidationError("Enter an amount greater than zero.")
+        field = Budget._meta.get_field("limit_usd")
+        for budget in self.budgets:
+            try:
+                field.run_validators(budget.limit_usd + amount)
+            except ValidationError:
+                raise ValidationError(f"That would take {budget} past the largest limit.") from None
+        return amount
+
+
+class OrganizationBudgetInline(BudgetFiguresMixin, admin.TabularInline):
+    model = Budget
+    form = BudgetForm
+    extra = 0
+    fields = [*BUDGET_FIELDS, *FIGURES]
+    readonly_fields = FIGURES
+    autocomplete_fields = ["project", "user"]
+    show_change_link = True
+
+
+class ProjectBudgetInline(OrganizationBudgetInline):
+    fk_name = "project"
+    fields = [f for f in OrganizationBudgetInline.fields if f != "project"]
+
+    def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any):
+        if db_field.name == "scope":
+            kwargs["choices"] = [
+                (value, label)
+                for value, label in Budget.Scope.choices
+                if value != Budget.Scope.ORGANIZATION
+            ]
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
+
+admin.site.unregister(Organization)
+admin.site.unregister(Project)
+
+
+@admin.register(Organization)
+class OrganizationWithBudgetsAdmin(OrganizationAdmin):
+    inlines = [*OrganizationAdmin.inlines, OrganizationBudgetInline]
+
+
+@admin.register(Project)
+class ProjectWithBudgetsAdmin(ProjectAdmin):
+    inlines = [*ProjectAdmin.inlines, ProjectBudgetInline]
+
+
+@admin.register(Budget)
+class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin):
+    form = BudgetForm
+    list_display = [
+        "scope", "organization", "project", "user", "period", "limit", *FIGURES, "enabled",
+    ]  # fmt: skip
+    list_filter = [UsedFilter, BlockedFilter, "scope", "period", "enabled"]
+    search_fields = ["organization__name", "organization__slug", "project__name", "user__email"]
+    autocomplete_fields = ["organization", "project", "user"]
+    fields = ["organization", *BUDGET_FIELDS, *FIGURES, "created_at"]
+    readonly_fields = [*FIGURES, "created_at"]
+    actions = ["raise_limit", "disable"]
+
+    @admin.action(description="Raise the limit by…", permissions=["change"])
+    def raise_limit(self, request: HttpRequest, queryset: QuerySet[Budget]) -> HttpResponse | None:
+        budgets = list(queryset)
+        form = RaiseLimitForm(request.POST if "apply" in request.POST else None, budgets=budgets)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Raise the limit",
+                "opts": self.opts,
+                "budgets": budgets,
+                "form": form,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/billing/budget/raise_limit.html", context)
+        amount = form.cleaned_data["amount"]
+        with transaction.atomic():
+            # Decimal arithmetic here, not F() + amount: SQLite would add in floating point.
+            for budget in Budget.objects.select_for_update().filter(pk__in=[b.pk for b in budgets]):
+                budget.limit_usd += amount
+                budget.save(update_fields=["limit_usd"])
+                self.log_change(request, budget, f"Raised the limit by ${amount}.")
+        self.message_user(request, f"Raised {len(budgets)} limit(s) by ${amount}.")
+        return None
+
+    @admin.action(description="Disable", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
+        budgets = list(queryset.filter(enabled=True))
+        Budget.objects.filter(pk__in=[b.pk for b in budgets]).update(enabled=False)
+        for budget in budgets:
+            self.log_change(request, budget, "Disabled.")
+        self.message_user(request, f"Disabled {len(budgets)} budget(s).")
+
+
+# --- prices and the ledger ---------------------------------------------------------------------
+
+
+PRICE_FIELDS = [
+    "model", "input_per_million", "cached_input_per_million", "output_per_million",
+    "effective_from",
+]  # fmt: skip
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = [*PRICE_FIELDS, "created_at"]
+    list_filter = ["effective_from"]
+    search_fields = ["model"]
+    date_hierarchy = "effective_from"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": PRICE_FIELDS,
+                "description": (
+                    "USD per 1M tokens. To change a model's price, add a new row with a later "
+                    "“effective from” date rather than editing this one: calls already made "
+                    "keep the price they were charged, so history is never rewritten."
+                ),
+            },
+        ),
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ModelPrice | None = None):
+        if obj is not None and UsageRecord.objects.filter(price=obj).exists():
+            # Already charged: the ledger points at it.
+            return PRICE_FIELDS
+        return []
+
+
+class _Echo:
+    """A file-like object whose write returns the line: csv.writer into a streaming response."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+CSV_HEADER = [
+    "request_id", "created_at", "organization", "project", "user", "conversation_id", "source",
+    "model", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd", "status",
+    "estimated", "latency_ms",
+]  # fmt: skip
+
+
+def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[list[Any]]:
+    yield CSV_HEADER
+    for r in records.iterator(chunk_size=2000):
+        yield [
+            r.request_id, r.created_at.isoformat(), r.organization.slug,
+            r.project.slug if r.project else "", r.user.email if r.user else "",
+            r.conversation_id or "", r.source, r.model, r.prompt_tokens, r.cached_tokens,
+            r.completion_tokens, r.cost, r.status, r.estimated,
+            "" if r.latency_ms is None else r.latency_ms,
+        ]  # fmt: skip
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """The ledger, view only: rows are written once by the quota service, never here."""
+
+    list_display = [
+        "created_at", "organization", "project", "user", "model", "tokens", "cost_display",
+        "status", "estimated", "source",
+    ]  # fmt: skip
+    list_filter = [
+        "organization", "project", "model", "status", "estimated", "source", "created_at",
+    ]  # fmt: skip
+    list_select_related = ["organization", "project", "user"]
+    search_fields = ["=request_id", "model", "organization__name", "project__name", "user__email"]
+    date_hierarchy = "created_at"
+    actions = ["export_csv"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="tokens (in / cached / out)")
+    def tokens(self, record: UsageRecord) -> str:
+        return f"{record.prompt_tokens:,} / {record.cached_tokens:,} / {record.completion_tokens:,}"
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_display(self, record: UsageRecord) -> str:
+        return format_html('<span title="{}">{}</span>', record.cost, usd(record.cost))
+
+    @admin.action(description="Export selected as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[UsageRecord]):
+        records = queryset.select_related("organization", "project", "user").order_by(
+            "created_at", "id"
+        )
+        writer = csv.writer(_Echo())
+        response = StreamingHttpResponse(
+            (writer.writerow(row) for row in usage_csv_rows(records)), content_type="text/csv"
+        )
+        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        return response
+
+    def get_urls(self) -> list[URLPattern]:
+        summary = path(
+            "summary/",
+            self.admin_site.admin_view(self.summary_view),
+            name="billing_usagerecord_summary",
+        )
+        return [summary, *super().get_urls()]
+
+    def summary_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        start, end = period_bounds(Budget.Period.MONTH, timezone.now())
+        rows = (
+            UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+            .order_by()
+            .values("organization_id", "organization__name", "organization__slug")
+            .annotate(
+                cost=Sum("cost"),
+                tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
+                calls=Count("id"),
+            )
+            .order_by("-cost", "organization__name")
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Usage by organization, {start:%B %Y} (UTC)",
+            "opts": self.opts,
+            "month_start": start,
+            "rows": [
+                {**row, "cost_display": usd(row["cost"]), "tokens_display": f"{row['tokens']:,}"}
+                for row in rows
+            ],
+        }
+        return TemplateResponse(request, "admin/billing/usagerecord/summary.html", context)
+
+
+# --- counters, holds, alerts, rate limits ------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Kept by the quota service: editing a row by hand would put it out of step with the
+    ledger and the other counters."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+BUDGET_RELATED = ["budget__organization", "budget__project", "budget__user"]
+
+
+@admin.register(BudgetPeriod)
+class BudgetPeriodAdmin(ReadOnlyAdmin):
+    list_display = ["budget", "start", "spent", "reserved"]
+    list_filter = ["start", "budget__scope", "budget__period"]
+    list_select_related = BUDGET_RELATED
+    search_fields = ["budget__organization__name", "budget__project__name", "budget__user__email"]
+    date_hierarchy = "start"
+
+
+@admin.register(Hold)
+class HoldAdmin(ReadOnlyAdmin):
+    list_display = ["request_id", "period", "amount", "expires_at", "created_at"]
+    list_filter = ["expires_at"]
+    list_select_related = [f"period__{name}" for name in BUDGET_RELATED]
+    search_fields = ["=request_id", "period__budget__organization__name"]
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdmin):
+    list_display = ["budget", "threshold", "period_start", "created_at"]
+    list_filter = ["threshold", "period_start", "created_at"]
+    list_select_related = BUDGET_RELATED
+    search_fields = ["budget__organization__name", "budget__project__name", "budget__user__email"]
+
+
+@admin.register(RateLimit)
+class RateLimitAdmin(admin.ModelAdmin):
+    list_display = ["project", "requests_per_minute", "tokens_per_minute"]
+    list_select_related = ["project__organization"]
+    search_fields = ["project__name", "project__organization__name"]
+    autocomplete_fields = ["project"]
+
+
+# --- statements ----------------------------------------------------------------------------------
+
+
+class StatementLineInline(admin.TabularInline):
+    model = StatementLine
+    extra = 0
+    fields = ["project_name", "model", "calls", "prompt_tokens", "completion_tokens", "cost"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Statement)
+class StatementAdmin(ReadOnlyAdmin):
+    """Closed months, written once from the ledger."""
+
+    list_display = ["organization", "period_start", "period_end", "total_cost", "created_at"]
+    list_filter = ["period_start"]
+    list_select_related = ["organization"]
+    search_fields = ["organization__name", "organization__slug"]
+    inlines = [StatementLineInline]
+
+
+@admin.register(StatementLine)
+class StatementLineAdmin(ReadOnlyAdmin):
+    list_display = ["statement", "project_name", "model", "calls", "prompt_tokens",
+                    "completion_tokens", "cost"]  # fmt: skip
+    list_filter = ["model"]
+    list_select_related = ["statement__organization"]
+    search_fields = ["statement__organization__name", "project_name", "model"]

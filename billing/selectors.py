@@ -1,0 +1,499 @@
+"""Reads of the usage ledger for dashboards, exports, statements and the budget banner.
+
+Everything is scoped to one organization (and, for a plain member, to their own calls) through
+``UsageScope``, and every figure is aggregated by the database: no ledger row is loaded into
+Python except by the CSV export, which streams them.
+
+Costs are summed as integers of 1e-12 USD (``cost_units_sum``), which is exact on every
+backend: SQLite keeps a DecimalField as a REAL (15 significant digits) and sums floats, so
+``Sum("cost")`` there drifts in the last places once amounts pass $1,000 or rows pile up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.db.models import (
+    Count,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
+from django.db.models.functions import TruncDate
+from django.http import Http404
+from django.utils import timezone
+
+from accounts.models import MANAGER_ROLES, Membership, Organization, Project, User
+
+from .models import (
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    Statement,
+    UsageRecord,
+)
+from .pricing import cost_units_sum, units_to_cost
+from .services import ledger_spend, period_bounds
+
+CENT = Decimal("0.01")
+# The longest range the dashboard aggregates at once: a year, leap day included.
+MAX_RANGE_DAYS = 366
+
+
+def round_cents(amount: Decimal) -> Decimal:
+    """The display rule of billing/models.py: half-up to the cent."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+# --- scope and range ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageScope:
+    """Whose usage a reader may see: the whole organization, or one member's own calls."""
+
+    organization: Organization
+    user_id: int | None = None
+
+    @classmethod
+    def for_membership(cls, membership: Membership) -> UsageScope:
+        """Owners and admins see the organization; a member sees only their own usage."""
+        if membership.can_manage:
+            return cls(organization=membership.organization)
+        return cls(organization=membership.organization, user_id=membership.user_id)
+
+    @property
+    def is_whole_organization(self) -> bool:
+        return self.user_id is None
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Whole UTC days from ``start`` to ``end``, both included."""
+
+    start: date
+    end: date
+
+    @classmethod
+    def month_to_date(cls, today: date) -> DateRange:
+        return cls(start=today.replace(day=1), end=today)
+
+    @property
+    def start_at(self) -> datetime:
+        return datetime(self.start.year, self.start.month, self.start.day, tzinfo=UTC)
+
+    @property
+    def end_at(self) -> datetime:
+        """The first instant after the range (exclusive)."""
+        return datetime(self.end.year, self.end.month, self.end.day, tzinfo=UTC) + timedelta(days=1)
+
+    def days(self) -> list[date]:
+        return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+
+def ledger_rows(scope: UsageScope, date_range: DateRange) -> QuerySet[UsageRecord]:
+    """The ledger rows a scope may see in a range: the one path every usage read starts from."""
+    rows = UsageRecord.objects.for_organization(scope.organization).filter(
+        created_at__gte=date_range.start_at, created_at__lt=date_range.end_at
+    )
+    if scope.user_id is not None:
+        rows = rows.filter(user_id=scope.user_id)
+    return rows
+
+
+# --- aggregates --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What one group (a day, a model, a member, a project, or everything) consumed."""
+
+    label: str = ""
+    key: Any = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = field(default_factory=lambda: units_to_cost(0))
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _aggregates() -> dict[str, Any]:
+    return {
+        "calls": Count("id"),
+        "prompt": Sum("prompt_tokens"),
+        "completion": Sum("completion_tokens"),
+        "cost_units": cost_units_sum(),
+    }
+
+
+def _spend(row: dict[str, Any], *, label: str, key: Any) -> Spend:
+    return Spend(
+        label=label,
+        key=key,
+        calls=row["calls"],
+        prompt_tokens=row["prompt"] or 0,
+        completion_tokens=row["completion"] or 0,
+        cost=units_to_cost(row["cost_units"]),
+    )
+
+
+class UTCDate(TruncDate):
+    """The UTC day of a datetime. On SQLite, the built-in date() of the stored UTC text instead
+    of Django's Python function, which SQLite calls once per row: a month of 344,000 rows took
+    1.35 s that way and takes 0.23 s this way (benchmarks/usage_dashboard.py)."""
+
+    def __init__(self, expression: str, **extra: Any) -> None:
+        super().__init__(expression, tzinfo=UTC, **extra)
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, Any]:
+        sql, params = compiler.compile(self.lhs)
+        return f"date({sql})", params
+
+
+def spend_by_day(scope: UsageScope, date_range: DateRange) -> list[Spend]:
+    """Every day of the range, the days without calls included (as zeros)."""
+    rows = (
+        ledger_rows(scope, date_range)
+        .annotate(day=UTCDate("created_at"))
+        .values("day")
+        .annotate(**_aggregates())
+        .order_by("day")
+    )
+    found = {row["day"]: row for row in rows}
+    return [
+        _spend(found[day], label=day.isoformat(), key=day)
+        if day in found
+        else Spend(label=day.isoformat(), key=day)
+        for day in date_range.days()
+    ]
+
+
+def spend_by_model(scope: UsageScope, date_range: DateRange) -> list[Spend]:
+    rows = (
+        ledger_rows(scope, date_range)
+        .values("model")
+        .annotate(**_aggregates())
+        .order_by("-cost_units", "model")
+    )
+    return [_spend(row, label=row["model"], key=row["model"]) for row in rows]
+
+
+def spend_by_member(scope: UsageScope, date_range: DateRange) -> list[Spend]:
+    """Per user; calls without one (a deleted account; API keys, later) are one group.
+
+    Names are read afterwards for the few ids found: joining users to every ledger row of
+    the range costs more than the aggregate itself."""
+    rows = list(
+        ledger_rows(scope, date_range)
+        .values("user_id")
+        .annotate(**_aggregates())
+        .order_by("-cost_units", "user_id")
+    )
+    names = {
+        pk: name or email
+        for pk, name, email in User.objects.filter(
+            pk__in=[row["user_id"] for row in rows if row["user_id"]]
+        ).values_list("pk", "name", "email")
+    }
+    return [
+        _spend(
+            row,
+            label=names.get(row["user_id"], "") or "(no user)",
+            key=row["user_id"],
+        )
+        for row in rows
+    ]
+
+
+def spend_by_project(scope: UsageScope, date_range: DateRange) -> list[Spend]:
+    """Per project; calls of deleted projects are one group. Names as in ``spend_by_member``."""
+    rows = list(
+        ledger_rows(scope, date_range)
+        .values("project_id")
+        .annotate(**_aggregates())
+        .order_by("-cost_units", "project_id")
+    )
+    names = dict(
+        Project.objects.filter(
+            pk__in=[row["project_id"] for row in rows if row["project_id"]]
+        ).values_list("pk", "name")
+    )
+    return [
+        _spend(
+            row,
+            label=names.get(row["project_id"], "") or "(deleted project)",
+            key=row["project_id"],
+        )
+        for row in rows
+    ]
+
+
+def total_of(groups: list[Spend]) -> Spend:
+    """The sum of disjoint groups (e.g. the days of a range): exact, no second scan."""
+    return Spend(
+        label="Total",
+        calls=sum(g.calls for g in groups),
+        prompt_tokens=sum(g.prompt_tokens for g in groups),
+        completion_tokens=sum(g.completion_tokens for g in groups),
+        cost=sum((g.cost for g in groups), units_to_cost(0)),
+    )
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+
+def budget_subject(budget: Budget) -> str:
+    """Whose spending a budget limits, for people: "Acme", "Project X", "Ann in project X"."""
+    if budget.scope == Budget.Scope.ORGANIZATION:
+        return budget.organization.name
+    if budget.scope == Budget.Scope.PROJECT:
+        return f"Project {budget.project.name}"
+    return f"{budget.user.get_full_name()} in project {budget.project.name}"
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A budget's spend in its current period (the counter, or the ledger when it has none)."""
+
+    budget: Budget
+    period_start: datetime
+    period_end: datetime | None
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def subject(self) -> str:
+        return budget_subject(self.budget)
+
+    @property
+    def percent(self) -> Decimal:
+        if not self.budget.limit_usd:
+            return Decimal(100) if self.spent else Decimal(0)
+        return (self.spent * 100 / self.budget.limit_usd).quantize(
+            Decimal("0.1"), rounding=ROUND_HALF_UP
+        )
+
+    @property
+    def bar_width(self) -> str:
+        """The % bar's width as a CSS percentage, capped at 100."""
+        return f"{min(self.percent, Decimal(100)):.1f}"
+
+    @property
+    def level(self) -> str:
+        if self.percent >= 100:
+            return "over"
+        if self.percent >= 80:
+            return "high"
+        return "ok"
+
+
+def budgets_for(scope: UsageScope) -> QuerySet[Budget]:
+    """Enabled budgets a reader may see: all of them for managers; for a member, those that
+    apply to their own calls (the organization's, the projects', and their own)."""
+    budgets = Budget.objects.filter(organization=scope.organization, enabled=True)
+    if scope.user_id is not None:
+        budgets = budgets.filter(
+            ~Q(scope=Budget.Scope.MEMBER) | Q(user_id=scope.user_id),
+        )
+    return budgets.select_related("organization", "project", "user").order_by(
+        "scope", "project__name", "id"
+    )
+
+
+def budget_statuses(scope: UsageScope, *, now: datetime | None = None) -> list[BudgetStatus]:
+    """Two queries, plus one ledger sum per budget that has no counter for its period yet."""
+    now = now or timezone.now()
+    budgets = list(budgets_for(scope))
+    bounds = {b.pk: period_bounds(b.period, now) for b in budgets}
+    counters = {
+        (p.budget_id, p.start): p
+        for p in BudgetPeriod.objects.filter(
+            budget__in=budgets, start__in={start for start, _ in bounds.values()}
+        ).order_by()  # not Meta's, which joins the budget and its organization to sort
+    }
+    statuses = []
+    for budget in budgets:
+        start, end = bounds[budget.pk]
+        counter = counters.get((budget.pk, start))
+        if counter is not None:
+            spent, reserved = counter.spent, counter.reserved
+        else:
+            spent, reserved = ledger_spend(budget, start, end), Decimal(0)
+        statuses.append(
+            BudgetStatus(
+                budget=budget, period_start=start, period_end=end, spent=spent, reserved=reserved
+            )
+        )
+    return statuses
+
+
+# --- the dashboard -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageDashboard:
+    scope: UsageScope
+    date_range: DateRange
+    by_day: list[Spend]
+    by_model: list[Spend]
+    by_project: list[Spend]
+    by_member: list[Spend] | None  # None for a member, who sees only their own usage
+    total: Spend
+    budgets: list[BudgetStatus]
+
+
+def usage_dashboard(
+    *, scope: UsageScope, date_range: DateRange, now: datetime | None = None
+) -> UsageDashboard:
+    """Four aggregate queries over the range, two for names, two for budgets (see
+    ``budget_statuses``)."""
+    by_day = spend_by_day(scope, date_range)
+    return UsageDashboard(
+        scope=scope,
+        date_range=date_range,
+        by_day=by_day,
+        by_model=spend_by_model(scope, date_range),
+        by_project=spend_by_project(scope, date_range),
+        by_member=spend_by_member(scope, date_range) if scope.is_whole_organization else None,
+        total=total_of(by_day),
+        budgets=budget_statuses(scope, now=now),
+    )
+
+
+EXPORT_COLUMNS = (
+    ("created_at", "created_at"),
+    ("request_id", "request_id"),
+    ("project", "project__name"),
+    ("user", "user__email"),
+    ("model", "model"),
+    ("source", "source"),
+    ("status", "status"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("cached_tokens", "cached_tokens"),
+    ("completion_tokens", "completion_tokens"),
+    ("cost_usd", "cost"),
+    ("estimated", "estimated"),
+    ("latency_ms", "latency_ms"),
+)
+
+
+def ledger_export_rows(
+    scope: UsageScope, date_range: DateRange, *, chunk_size: int = 2000
+) -> Iterator[tuple[Any, ...]]:
+    """The range's ledger rows, oldest first, as tuples in EXPORT_COLUMNS order, streamed."""
+    return (
+        ledger_rows(scope, date_range)
+        .order_by("created_at", "id")
+        .values_list(*(column for _, column in EXPORT_COLUMNS))
+        .iterator(chunk_size=chunk_size)
+    )
+
+
+# --- statements --------------------------------------------------------------------------------
+
+
+def statements_for(organization: Organization) -> QuerySet[Statement]:
+    return Statement.objects.filter(organization=organization).order_by("-period_start")
+
+
+def get_statement_or_404(*, organization: Organization, pk: int) -> Statement:
+    try:
+        return statements_for(organization).get(pk=pk)
+    except Statement.DoesNotExist:
+        raise Http404("No such statement.") from None
+
+
+# --- the budget banner -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetBanner:
+    """The highest threshold a budget crossed in its current period, as a sentence."""
+
+    alert: BudgetAlert
+    period_end: datetime | None
+
+    @property
+    def budget(self) -> Budget:
+        return self.alert.budget
+
+    @property
+    def reached(self) -> bool:
+        return self.alert.threshold >= 100
+
+    @property
+    def subject(self) -> str:
+        return budget_subject(self.budget)
+
+    @property
+    def message(self) -> str:
+        budget = self.budget
+        if self.reached:
+            until = (
+                f"{self.period_end:%Y-%m-%d %H:%M} UTC"
+                if self.period_end
+                else "the limit is raised"
+            )
+            return f"{self.subject} has reached its limit: new messages are refused until {until}."
+        kind = {Budget.Period.MONTH: "monthly ", Budget.Period.DAY: "daily "}.get(budget.period, "")
+        limit = f"${round_cents(budget.limit_usd):,}"
+        return f"{self.subject} has used {self.alert.threshold}% of its {limit} {kind}budget."
+
+
+def current_budget_banners(
+    *, user_id: int, organization_slug: str, now: datetime | None = None
+) -> list[BudgetBanner]:
+    """One query: the organization's alerts of the current periods, if the user is a member.
+
+    Per budget only the highest threshold crossed; an alert the budget no longer bears out
+    (its limit was raised since) is left out. Member budgets show to their member and to
+    managers only.
+    """
+    now = now or timezone.now()
+    current = Q()
+    ends = {}
+    for period in Budget.Period.values:
+        start, ends[period] = period_bounds(period, now)
+        current |= Q(budget__period=period, period_start=start)
+    # One filter() call, so both conditions on memberships share one join: the user's own row.
+    alerts = (
+        BudgetAlert.objects.filter(
+            current,
+            Q(budget__organization__slug=organization_slug),
+            Q(budget__organization__memberships__user_id=user_id),
+            ~Q(budget__scope=Budget.Scope.MEMBER)
+            | Q(budget__user_id=user_id)
+            | Q(budget__organization__memberships__role__in=MANAGER_ROLES),
+            budget__enabled=True,
+        )
+        .annotate(
+            spent=Subquery(
+                BudgetPeriod.objects.filter(
+                    budget=OuterRef("budget"), start=OuterRef("period_start")
+                )
+                .order_by()
+                .values("spent")[:1]
+            )
+        )
+        .select_related("budget__organization", "budget__project", "budget__user")
+        .order_by("budget_id", "-threshold")
+    )
+    banners: dict[int, BudgetBanner] = {}
+    for alert in alerts:
+        budget = alert.budget
+        if budget.pk in banners:
+            continue
+        line = budget.limit_usd * alert.threshold / 100
+        if alert.spent is not None and alert.spent < line:
+            continue  # the limit was raised after the alert: no longer true
+        banners[budget.pk] = BudgetBanner(alert=alert, period_end=ends[budget.period])
+    return sorted(banners.values(), key=lambda b: (-b.alert.threshold, b.subject))
