@@ -1,8 +1,17 @@
 from django.contrib import admin
+from django.http import HttpResponse
 from django.urls import include, path
+
+
+def no_favicon(request) -> HttpResponse:
+    # Browsers ask for /favicon.ico on pages that declare none (the admin's): answer "nothing"
+    # instead of a logged 404 page.
+    return HttpResponse(status=204)
+
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("favicon.ico", no_favicon),
     path("", include("chat.urls")),
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
