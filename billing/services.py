@@ -265,7 +265,13 @@ def quota_settle(
     message_id: int | None = None,
     conversation_deleted: bool = False,
 ) -> UsageRecord:
-    """Release the holds, charge the real cost to every budget that applies, write the row."""
+    """Release the holds, charge the real cost to every budget that applies, write the row.
+
+    Idempotent per call: a reply closed as orphaned whose process turns out to finish after all
+    keeps the row written first."""
+    existing = UsageRecord.objects.filter(request_id=reservation.request_id).first()
+    if existing is not None:
+        return existing
     now = timezone.now()
     context = reservation.context
     price = ModelPrice.objects.filter(pk=reservation.price_id).first()
@@ -315,6 +321,34 @@ def quota_settle(
                 BudgetPeriod.objects.filter(pk=period.pk).update(spent=F("spent") + cost)
         _alert_on_crossing(budget, period, before=before, after=before + cost)
     return record
+
+
+def quota_settle_orphan(
+    *,
+    request_id: uuid.UUID,
+    context: CallContext,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    message_id: int | None = None,
+) -> UsageRecord:
+    """Settle a call whose process died, from what was saved of it (estimated)."""
+    price = pricing.price_for(context.model, on=timezone.now().date())
+    reservation = Reservation(
+        request_id=request_id,
+        context=context,
+        amount=Decimal(0),
+        price_id=price.pk if price else None,
+        prompt_tokens_estimate=prompt_tokens,
+    )
+    return quota_settle(
+        reservation=reservation,
+        status=status,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        estimated=True,
+        message_id=message_id,
+    )
 
 
 def quota_release(reservation: Reservation) -> None:

@@ -94,6 +94,9 @@ class Message(models.Model):
     omitted_messages = models.PositiveIntegerField(
         default=0, help_text="Older messages left out of the prompt to fit the context window."
     )
+    # The billing reservation of the call writing this reply: if its process dies, whoever
+    # closes the reply settles the call under this id, so the ledger still gets its one row.
+    request_id = models.UUIDField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -19,7 +19,13 @@ from django.utils import timezone
 from accounts.errors import ServiceError
 from accounts.models import Project, User
 from billing.models import UsageRecord
-from billing.services import CallContext, Reservation, quota_reserve, quota_settle
+from billing.services import (
+    CallContext,
+    Reservation,
+    quota_reserve,
+    quota_settle,
+    quota_settle_orphan,
+)
 
 from . import connection_selectors, selectors
 from .llm.base import ChatRequest, Usage
@@ -239,6 +245,8 @@ def _begin_reply(
         state=Message.State.STREAMING,
         model=model,
         omitted_messages=prompt.omitted,
+        prompt_tokens=prompt.prompt_tokens,  # our estimate until the upstream says
+        request_id=reservation.request_id,
     )
     conversation.last_message_at = timezone.now()
     conversation.save(update_fields=["last_message_at", "updated_at"])
@@ -419,22 +427,53 @@ def reply_close_orphan(*, user: User, conversation_id: int) -> Message | None:
     message.finish_reason = "stop_requested"
     message.error_code = "interrupted"
     message.error_message = "The server that was writing this reply had stopped."
+    _settle_orphan(message, conversation, status=UsageRecord.Status.STOPPED)
     message.save()
     return message
 
 
+def _settle_orphan(message: Message, conversation: Conversation, *, status: str) -> None:
+    """Meter a reply whose process died: what was saved of it, counted here."""
+    completion = count_text_tokens(message.content) if message.content else 0
+    message.completion_tokens = completion
+    message.usage_estimated = True
+    if message.request_id is None:
+        return
+    record = quota_settle_orphan(
+        request_id=message.request_id,
+        context=CallContext(
+            organization_id=conversation.project.organization_id,
+            project_id=conversation.project_id,
+            user_id=conversation.owner_id,
+            model=message.model,
+            conversation_id=conversation.pk,
+        ),
+        status=status,
+        prompt_tokens=message.prompt_tokens or 0,
+        completion_tokens=completion,
+        message_id=message.pk,
+    )
+    message.cost = record.cost
+
+
+@transaction.atomic
 def streams_expire_stale(*, conversation: Conversation | None = None) -> int:
-    """Mark replies whose streaming process died (no write for a while) as incomplete."""
+    """Close replies whose streaming process died (no write for a while) as incomplete, and
+    meter them: the call was made, so the ledger gets its row."""
     cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
-    qs = Message.objects.filter(state=Message.State.STREAMING, updated_at__lt=cutoff)
+    qs = Message.objects.select_for_update().filter(
+        state=Message.State.STREAMING, updated_at__lt=cutoff
+    )
     if conversation is not None:
         qs = qs.filter(conversation=conversation)
-    return qs.update(
-        state=Message.State.INCOMPLETE,
-        error_code="interrupted",
-        error_message="The server stopped while this reply was being written.",
-        updated_at=timezone.now(),
-    )
+    stale = list(qs.select_related("conversation__project"))
+    for message in stale:
+        message.state = Message.State.INCOMPLETE
+        message.error_code = "interrupted"
+        message.error_message = "The server stopped while this reply was being written."
+        _settle_orphan(message, message.conversation, status=UsageRecord.Status.INCOMPLETE)
+        message.save()
+    return len(stale)
 
 
 # --- titles ----------------------------------------------------------------------------------
