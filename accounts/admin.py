@@ -3,7 +3,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count
 
-from .models import Invitation, Membership, Organization, Project, User
+from .models import ApiKey, Invitation, Membership, Organization, Project, User
 
 
 class UserCreationForm(AdminUserCreationForm):
@@ -113,3 +113,25 @@ class InvitationAdmin(admin.ModelAdmin):
         # Invitations carry a one-time link that only the e-mail ever holds: create them from
         # the organization's settings page, which sends it.
         return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "project", "display", "scopes", "created_by", "last_used_at",
+                    "expires_at", "revoked_at"]  # fmt: skip
+    list_filter = ["revoked_at", "expires_at", "created_at"]
+    list_select_related = ["project__organization", "created_by"]
+    search_fields = ["name", "prefix", "project__name", "project__organization__name"]
+    # The digest is useless to people; the key itself was shown once and is gone.
+    exclude = ["digest"]
+    readonly_fields = ["project", "created_by", "display", "last_used_at", "created_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # keys are made on the project's API keys page, which shows them once
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request, queryset) -> None:
+        from django.utils import timezone
+
+        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())

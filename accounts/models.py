@@ -220,3 +220,63 @@ class Invitation(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def for_project(self, project: Project) -> ApiKeyQuerySet:
+        return self.filter(project=project)
+
+    def usable(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A project's key for REST consumers. Only a digest of the secret is stored; the key
+    itself is shown once, at creation (see accounts/api_keys.py for its format)."""
+
+    class Scope(models.TextChoices):
+        CHAT = "chat", "chat: call models (chat completions)"
+        READ = "read", "read: read conversations, usage and models"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    name = models.CharField(max_length=100)
+    scopes = models.CharField(max_length=50, default="chat,read")
+    # What identifies the key without revealing it: an indexed lookup prefix, the SHA-256 of the
+    # whole key, and its last four characters for people to recognise it by.
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    last4 = models.CharField(max_length=4, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display})"
+
+    @property
+    def display(self) -> str:
+        return f"{self.prefix}…{self.last4}"
+
+    def scope_list(self) -> list[str]:
+        return [s for s in self.scopes.split(",") if s]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scope_list()
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (
+            self.expires_at is None or self.expires_at > timezone.now()
+        )

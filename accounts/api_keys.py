@@ -1,0 +1,139 @@
+"""Project API keys: format, creation, authentication, revocation.
+
+Format: ``lgw_`` + 32 random base62 characters (190 bits) + a 6-character base62 CRC32 of them,
+so secret scanners can recognise a leaked key by its shape and checksum without a database, and
+a typo is refused without one. Stored: the first 12 characters (``lgw_`` + 8) as an indexed
+prefix, the SHA-256 digest of the whole key, and its last four characters. A plain digest is
+enough: the secret has 190 random bits, nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from .errors import ServiceError
+from .models import ApiKey, Membership, Project
+from .services import check_can_manage
+
+KEY_PREFIX = "lgw_"
+ALPHABET = string.digits + string.ascii_letters
+RANDOM_LENGTH = 32
+CHECKSUM_LENGTH = 6
+KEY_LENGTH = len(KEY_PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH
+LOOKUP_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+# last_used_at is written at most this often per key, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def _base62(number: int, length: int) -> str:
+    digits = []
+    for _ in range(length):
+        number, rest = divmod(number, 62)
+        digits.append(ALPHABET[rest])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), CHECKSUM_LENGTH)
+
+
+def generate_key() -> str:
+    body = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH))
+    return f"{KEY_PREFIX}{body}{_checksum(body)}"
+
+
+def is_well_formed(raw: str) -> bool:
+    """Shape and checksum only: refuses typos and junk before any database query."""
+    if len(raw) != KEY_LENGTH or not raw.startswith(KEY_PREFIX):
+        return False
+    body = raw[len(KEY_PREFIX) : len(KEY_PREFIX) + RANDOM_LENGTH]
+    if any(c not in ALPHABET for c in body):
+        return False
+    return secrets.compare_digest(raw[-CHECKSUM_LENGTH:], _checksum(body))
+
+
+def digest_of(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: ApiKey
+    plaintext: str  # shown once, never stored
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    valid = set(ApiKey.Scope.values)
+    if not scopes or any(s not in valid for s in scopes):
+        raise ServiceError("Choose at least one scope: chat, read.", code="invalid_scopes")
+    return sorted(set(scopes))
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    actor: Membership,
+    project: Project,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+) -> CreatedKey:
+    check_can_manage(actor)
+    if project.organization_id != actor.organization_id:
+        raise ServiceError("No such project.", code="forbidden")
+    name = name.strip()
+    if not name:
+        raise ServiceError("Give the key a name, e.g. what will use it.", code="invalid_name")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ServiceError("The expiry date must be in the future.", code="invalid_expiry")
+    plaintext = generate_key()
+    key = ApiKey.objects.create(
+        project=project,
+        created_by=actor.user,
+        name=name,
+        scopes=",".join(check_scopes(scopes)),
+        prefix=plaintext[:LOOKUP_PREFIX_LENGTH],
+        digest=digest_of(plaintext),
+        last4=plaintext[-4:],
+        expires_at=expires_at,
+    )
+    return CreatedKey(key=key, plaintext=plaintext)
+
+
+@transaction.atomic
+def api_key_revoke(*, actor: Membership, key: ApiKey) -> ApiKey:
+    check_can_manage(actor)
+    if key.project.organization_id != actor.organization_id:
+        raise ServiceError("No such key.", code="forbidden")
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+def api_key_authenticate(raw: str) -> ApiKey | None:
+    """The usable key ``raw`` is, or None — the same None for malformed, unknown, revoked and
+    expired keys, so an answer says nothing about which."""
+    if not is_well_formed(raw):
+        return None
+    key = (
+        ApiKey.objects.usable()
+        .select_related("project__organization")
+        .filter(digest=digest_of(raw))
+        .first()
+    )
+    if key is None:
+        return None
+    now = timezone.now()
+    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
+        # A conditional write, at most once a minute per key however busy it is.
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key
