@@ -12,6 +12,7 @@ def no_favicon(request) -> HttpResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("favicon.ico", no_favicon),
+    path("v1/", include("chat.openai_urls")),
     path("", include("chat.urls")),
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
