@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from . import views
+from . import key_views, views
 from .forms import EmailAuthenticationForm
 
 org = "orgs/<slug:org_slug>/"
@@ -31,4 +31,11 @@ urlpatterns = [
     path(project, views.project_detail, name="project_detail"),
     path(project + "settings/", views.project_settings, name="project_settings"),
     path(project + "delete/", views.project_delete, name="project_delete"),
+    # Project settings: API keys (owners and admins only).
+    path(project + "settings/api-keys/", key_views.api_key_list, name="api_keys"),
+    path(
+        project + "settings/api-keys/<int:pk>/revoke/",
+        key_views.api_key_revoke,
+        name="api_key_revoke",
+    ),
 ]

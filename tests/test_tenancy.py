@@ -64,6 +64,8 @@ TENANT_ROUTES: dict[str, Callable] = {
         "model_pk": w.connection_model.pk,
     },
     "project_models": _project,
+    "api_keys": _project,
+    "api_key_revoke": lambda w: {**_project(w), "pk": w.api_key.pk},
     "usage_dashboard": _org,
     "usage_export": _org,
     "statement_list": _org,
@@ -125,6 +127,7 @@ def test_every_socket_route_with_arguments_is_covered():
 
 @pytest.fixture
 def world(alice, bob, charlie, org_a, project_a, project_b):
+    from accounts.api_keys import api_key_create
     from accounts.models import Invitation, Membership, hash_token
     from billing.models import Statement
     from chat.models import ConnectionModel, Conversation, ProviderConnection
@@ -152,6 +155,12 @@ def world(alice, bob, charlie, org_a, project_a, project_b):
         max_retries=0,
     )
     w.connection_model = ConnectionModel.objects.create(connection=w.connection, name="a-model")
+    w.api_key = api_key_create(
+        actor=Membership.objects.get(user=alice, organization=org_a),
+        project=project_a,
+        name="A's bot",
+        scopes=["chat"],
+    ).key
     w.statement = Statement.objects.create(
         organization=org_a,
         period_start="2026-10-01T00:00:00Z",

@@ -1,0 +1,148 @@
+"""Project settings → API keys: list, create (the key is shown once), revoke.
+
+Thin: a form in, ``accounts.api_keys`` out, ``key_selectors`` for every lookup. Keys are secrets,
+so only owners and admins see this page; members get 403. The plaintext of a new key exists in
+exactly one response — the page rendered by the create POST, marked ``no-store`` — and never in a
+URL, a redirect, a message or the session.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+
+from . import api_keys, key_selectors
+from .decorators import project_view, raise_if_forbidden
+from .errors import ServiceError
+from .models import ApiKey, Membership, Project
+from .services import check_can_manage
+
+# What each scope allows, in the words the page uses to explain them.
+SCOPE_HELP = {
+    ApiKey.Scope.CHAT: "May call models: chat completions through the REST API.",
+    ApiKey.Scope.READ: "May read conversations, usage and models.",
+}
+
+# Which field a service refusal is about, so it shows next to that field.
+FIELD_OF_ERROR = {
+    "invalid_name": "name",
+    "invalid_scopes": "scopes",
+    "invalid_expiry": "expires_on",
+}
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, help_text="What will use it, e.g. “CI bot” or “support dashboard”."
+    )
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope.value, scope.value) for scope in ApiKey.Scope],
+        widget=forms.CheckboxSelectMultiple,
+        initial=[ApiKey.Scope.CHAT.value],
+        error_messages={"required": "Choose at least one scope: chat, read."},
+    )
+    expires_on = forms.DateField(
+        label="Expires on",
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        tomorrow = timezone.localdate() + timedelta(days=1)
+        expires_on = self.fields["expires_on"]
+        expires_on.widget.attrs["min"] = tomorrow.isoformat()
+        expires_on.help_text = (
+            f"Optional. The key stops working at 00:00 ({timezone.get_current_timezone_name()}) "
+            "that day; empty: it never expires."
+        )
+
+    def expires_at(self) -> datetime | None:
+        day: date | None = self.cleaned_data["expires_on"]
+        if day is None:
+            return None
+        return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
+
+
+def _check_manager(membership: Membership) -> None:
+    """403 for members before any form is read or any key is looked up."""
+    try:
+        check_can_manage(membership)
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        raise
+
+
+def _add_service_error(form: forms.Form, error: ServiceError) -> None:
+    raise_if_forbidden(error)
+    form.add_error(FIELD_OF_ERROR.get(error.code), error.message)
+
+
+def _context(membership: Membership, project: Project, **extra: Any) -> dict[str, Any]:
+    return {
+        "project": project,
+        "membership": membership,
+        "organization": project.organization,
+        **extra,
+    }
+
+
+@never_cache
+@project_view
+def api_key_list(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+    """The project's keys and the form to create one; a successful POST renders this page again
+    with the new key in it, once (not a redirect: the key must not outlive this response)."""
+    _check_manager(membership)
+    form = ApiKeyForm(request.POST if request.method == "POST" else None)
+    created: api_keys.CreatedKey | None = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            created = api_keys.api_key_create(
+                actor=membership,
+                project=project,
+                name=form.cleaned_data["name"],
+                scopes=form.cleaned_data["scopes"],
+                expires_at=form.expires_at(),
+            )
+        except ServiceError as error:
+            _add_service_error(form, error)
+        else:
+            form = ApiKeyForm()
+    return render(
+        request,
+        "projects/api_keys.html",
+        _context(
+            membership,
+            project,
+            form=form,
+            created=created,
+            keys=key_selectors.api_keys_for_project(project),
+            scope_help=[(scope.value, text) for scope, text in SCOPE_HELP.items()],
+        ),
+    )
+
+
+@never_cache
+@project_view
+def api_key_revoke(
+    request: HttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    _check_manager(membership)
+    key = key_selectors.get_api_key_or_404(project=project, pk=pk)
+    if request.method == "POST":
+        try:
+            api_keys.api_key_revoke(actor=membership, key=key)
+        except ServiceError as error:
+            raise_if_forbidden(error)
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"Revoked “{key.name}” ({key.display}).")
+        return redirect("api_keys", org_slug=project.organization.slug, project_slug=project.slug)
+    return render(request, "projects/api_key_revoke.html", _context(membership, project, key=key))
