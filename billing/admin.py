@@ -446,13 +446,13 @@ class UsageRecordAdmin(admin.ModelAdmin):
     """The ledger, view only: rows are written once by the quota service, never here."""
 
     list_display = [
-        "created_at", "organization", "project", "user", "model", "tokens", "cost_display",
-        "status", "estimated", "source",
+        "created_at", "organization", "project", "user", "api_key", "model", "tokens",
+        "cost_display", "status", "estimated", "source",
     ]  # fmt: skip
     list_filter = [
         "organization", "project", "model", "status", "estimated", "source", "created_at",
     ]  # fmt: skip
-    list_select_related = ["organization", "project", "user"]
+    list_select_related = ["organization", "project", "user", "api_key"]
     search_fields = ["=request_id", "model", "organization__name", "project__name", "user__email"]
     date_hierarchy = "created_at"
     actions = ["export_csv"]

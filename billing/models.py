@@ -86,6 +86,9 @@ class UsageRecord(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     conversation = models.ForeignKey(
         "chat.Conversation", null=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -45,6 +45,7 @@ class CallContext:
     source: str = UsageRecord.Source.CHAT
     conversation_id: int | None = None
     connection_id: int | None = None
+    api_key_id: int | None = None  # REST calls: the project key that made them
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ def quota_settle(
         organization_id=context.organization_id,
         project_id=context.project_id,
         user_id=context.user_id,
+        api_key_id=context.api_key_id,
         conversation_id=None if conversation_deleted else context.conversation_id,
         message_id=message_id,
         connection_id=context.connection_id,

@@ -329,6 +329,7 @@ def chat_prepare(*, authorization: str | None, body: bytes) -> GatewayCall:
                 model=parsed.request.model,
                 source=UsageRecord.Source.API,
                 connection_id=spec.connection_id,
+                api_key_id=key.pk,
             ),
             prompt_tokens=prompt_tokens,
             max_tokens=parsed.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS,

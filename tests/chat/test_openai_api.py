@@ -170,6 +170,8 @@ def test_the_official_sdk_works_unchanged(live_daphne, fake_upstream, alice, org
         (chunks[-1].usage.prompt_tokens, 3),
     ]
     assert all(r.project_id == project_a.pk and r.user_id is None for r in rows)
+    # Each row names the key that made the call.
+    assert {r.api_key.digest for r in rows} == {api_keys.digest_of(key)}
     assert fake_upstream.request_counts["fake-gpt"] == 2
 
 
