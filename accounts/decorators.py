@@ -46,3 +46,20 @@ def raise_if_forbidden(error: ServiceError) -> None:
     """A member asking for a manager's action gets 403; other refusals are shown as messages."""
     if error.code == "forbidden":
         raise PermissionDenied(error.message)
+
+
+def require_manager(membership) -> None:
+    """403 for a member on a manager's page, before any form is read or anything looked up."""
+    from .services import check_can_manage
+
+    try:
+        check_can_manage(membership)
+    except ServiceError as error:
+        raise PermissionDenied(error.message) from None
+
+
+def add_service_error(form, error: ServiceError, *, field_of_error: dict[str, str]) -> None:
+    """Show a refused action on the form field it is about (403 if it was a permission)."""
+    raise_if_forbidden(error)
+    field = field_of_error.get(error.code)
+    form.add_error(field if field in form.fields else None, error.message)

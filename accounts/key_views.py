@@ -19,10 +19,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
 from . import api_keys, key_selectors
-from .decorators import project_view, raise_if_forbidden
+from .decorators import add_service_error, project_view, raise_if_forbidden, require_manager
 from .errors import ServiceError
 from .models import ApiKey, Membership, Project
-from .services import check_can_manage
 
 # What each scope allows, in the words the page uses to explain them.
 SCOPE_HELP = {
@@ -71,20 +70,6 @@ class ApiKeyForm(forms.Form):
         return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
 
 
-def _check_manager(membership: Membership) -> None:
-    """403 for members before any form is read or any key is looked up."""
-    try:
-        check_can_manage(membership)
-    except ServiceError as error:
-        raise_if_forbidden(error)
-        raise
-
-
-def _add_service_error(form: forms.Form, error: ServiceError) -> None:
-    raise_if_forbidden(error)
-    form.add_error(FIELD_OF_ERROR.get(error.code), error.message)
-
-
 def _context(membership: Membership, project: Project, **extra: Any) -> dict[str, Any]:
     return {
         "project": project,
@@ -99,7 +84,7 @@ def _context(membership: Membership, project: Project, **extra: Any) -> dict[str
 def api_key_list(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
     """The project's keys and the form to create one; a successful POST renders this page again
     with the new key in it, once (not a redirect: the key must not outlive this response)."""
-    _check_manager(membership)
+    require_manager(membership)
     form = ApiKeyForm(request.POST if request.method == "POST" else None)
     created: api_keys.CreatedKey | None = None
     if request.method == "POST" and form.is_valid():
@@ -112,7 +97,7 @@ def api_key_list(request: HttpRequest, membership: Membership, project: Project)
                 expires_at=form.expires_at(),
             )
         except ServiceError as error:
-            _add_service_error(form, error)
+            add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
             form = ApiKeyForm()
     return render(
@@ -134,7 +119,7 @@ def api_key_list(request: HttpRequest, membership: Membership, project: Project)
 def api_key_revoke(
     request: HttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     key = key_selectors.get_api_key_or_404(project=project, pk=pk)
     if request.method == "POST":
         try:

@@ -19,10 +19,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from accounts.decorators import project_view, raise_if_forbidden
+from accounts.decorators import (
+    add_service_error,
+    project_view,
+    raise_if_forbidden,
+    require_manager,
+)
 from accounts.errors import ServiceError
 from accounts.models import Membership, Project
-from accounts.services import check_can_manage
 
 from . import connection_selectors, connection_services
 from .models import ProviderConnection
@@ -140,21 +144,6 @@ FIELD_OF_ERROR = {
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _check_manager(membership: Membership) -> None:
-    """403 for members before any form is read or any upstream is called."""
-    try:
-        check_can_manage(membership)
-    except ServiceError as error:
-        raise_if_forbidden(error)
-        raise
-
-
-def _add_service_error(form: forms.Form, error: ServiceError) -> None:
-    raise_if_forbidden(error)
-    field = FIELD_OF_ERROR.get(error.code)
-    form.add_error(field if field in form.fields else None, error.message)
-
-
 def _managed_connection(project: Project, pk: int) -> ProviderConnection:
     return connection_selectors.get_project_connection_or_404(project=project, pk=pk)
 
@@ -219,7 +208,7 @@ def _render_edit(
 
 @project_view
 def connection_list(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     connections = connection_selectors.connections_for_project(project).annotate(
         model_count=Count("models")
     )
@@ -230,7 +219,7 @@ def connection_list(request: HttpRequest, membership: Membership, project: Proje
 
 @project_view
 def connection_new(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     form = ConnectionForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
@@ -240,7 +229,7 @@ def connection_new(request: HttpRequest, membership: Membership, project: Projec
                 actor=membership, project=None if shared else project, **data
             )
         except ServiceError as error:
-            _add_service_error(form, error)
+            add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
             messages.success(
                 request, f"Added “{connection.name}”. Refresh its models to start using it."
@@ -255,7 +244,7 @@ def connection_new(request: HttpRequest, membership: Membership, project: Projec
 def connection_edit(
     request: HttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     connection = _managed_connection(project, pk)
     if request.method != "POST":
         return _render_edit(request, membership, project, connection)
@@ -266,7 +255,7 @@ def connection_edit(
                 actor=membership, connection=connection, **form.cleaned_data
             )
         except ServiceError as error:
-            _add_service_error(form, error)
+            add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
             messages.success(request, f"Saved “{connection.name}”.")
             return _to_edit(project, connection)
@@ -277,7 +266,7 @@ def connection_edit(
 def connection_delete(
     request: HttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     connection = _managed_connection(project, pk)
     if request.method == "POST":
         try:
@@ -300,7 +289,7 @@ def connection_delete(
 def connection_test(
     request: HttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     # Any connection the project sees, global ones included: testing changes nothing.
     connection = connection_selectors.get_visible_connection_or_404(project=project, pk=pk)
     result = connection_services.connection_check(connection)
@@ -314,7 +303,7 @@ def connection_test(
 def connection_refresh(
     request: HttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     connection = _managed_connection(project, pk)
     try:
         result = connection_services.connection_refresh_models(
@@ -342,7 +331,7 @@ def connection_refresh(
 def connection_model_add(
     request: HttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     connection = _managed_connection(project, pk)
     form = ModelAddForm(request.POST)
     if form.is_valid():
@@ -351,7 +340,7 @@ def connection_model_add(
                 actor=membership, connection=connection, **form.cleaned_data
             )
         except ServiceError as error:
-            _add_service_error(form, error)
+            add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
             messages.success(request, f"Added the model {model.name}.")
             return _to_edit(project, connection)
@@ -363,7 +352,7 @@ def connection_model_add(
 def connection_model_remove(
     request: HttpRequest, membership: Membership, project: Project, pk: int, model_pk: int
 ) -> HttpResponse:
-    _check_manager(membership)
+    require_manager(membership)
     connection = _managed_connection(project, pk)
     model = get_object_or_404(connection.models, pk=model_pk)
     try:
@@ -382,7 +371,7 @@ def connection_model_remove(
 @project_view
 def project_models(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
     if request.method == "POST":
-        _check_manager(membership)
+        require_manager(membership)
     available = connection_selectors.models_visible_to(project)
     # Not ``request.POST or None``: an empty POST is meaningful here (no allow-list).
     data = request.POST if request.method == "POST" else None
