@@ -162,29 +162,58 @@ def _window_add(key: str, now: float, amount: int) -> None:
     cache.incr(bucket, amount)
 
 
+def _limits(context: CallContext) -> list[tuple[str, str, int | None, int | None]]:
+    """(who, cache key, requests/min, tokens/min) of the project and, for REST calls, the key."""
+    limits = []
+    if context.project_id is not None:
+        project = RateLimit.objects.filter(project_id=context.project_id).first()
+        if project is not None:
+            limits.append(
+                (
+                    "This project",
+                    f"ratelimit:project:{context.project_id}",
+                    project.requests_per_minute,
+                    project.tokens_per_minute,
+                )
+            )
+    if context.api_key_id is not None:
+        from accounts.models import ApiKey
+
+        key = (
+            ApiKey.objects.filter(pk=context.api_key_id)
+            .values("requests_per_minute", "tokens_per_minute")
+            .first()
+        )
+        if key is not None:
+            limits.append(
+                (
+                    "This API key",
+                    f"ratelimit:apikey:{context.api_key_id}",
+                    key["requests_per_minute"],
+                    key["tokens_per_minute"],
+                )
+            )
+    return limits
+
+
 def check_rate_limits(context: CallContext, *, tokens: int, now: float | None = None) -> None:
-    """Requests and tokens per minute of the project; counts this call when it passes."""
-    if context.project_id is None:
-        return
-    limit = RateLimit.objects.filter(project_id=context.project_id).first()
-    if limit is None:
-        return
+    """Requests and tokens per minute of the project and of the API key; counts this call only
+    when every limit lets it through."""
     now = timezone.now().timestamp() if now is None else now
-    key = f"ratelimit:project:{context.project_id}"
-    checks = [
-        (limit.requests_per_minute, f"{key}:requests", 1, "requests"),
-        (limit.tokens_per_minute, f"{key}:tokens", tokens, "tokens"),
-    ]
-    for allowed, bucket, amount, unit in checks:
+    checks = []
+    for who, key, requests, tokens_allowed in _limits(context):
+        checks.append((who, requests, f"{key}:requests", 1, "requests"))
+        checks.append((who, tokens_allowed, f"{key}:tokens", tokens, "tokens"))
+    for who, allowed, bucket, amount, unit in checks:
         if allowed and _window_count(bucket, now) + amount > allowed:
             retry_after = max(1.0, 60 - now % 60)
             raise QuotaExceeded(
-                f"This project is limited to {allowed:,} {unit} per minute. "
+                f"{who} is limited to {allowed:,} {unit} per minute. "
                 f"Try again in {round(retry_after)} s.",
                 code="rate_limited",
                 retry_after=retry_after,
             )
-    for allowed, bucket, amount, _ in checks:
+    for _, allowed, bucket, amount, _ in checks:
         if allowed:
             _window_add(bucket, now, amount)
 

@@ -344,3 +344,32 @@ def test_a_budget_disabled_mid_call_is_still_charged_for_it(
 
     period = BudgetPeriod.objects.get(budget=budget)
     assert (period.spent, period.reserved) == (record.cost, Decimal(0))
+
+
+def test_an_api_key_has_limits_of_its_own(project_a, alice, org_a):
+    from accounts.api_keys import api_key_create
+    from accounts.models import ApiKey, Membership
+
+    created = api_key_create(
+        actor=Membership.objects.get(user=alice, organization=org_a),
+        project=project_a,
+        name="bot",
+        scopes=["chat"],
+    )
+    ApiKey.objects.filter(pk=created.key.pk).update(requests_per_minute=2)
+    RateLimit.objects.create(project=project_a, requests_per_minute=100)
+    by_key = CallContext(
+        organization_id=project_a.organization_id,
+        project_id=project_a.pk,
+        user_id=None,
+        model="fake-gpt",
+        api_key_id=created.key.pk,
+    )
+    now = datetime(2026, 11, 23, 12, 0, 10, tzinfo=UTC).timestamp()
+    services.check_rate_limits(by_key, tokens=1, now=now)
+    services.check_rate_limits(by_key, tokens=1, now=now)
+
+    with pytest.raises(QuotaExceeded, match="This API key is limited to 2 requests per minute"):
+        services.check_rate_limits(by_key, tokens=1, now=now)
+    # The web chat in the same project is not held back by the key's limit.
+    services.check_rate_limits(context(project_a, alice), tokens=1, now=now)
