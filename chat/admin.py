@@ -2,7 +2,14 @@ from django import forms
 from django.contrib import admin
 
 from .crypto import encrypt, key_hint
-from .models import ConnectionModel, Conversation, Message, ProjectModel, ProviderConnection
+from .models import (
+    ConnectionModel,
+    Conversation,
+    IdempotentRequest,
+    Message,
+    ProjectModel,
+    ProviderConnection,
+)
 
 
 @admin.register(Conversation)
@@ -91,3 +98,14 @@ class ProjectModelAdmin(admin.ModelAdmin):
     list_select_related = ["project__organization"]
     search_fields = ["name", "project__name", "project__organization__name"]
     raw_id_fields = ["project", "model"]
+
+
+@admin.register(IdempotentRequest)
+class IdempotentRequestAdmin(admin.ModelAdmin):
+    list_display = ["key", "api_key", "status_code", "created_at"]
+    list_filter = ["status_code", "created_at"]
+    search_fields = ["key"]
+    readonly_fields = ["api_key", "key", "body_digest", "status_code", "response", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -205,6 +205,14 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return value
 
 
+def wants_stream(body: bytes) -> bool:
+    """Whether a (possibly malformed) body asks to stream; parsing proper comes later."""
+    try:
+        return json.loads(body).get("stream") is True
+    except (ValueError, AttributeError):
+        return False
+
+
 def parse_chat_body(*, body: bytes) -> ParsedChat:
     """The chat completion request of a JSON body, or a 400 naming the faulty parameter."""
     try:

@@ -245,3 +245,23 @@ class ProjectModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} in {self.project}"
+
+
+class IdempotentRequest(models.Model):
+    """A billed POST made with an ``Idempotency-Key``: its answer, replayed for 24 hours."""
+
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    body_digest = models.CharField(max_length=64)
+    # Empty while the first request is still running.
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="chat_idempotency_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status_code or 'running'})"

@@ -6,6 +6,7 @@ authenticated, hence exempt from CSRF. The key is never logged nor echoed.
 
 from __future__ import annotations
 
+import json
 import math
 
 from asgiref.sync import sync_to_async
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from . import gateway_services
+from . import gateway_services, idempotency
 from .gateway_services import GatewayCall, GatewayError, GatewayStream
 
 
@@ -41,6 +42,33 @@ async def models(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @require_POST
 async def chat_completions(request: HttpRequest) -> HttpResponse:
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is None:
+        return await _chat_completions(request)
+    try:
+        api_key = await sync_to_async(gateway_services.gateway_authenticate)(
+            authorization=request.headers.get("Authorization"), scopes=("chat",)
+        )
+        started = await sync_to_async(idempotency.idempotency_begin)(
+            api_key=api_key,
+            key=idempotency_key,
+            body=request.body,
+            stream=gateway_services.wants_stream(request.body),
+        )
+    except GatewayError as error:
+        return error_response(error)
+    if isinstance(started, idempotency.Replay):
+        response = JsonResponse(started.body, status=started.status)
+        response["Idempotent-Replayed"] = "true"
+        return response
+    response = await _chat_completions(request)
+    await sync_to_async(idempotency.idempotency_finish)(
+        record=started, status=response.status_code, body=json.loads(response.content)
+    )
+    return response
+
+
+async def _chat_completions(request: HttpRequest) -> HttpResponse:
     try:
         call: GatewayCall = await sync_to_async(gateway_services.chat_prepare)(
             authorization=request.headers.get("Authorization"), body=request.body
