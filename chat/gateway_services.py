@@ -1,8 +1,9 @@
 """The OpenAI-compatible gateway (``/v1``): project-key calls, metered like every other call.
 
 Database work is sync and keyword-only (views call it through ``sync_to_async``):
-``gateway_authenticate`` and ``models_list`` answer ``GET /v1/models``; ``chat_prepare``
-authenticates, validates the body, resolves the model for the key's project, estimates the
+``gateway_authenticate`` checks the key (once per request) and ``models_list`` answers
+``GET /v1/models``; ``chat_prepare``, given the authenticated key,
+validates the body, resolves the model for the key's project, estimates the
 prompt and **reserves** — a refusal raises before anything is sent upstream and writes no
 ledger row. ``chat_settle`` writes the one ledger row.
 
@@ -312,9 +313,9 @@ def _resolve(project: Project, model: str) -> ProviderSpec:
         raise GatewayError(502, exc.message, type="api_error", code=exc.code) from None
 
 
-def chat_prepare(*, authorization: str | None, body: bytes) -> GatewayCall:
-    """Authenticate, validate, resolve the model and reserve the call's worst case."""
-    key = gateway_authenticate(authorization=authorization, scopes=("chat",))
+def chat_prepare(*, key: ApiKey, body: bytes) -> GatewayCall:
+    """For a key already authenticated (``gateway_authenticate``, scope ``chat``): validate,
+    resolve the model and reserve the call's worst case."""
     parsed = parse_chat_body(body=body)
     project = key.project
     spec = _resolve(project, parsed.request.model)

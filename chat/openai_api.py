@@ -14,6 +14,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.models import ApiKey
+
 from . import gateway_services, idempotency
 from .gateway_services import GatewayCall, GatewayError, GatewayStream
 
@@ -42,13 +44,16 @@ async def models(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @require_POST
 async def chat_completions(request: HttpRequest) -> HttpResponse:
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is None:
-        return await _chat_completions(request)
     try:
         api_key = await sync_to_async(gateway_services.gateway_authenticate)(
             authorization=request.headers.get("Authorization"), scopes=("chat",)
         )
+    except GatewayError as error:
+        return error_response(error)
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is None:
+        return await _chat_completions(request, api_key)
+    try:
         started = await sync_to_async(idempotency.idempotency_begin)(
             api_key=api_key,
             key=idempotency_key,
@@ -61,17 +66,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         response = JsonResponse(started.body, status=started.status)
         response["Idempotent-Replayed"] = "true"
         return response
-    response = await _chat_completions(request)
+    response = await _chat_completions(request, api_key)
     await sync_to_async(idempotency.idempotency_finish)(
         record=started, status=response.status_code, body=json.loads(response.content)
     )
     return response
 
 
-async def _chat_completions(request: HttpRequest) -> HttpResponse:
+async def _chat_completions(request: HttpRequest, api_key: ApiKey) -> HttpResponse:
     try:
         call: GatewayCall = await sync_to_async(gateway_services.chat_prepare)(
-            authorization=request.headers.get("Authorization"), body=request.body
+            key=api_key, body=request.body
         )
         if not call.stream:
             return JsonResponse(await gateway_services.complete(call))
