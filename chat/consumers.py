@@ -37,6 +37,7 @@ from django.conf import settings
 from accounts.errors import ServiceError
 
 from . import selectors, services
+from .actors import Actor
 from .streaming import control_group, conversation_group, start_reply
 
 
@@ -51,7 +52,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if conversation is None:
             await self.close()  # before accept: the handshake is refused
             return
-        self.user = user
+        self.actor = Actor(user=user)
         self.conversation_id = conversation.pk
         ids = {"project_id": conversation.project_id, "conversation_id": conversation.pk}
         self.group = conversation_group(**ids)
@@ -91,20 +92,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def on_message(self, frame: dict[str, Any]) -> None:
         await self.begin(
             services.reply_start,
-            user=self.user,
+            actor=self.actor,
             conversation_id=self.conversation_id,
             content=frame.get("content"),
         )
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         await self.begin(
-            services.reply_regenerate, user=self.user, conversation_id=self.conversation_id
+            services.reply_regenerate, actor=self.actor, conversation_id=self.conversation_id
         )
 
     async def on_edit(self, frame: dict[str, Any]) -> None:
         await self.begin(
             services.reply_edit,
-            user=self.user,
+            actor=self.actor,
             conversation_id=self.conversation_id,
             message_id=frame.get("message_id"),
             content=frame.get("content"),
@@ -120,7 +121,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def close_orphan_later(self) -> None:
         await asyncio.sleep(settings.CHAT_ORPHAN_GRACE)
         orphan = await database_sync_to_async(services.reply_close_orphan)(
-            user=self.user, conversation_id=self.conversation_id
+            actor=self.actor, conversation_id=self.conversation_id
         )
         if orphan is not None:
             message = await database_sync_to_async(services.serialize_message)(orphan)

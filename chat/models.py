@@ -1,4 +1,5 @@
-"""Conversations and their messages. Reached only through ``Conversation.objects.for_user``."""
+"""Conversations and their messages. Reached only through ``Conversation.objects.for_user`` (a
+person's own conversations) or ``for_api_key`` (a project's API conversations)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,33 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
             return self.none()
         return self.filter(owner=user, project__organization__memberships__user=user)
 
+    def for_api_key(self, key) -> ConversationQuerySet:
+        """The project's API conversations: those started with any of its keys. A key is the
+        project's, not a person's, so it never reaches a member's own chats."""
+        return self.filter(project_id=key.project_id, owner__isnull=True)
+
     def for_project(self, project: Project) -> ConversationQuerySet:
         return self.filter(project=project)
 
 
 class Conversation(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="conversations")
+    # Null for a conversation started through the REST API with a project key: it belongs to
+    # the project's API side (see ``for_api_key``), not to a person.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conversations",
+        help_text="The key that started it, for a conversation started through the API.",
     )
     title = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200)

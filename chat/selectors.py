@@ -85,7 +85,8 @@ def history_for_prompt(conversation: Conversation, *, before: int) -> QuerySet[M
 def message_costs(message_ids: list[int]) -> dict[int, Decimal]:
     """What each reply cost, from the ledger (one query for a page of messages)."""
     rows = (
-        UsageRecord.objects.filter(message_id__in=message_ids, source=UsageRecord.Source.CHAT)
+        # Title calls have no message: only the replies' own rows.
+        UsageRecord.objects.filter(message_id__in=message_ids)
         .values("message_id")
         .annotate(units=cost_units_sum())
     )

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.errors import ServiceError
-from accounts.models import Project, User
+from accounts.models import Project
 from billing.models import UsageRecord
 from billing.services import (
     CallContext,
@@ -28,6 +28,7 @@ from billing.services import (
 )
 
 from . import connection_selectors, selectors
+from .actors import Actor
 from .llm.base import ChatRequest, Usage
 from .llm.tokens import count_text_tokens
 from .models import Conversation, Message
@@ -50,7 +51,7 @@ class PendingReply:
 
     conversation_id: int
     project_id: int
-    user_id: int
+    user_id: int | None  # None when a project API key asked
     assistant_message_id: int
     user_message: dict[str, Any] | None  # serialized, when this turn added one
     request: ChatRequest
@@ -91,11 +92,11 @@ def _check_not_busy(conversation: Conversation) -> None:
         )
 
 
-def _resolve(*, user: User, conversation_id: int) -> Conversation:
+def _resolve(*, actor: Actor, conversation_id: int) -> Conversation:
     """Re-resolve through the scoped path on every write: a socket opened before the user was
     removed from the organization must not keep working."""
     conversation = (
-        selectors.conversations_for_user(user)
+        actor.conversations()
         .select_related("project")
         .select_for_update(of=("self",))
         .filter(pk=conversation_id)
@@ -110,7 +111,9 @@ def _resolve(*, user: User, conversation_id: int) -> Conversation:
 
 
 @transaction.atomic
-def conversation_create(*, user: User, project: Project, model: str | None = None) -> Conversation:
+def conversation_create(
+    *, actor: Actor, project: Project, model: str | None = None
+) -> Conversation:
     model = model or selectors.default_model(project)
     if model is None:
         raise ServiceError(
@@ -120,7 +123,8 @@ def conversation_create(*, user: User, project: Project, model: str | None = Non
     check_model_allowed(project=project, model=model)
     return Conversation.objects.create(
         project=project,
-        owner=user,
+        owner=actor.user,
+        api_key=actor.api_key,
         model=model,
         system_prompt=project.default_system_prompt,
     )
@@ -199,7 +203,7 @@ def serialize_message(message: Message) -> dict[str, Any]:
 def _begin_reply(
     *,
     conversation: Conversation,
-    user: User,
+    actor: Actor,
     user_message: Message,
     added: bool,
     truncate_from: int | None = None,
@@ -231,10 +235,12 @@ def _begin_reply(
         context=CallContext(
             organization_id=conversation.project.organization_id,
             project_id=conversation.project_id,
-            user_id=user.pk,
+            user_id=actor.user_id,
             model=model,
+            source=UsageRecord.Source.API if actor.api_key else UsageRecord.Source.CHAT,
             conversation_id=conversation.pk,
             connection_id=provider.connection_id,
+            api_key_id=actor.api_key_id,
         ),
         prompt_tokens=prompt.prompt_tokens,
         max_tokens=reply_tokens,
@@ -260,12 +266,12 @@ def _begin_reply(
         max_tokens=reply_tokens,
         presence_penalty=conversation.presence_penalty,
         frequency_penalty=conversation.frequency_penalty,
-        user=f"user-{user.pk}",
+        user=actor.tag,
     )
     return PendingReply(
         conversation_id=conversation.pk,
         project_id=conversation.project_id,
-        user_id=user.pk,
+        user_id=actor.user_id,
         assistant_message_id=assistant.pk,
         user_message=serialize_message(user_message) if added else None,
         request=request,
@@ -278,21 +284,23 @@ def _begin_reply(
 
 
 @transaction.atomic
-def reply_start(*, user: User, conversation_id: int, content: object) -> PendingReply:
+def reply_start(*, actor: Actor, conversation_id: int, content: object) -> PendingReply:
     """A new user message and the assistant reply to it."""
     content = check_content(content)
-    conversation = _resolve(user=user, conversation_id=conversation_id)
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
     _check_not_busy(conversation)
     user_message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
-    return _begin_reply(conversation=conversation, user=user, user_message=user_message, added=True)
+    return _begin_reply(
+        conversation=conversation, actor=actor, user_message=user_message, added=True
+    )
 
 
 @transaction.atomic
-def reply_regenerate(*, user: User, conversation_id: int) -> PendingReply:
+def reply_regenerate(*, actor: Actor, conversation_id: int) -> PendingReply:
     """Answer the last user message again; the replies after it are replaced."""
-    conversation = _resolve(user=user, conversation_id=conversation_id)
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
     _check_not_busy(conversation)
     last_user = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
     if last_user is None:
@@ -300,7 +308,7 @@ def reply_regenerate(*, user: User, conversation_id: int) -> PendingReply:
     conversation.messages.filter(pk__gt=last_user.pk).delete()
     return _begin_reply(
         conversation=conversation,
-        user=user,
+        actor=actor,
         user_message=last_user,
         added=False,
         truncate_from=last_user.pk + 1,
@@ -309,11 +317,11 @@ def reply_regenerate(*, user: User, conversation_id: int) -> PendingReply:
 
 @transaction.atomic
 def reply_edit(
-    *, user: User, conversation_id: int, message_id: object, content: object
+    *, actor: Actor, conversation_id: int, message_id: object, content: object
 ) -> PendingReply:
     """Change an earlier message of the user's and answer it again; later turns are replaced."""
     content = check_content(content)
-    conversation = _resolve(user=user, conversation_id=conversation_id)
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
     _check_not_busy(conversation)
     message = (
         conversation.messages.filter(role=Message.Role.USER, pk=message_id).first()
@@ -327,7 +335,7 @@ def reply_edit(
     conversation.messages.filter(pk__gt=message.pk).delete()
     return _begin_reply(
         conversation=conversation,
-        user=user,
+        actor=actor,
         user_message=message,
         added=True,
         truncate_from=message.pk,
@@ -410,10 +418,10 @@ def reply_finish(
 
 
 @transaction.atomic
-def reply_close_orphan(*, user: User, conversation_id: int) -> Message | None:
+def reply_close_orphan(*, actor: Actor, conversation_id: int) -> Message | None:
     """Close a reply that a stop could not reach: still streaming, idle past the grace period,
     so no live task is writing it. What was flushed is kept, marked stopped."""
-    conversation = _resolve(user=user, conversation_id=conversation_id)
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
     idle_since = timezone.now() - timedelta(seconds=settings.CHAT_ORPHAN_GRACE)
     message = (
         conversation.messages.select_for_update()
@@ -446,7 +454,9 @@ def _settle_orphan(message: Message, conversation: Conversation, *, status: str)
             project_id=conversation.project_id,
             user_id=conversation.owner_id,
             model=message.model,
+            source=UsageRecord.Source.CHAT if conversation.owner_id else UsageRecord.Source.API,
             conversation_id=conversation.pk,
+            api_key_id=conversation.api_key_id,
         ),
         status=status,
         prompt_tokens=message.prompt_tokens or 0,

@@ -80,6 +80,7 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
             source=UsageRecord.Source.TITLE,
             conversation_id=conversation.pk,
             connection_id=spec.connection_id,
+            api_key_id=conversation.api_key_id,
         ),
         prompt_tokens=count_message_tokens(
             [

@@ -11,6 +11,7 @@ from accounts.errors import ServiceError
 from accounts.models import Membership, Project
 
 from . import exports, selectors, services
+from .actors import Actor
 from .forms import ConversationSettingsForm, RenameForm
 from .markdown import render_markdown
 
@@ -50,7 +51,7 @@ def conversation_new(
 ) -> HttpResponse:
     try:
         conversation = services.conversation_create(
-            user=request.user, project=project, model=request.POST.get("model") or None
+            actor=Actor(user=request.user), project=project, model=request.POST.get("model") or None
         )
     except ServiceError as error:
         messages.error(request, error.message)

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from billing.models import BudgetPeriod, Hold, UsageRecord
 from chat import services
+from chat.actors import Actor
 from chat.models import Message
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +19,9 @@ def orphan(make_conversation, alice, project_a, fake_price, make_budget) -> Mess
     """A reply started (reserved, streaming, half written) whose process then died."""
     make_budget(project_a.organization, limit=100, scope="project", project=project_a)
     conversation = make_conversation(alice, project_a)
-    pending = services.reply_start(user=alice, conversation_id=conversation.pk, content="hello")
+    pending = services.reply_start(
+        actor=Actor(user=alice), conversation_id=conversation.pk, content="hello"
+    )
     services.reply_flush(message_id=pending.assistant_message_id, content="Echo: hel")
     assert Hold.objects.count() == 1
     return Message.objects.get(pk=pending.assistant_message_id)
@@ -44,7 +47,9 @@ def test_a_stale_reply_is_closed_and_metered_once(orphan, settings):
 
 def test_stopping_an_orphan_meters_it_too(orphan, alice, settings):
     settings.CHAT_ORPHAN_GRACE = 0
-    closed = services.reply_close_orphan(user=alice, conversation_id=orphan.conversation_id)
+    closed = services.reply_close_orphan(
+        actor=Actor(user=alice), conversation_id=orphan.conversation_id
+    )
 
     [row] = UsageRecord.objects.all()
     assert (closed.state, row.status) == ("stopped", "stopped")

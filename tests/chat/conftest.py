@@ -6,6 +6,7 @@ import pytest
 
 from accounts.models import Project, User
 from chat import services
+from chat.actors import Actor
 from chat.connection_services import connection_model_add
 from chat.crypto import encrypt, key_hint
 from chat.models import Conversation, ProviderConnection
@@ -40,7 +41,9 @@ def make_conversation(fake_upstream) -> Callable[..., Conversation]:
     def make(user: User, project: Project, model: str = "fake-gpt", **fields) -> Conversation:
         connection = fake_connection(project, fake_upstream)
         connection_model_add(actor=None, connection=connection, name=model)
-        conversation = services.conversation_create(user=user, project=project, model=model)
+        conversation = services.conversation_create(
+            actor=Actor(user=user), project=project, model=model
+        )
         for name, value in fields.items():
             setattr(conversation, name, value)
         conversation.save()

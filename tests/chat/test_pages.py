@@ -4,6 +4,7 @@ import pytest
 from django.urls import reverse
 
 from chat import services
+from chat.actors import Actor
 from chat.models import Conversation, Message
 from chat.tasks import title_conversation
 
@@ -271,7 +272,7 @@ def test_a_model_no_longer_allowed_is_explained_and_not_offered(
 
 
 def test_conversations_on_the_local_model_are_titled_by_their_first_words(alice, project_a):
-    conversation = services.conversation_create(user=alice, project=project_a)
+    conversation = services.conversation_create(actor=Actor(user=alice), project=project_a)
     Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Jeju")
 
     title_conversation(conversation.pk)

@@ -3,6 +3,7 @@
 import pytest
 from channels.db import database_sync_to_async
 
+from chat.actors import Actor
 from chat.models import Conversation, Message
 from chat.streaming import wait_for_replies
 
@@ -300,7 +301,7 @@ async def test_chat_still_works_after_the_encryption_keys_rotate(
 def local_conversation(user, project, **fields) -> Conversation:
     from chat import services
 
-    conversation = services.conversation_create(user=user, project=project)
+    conversation = services.conversation_create(actor=Actor(user=user), project=project)
     Conversation.objects.filter(pk=conversation.pk).update(title="Local", **fields)
     conversation.refresh_from_db()
     return conversation
@@ -324,9 +325,7 @@ async def test_a_reply_streams_from_the_local_model(open_socket, alice, project_
     assert reply["usage_estimated"] is False  # the model's own tokenizer counted
 
 
-async def test_a_second_reply_waits_for_the_local_model_and_says_so(
-    open_socket, alice, project_a
-):
+async def test_a_second_reply_waits_for_the_local_model_and_says_so(open_socket, alice, project_a):
     first = await local_conversation(alice, project_a, max_tokens=40, temperature=0)
     second = await local_conversation(alice, project_a, max_tokens=5, temperature=0)
     _, socket_one = await open_socket(alice, first.pk)
@@ -348,9 +347,7 @@ async def test_tokens_close_together_share_a_frame(
     open_socket, make_conversation, alice, project_a, settings
 ):
     settings.CHAT_DELTA_INTERVAL = 0.05
-    conversation = await create(
-        make_conversation, alice, project_a, model="fake-gpt@slow5@words60"
-    )
+    conversation = await create(make_conversation, alice, project_a, model="fake-gpt@slow5@words60")
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="go")
