@@ -96,8 +96,17 @@ def with_current_figures(budgets: QuerySet[Budget], *, now: datetime | None = No
                     scope=Budget.Scope.PROJECT,
                     then=_total_cost(ledger.filter(project_id=OuterRef("project_id"))),
                 ),
-                default=_total_cost(
-                    ledger.filter(project_id=OuterRef("project_id"), user_id=OuterRef("user_id"))
+                When(
+                    scope=Budget.Scope.MEMBER,
+                    then=_total_cost(
+                        ledger.filter(
+                            project_id=OuterRef("project_id"), user_id=OuterRef("user_id")
+                        )
+                    ),
+                ),
+                When(
+                    scope=Budget.Scope.API_KEY,
+                    then=_total_cost(ledger.filter(api_key_id=OuterRef("api_key_id"))),
                 ),
                 output_field=MONEY_FIELD,
             ),
@@ -150,7 +159,9 @@ class BudgetFiguresMixin:
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Budget]:
         return with_current_figures(
-            super().get_queryset(request).select_related("organization", "project", "user")
+            super()
+            .get_queryset(request)
+            .select_related("organization", "project", "user", "api_key")
         )
 
     @admin.display(description="spent this period", ordering="_spent")
@@ -207,14 +218,17 @@ class BlockedFilter(admin.SimpleListFilter):
 
 # --- budgets -----------------------------------------------------------------------------------
 
-BUDGET_FIELDS = ["scope", "project", "user", "period", "limit_usd", "soft_thresholds", "enabled"]
+BUDGET_FIELDS = [
+    "scope", "project", "user", "api_key", "period", "limit_usd", "soft_thresholds", "enabled",
+]  # fmt: skip
 FIGURES = ["spent", "reserved", "used", "remaining"]
-COVERS = ["organization", "scope", "project", "user"]
+COVERS = ["organization", "scope", "project", "user", "api_key"]
 
 
 class BudgetForm(forms.ModelForm):
     """Scope and fields must agree: what the database constraint checks, said clearly, plus
-    what it cannot check (the project's organization, the member's membership)."""
+    what it cannot check (the project's organization, the member's membership, the key's
+    project)."""
 
     class Meta:
         model = Budget
@@ -233,7 +247,15 @@ class BudgetForm(forms.ModelForm):
             # The period counters were kept for what the budget covered; they would be wrong.
             for name in [n for n in COVERS if n in self.changed_data]:
                 self._error(name, "What a budget covers cannot change: add a new budget instead.")
-        scope, project, user = (self._value(name) for name in ("scope", "project", "user"))
+        scope, project, user, key = (
+            self._value(name) for name in ("scope", "project", "user", "api_key")
+        )
+        # A key has one project: no need to pick it twice. (The project page's inline has no
+        # project field: its project is the page's, which the key must belong to.)
+        if scope == Budget.Scope.API_KEY and key and project is None and "project" in self.fields:
+            project = cleaned["project"] = key.project
+        if scope != Budget.Scope.API_KEY and key is not None:
+            self._error("api_key", "Only an API key budget names a key: leave empty.")
         if "organization" not in self.fields and project is not None:
             self.instance.organization = project.organization  # the project page's inline
         organization = self._value("organization")
@@ -244,7 +266,7 @@ class BudgetForm(forms.ModelForm):
                 self._error("user", "An organization budget covers everyone: leave empty.")
             return cleaned
         if project is None:
-            self._error("project", f"A {scope} budget needs a project.")
+            self._error("project", f"{_A_SCOPE_BUDGET.get(scope, 'This budget')} needs a project.")
         elif organization is not None and project.organization_id != organization.pk:
             self._error("project", f"{project} is not a project of {organization}.")
         if scope == Budget.Scope.PROJECT and user is not None:
@@ -254,6 +276,13 @@ class BudgetForm(forms.ModelForm):
                 self._error("user", "A member budget needs the member.")
             elif project is not None and not _is_member(user, project.organization_id):
                 self._error("user", f"{user} is not a member of {project.organization}.")
+        if scope == Budget.Scope.API_KEY:
+            if user is not None:
+                self._error("user", "An API key budget covers the key's calls: leave empty.")
+            if key is None:
+                self._error("api_key", "An API key budget needs the key.")
+            elif project is not None and key.project_id != project.pk:
+                self._error("api_key", f"{key} is not a key of project {project.name}.")
         return cleaned
 
     def _value(self, name: str) -> Any:
@@ -267,6 +296,13 @@ class BudgetForm(forms.ModelForm):
 
     def _error(self, name: str, message: str) -> None:
         self.add_error(name if name in self.fields else None, message)
+
+
+_A_SCOPE_BUDGET = {
+    Budget.Scope.PROJECT: "A project budget",
+    Budget.Scope.MEMBER: "A member budget",
+    Budget.Scope.API_KEY: "An API key budget",
+}
 
 
 def _is_member(user: Any, organization_id: int) -> bool:
@@ -301,7 +337,7 @@ class OrganizationBudgetInline(BudgetFiguresMixin, admin.TabularInline):
     extra = 0
     fields = [*BUDGET_FIELDS, *FIGURES]
     readonly_fields = FIGURES
-    autocomplete_fields = ["project", "user"]
+    autocomplete_fields = ["project", "user", "api_key"]
     show_change_link = True
 
 
@@ -337,11 +373,15 @@ class ProjectWithBudgetsAdmin(ProjectAdmin):
 class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin):
     form = BudgetForm
     list_display = [
-        "scope", "organization", "project", "user", "period", "limit", *FIGURES, "enabled",
+        "scope", "organization", "project", "user", "api_key", "period", "limit", *FIGURES,
+        "enabled",
     ]  # fmt: skip
     list_filter = [UsedFilter, BlockedFilter, "scope", "period", "enabled"]
-    search_fields = ["organization__name", "organization__slug", "project__name", "user__email"]
-    autocomplete_fields = ["organization", "project", "user"]
+    search_fields = [
+        "organization__name", "organization__slug", "project__name", "user__email",
+        "api_key__name", "api_key__prefix",
+    ]  # fmt: skip
+    autocomplete_fields = ["organization", "project", "user", "api_key"]
     fields = ["organization", *BUDGET_FIELDS, *FIGURES, "created_at"]
     readonly_fields = [*FIGURES, "created_at"]
     actions = ["raise_limit", "disable"]
@@ -539,7 +579,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-BUDGET_RELATED = ["budget__organization", "budget__project", "budget__user"]
+BUDGET_RELATED = ["budget__organization", "budget__project", "budget__user", "budget__api_key"]
+BUDGET_SEARCH = [
+    "budget__organization__name", "budget__project__name", "budget__user__email",
+    "budget__api_key__name",
+]  # fmt: skip
 
 
 @admin.register(BudgetPeriod)
@@ -547,7 +591,7 @@ class BudgetPeriodAdmin(ReadOnlyAdmin):
     list_display = ["budget", "start", "spent", "reserved"]
     list_filter = ["start", "budget__scope", "budget__period"]
     list_select_related = BUDGET_RELATED
-    search_fields = ["budget__organization__name", "budget__project__name", "budget__user__email"]
+    search_fields = BUDGET_SEARCH
     date_hierarchy = "start"
 
 
@@ -564,7 +608,7 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
     list_display = ["budget", "threshold", "period_start", "created_at"]
     list_filter = ["threshold", "period_start", "created_at"]
     list_select_related = BUDGET_RELATED
-    search_fields = ["budget__organization__name", "budget__project__name", "budget__user__email"]
+    search_fields = BUDGET_SEARCH
 
 
 @admin.register(RateLimit)

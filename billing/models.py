@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from accounts.models import Organization, Project
+from accounts.models import ApiKey, Organization, Project
 
 MONEY = {"max_digits": 24, "decimal_places": 12}
 PRICE = {"max_digits": 14, "decimal_places": 6}
@@ -135,12 +135,14 @@ class UsageRecord(models.Model):
 
 
 class Budget(models.Model):
-    """A spending limit for an organization, a project, or one member within a project."""
+    """A spending limit for an organization, a project, one member within a project, or one of
+    a project's API keys."""
 
     class Scope(models.TextChoices):
         ORGANIZATION = "organization", "Organization"
         PROJECT = "project", "Project"
         MEMBER = "member", "Member (in a project)"
+        API_KEY = "api_key", "API key (of a project)"
 
     class Period(models.TextChoices):
         MONTH = "month", "Calendar month (UTC)"
@@ -159,6 +161,14 @@ class Budget(models.Model):
         related_name="budgets",
         help_text="For a member budget: whose spending, within the project.",
     )
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+        help_text="For an API key budget: the key whose calls it limits (one of the project's).",
+    )
     scope = models.CharField(max_length=12, choices=Scope.choices)
     period = models.CharField(max_length=10, choices=Period.choices, default=Period.MONTH)
     limit_usd = models.DecimalField(
@@ -176,10 +186,14 @@ class Budget(models.Model):
         ordering = ["organization", "scope", "id"]
         constraints = [
             models.CheckConstraint(
-                condition=(
+                condition=models.Q(api_key__isnull=True)
+                & (
                     models.Q(scope="organization", project__isnull=True, user__isnull=True)
                     | models.Q(scope="project", project__isnull=False, user__isnull=True)
                     | models.Q(scope="member", project__isnull=False, user__isnull=False)
+                )
+                | models.Q(
+                    scope="api_key", project__isnull=False, user__isnull=True, api_key__isnull=False
                 ),
                 name="billing_budget_scope_fields",
             ),
@@ -193,6 +207,9 @@ class Budget(models.Model):
             return f"the {self.organization} budget"
         if self.scope == self.Scope.PROJECT:
             return f"the budget of project {self.project.name}"
+        if self.scope == self.Scope.API_KEY:
+            # The key's name and its non-secret prefix and last four, as its page shows them.
+            return f"the budget of API key {self.api_key}"
         return f"{self.user}'s budget in project {self.project.name}"
 
     def thresholds(self) -> list[int]:

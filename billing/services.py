@@ -83,8 +83,9 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None
 
 
 def applicable_budgets(context: CallContext) -> list[Budget]:
-    """Enabled budgets of the organization, the project and the member — in id order, the order
-    every transaction locks them in, so two calls never wait on each other in a cycle."""
+    """Enabled budgets of the organization, the project, the member and the API key — in id
+    order, the order every transaction locks them in, so two calls never wait on each other in
+    a cycle."""
     scope = Q(scope=Budget.Scope.ORGANIZATION)
     if context.project_id is not None:
         scope |= Q(scope=Budget.Scope.PROJECT, project_id=context.project_id)
@@ -92,9 +93,11 @@ def applicable_budgets(context: CallContext) -> list[Budget]:
             scope |= Q(
                 scope=Budget.Scope.MEMBER, project_id=context.project_id, user_id=context.user_id
             )
+    if context.api_key_id is not None:
+        scope |= Q(scope=Budget.Scope.API_KEY, api_key_id=context.api_key_id)
     return list(
         Budget.objects.filter(scope, organization_id=context.organization_id, enabled=True)
-        .select_related("project", "user", "organization")
+        .select_related("project", "user", "organization", "api_key")
         .order_by("id")
     )
 
@@ -103,10 +106,12 @@ def ledger_spend(budget: Budget, start: datetime, end: datetime | None) -> Decim
     rows = UsageRecord.objects.filter(organization_id=budget.organization_id, created_at__gte=start)
     if end is not None:
         rows = rows.filter(created_at__lt=end)
-    if budget.scope != Budget.Scope.ORGANIZATION:
+    if budget.scope == Budget.Scope.PROJECT:
         rows = rows.filter(project_id=budget.project_id)
-    if budget.scope == Budget.Scope.MEMBER:
-        rows = rows.filter(user_id=budget.user_id)
+    elif budget.scope == Budget.Scope.MEMBER:
+        rows = rows.filter(project_id=budget.project_id, user_id=budget.user_id)
+    elif budget.scope == Budget.Scope.API_KEY:
+        rows = rows.filter(api_key_id=budget.api_key_id)
     return pricing.units_to_cost(rows.aggregate(units=pricing.cost_units_sum())["units"])
 
 

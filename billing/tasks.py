@@ -12,7 +12,7 @@ from .models import Budget
 def send_budget_alert(budget_id: int, threshold: int) -> None:
     """E-mail the organization's owners and admins that a budget crossed a threshold."""
     budget = (
-        Budget.objects.select_related("organization", "project", "user")
+        Budget.objects.select_related("organization", "project", "user", "api_key")
         .filter(pk=budget_id)
         .first()
     )
@@ -26,10 +26,13 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
         if threshold >= 100
         else (f"passed {threshold}% of its limit")
     )
+    described = budget.describe()
+    # Not str.capitalize(), which lowercases the rest: names, and a key's case-sensitive prefix.
+    sentence_start = described[:1].upper() + described[1:]
     send_email(
-        subject=f"[{budget.organization.name}] {budget.describe()} {what}",
+        subject=f"[{budget.organization.name}] {described} {what}",
         body=(
-            f"{budget.describe().capitalize()} (${budget.limit_usd} per "
+            f"{sentence_start} (${budget.limit_usd} per "
             f"{budget.get_period_display().lower()}) has {what}.\n\n"
             f"Usage: {settings.SITE_URL.rstrip('/')}/orgs/{budget.organization.slug}/usage/"
         ),
