@@ -38,7 +38,16 @@ from billing.models import UsageRecord
 from billing.services import CallContext, QuotaExceeded, Reservation, quota_reserve, quota_settle
 
 from . import connection_selectors
-from .llm.base import ChatRequest, Completion, ErrorCode, ProviderError, StreamEnd, TextDelta, Usage
+from .llm.base import (
+    ChatRequest,
+    Completion,
+    ErrorCode,
+    ProviderError,
+    StreamEnd,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from .llm.tokens import count_message_tokens, count_text_tokens
 from .providers import ProviderSpec, build_provider, spec_for
 
@@ -165,6 +174,24 @@ def models_list(*, authorization: str | None) -> dict[str, Any]:
             for choice in connection_selectors.model_choices(key.project)
         ],
     }
+
+
+def model_get(*, authorization: str | None, model: str) -> dict[str, Any]:
+    """``GET /v1/models/{model}``: one entry of the listing, or ``model_not_found``."""
+    for entry in models_list(authorization=authorization)["data"]:
+        if entry["id"] == model:
+            return entry
+    raise _model_not_found(model)
+
+
+def _model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model '{model}' does not exist or this project may not use it.",
+        type="invalid_request_error",
+        code="model_not_found",
+        param="model",
+    )
 
 
 # --- chat completions: parsing -----------------------------------------------------------------
@@ -303,13 +330,7 @@ def _resolve(project: Project, model: str) -> ProviderSpec:
         return spec_for(project=project, model=model)
     except ServiceError as exc:
         if exc.code == "model_not_allowed":
-            raise GatewayError(
-                404,
-                f"The model '{model}' does not exist or this project may not use it.",
-                type="invalid_request_error",
-                code="model_not_found",
-                param="model",
-            ) from None
+            raise _model_not_found(model) from None
         raise GatewayError(502, exc.message, type="api_error", code=exc.code) from None
 
 
@@ -368,13 +389,27 @@ class Outcome:
 
 def outcome_of(*, call: GatewayCall, status: str, usage: Usage | None, text: str) -> Outcome:
     """The real usage when the upstream reported it; otherwise an estimate — and nothing at all
-    for a call that failed before producing a word."""
+    for a call that failed before producing a word. ``text`` is everything the model generated:
+    the reply and the names and arguments of its tool calls, which are output tokens too."""
     if usage is not None:
         return Outcome(status=status, usage=usage, estimated=False)
     if status == UsageRecord.Status.ERROR and not text:
         return Outcome(status=status, usage=Usage(0, 0), estimated=False)
     estimate = Usage(call.prompt_tokens_estimate, count_text_tokens(text) if text else 0)
     return Outcome(status=status, usage=estimate, estimated=True)
+
+
+def _generated_text(completion: Completion) -> str:
+    """The reply and its tool calls' names and arguments, to estimate output tokens by."""
+    parts = [completion.text]
+    choices = completion.raw.get("choices") or []
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    for tool_call in calls if isinstance(calls, list) else ():
+        function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        if isinstance(function, dict):
+            parts += (str(function.get("name") or ""), str(function.get("arguments") or ""))
+    return "".join(parts)
 
 
 def chat_settle(*, call: GatewayCall, outcome: Outcome, latency_ms: int) -> UsageRecord:
@@ -450,7 +485,7 @@ async def complete(call: GatewayCall) -> dict[str, Any]:
             call=call,
             status=status,
             usage=completion.usage if completion else None,
-            text=completion.text if completion else "",
+            text=_generated_text(completion) if completion else "",
         )
         try:
             await _settle_shielded(call, outcome, started)
@@ -482,7 +517,7 @@ class _Failed:
     error: GatewayError
 
 
-_Event = TextDelta | StreamEnd | _Failed
+_Event = TextDelta | ToolCallDelta | StreamEnd | _Failed
 
 
 class GatewayStream:
@@ -527,7 +562,7 @@ class GatewayStream:
     async def _produce(self) -> None:
         provider = build_provider(self.call.spec)
         started = time.monotonic()
-        parts: list[str] = []
+        parts: list[str] = []  # what was generated: text, tool-call names and arguments
         usage: Usage | None = None
         status = UsageRecord.Status.INCOMPLETE
         failure: GatewayError | None = None
@@ -535,6 +570,9 @@ class GatewayStream:
             async for event in provider.stream(self.call.request):
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
+                    self._events.put_nowait(event)
+                elif isinstance(event, ToolCallDelta):
+                    parts += (event.name or "", event.arguments)
                     self._events.put_nowait(event)
                 elif isinstance(event, StreamEnd):
                     usage = event.usage
@@ -574,18 +612,38 @@ class GatewayStream:
     def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
+    @staticmethod
+    def _tool_call_json(delta: ToolCallDelta) -> dict[str, Any]:
+        """The delta as OpenAI sends it: id, type and name only on a call's first piece."""
+        call: dict[str, Any] = {"index": delta.index}
+        if delta.id is not None:
+            call["id"] = delta.id
+        if delta.type is not None:
+            call["type"] = delta.type
+        name = {"name": delta.name} if delta.name is not None else {}
+        call["function"] = {**name, "arguments": delta.arguments}
+        return call
+
     async def sse(self) -> AsyncIterator[bytes]:
         """``chat.completion.chunk`` events, then ``data: [DONE]``; an upstream failure after
         the first byte becomes an ``error`` event (the SDK raises it as an APIError)."""
         finished = False
         try:
-            yield self._chunk(self._choice({"role": "assistant", "content": ""}))
+            opening: dict[str, Any] = {"role": "assistant", "content": ""}
             event = self._first
+            if isinstance(event, ToolCallDelta):
+                # Like OpenAI: a reply that is a tool call opens with it, and content null.
+                tool_calls = [self._tool_call_json(event)]
+                opening = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+                event = None
+            yield self._chunk(self._choice(opening))
             while True:
                 if event is None:
                     event = await self._events.get()
                 if isinstance(event, TextDelta):
                     yield self._chunk(self._choice({"content": event.text}))
+                elif isinstance(event, ToolCallDelta):
+                    yield self._chunk(self._choice({"tool_calls": [self._tool_call_json(event)]}))
                 elif isinstance(event, StreamEnd):
                     yield self._chunk(self._choice({}, event.finish_reason or "stop"))
                     # Settled before [DONE]: a client that saw the end finds the ledger row.

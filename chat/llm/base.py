@@ -87,6 +87,22 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of the tool call at `index`, as OpenAI streams it: the first piece of a call
+    carries its `id`, `type` and `name` (with `arguments` usually empty), the following ones
+    only `arguments` fragments, which concatenate to the call's JSON arguments.
+
+    Only yielded when the request had `tools`; the fields mirror the wire format so a gateway
+    can pass the chunk on unchanged."""
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class StreamEnd:
     """Last event of every successful stream. `usage` is None when the upstream sent none."""
 
@@ -107,7 +123,7 @@ class Waiting:
     position: int
 
 
-StreamEvent = Waiting | TextDelta | StreamEnd
+StreamEvent = Waiting | TextDelta | ToolCallDelta | StreamEnd
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,8 @@ class Completion:
 
 class Provider(Protocol):
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Yield `TextDelta`s, then exactly one `StreamEnd`.
+        """Yield `TextDelta`s (and `ToolCallDelta`s, if the request has `tools` and the model
+        calls one), then exactly one `StreamEnd`.
 
         Raises `ProviderError`, possibly after some deltas were already yielded (a dropped
         connection); the caller keeps what it received and marks the reply incomplete.

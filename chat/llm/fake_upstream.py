@@ -19,6 +19,15 @@ join back to the exact reply), one token per content chunk. ``max_tokens`` (or
 otherwise it is ``"stop"``. Usage: ``prompt_tokens = count_message_tokens(messages)``,
 ``completion_tokens`` = number of tokens sent.
 
+With ``@tool`` (below) the reply is a call to the first of the request's ``tools`` instead:
+``content`` null, one entry in ``tool_calls`` with a fresh ``call_<24 hex>`` id, the tool's
+name and the arguments ``{"query": <text of the last user message>}`` (see `tool_call`), and
+``finish_reason "tool_calls"``. Streamed the way OpenAI does it: the first chunk carries the
+role and the call's index, id, type and name with empty arguments; each following chunk one
+fragment of the arguments (`argument_fragments`); the fragments count as the completion tokens
+(and ``max_tokens`` cuts them, with ``finish_reason "length"``). Once the conversation ends
+with a ``tool`` message (the caller sent the results back), it answers in text as usual.
+
 Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
 combinable in any order (``fake-gpt@slow20@drop3``):
 
@@ -29,12 +38,13 @@ combinable in any order (``fake-gpt@slow20@drop3``):
 ``@500``        500 ``server_error``
 ``@context``    400 ``context_length_exceeded``
 ``@hang``       answers nothing for `HANG_SECONDS` (until `stop()`), then closes the connection
-``@drop<N>``    sends N content chunks, then closes the connection: no finish_reason, no [DONE]
-                (non-streaming: half the JSON body, then closes)
+``@drop<N>``    sends N content (or argument) chunks, then closes the connection: no
+                finish_reason, no [DONE] (non-streaming: half the JSON body, then closes)
 ``@nousage``    no usage (no usage chunk even when asked; no ``usage`` field in JSON)
 ``@slow<MS>``   waits MS milliseconds before each chunk (non-streaming: once, before answering)
 ``@words<N>``   replies with N lorem-ipsum words instead of the echo (long replies, benchmarks)
 ``@cached<N>``  reports N of the prompt tokens as cached (``prompt_tokens_details``)
+``@tool``       calls the first tool (see above); 400 if the request has no ``tools``
 ==============  ===========================================================================
 
 An unknown base model answers 404 ``model_not_found``; an unknown marker answers 400.
@@ -48,6 +58,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,7 +75,10 @@ _LOREM = (
     "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
     "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
 )  # fmt: skip
-_MARKER = re.compile(r"(429|quota|401|500|context|hang|nousage)|(drop|slow|words|cached)(\d+)")
+_MARKER = re.compile(r"(429|quota|401|500|context|hang|nousage|tool)|(drop|slow|words|cached)(\d+)")
+# Roughly how a tokenizer cuts JSON: words and runs of punctuation, each with the whitespace
+# before it, so the fragments join back to the exact arguments (which end in "}").
+_ARGUMENT_FRAGMENT = re.compile(r"\s*(?:\w+|[^\w\s]+)")
 
 
 @dataclass
@@ -76,6 +90,7 @@ class Faults:
     slow_ms: int = 0
     words: int | None = None
     cached: int = 0
+    tool_call: bool = False
 
 
 def parse_model(model: str) -> tuple[str, Faults]:
@@ -94,6 +109,8 @@ def parse_model(model: str) -> tuple[str, Faults]:
             faults.hang = True
         elif flag == "nousage":
             faults.no_usage = True
+        elif flag == "tool":
+            faults.tool_call = True
         elif flag:
             faults.error = flag
         elif name == "drop":
@@ -124,6 +141,31 @@ def reply_tokens(messages: list[dict[str, Any]], faults: Faults) -> list[str]:
     else:
         text = "Echo: " + _last_user_text(messages)
     return re.findall(r"\S+\s*", text)
+
+
+def _first_tool_name(tools: Any) -> str | None:
+    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        function = tools[0].get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return function["name"]
+    return None
+
+
+def tool_call(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict | None:
+    """What ``@tool`` calls: ``{"name": ..., "arguments": ...}`` (arguments as a JSON string),
+    or None when the last message is a tool's result, which a model answers in text."""
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return None
+    name = _first_tool_name(tools)
+    if name is None:
+        raise ValueError("@tool needs tools, the first one a function with a name")
+    arguments = json.dumps({"query": _last_user_text(messages)}, ensure_ascii=False)
+    return {"name": name, "arguments": arguments}
+
+
+def argument_fragments(arguments: str) -> list[str]:
+    """The pieces a tool call's arguments are streamed in, one per chunk."""
+    return _ARGUMENT_FRAGMENT.findall(arguments)
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
@@ -279,6 +321,10 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"The model `{base}` does not exist or you do not have access to it."
             self._send_json(404, _error_body(message, "invalid_request_error", "model_not_found"))
             return
+        if faults.tool_call and _first_tool_name(body.get("tools")) is None:
+            message = "@tool needs 'tools', the first one a function with a name."
+            self._send_json(400, _error_body(message, "invalid_request_error", None, "tools"))
+            return
         if faults.hang:
             self.server.stopping.wait(HANG_SECONDS)
             self._drop_connection()
@@ -294,9 +340,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(
         self, body: dict, model: str, messages: list, faults: Faults, completion_id: str
     ) -> None:
-        tokens = reply_tokens(messages, faults)
+        call = tool_call(messages, body["tools"]) if faults.tool_call else None
+        if call is None:
+            tokens, finish_reason = reply_tokens(messages, faults), "stop"
+        else:
+            tokens, finish_reason = argument_fragments(call["arguments"]), "tool_calls"
+            call["id"] = f"call_{uuid.uuid4().hex[:24]}"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish_reason = "stop"
         if limit is not None and len(tokens) > limit:
             tokens, finish_reason = tokens[:limit], "length"
         prompt_tokens = count_message_tokens(messages)
@@ -317,9 +367,31 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            if call is None:
+                opening: dict = {"role": "assistant", "content": "", "refusal": None}
+                deltas = [{"content": token} for token in tokens]
+            else:
+                opening = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": ""},
+                        }
+                    ],
+                    "refusal": None,
+                }
+                deltas = [
+                    {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
+                    for fragment in tokens
+                ]
             self._stream(
                 envelope,
-                tokens,
+                opening,
+                deltas,
                 finish_reason,
                 usage if include_usage else None,
                 include_usage,
@@ -328,13 +400,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
             return
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+        if call is not None:
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": "".join(tokens)},
+                }
+            ]
+        message["refusal"] = None
         completion = {
             **envelope,
             "object": "chat.completion",
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(tokens), "refusal": None},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
@@ -353,12 +436,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(
         self,
         envelope: dict,
-        tokens: list[str],
+        opening: dict,
+        deltas: list[dict],
         finish_reason: str,
         usage: dict | None,
         include_usage: bool,
         faults: Faults,
     ) -> None:
+        """``opening`` is the first chunk's delta; each of ``deltas`` (a token, or a fragment
+        of the tool call's arguments) counts as one chunk for ``@drop``."""
         self._send_head(
             200,
             "text/event-stream; charset=utf-8",
@@ -374,15 +460,15 @@ class _Handler(BaseHTTPRequestHandler):
         def choice(delta: dict, finish: str | None = None) -> list:
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-        chunk(choice({"role": "assistant", "content": "", "refusal": None}))
-        for sent, token in enumerate(tokens):
+        chunk(choice(opening))
+        for sent, delta in enumerate(deltas):
             if sent == faults.drop_after:
                 self._drop_connection()
                 return
             if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
                 self._drop_connection()
                 return
-            chunk(choice({"content": token}))
+            chunk(choice(delta))
         if faults.drop_after is not None:  # asked to drop after at least all the tokens
             self._drop_connection()
             return

@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 import openai
 from openai.types import CompletionUsage
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
 from chat.llm.base import (
     ChatRequest,
@@ -28,6 +29,7 @@ from chat.llm.base import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 
@@ -96,6 +98,24 @@ def _usage(usage: CompletionUsage | None) -> Usage | None:
     )
 
 
+def _tool_call_deltas(calls: list[ChoiceDeltaToolCall] | None) -> list[ToolCallDelta]:
+    events = []
+    for position, call in enumerate(calls or ()):
+        function = call.function
+        events.append(
+            ToolCallDelta(
+                # The SDK does not validate chunks, and some compatible servers send a whole
+                # call per chunk without an index: its place in the list is the best guess.
+                index=call.index if isinstance(call.index, int) else position,
+                id=call.id,
+                type=call.type,
+                name=function.name if function else None,
+                arguments=(function.arguments if function else None) or "",
+            )
+        )
+    return events
+
+
 class OpenAIProvider:
     """`Provider` for one connection (base URL + key). Create one per connection and reuse it:
     it holds a connection pool. Close it with `aclose()`."""
@@ -147,8 +167,11 @@ class OpenAIProvider:
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
-                    if choice.delta is not None and choice.delta.content:
-                        yield TextDelta(choice.delta.content)
+                    if choice.delta is not None:
+                        if choice.delta.content:
+                            yield TextDelta(choice.delta.content)
+                        for event in _tool_call_deltas(choice.delta.tool_calls):
+                            yield event
                     finish_reason = choice.finish_reason or finish_reason
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc

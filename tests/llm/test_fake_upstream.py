@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from chat.llm.fake_upstream import FakeUpstream, Faults, parse_model, reply_tokens
+from chat.llm.fake_upstream import (
+    FakeUpstream,
+    Faults,
+    argument_fragments,
+    parse_model,
+    reply_tokens,
+    tool_call,
+)
 
 
 def request(
@@ -56,6 +64,113 @@ def test_its_reply_tokens_join_back_to_the_exact_reply():
 
     assert reply_tokens(messages, Faults()) == ["Echo: ", "a  ", "b\n", "c "]
     assert len(reply_tokens(messages, Faults(words=40))) == 40
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+
+
+def sse_events(raw: bytes) -> list:
+    return [
+        "[DONE]" if line == "data: [DONE]" else json.loads(line.removeprefix("data: "))
+        for line in raw.decode().split("\n\n")
+        if line
+    ]
+
+
+def test_it_parses_the_tool_marker():
+    assert parse_model("fake-gpt@tool@nousage") == (
+        "fake-gpt",
+        Faults(tool_call=True, no_usage=True),
+    )
+
+
+def test_its_argument_fragments_join_back_to_the_exact_arguments():
+    messages = [{"role": "user", "content": '  날씨 "in"\tSeoul?  '}]
+    arguments = tool_call(messages, TOOLS)["arguments"]
+
+    assert json.loads(arguments) == {"query": '  날씨 "in"\tSeoul?  '}
+    assert "".join(argument_fragments(arguments)) == arguments
+    assert len(argument_fragments(arguments)) > 3
+
+
+def test_it_streams_a_tool_call_like_openai(fake_upstream: FakeUpstream):
+    body = chat_body(
+        "fake-gpt@tool", tools=TOOLS, stream=True, stream_options={"include_usage": True}
+    )
+    status, _, raw = request(fake_upstream, "POST", "/v1/chat/completions", body)
+
+    events = sse_events(raw)
+    assert status == 200
+    opening = events[0]["choices"][0]["delta"]
+    header = opening["tool_calls"][0]
+    assert (opening["role"], opening["content"]) == ("assistant", None)
+    assert re.fullmatch(r"call_[0-9a-f]{24}", header["id"])
+    assert header == {
+        "index": 0,
+        "id": header["id"],
+        "type": "function",
+        "function": {"name": "lookup", "arguments": ""},
+    }
+    fragments = events[1:-3]
+    assert [e["choices"][0]["delta"] for e in fragments] == [
+        {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        for piece in argument_fragments('{"query": "hi there"}')
+    ]
+    assert events[-3]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+    }
+    assert events[-2]["usage"]["completion_tokens"] == len(fragments)
+    assert events[-1] == "[DONE]"
+
+
+def test_it_answers_a_tool_call_in_json(fake_upstream: FakeUpstream):
+    status, _, raw = request(
+        fake_upstream, "POST", "/v1/chat/completions", chat_body("fake-gpt@tool", tools=TOOLS)
+    )
+
+    choice = json.loads(raw)["choices"][0]
+    assert status == 200
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "lookup", "arguments": '{"query": "hi there"}'}
+
+
+def test_it_answers_in_text_once_the_tool_result_is_back(fake_upstream: FakeUpstream):
+    messages = [
+        {"role": "user", "content": "hi there"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]
+    body = {"model": "fake-gpt@tool", "messages": messages, "tools": TOOLS}
+    _, _, raw = request(fake_upstream, "POST", "/v1/chat/completions", body)
+
+    choice = json.loads(raw)["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == "Echo: hi there"
+    assert "tool_calls" not in choice["message"]
+
+
+def test_it_refuses_the_tool_marker_without_tools(fake_upstream: FakeUpstream):
+    status, _, raw = request(
+        fake_upstream, "POST", "/v1/chat/completions", chat_body("fake-gpt@tool")
+    )
+
+    assert status == 400
+    assert json.loads(raw)["error"]["param"] == "tools"
 
 
 def test_it_streams_sse_with_a_usage_chunk_then_done(fake_upstream: FakeUpstream):

@@ -5,8 +5,16 @@ import time
 import openai
 import pytest
 
-from chat.llm.base import ChatRequest, ErrorCode, ProviderError, StreamEnd, StreamEvent, TextDelta
-from chat.llm.fake_upstream import FakeUpstream
+from chat.llm.base import (
+    ChatRequest,
+    ErrorCode,
+    ProviderError,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+)
+from chat.llm.fake_upstream import FakeUpstream, argument_fragments, tool_call
 from chat.llm.openai_provider import OpenAIProvider
 from chat.llm.tokens import count_message_tokens
 from tests.llm.conftest import API_KEY, MakeProvider
@@ -96,6 +104,49 @@ async def test_it_completes_without_streaming(provider):
     assert completion.usage.completion_tokens == 4
     assert completion.upstream_id.startswith("chatcmpl-")
     assert completion.raw["object"] == "chat.completion"
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "never_called", "parameters": {}}},
+]
+
+
+async def test_it_streams_a_tool_call_as_tool_call_deltas(provider):
+    text, events, error = await consume(provider, chat("fake-gpt@tool", tools=TOOLS))
+
+    assert error is None
+    assert text == ""
+    deltas = events[:-1]
+    assert all(isinstance(e, ToolCallDelta) and e.index == 0 for e in deltas)
+    first, rest = deltas[0], deltas[1:]
+    assert first.id.startswith("call_")
+    assert (first.type, first.name, first.arguments) == ("function", "search", "")
+    assert all((e.id, e.type, e.name) == (None, None, None) for e in rest)
+    sent = tool_call(MESSAGES, TOOLS)["arguments"]
+    assert [e.arguments for e in rest] == argument_fragments(sent)
+    assert len(rest) > 2  # really in fragments
+    assert "".join(e.arguments for e in deltas) == '{"query": "hello big world"}'
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.finish_reason == "tool_calls"
+    assert end.usage.completion_tokens == len(rest)
+
+
+async def test_it_completes_a_tool_call_without_streaming(provider):
+    completion = await provider.complete(chat("fake-gpt@tool", tools=TOOLS))
+
+    assert completion.text == ""
+    assert completion.finish_reason == "tool_calls"
+    (call,) = completion.raw["choices"][0]["message"]["tool_calls"]
+    assert call["id"].startswith("call_")
+    assert call["function"] == tool_call(MESSAGES, TOOLS)
 
 
 async def test_it_lists_models(provider):
