@@ -29,7 +29,7 @@ from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.utils import timezone
 
-from accounts.models import MANAGER_ROLES, Membership, Organization, Project, User
+from accounts.models import MANAGER_ROLES, ApiKey, Membership, Organization, Project, User
 
 from .models import (
     Budget,
@@ -60,6 +60,10 @@ class UsageScope:
 
     organization: Organization
     user_id: int | None = None
+    # The REST API's narrower views: one project; and, for a project key, the project's calls
+    # made with keys only (a key is the project's API side; members' chats are not its own).
+    project_id: int | None = None
+    api_keys_only: bool = False
 
     @classmethod
     def for_membership(cls, membership: Membership) -> UsageScope:
@@ -104,6 +108,10 @@ def ledger_rows(scope: UsageScope, date_range: DateRange) -> QuerySet[UsageRecor
     )
     if scope.user_id is not None:
         rows = rows.filter(user_id=scope.user_id)
+    if scope.project_id is not None:
+        rows = rows.filter(project_id=scope.project_id)
+    if scope.api_keys_only:
+        rows = rows.filter(api_key__isnull=False)
     return rows
 
 
@@ -214,6 +222,27 @@ def spend_by_member(scope: UsageScope, date_range: DateRange) -> list[Spend]:
     ]
 
 
+def spend_by_api_key(scope: UsageScope, date_range: DateRange) -> list[Spend]:
+    """Per API key (labelled by its name and prefix…last4); calls without a key are one
+    group, labelled "(no key: chat)"."""
+    rows = list(
+        ledger_rows(scope, date_range)
+        .values("api_key_id")
+        .annotate(**_aggregates())
+        .order_by("-cost_units", "api_key_id")
+    )
+    keys = ApiKey.objects.filter(pk__in=[r["api_key_id"] for r in rows if r["api_key_id"]])
+    labels = {key.pk: str(key) for key in keys}
+    return [
+        _spend(
+            row,
+            label=labels.get(row["api_key_id"], "(no key: chat)"),
+            key=row["api_key_id"],
+        )
+        for row in rows
+    ]
+
+
 def spend_by_project(scope: UsageScope, date_range: DateRange) -> list[Spend]:
     """Per project; calls of deleted projects are one group. Names as in ``spend_by_member``."""
     rows = list(
@@ -252,11 +281,14 @@ def total_of(groups: list[Spend]) -> Spend:
 
 
 def budget_subject(budget: Budget) -> str:
-    """Whose spending a budget limits, for people: "Acme", "Project X", "Ann in project X"."""
+    """Whose spending a budget limits, for people: "Acme", "Project X", "Ann in project X",
+    "API key ci (lgw_AbCd1234…wxyz) in project X"."""
     if budget.scope == Budget.Scope.ORGANIZATION:
         return budget.organization.name
     if budget.scope == Budget.Scope.PROJECT:
         return f"Project {budget.project.name}"
+    if budget.scope == Budget.Scope.API_KEY:
+        return f"API key {budget.api_key} in project {budget.project.name}"
     return f"{budget.user.get_full_name()} in project {budget.project.name}"
 
 
@@ -298,13 +330,14 @@ class BudgetStatus:
 
 def budgets_for(scope: UsageScope) -> QuerySet[Budget]:
     """Enabled budgets a reader may see: all of them for managers; for a member, those that
-    apply to their own calls (the organization's, the projects', and their own)."""
+    apply to their own calls (the organization's, the projects', and their own — not the API
+    keys', which limit calls made with a key, never a member's)."""
     budgets = Budget.objects.filter(organization=scope.organization, enabled=True)
     if scope.user_id is not None:
         budgets = budgets.filter(
-            ~Q(scope=Budget.Scope.MEMBER) | Q(user_id=scope.user_id),
+            ~Q(scope__in=[Budget.Scope.MEMBER, Budget.Scope.API_KEY]) | Q(user_id=scope.user_id),
         )
-    return budgets.select_related("organization", "project", "user").order_by(
+    return budgets.select_related("organization", "project", "user", "api_key").order_by(
         "scope", "project__name", "id"
     )
 
@@ -456,7 +489,7 @@ def current_budget_banners(
 
     Per budget only the highest threshold crossed; an alert the budget no longer bears out
     (its limit was raised since) is left out. Member budgets show to their member and to
-    managers only.
+    managers only; API key budgets to managers only (they limit no member's calls).
     """
     now = now or timezone.now()
     current = Q()
@@ -470,7 +503,7 @@ def current_budget_banners(
             current,
             Q(budget__organization__slug=organization_slug),
             Q(budget__organization__memberships__user_id=user_id),
-            ~Q(budget__scope=Budget.Scope.MEMBER)
+            ~Q(budget__scope__in=[Budget.Scope.MEMBER, Budget.Scope.API_KEY])
             | Q(budget__user_id=user_id)
             | Q(budget__organization__memberships__role__in=MANAGER_ROLES),
             budget__enabled=True,
@@ -484,7 +517,9 @@ def current_budget_banners(
                 .values("spent")[:1]
             )
         )
-        .select_related("budget__organization", "budget__project", "budget__user")
+        .select_related(
+            "budget__organization", "budget__project", "budget__user", "budget__api_key"
+        )
         .order_by("budget_id", "-threshold")
     )
     banners: dict[int, BudgetBanner] = {}

@@ -1,6 +1,9 @@
 """OpenAI-compatible endpoints (``/v1``), authenticated by a project API key.
 
-Thin: read the request, call `gateway_services`, shape the HTTP answer. Never cookie
+Thin: read the request, call `gateway_services`, shape the HTTP answer. DRF views only so that
+they appear in the OpenAPI schema: the key is checked by ``gateway_authenticate`` (OpenAI's error
+words and shapes, not DRF's), the body is parsed by ``gateway_services`` as OpenAI parses it, and
+the handlers are coroutines (a reply is awaited, never holding a thread). Never cookie
 authenticated, hence exempt from CSRF. The key is never logged nor echoed.
 """
 
@@ -8,16 +11,29 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
+from accounts.api_base import AsyncDispatchMixin
 from accounts.models import ApiKey
 
 from . import gateway_services, idempotency
 from .gateway_services import GatewayCall, GatewayError, GatewayStream
+from .openai_schema import (
+    CHAT_COMPLETION_REQUEST,
+    CHAT_COMPLETION_RESPONSE,
+    MODEL,
+    MODEL_LIST,
+    OPENAI_ERROR,
+)
+
+KEY_AUTH = [{"projectKey": []}]
 
 
 def error_response(error: GatewayError) -> JsonResponse:
@@ -29,54 +45,108 @@ def error_response(error: GatewayError) -> JsonResponse:
     return response
 
 
-@csrf_exempt
-@require_GET
-async def models(request: HttpRequest) -> HttpResponse:
-    try:
-        listing = await sync_to_async(gateway_services.models_list)(
-            authorization=request.headers.get("Authorization")
-        )
-    except GatewayError as error:
-        return error_response(error)
-    return JsonResponse(listing)
+class OpenAIEndpoint(AsyncDispatchMixin, APIView):
+    authentication_classes: list[Any] = []  # gateway_authenticate: OpenAI's 401, not DRF's
+    permission_classes: list[Any] = []
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # OpenAI answers JSON or SSE whatever Accept says; so do we (never a 406).
+        return super().perform_content_negotiation(request, force=True)
 
 
-@csrf_exempt
-@require_POST
-async def chat_completions(request: HttpRequest) -> HttpResponse:
-    try:
-        api_key = await sync_to_async(gateway_services.gateway_authenticate)(
-            authorization=request.headers.get("Authorization"), scopes=("chat",)
-        )
-    except GatewayError as error:
-        return error_response(error)
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is None:
-        return await _chat_completions(request, api_key)
-    try:
-        started = await sync_to_async(idempotency.idempotency_begin)(
-            api_key=api_key,
-            key=idempotency_key,
-            body=request.body,
-            stream=gateway_services.wants_stream(request.body),
-        )
-    except GatewayError as error:
-        return error_response(error)
-    if isinstance(started, idempotency.Replay):
-        response = JsonResponse(started.body, status=started.status)
-        response["Idempotent-Replayed"] = "true"
-        return response
-    response = await _chat_completions(request, api_key)
-    await sync_to_async(idempotency.idempotency_finish)(
-        record=started, status=response.status_code, body=json.loads(response.content)
+class ModelListView(OpenAIEndpoint):
+    @extend_schema(
+        operation_id="v1_models_list",
+        auth=KEY_AUTH,
+        responses={200: MODEL_LIST, 401: OPENAI_ERROR, 403: OPENAI_ERROR},
+        tags=["OpenAI-compatible"],
     )
-    return response
+    async def get(self, request: Request) -> HttpResponse:
+        try:
+            listing = await sync_to_async(gateway_services.models_list)(
+                authorization=request.headers.get("Authorization")
+            )
+        except GatewayError as error:
+            return error_response(error)
+        return JsonResponse(listing)
 
 
-async def _chat_completions(request: HttpRequest, api_key: ApiKey) -> HttpResponse:
+class ModelDetailView(OpenAIEndpoint):
+    @extend_schema(
+        operation_id="v1_models_retrieve",
+        auth=KEY_AUTH,
+        responses={200: MODEL, 401: OPENAI_ERROR, 403: OPENAI_ERROR, 404: OPENAI_ERROR},
+        tags=["OpenAI-compatible"],
+    )
+    async def get(self, request: Request, model: str) -> HttpResponse:
+        try:
+            entry = await sync_to_async(gateway_services.model_get)(
+                authorization=request.headers.get("Authorization"), model=model
+            )
+        except GatewayError as error:
+            return error_response(error)
+        return JsonResponse(entry)
+
+
+class ChatCompletionsView(OpenAIEndpoint):
+    @extend_schema(
+        operation_id="v1_chat_completions_create",
+        auth=KEY_AUTH,
+        request=CHAT_COMPLETION_REQUEST,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="A repeat within 24 hours gets the saved answer, not billed again; "
+                "with a different body, 409.",
+            )
+        ],
+        responses={
+            (200, "application/json"): CHAT_COMPLETION_RESPONSE,
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="With stream: true, chat.completion.chunk events, then [DONE].",
+            ),
+            **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 429, 502, 504)},
+        },
+        tags=["OpenAI-compatible"],
+    )
+    async def post(self, request: Request) -> HttpResponse:
+        try:
+            api_key = await sync_to_async(gateway_services.gateway_authenticate)(
+                authorization=request.headers.get("Authorization"), scopes=("chat",)
+            )
+        except GatewayError as error:
+            return error_response(error)
+        body = request.body
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key is None:
+            return await _chat_completions(body, api_key)
+        try:
+            started = await sync_to_async(idempotency.idempotency_begin)(
+                api_key=api_key,
+                key=idempotency_key,
+                body=body,
+                stream=gateway_services.wants_stream(body),
+            )
+        except GatewayError as error:
+            return error_response(error)
+        if isinstance(started, idempotency.Replay):
+            response = JsonResponse(started.body, status=started.status)
+            response["Idempotent-Replayed"] = "true"
+            return response
+        response = await _chat_completions(body, api_key)
+        await sync_to_async(idempotency.idempotency_finish)(
+            record=started, status=response.status_code, body=json.loads(response.content)
+        )
+        return response
+
+
+async def _chat_completions(body: bytes, api_key: ApiKey) -> HttpResponse:
     try:
         call: GatewayCall = await sync_to_async(gateway_services.chat_prepare)(
-            key=api_key, body=request.body
+            key=api_key, body=body
         )
         if not call.stream:
             return JsonResponse(await gateway_services.complete(call))

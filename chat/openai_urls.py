@@ -7,6 +7,7 @@ from . import openai_api
 app_name = "openai_api"
 
 urlpatterns = [
-    path("models", openai_api.models, name="models"),
-    path("chat/completions", openai_api.chat_completions, name="chat_completions"),
+    path("models", openai_api.ModelListView.as_view(), name="models"),
+    path("models/<path:model>", openai_api.ModelDetailView.as_view(), name="model"),
+    path("chat/completions", openai_api.ChatCompletionsView.as_view(), name="chat_completions"),
 ]

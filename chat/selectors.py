@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from billing.models import UsageRecord
 from billing.pricing import cost_units_sum, units_to_cost
 
 from . import connection_selectors
+from .actors import Actor
 from .models import Conversation, Message
 
 
@@ -36,6 +38,55 @@ def get_conversation_or_404(*, user: User, project: Project, pk: int) -> Convers
         return conversations_for_user(user).for_project(project).get(pk=pk)
     except Conversation.DoesNotExist:
         raise Http404("No such conversation.") from None
+
+
+# How the REST API may order a project's conversations.
+CONVERSATION_ORDERINGS = {
+    "-last_message_at": ("-last_message_at", "-id"),
+    "last_message_at": ("last_message_at", "id"),
+    "-created_at": ("-created_at", "-id"),
+    "created_at": ("created_at", "id"),
+    "title": ("title", "id"),
+    "-title": ("-title", "-id"),
+}
+
+
+def api_conversations(
+    *,
+    actor: Actor,
+    project: Project,
+    q: str = "",
+    model: str | None = None,
+    archived: bool | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    ordering: str = "-last_message_at",
+) -> QuerySet[Conversation]:
+    """The actor's conversations in a project, filtered as the REST API's list allows."""
+    qs = actor.conversations().for_project(project)
+    if q:
+        in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=q)
+        qs = qs.filter(Q(title__icontains=q) | Exists(in_messages))
+    if model:
+        qs = qs.filter(model=model)
+    if archived is not None:
+        qs = qs.filter(archived=archived)
+    if created_after is not None:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before is not None:
+        qs = qs.filter(created_at__lt=created_before)
+    return qs.order_by(*CONVERSATION_ORDERINGS[ordering])
+
+
+def get_actor_conversation_or_404(*, actor: Actor, project: Project, pk: int) -> Conversation:
+    conversation = actor.conversations().for_project(project).filter(pk=pk).first()
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
+
+
+def get_message(*, conversation: Conversation, pk: int) -> Message | None:
+    return conversation.messages.filter(pk=pk).first()
 
 
 def get_conversation_for_user(*, user: User, pk: int) -> Conversation | None:
@@ -95,7 +146,5 @@ def message_costs(message_ids: list[int]) -> dict[int, Decimal]:
 
 def conversation_cost(conversation: Conversation) -> Decimal:
     """Everything the conversation cost so far: replies and its title."""
-    total = UsageRecord.objects.filter(conversation=conversation).aggregate(
-        units=cost_units_sum()
-    )
+    total = UsageRecord.objects.filter(conversation=conversation).aggregate(units=cost_units_sum())
     return units_to_cost(total["units"])

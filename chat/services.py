@@ -172,6 +172,34 @@ def conversation_update_settings(
     return conversation
 
 
+_SETTINGS_FIELDS = ("model", "system_prompt", "temperature", "max_tokens")
+
+
+@transaction.atomic
+def conversation_update(*, conversation: Conversation, changes: dict[str, Any]) -> Conversation:
+    """A partial update (the REST API's PATCH): settings are checked as the settings form's
+    are, the title as a rename's; ``changes`` holds only what the client sent."""
+    if any(name in changes for name in _SETTINGS_FIELDS):
+        conversation_update_settings(
+            conversation=conversation,
+            **{name: changes.get(name, getattr(conversation, name)) for name in _SETTINGS_FIELDS},
+        )
+    if "title" in changes:
+        conversation_rename(conversation=conversation, title=changes["title"])
+    if "archived" in changes and changes["archived"] != conversation.archived:
+        conversation.archived = changes["archived"]
+        conversation.save(update_fields=["archived", "updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_start(*, actor: Actor, project: Project, changes: dict[str, Any]) -> Conversation:
+    """A new conversation with its settings and title in one go (the REST API's POST)."""
+    conversation = conversation_create(actor=actor, project=project, model=changes.get("model"))
+    rest = {name: value for name, value in changes.items() if name != "model"}
+    return conversation_update(conversation=conversation, changes=rest) if rest else conversation
+
+
 # --- replies ---------------------------------------------------------------------------------
 
 

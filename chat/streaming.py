@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from typing import Any
@@ -46,10 +47,20 @@ def event(payload: dict[str, Any]) -> dict[str, Any]:
     return {"type": "chat.event", "payload": payload}
 
 
-def start_reply(pending: services.PendingReply) -> asyncio.Task:
-    task = asyncio.get_running_loop().create_task(ReplyRunner(pending).run())
+def start_reply(
+    pending: services.PendingReply, *, listener: asyncio.Queue | None = None
+) -> asyncio.Task:
+    """Run the reply in a task of its own. ``listener`` (the REST API's) also gets every event
+    the conversation's group gets, then ``None`` once the reply is saved, however it ended."""
+    # A fresh context: the caller's (an HTTP request's thread-sensitive executor) may end
+    # before the reply does.
+    task = asyncio.get_running_loop().create_task(
+        ReplyRunner(pending, listener=listener).run(), context=contextvars.Context()
+    )
     _running.add(task)
     task.add_done_callback(_running.discard)
+    if listener is not None:
+        task.add_done_callback(lambda _: listener.put_nowait(None))
     return task
 
 
@@ -86,8 +97,11 @@ def human_message(error: ProviderError, *, partial: bool) -> str:
 
 
 class ReplyRunner:
-    def __init__(self, pending: services.PendingReply) -> None:
+    def __init__(
+        self, pending: services.PendingReply, *, listener: asyncio.Queue | None = None
+    ) -> None:
         self.pending = pending
+        self.listener = listener
         self.text: list[str] = []
         self.length = 0
         self.layer = get_channel_layer()
@@ -108,6 +122,8 @@ class ReplyRunner:
         return self.pending.assistant_message_id
 
     async def broadcast(self, payload: dict[str, Any]) -> None:
+        if self.listener is not None:
+            self.listener.put_nowait(payload)
         await self.layer.group_send(self.group, event(payload))
 
     async def run(self) -> None:

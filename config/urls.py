@@ -13,6 +13,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("favicon.ico", no_favicon),
     path("v1/", include("chat.openai_urls")),
+    path("api/", include("config.api_urls")),
     path("", include("chat.urls")),
     path("", include("accounts.urls")),
     path("", include("billing.urls")),

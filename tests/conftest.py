@@ -4,6 +4,11 @@ alice owns org A, bob is a plain member of org A, charlie owns org B and must se
 """
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -11,6 +16,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
+from django.db import connection
 from django.test import Client
 
 from accounts.models import Membership, Organization, Project, Role, User
@@ -154,7 +160,59 @@ async def open_socket() -> AsyncIterator[OpenSocket]:
         return connected, socket
 
     yield open_
-    for socket in sockets:
-        await socket.close()
+    for opened in sockets:
+        await opened.close()
     async with asyncio.timeout(30):
         await wait_for_replies()
+
+
+# --- a live server: Daphne serving the real ASGI app, for real HTTP clients ----------------
+
+# The server process: the test settings, pointed at this run's test database file.
+DAPHNE = """
+import sys
+import django
+from django.conf import settings
+settings.DATABASES["default"]["NAME"] = sys.argv[1]
+django.setup()
+from daphne.cli import CommandLineInterface
+CommandLineInterface().run(["-b", "127.0.0.1", "-p", sys.argv[2], "config.asgi:application"])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def live_daphne(transactional_db) -> Iterator[str]:
+    """The base URL of Daphne serving the real ASGI app in a subprocess, started with the test
+    settings and this run's test database file: with ``transaction=True`` both processes see
+    the same committed rows. Not a fork (daphne's ``DaphneProcess``): a fork late in the run
+    inherits thread-pool executors whose threads it does not have, and hangs."""
+    port = _free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": django_settings.SETTINGS_MODULE}
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [sys.executable, "-c", DAPHNE, str(connection.settings_dict["NAME"]), str(port)],
+        env=env,
+        cwd=django_settings.BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Daphne did not start: {process.stderr.read()!r}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stderr.close()

@@ -21,6 +21,8 @@ NOT_TENANT_SCOPED = {
     "admin:*": "staff only",
     "password_reset_confirm": "a signed one-time token, not an object id",
     "invitation_accept": "a secret one-time token; tested in tests/accounts/test_members.py",
+    "openai_api:model": "a model name looked up in the calling key's own project (the key is "
+    "the tenant); tested in tests/chat/test_openai_api.py",
 }
 
 
@@ -73,6 +75,25 @@ TENANT_ROUTES: dict[str, Callable] = {
     "statement_export": lambda w: {**_org(w), "pk": w.statement.pk},
 }
 
+
+def _api_project(w) -> dict:
+    return {"project_id": w.project_a.pk}
+
+
+# REST routes (/api/v1/): an outsider gets 404 whatever the method; an API key of another
+# project gets the 401 every unusable key gets.
+API_ROUTES: dict[str, Callable] = {
+    "api-project": _api_project,
+    "api-models": _api_project,
+    "api-conversations": _api_project,
+    "api-conversation": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-messages": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-usage": _api_project,
+    "api-keys": _api_project,
+    "api-key": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
+    "api-key-revoke": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
+}
+
 # Conversations belong to one person: other members of the same organization get 404 too.
 PRIVATE_TO_OWNER = {name for name in TENANT_ROUTES if name.startswith("conversation_")} - {
     "conversation_new"
@@ -111,9 +132,18 @@ def test_every_route_with_arguments_is_covered():
     missing = [
         f"{name} ({route})"
         for name, route in routes_with_arguments(get_resolver().url_patterns).items()
-        if name not in TENANT_ROUTES and not is_exempt(name)
+        if name not in TENANT_ROUTES and name not in API_ROUTES and not is_exempt(name)
     ]
     assert not missing, f"add these routes to TENANT_ROUTES or NOT_TENANT_SCOPED: {missing}"
+
+
+def test_every_api_route_is_covered():
+    missing = [
+        f"{name} ({route})"
+        for name, route, _ in walk(get_resolver().url_patterns)
+        if route.startswith("api/v1/") and name not in API_ROUTES and name != "api-projects"
+    ]
+    assert not missing, f"add these REST routes to API_ROUTES: {missing}"
 
 
 def test_every_socket_route_with_arguments_is_covered():
@@ -233,3 +263,58 @@ def test_the_walker_sees_a_new_route():
     extra = [path("orgs/<slug:org_slug>/secret/<int:pk>/", lambda r: None, name="new_route")]
 
     assert "new_route" in routes_with_arguments(get_resolver().url_patterns + extra)
+
+
+# --- the REST API --------------------------------------------------------------------------
+
+API_METHODS = ("get", "post", "patch", "put", "delete")
+
+
+@pytest.mark.parametrize("name", sorted(API_ROUTES))
+def test_an_outsider_gets_404_from_the_api(name, world, client_for, charlie):
+    url = reverse(name, kwargs=API_ROUTES[name](world))
+    client = client_for(charlie)
+
+    for method in API_METHODS:
+        response = getattr(client, method)(url, {"content": "x"}, content_type="application/json")
+        assert response.status_code == 404, f"{method.upper()} {url}"
+        assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("name", sorted(API_ROUTES))
+def test_another_projects_key_gets_the_invalid_key_401(name, world, client, charlie, org_b):
+    from accounts.api_keys import api_key_create
+    from accounts.models import Membership, Project
+
+    project_b = Project.objects.get(organization=org_b)
+    other = api_key_create(
+        actor=Membership.objects.get(user=charlie, organization=org_b),
+        project=project_b,
+        name="B's bot",
+        scopes=["chat", "read"],
+    ).plaintext
+    url = reverse(name, kwargs=API_ROUTES[name](world))
+
+    for method in API_METHODS:
+        response = getattr(client, method)(
+            url, {}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {other}"
+        )
+        assert response.status_code == 401, f"{method.upper()} {url}"
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("name", sorted(API_ROUTES))
+def test_an_anonymous_caller_gets_401_from_the_api(name, world, client):
+    url = reverse(name, kwargs=API_ROUTES[name](world))
+
+    response = client.get(url)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+@pytest.mark.parametrize("name", sorted(API_ROUTES))
+def test_the_owner_is_not_refused_by_the_api(name, world, client_for, alice):
+    url = reverse(name, kwargs=API_ROUTES[name](world))
+
+    assert client_for(alice).get(url).status_code in (200, 405)

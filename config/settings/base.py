@@ -31,6 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "accounts",
     "chat",
@@ -178,4 +180,47 @@ CELERY_BEAT_SCHEDULE = {
     # Closing is idempotent and a no-op once done, so hourly costs one small query and a beat
     # restarted near the month's end still closes it within the hour.
     "close-monthly-statements": {"task": "billing.tasks.close_last_month", "schedule": 3600.0},
+}
+
+# --- REST API (/api/v1/) -----------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First, so a request without credentials gets 401 with 'WWW-Authenticate: Bearer'.
+        "accounts.api_auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # CSRF enforced on writes
+    ],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "accounts.api_auth.IsSignedInOrKey",
+        "accounts.api_auth.KeyHasScope",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "accounts.api_auth.Pagination",
+    "EXCEPTION_HANDLER": "accounts.api_base.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Decimals as strings: money is never a float, not even in JSON.
+    "COERCE_DECIMAL_TO_STRING": True,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Gateway API",
+    "DESCRIPTION": (
+        "The workspace's REST API (`/api/v1/`) and its OpenAI-compatible endpoints (`/v1/`). "
+        "Authenticate with a project API key, `Authorization: Bearer lgw_...`, or a signed-in "
+        "session (with the CSRF token on writes). Errors: "
+        '`{"error": {"message", "type", "code", "param"}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from the sidecar package: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/(api/v1|v1)",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "accounts.api_schema.add_error_responses",
+    ],
 }

@@ -4,12 +4,14 @@ from collections.abc import Callable
 
 import pytest
 
+from accounts import api_keys
 from accounts.models import Project, User
 from chat import services
 from chat.actors import Actor
 from chat.connection_services import connection_model_add
 from chat.crypto import encrypt, key_hint
 from chat.models import Conversation, ProviderConnection
+from tests.conftest import membership
 
 FAKE_KEY = "sk-test-5f3a9c0e1b7d4a2f"
 
@@ -50,3 +52,19 @@ def make_conversation(fake_upstream) -> Callable[..., Conversation]:
         return conversation
 
     return make
+
+
+def serve(project: Project, upstream, *models: str) -> None:
+    """Let ``project`` use ``models`` (fault markers allowed) served by the fake upstream."""
+    connection = fake_connection(project, upstream)
+    for model in models or ("fake-gpt",):
+        connection_model_add(actor=None, connection=connection, name=model)
+
+
+def make_key(user, organization, project: Project, scopes: list[str] | None = None) -> str:
+    return api_keys.api_key_create(
+        actor=membership(user, organization),
+        project=project,
+        name="gateway test",
+        scopes=scopes or ["chat"],
+    ).plaintext

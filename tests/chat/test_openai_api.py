@@ -11,12 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,41 +18,23 @@ from typing import Any
 import openai
 import pytest
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.core.asgi import get_asgi_application
 from django.core.cache import cache
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
 from accounts import api_keys
-from accounts.models import ApiKey, Project
+from accounts.models import ApiKey
 from billing.models import Budget, ModelPrice, RateLimit, UsageRecord
 from chat.connection_services import connection_model_add
 from chat.llm.tokens import count_text_tokens
-from tests.chat.conftest import fake_connection
+from tests.chat.conftest import fake_connection, make_key, serve
 from tests.conftest import membership
 
 pytestmark = pytest.mark.django_db
 
 URL = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hello there gateway"}]
-
-
-def serve(project: Project, upstream, *models: str) -> None:
-    """Let ``project`` use ``models`` (fault markers allowed) served by the fake upstream."""
-    connection = fake_connection(project, upstream)
-    for model in models or ("fake-gpt",):
-        connection_model_add(actor=None, connection=connection, name=model)
-
-
-def make_key(user, organization, project: Project, scopes: list[str] | None = None) -> str:
-    return api_keys.api_key_create(
-        actor=membership(user, organization),
-        project=project,
-        name="gateway test",
-        scopes=scopes or ["chat"],
-    ).plaintext
 
 
 def post(key: str | None, body: Any, *, raw: bytes | None = None):
@@ -72,52 +48,6 @@ def post(key: str | None, body: Any, *, raw: bytes | None = None):
 
 
 # --- the acceptance test: the official SDK, unchanged, against a live server ----------------
-
-
-# The server process: the test settings, pointed at this run's test database file.
-DAPHNE = """
-import sys
-import django
-from django.conf import settings
-settings.DATABASES["default"]["NAME"] = sys.argv[1]
-django.setup()
-from daphne.cli import CommandLineInterface
-CommandLineInterface().run(["-b", "127.0.0.1", "-p", sys.argv[2], "config.asgi:application"])
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def live_daphne(transactional_db) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE}
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-c", DAPHNE, str(connection.settings_dict["NAME"]), str(port)],
-        env=env,
-        cwd=settings.BASE_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Daphne did not start: {process.stderr.read()!r}") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-        process.stderr.close()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,87 @@
+"""What DRF's settings name for ``/api/v1/``: authentication, permissions, pagination.
+
+Kept apart from ``api_base`` on purpose: DRF imports these while ``rest_framework.views`` is
+itself being imported, so this module must not import DRF's views or generics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from .api_keys import api_key_authenticate
+from .models import ApiKey
+
+# The same words for every key we do not accept (malformed, unknown, revoked, expired).
+INVALID_KEY_MESSAGE = (
+    "Incorrect API key provided. Create a project API key on the project's settings page and "
+    "send it as 'Authorization: Bearer lgw_...'."
+)
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <project key>``. The user is anonymous; ``request.auth`` is the
+    ApiKey. No header: the next authenticator (the session) is tried."""
+
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, ApiKey] | None:
+        header = get_authorization_header(request).decode("latin-1")
+        scheme, _, raw = header.strip().partition(" ")
+        if not header:
+            return None
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE, code="invalid_api_key")
+        key = api_key_authenticate(raw.strip())
+        if key is None:
+            raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE, code="invalid_api_key")
+        return AnonymousUser(), key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+def api_key_of(request: Request) -> ApiKey | None:
+    return request.auth if isinstance(request.auth, ApiKey) else None
+
+
+class IsSignedInOrKey(BasePermission):
+    message = "Sign in, or send a project API key as 'Authorization: Bearer lgw_...'."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return api_key_of(request) is not None or bool(
+            request.user and request.user.is_authenticated
+        )
+
+
+class KeyHasScope(BasePermission):
+    """A key needs ``read`` to read and ``chat`` to make calls or change conversations; a view
+    may demand more (``key_scopes``) or refuse keys altogether (``allow_keys = False``)."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        key = api_key_of(request)
+        if key is None:
+            return True
+        if not getattr(view, "allow_keys", True):
+            raise exceptions.PermissionDenied(
+                "API keys cannot do this; sign in as a project admin.", code="keys_not_allowed"
+            )
+        needed = getattr(view, "key_scopes", {}).get(request.method) or (
+            "read" if request.method in ("GET", "HEAD", "OPTIONS") else "chat"
+        )
+        if not key.has_scope(needed):
+            raise exceptions.PermissionDenied(
+                f"This API key lacks the '{needed}' scope this call needs.",
+                code="insufficient_scope",
+            )
+        return True
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200

@@ -1,0 +1,374 @@
+"""REST: a project's models, conversations and messages (``/api/v1/projects/<id>/…``).
+
+Thin: serializers validate, ``chat.services`` writes, ``chat.selectors`` reads through the
+caller's ``Actor`` — a person reaches their own conversations, a project key the project's API
+conversations. Posting a message runs the model exactly as the web chat does (the same
+``ReplyRunner``: reserved, flushed, saved and settled in its own task), so a client that goes
+away mid-reply loses nothing and is billed once: the reply finishes and is saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.http import Http404, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.mixins import ListModelMixin
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint, error_body
+
+from . import connection_selectors, selectors, services, streaming
+from .actors import Actor
+from .llm.base import ErrorCode
+from .models import Conversation, Message
+
+
+class ActorMixin:
+    api_key: Any
+    request: Request
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.of(self.api_key or self.request.user)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField(source="name", help_text="The name to send as 'model'.")
+    is_default = serializers.BooleanField()
+    context_window = serializers.IntegerField(source="model.context_window", allow_null=True)
+    provider = serializers.CharField(source="model.connection.kind")
+    supports_vision = serializers.BooleanField(source="model.supports_vision")
+    supports_tools = serializers.BooleanField(source="model.supports_tools")
+    supports_json = serializers.BooleanField(source="model.supports_json")
+
+
+class ModelListView(ProjectEndpoint):
+    """The models this project may use, the default first."""
+
+    @extend_schema(responses=ModelSerializer(many=True))
+    def get(self, request: Request, project_id: int) -> Response:
+        choices = connection_selectors.model_choices(self.project)
+        return Response(ModelSerializer(choices, many=True).data)
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    project = serializers.IntegerField(source="project_id", read_only=True)
+    started_with = serializers.SerializerMethodField(
+        help_text="'session' (a person's own) or 'api_key' (the project's API conversations)."
+    )
+
+    class Meta:
+        model = Conversation
+        fields = [
+            "id",
+            "project",
+            "title",
+            "model",
+            "system_prompt",
+            "temperature",
+            "max_tokens",
+            "archived",
+            "started_with",
+            "created_at",
+            "updated_at",
+            "last_message_at",
+        ]
+        read_only_fields = fields
+
+    def get_started_with(self, conversation: Conversation) -> str:
+        return "session" if conversation.owner_id else "api_key"
+
+
+class ConversationWriteSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    model = serializers.CharField(
+        max_length=200, required=False, help_text="Default: the project's default model."
+    )
+    system_prompt = serializers.CharField(required=False, allow_blank=True, max_length=32_000)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    max_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000
+    )
+    archived = serializers.BooleanField(required=False)
+
+
+class ConversationFilterSerializer(serializers.Serializer):
+    q = serializers.CharField(required=False, help_text="Search titles and message text.")
+    model = serializers.CharField(required=False)
+    archived = serializers.BooleanField(required=False, allow_null=True, default=None)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    ordering = serializers.ChoiceField(
+        choices=list(selectors.CONVERSATION_ORDERINGS), required=False, default="-last_message_at"
+    )
+
+
+class ConversationListView(ActorMixin, ListModelMixin, ProjectEndpoint):
+    serializer_class = ConversationSerializer
+
+    def get_queryset(self):
+        filters = ConversationFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return selectors.api_conversations(
+            actor=self.actor, project=self.project, **filters.validated_data
+        )
+
+    @extend_schema(parameters=[ConversationFilterSerializer])
+    def get(self, request: Request, project_id: int) -> Response:
+        return self.list(request)
+
+    @extend_schema(request=ConversationWriteSerializer, responses={201: ConversationSerializer})
+    def post(self, request: Request, project_id: int) -> Response:
+        form = ConversationWriteSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        conversation = services.conversation_start(
+            actor=self.actor, project=self.project, changes=form.validated_data
+        )
+        return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+
+class ConversationEndpointMixin(ActorMixin):
+    """Resolves ``self.conversation`` through the actor's scoped path, after the project."""
+
+    conversation: Conversation
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        self.conversation = selectors.get_actor_conversation_or_404(
+            actor=self.actor, project=self.project, pk=kwargs["conversation_id"]
+        )
+
+
+class ConversationDetailView(ConversationEndpointMixin, ProjectEndpoint):
+    @extend_schema(responses=ConversationSerializer)
+    def get(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        return Response(ConversationSerializer(self.conversation).data)
+
+    @extend_schema(request=ConversationWriteSerializer, responses=ConversationSerializer)
+    def patch(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        form = ConversationWriteSerializer(data=request.data, partial=True)
+        form.is_valid(raise_exception=True)
+        conversation = services.conversation_update(
+            conversation=self.conversation, changes=form.validated_data
+        )
+        return Response(ConversationSerializer(conversation).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        services.conversation_delete(conversation=self.conversation)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    cost = serializers.SerializerMethodField(
+        help_text="USD, as a decimal string: what this reply cost (null for a user message)."
+    )
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "role",
+            "content",
+            "state",
+            "model",
+            "finish_reason",
+            "error_code",
+            "error_message",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "usage_estimated",
+            "omitted_messages",
+            "cost",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_cost(self, message: Message) -> str | None:
+        cost = self.context.get("costs", {}).get(message.pk)
+        return None if cost is None else str(cost)
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    content = serializers.CharField(
+        trim_whitespace=False, help_text="The user's message; the model answers it."
+    )
+
+
+STREAM_PARAMETER = OpenApiParameter(
+    "stream",
+    OpenApiTypes.BOOL,
+    OpenApiParameter.QUERY,
+    description="true: answer with Server-Sent Events (user_message, start, waiting, delta, "
+    "then done or error) instead of one JSON body.",
+)
+
+ERROR_RESPONSE = inline_serializer(
+    "Error",
+    {
+        "error": inline_serializer(
+            "ErrorDetail",
+            {
+                "message": serializers.CharField(),
+                "type": serializers.CharField(),
+                "code": serializers.CharField(allow_null=True),
+                "param": serializers.CharField(allow_null=True),
+            },
+        )
+    },
+)
+
+FAILED_REPLY = inline_serializer(
+    "FailedReply",
+    {"error": ERROR_RESPONSE.fields["error"], "message": MessageSerializer()},
+)
+
+# A reply that failed upstream: the status the client sees (the message is saved either way).
+FAILED_STATUS = {
+    ErrorCode.RATE_LIMITED.value: 429,
+    ErrorCode.QUOTA_EXHAUSTED.value: 429,
+    ErrorCode.CONTEXT_TOO_LONG.value: 400,
+    ErrorCode.BAD_REQUEST.value: 400,
+    ErrorCode.TIMEOUT.value: 504,
+}
+
+
+def _serialize_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    costs = selectors.message_costs([m.pk for m in messages if m.role == Message.Role.ASSISTANT])
+    return MessageSerializer(messages, many=True, context={"costs": costs}).data
+
+
+def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[str, Any]]:
+    """The saved reply as the API answers it: 201, or the failure's status with the message."""
+    message = selectors.get_message(conversation=conversation, pk=message_id)
+    if message is None:
+        raise Http404("The conversation was deleted while the model was answering.")
+    data = _serialize_messages([message])[0]
+    if message.state in (Message.State.COMPLETE, Message.State.STOPPED):
+        return status.HTTP_201_CREATED, data
+    status_code = FAILED_STATUS.get(message.error_code, 502)
+    body = error_body(
+        status_code=status_code,
+        message=message.error_message or "The model call failed.",
+        code=message.error_code or "upstream_error",
+    )
+    return status_code, {**body, "message": data}
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEndpoint):
+    serializer_class = MessageSerializer
+
+    def get_queryset(self):
+        return self.conversation.messages.order_by("id")
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "costs": self._costs}
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        self._costs = selectors.message_costs([m.pk for m in page or []])
+        return page
+
+    async def get(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        return await sync_to_async(self.list)(request)
+
+    @extend_schema(
+        request=MessageCreateSerializer,
+        parameters=[STREAM_PARAMETER],
+        responses={
+            (201, "application/json"): MessageSerializer,
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR, description="Server-Sent Events, when ?stream=true."
+            ),
+            400: ERROR_RESPONSE,
+            409: ERROR_RESPONSE,
+            429: ERROR_RESPONSE,
+            502: FAILED_REPLY,
+            504: FAILED_REPLY,
+        },
+    )
+    async def post(self, request: Request, project_id: int, conversation_id: int):
+        form = MessageCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        stream = request.query_params.get("stream", "").lower() in ("1", "true")
+        # Validation, rate limits and the budget reservation: a refusal raises here, before
+        # anything is sent upstream, and nothing is saved (the client still has its text).
+        pending = await database_sync_to_async(services.reply_start)(
+            actor=self.actor,
+            conversation_id=self.conversation.pk,
+            content=form.validated_data["content"],
+        )
+        events: asyncio.Queue = asyncio.Queue()
+        task = streaming.start_reply(pending, listener=events)
+        if stream:
+            response = StreamingHttpResponse(
+                self._events(pending, events), content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        # Shielded: a client that goes away does not cut the reply short; it is saved.
+        await asyncio.shield(task)
+        status_code, body = await database_sync_to_async(_reply_body)(
+            self.conversation, pending.assistant_message_id
+        )
+        return Response(body, status=status_code)
+
+    def _user_message(self, pending: services.PendingReply) -> dict[str, Any]:
+        user_message = selectors.get_message(
+            conversation=self.conversation, pk=pending.user_message["id"]
+        )
+        return _serialize_messages([user_message])[0]
+
+    async def _events(
+        self, pending: services.PendingReply, events: asyncio.Queue
+    ) -> AsyncIterator[bytes]:
+        """The reply's events as SSE; ``done`` or ``error`` carries the saved message. The
+        reply goes on if the client leaves."""
+        if pending.user_message is not None:
+            yield _sse("user_message", await database_sync_to_async(self._user_message)(pending))
+        while (payload := await events.get()) is not None:
+            kind = payload["type"]
+            if kind == "assistant.started":
+                yield _sse("start", {"message_id": payload["message"]["id"]})
+            elif kind == "waiting":
+                yield _sse("waiting", {"position": payload["position"]})
+            elif kind == "delta":
+                yield _sse("delta", {"offset": payload["offset"], "text": payload["text"]})
+            elif kind in ("done", "error"):
+                status_code, body = await database_sync_to_async(_reply_body)(
+                    self.conversation, pending.assistant_message_id
+                )
+                if status_code == status.HTTP_201_CREATED:
+                    yield _sse("done", {"message": body})
+                else:
+                    yield _sse("error", body)
+                return

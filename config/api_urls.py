@@ -1,0 +1,35 @@
+"""The REST API, mounted at ``/api/``: ``v1/`` resources, the OpenAPI schema and its docs page."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from accounts import api as accounts_api
+from billing import api as billing_api
+from chat import api as chat_api
+
+PROJECT = "v1/projects/<int:project_id>/"
+CONVERSATION = PROJECT + "conversations/<int:conversation_id>/"
+
+urlpatterns = [
+    path("v1/projects/", accounts_api.ProjectListView.as_view(), name="api-projects"),
+    path(PROJECT, accounts_api.ProjectDetailView.as_view(), name="api-project"),
+    path(PROJECT + "models/", chat_api.ModelListView.as_view(), name="api-models"),
+    path(
+        PROJECT + "conversations/",
+        chat_api.ConversationListView.as_view(),
+        name="api-conversations",
+    ),
+    path(CONVERSATION, chat_api.ConversationDetailView.as_view(), name="api-conversation"),
+    path(CONVERSATION + "messages/", chat_api.MessageListView.as_view(), name="api-messages"),
+    path(PROJECT + "usage/", billing_api.UsageView.as_view(), name="api-usage"),
+    path(PROJECT + "keys/", accounts_api.ApiKeyListView.as_view(), name="api-keys"),
+    path(PROJECT + "keys/<int:key_id>/", accounts_api.ApiKeyDetailView.as_view(), name="api-key"),
+    path(
+        PROJECT + "keys/<int:key_id>/revoke/",
+        accounts_api.ApiKeyRevokeView.as_view(),
+        name="api-key-revoke",
+    ),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+]
