@@ -60,7 +60,9 @@ class ModelSerializer(serializers.Serializer):
 
 
 class ModelListView(ProjectEndpoint):
-    """The models this project may use, the default first."""
+    """The models this project may use, the default first (a short list: not paginated)."""
+
+    pagination_class = None
 
     @extend_schema(responses=ModelSerializer(many=True))
     def get(self, request: Request, project_id: int) -> Response:

@@ -1,6 +1,12 @@
 from django.contrib import admin
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.views.defaults import page_not_found
+
+from accounts.api_base import error_body
+
+# Paths whose clients read JSON: their 404s (a path no route matches) are JSON too.
+API_PREFIXES = ("/api/", "/v1/")
 
 
 def no_favicon(request) -> HttpResponse:
@@ -8,6 +14,17 @@ def no_favicon(request) -> HttpResponse:
     # instead of a logged 404 page.
     return HttpResponse(status=204)
 
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if request.path.startswith(API_PREFIXES):
+        body = error_body(
+            status_code=404, message=f"No such path: {request.path}", code="not_found"
+        )
+        return JsonResponse(body, status=404)
+    return page_not_found(request, exception)
+
+
+handler404 = not_found
 
 urlpatterns = [
     path("admin/", admin.site.urls),
