@@ -16,7 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -26,15 +26,17 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.mixins import ListModelMixin
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint, error_body
 
-from . import connection_selectors, selectors, services, streaming
+from . import connection_selectors, idempotency, selectors, services, streaming
 from .actors import Actor
+from .gateway_services import GatewayError
 from .llm.base import ErrorCode
-from .models import Conversation, Message
+from .models import Conversation, IdempotentRequest, Message
 
 
 class ActorMixin:
@@ -229,6 +231,14 @@ STREAM_PARAMETER = OpenApiParameter(
     "then done or error) instead of one JSON body.",
 )
 
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    idempotency.HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="A repeat within 24 hours gets the saved answer (JSON or the event stream) and "
+    "is not billed again; with a different body, 409.",
+)
+
 ERROR_RESPONSE = inline_serializer(
     "Error",
     {
@@ -281,6 +291,10 @@ def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[
     return status_code, {**body, "message": data}
 
 
+# Tasks that outlive their request (the saved reply of a client that left): kept referenced.
+_background: set[asyncio.Future] = set()
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -304,7 +318,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
 
     @extend_schema(
         request=MessageCreateSerializer,
-        parameters=[STREAM_PARAMETER],
+        parameters=[STREAM_PARAMETER, IDEMPOTENCY_PARAMETER],
         responses={
             (201, "application/json"): MessageSerializer,
             (200, "text/event-stream"): OpenApiResponse(
@@ -321,12 +335,39 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         form = MessageCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         stream = request.query_params.get("stream", "").lower() in ("1", "true")
+        key = request.headers.get(idempotency.HEADER)
+        if key is None:
+            return await self._create(form.validated_data["content"], stream=stream, record=None)
+        try:
+            started = await database_sync_to_async(idempotency.idempotency_begin)(
+                caller=self.api_key or request.user,
+                key=key,
+                fingerprint=f"{request.get_full_path()}\n{form.validated_data['content']}".encode(),
+            )
+        except GatewayError as error:
+            return Response(error.body(), status=error.status)
+        if isinstance(started, idempotency.Replay):
+            return started.response()
+        try:
+            response = await self._create(
+                form.validated_data["content"], stream=stream, record=started
+            )
+        except BaseException:  # refused before any work, or the client left: a retry runs again
+            await asyncio.shield(
+                database_sync_to_async(idempotency.idempotency_abandon)(record=started)
+            )
+            raise
+        if stream:
+            return await idempotency.remember(started, response)
+        return response
+
+    async def _create(
+        self, content: str, *, stream: bool, record: IdempotentRequest | None
+    ) -> HttpResponseBase:
         # Validation, rate limits and the budget reservation: a refusal raises here, before
         # anything is sent upstream, and nothing is saved (the client still has its text).
         pending = await database_sync_to_async(services.reply_start)(
-            actor=self.actor,
-            conversation_id=self.conversation.pk,
-            content=form.validated_data["content"],
+            actor=self.actor, conversation_id=self.conversation.pk, content=content
         )
         events: asyncio.Queue = asyncio.Queue()
         task = streaming.start_reply(pending, listener=events)
@@ -337,12 +378,26 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        # Shielded: a client that goes away does not cut the reply short; it is saved.
+        # In a task of its own, shielded: a client that goes away does not cut the reply
+        # short, and an Idempotency-Key still gets the saved reply as its answer.
+        saved = asyncio.ensure_future(self._when_saved(task, pending, record))
+        _background.add(saved)
+        saved.add_done_callback(_background.discard)
+        status_code, body = await asyncio.shield(saved)
+        return Response(body, status=status_code)
+
+    async def _when_saved(
+        self, task: asyncio.Task, pending: services.PendingReply, record: IdempotentRequest | None
+    ) -> tuple[int, dict[str, Any]]:
         await asyncio.shield(task)
         status_code, body = await database_sync_to_async(_reply_body)(
             self.conversation, pending.assistant_message_id
         )
-        return Response(body, status=status_code)
+        if record is not None:
+            await database_sync_to_async(idempotency.idempotency_finish)(
+                record=record, status=status_code, body=json.loads(JSONRenderer().render(body))
+            )
+        return status_code, body
 
     def _user_message(self, pending: services.PendingReply) -> dict[str, Any]:
         user_message = selectors.get_message(

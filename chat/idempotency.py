@@ -1,79 +1,148 @@
-"""``Idempotency-Key`` on POSTs that create billed work (``/v1/chat/completions``).
+"""``Idempotency-Key`` on POSTs that create billed work: ``/v1/chat/completions`` and the REST
+API's message create, streamed or not.
 
-The first request with a key runs and its answer is kept; a repeat within 24 hours gets the
-same answer and is not billed again; a repeat with a different body gets 409, as does one that
-arrives while the first is still running.
+The first request with a key runs and its answer is kept (JSON, or the Server-Sent Events it
+streamed); a repeat within 24 hours gets the same answer and is not billed again; a repeat with
+a different body gets 409, as does one that arrives while the first is still running. Keys are
+per caller (a project API key, or a signed-in person). Answers that say "try again" — server
+errors, and a stream its client left before the end — are not kept, so a retry runs again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, User
 
 from .gateway_services import GatewayError, invalid_request
 from .models import IdempotentRequest
 
 REPLAY_WINDOW = timedelta(hours=24)
+HEADER = "Idempotency-Key"
 
 
 @dataclass(frozen=True)
 class Replay:
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | None
+    stream: str
+
+    def response(self) -> HttpResponse:
+        if self.body is None:
+            response: HttpResponse = HttpResponse(
+                self.stream, status=self.status, content_type="text/event-stream"
+            )
+        else:
+            response = JsonResponse(self.body, status=self.status)
+        response["Idempotent-Replayed"] = "true"
+        return response
 
 
 def _conflict(message: str, code: str) -> GatewayError:
     return GatewayError(409, message, type="invalid_request_error", code=code, param=None)
 
 
+def _owner(caller: ApiKey | User) -> dict[str, Any]:
+    return {"api_key": caller} if isinstance(caller, ApiKey) else {"user": caller}
+
+
 def idempotency_begin(
-    *, api_key: ApiKey, key: str, body: bytes, stream: bool
+    *, caller: ApiKey | User, key: str, fingerprint: bytes
 ) -> Replay | IdempotentRequest:
-    """A saved answer to replay, or the new record to finish once this request has run."""
+    """A saved answer to replay, or the new record to finish once this request has run.
+    ``fingerprint``: what makes two requests the same (the body, and the path if several
+    endpoints share the caller's keys)."""
     key = key.strip()
     if not key or len(key) > 255:
-        raise invalid_request("Idempotency-Key must be 1 to 255 characters.", param=None)
-    if stream:
-        raise invalid_request(
-            "Idempotency-Key is supported for non-streaming requests only.", param="stream"
-        )
-    digest = hashlib.sha256(body).hexdigest()
+        raise invalid_request(f"{HEADER} must be 1 to 255 characters.", param=None)
+    digest = hashlib.sha256(fingerprint).hexdigest()
+    owner = _owner(caller)
     with transaction.atomic():
         IdempotentRequest.objects.filter(
-            api_key=api_key, key=key, created_at__lt=timezone.now() - REPLAY_WINDOW
+            **owner, key=key, created_at__lt=timezone.now() - REPLAY_WINDOW
         ).delete()
-        existing = IdempotentRequest.objects.filter(api_key=api_key, key=key).first()
+        existing = IdempotentRequest.objects.filter(**owner, key=key).first()
         if existing is None:
             try:
                 with transaction.atomic():
-                    return IdempotentRequest.objects.create(
-                        api_key=api_key, key=key, body_digest=digest
-                    )
+                    return IdempotentRequest.objects.create(**owner, key=key, body_digest=digest)
             except IntegrityError:  # a concurrent first request won the race
-                existing = IdempotentRequest.objects.get(api_key=api_key, key=key)
+                existing = IdempotentRequest.objects.get(**owner, key=key)
     if existing.body_digest != digest:
         raise _conflict(
-            "This Idempotency-Key was used with a different request body.",
-            "idempotency_key_reused",
+            f"This {HEADER} was used with a different request.", "idempotency_key_reused"
         )
     if existing.status_code is None:
         raise _conflict(
-            "A request with this Idempotency-Key is still running; retry later.",
+            f"A request with this {HEADER} is still running; retry later.",
             "idempotency_request_in_progress",
         )
-    return Replay(status=existing.status_code, body=existing.response)
+    return Replay(status=existing.status_code, body=existing.response, stream=existing.stream_body)
 
 
-def idempotency_finish(*, record: IdempotentRequest, status: int, body: dict[str, Any]) -> None:
+def idempotency_finish(
+    *, record: IdempotentRequest, status: int, body: dict[str, Any] | None = None, stream: str = ""
+) -> None:
     """Keep the answer; a server error is not kept, so the client may try again."""
     if status >= 500:
         record.delete()
         return
-    IdempotentRequest.objects.filter(pk=record.pk).update(status_code=status, response=body)
+    IdempotentRequest.objects.filter(pk=record.pk).update(
+        status_code=status, response=body, stream_body=stream
+    )
+
+
+def idempotency_abandon(*, record: IdempotentRequest) -> None:
+    """Nothing worth replaying came of it: a repeat runs again."""
+    record.delete()
+
+
+async def recorded_stream(
+    events: AsyncIterator[bytes], *, record: IdempotentRequest, status: int = 200
+) -> AsyncIterator[bytes]:
+    """Pass a response's event stream through and keep it once it has been sent whole."""
+    sent: list[bytes] = []
+    whole = False
+    try:
+        async for chunk in events:
+            sent.append(chunk)
+            yield chunk
+        whole = True
+    finally:
+        if whole:
+            await sync_to_async(idempotency_finish)(
+                record=record, status=status, stream=b"".join(sent).decode()
+            )
+        else:
+            await sync_to_async(idempotency_abandon)(record=record)
+
+
+async def remember(record: IdempotentRequest, response: HttpResponse) -> HttpResponse:
+    """Keep ``response`` as the answer to ``record``'s key; a stream is kept as it is sent."""
+    if response.streaming:
+        response.streaming_content = recorded_stream(
+            response.streaming_content, record=record, status=response.status_code
+        )
+        return response
+    await sync_to_async(idempotency_finish)(
+        record=record, status=response.status_code, body=_json_of(response)
+    )
+    return response
+
+
+def _json_of(response: HttpResponse) -> dict[str, Any]:
+    if isinstance(response, Response):  # DRF's, not rendered yet: as the client will see it
+        return json.loads(JSONRenderer().render(response.data))
+    return json.loads(response.content)

@@ -9,14 +9,14 @@ authenticated, hence exempt from CSRF. The key is never logged nor echoed.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -24,6 +24,7 @@ from accounts.api_base import AsyncDispatchMixin
 from accounts.models import ApiKey
 
 from . import gateway_services, idempotency
+from .api import IDEMPOTENCY_PARAMETER
 from .gateway_services import GatewayCall, GatewayError, GatewayStream
 from .openai_schema import (
     CHAT_COMPLETION_REQUEST,
@@ -94,13 +95,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         auth=KEY_AUTH,
         request=CHAT_COMPLETION_REQUEST,
         parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                OpenApiTypes.STR,
-                OpenApiParameter.HEADER,
-                description="A repeat within 24 hours gets the saved answer, not billed again; "
-                "with a different body, 409.",
-            )
+            IDEMPOTENCY_PARAMETER
         ],
         responses={
             (200, "application/json"): CHAT_COMPLETION_RESPONSE,
@@ -120,27 +115,23 @@ class ChatCompletionsView(OpenAIEndpoint):
         except GatewayError as error:
             return error_response(error)
         body = request.body
-        idempotency_key = request.headers.get("Idempotency-Key")
+        idempotency_key = request.headers.get(idempotency.HEADER)
         if idempotency_key is None:
             return await _chat_completions(body, api_key)
         try:
             started = await sync_to_async(idempotency.idempotency_begin)(
-                api_key=api_key,
-                key=idempotency_key,
-                body=body,
-                stream=gateway_services.wants_stream(body),
+                caller=api_key, key=idempotency_key, fingerprint=body
             )
         except GatewayError as error:
             return error_response(error)
         if isinstance(started, idempotency.Replay):
-            response = JsonResponse(started.body, status=started.status)
-            response["Idempotent-Replayed"] = "true"
-            return response
-        response = await _chat_completions(body, api_key)
-        await sync_to_async(idempotency.idempotency_finish)(
-            record=started, status=response.status_code, body=json.loads(response.content)
-        )
-        return response
+            return started.response()
+        try:
+            response = await _chat_completions(body, api_key)
+        except BaseException:  # the client left: nothing to replay, a retry runs again
+            await asyncio.shield(sync_to_async(idempotency.idempotency_abandon)(record=started))
+            raise
+        return await idempotency.remember(started, response)
 
 
 async def _chat_completions(body: bytes, api_key: ApiKey) -> HttpResponse:

@@ -1,10 +1,13 @@
 """Idempotency-Key on /v1/chat/completions: a repeat is answered again, not billed again."""
 
+import asyncio
+import contextlib
 import json
 from datetime import timedelta
 
 import pytest
-from django.test import Client
+from channels.db import database_sync_to_async
+from django.test import AsyncClient, Client
 from django.utils import timezone
 
 from billing.models import UsageRecord
@@ -83,12 +86,45 @@ def test_other_keys_and_requests_without_one_are_independent(key, alice, org_a, 
     assert UsageRecord.objects.count() == 3
 
 
-def test_a_streaming_request_with_a_key_is_refused_clearly(key):
-    answer = post(key, {**BODY, "stream": True}, "order-42")
+async def test_a_stream_is_replayed_as_it_was_sent_and_billed_once(key, fake_upstream):
+    body = json.dumps({**BODY, "stream": True, "stream_options": {"include_usage": True}})
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "stream-1"}
+    client = AsyncClient()
 
-    assert answer.status_code == 400
-    assert "non-streaming requests only" in answer.json()["error"]["message"]
-    assert not UsageRecord.objects.exists()
+    first = await client.post(URL, data=body, content_type="application/json", headers=headers)
+    first_events = b"".join([chunk async for chunk in first.streaming_content])
+    second = await client.post(URL, data=body, content_type="application/json", headers=headers)
+
+    assert second["Content-Type"] == "text/event-stream"
+    assert second["Idempotent-Replayed"] == "true"
+    assert second.content == first_events
+    assert first_events.endswith(b"data: [DONE]\n\n")
+    assert first_events.count(b"chat.completion.chunk") >= 3
+    assert await database_sync_to_async(UsageRecord.objects.count)() == 1
+    assert fake_upstream.request_counts["fake-gpt"] == 1
+
+
+async def test_a_stream_left_before_the_end_is_not_kept(key, project_a, fake_upstream):
+    await database_sync_to_async(serve)(project_a, fake_upstream, "fake-gpt@slow300")
+    body = json.dumps({**BODY, "model": "fake-gpt@slow300", "stream": True})
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "stream-2"}
+    response = await AsyncClient().post(
+        URL, data=body, content_type="application/json", headers=headers
+    )
+    first_chunk = asyncio.Event()
+
+    async def read() -> None:  # as the server does, until the client goes away
+        async for _ in response.streaming_content:
+            first_chunk.set()
+
+    reader = asyncio.create_task(read())
+    await asyncio.wait_for(first_chunk.wait(), 10)
+    reader.cancel()  # what Django does when the client disconnects
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+
+    assert not await database_sync_to_async(IdempotentRequest.objects.exists)()
+    assert await database_sync_to_async(UsageRecord.objects.count)() == 1  # billed once
 
 
 def test_a_refusal_is_replayed_too_but_a_server_error_is_not_kept(key, project_a, fake_upstream):

@@ -313,3 +313,64 @@ def test_a_session_write_needs_the_csrf_token(served, alice):
     assert refused.status_code == 403
     assert "CSRF" in refused.json()["error"]["message"]
     assert accepted.status_code == 201
+
+
+# --- Idempotency-Key ---------------------------------------------------------------------------
+
+
+def test_a_repeated_message_is_answered_again_not_run_again(served, alice, org_a, fake_upstream):
+    client = key_client(make_key(alice, org_a, served, ["chat", "read"]))
+    conversation = post_json(client, conversations_url(served), {"model": "fake-gpt"}).json()
+    url = messages_url(served, conversation["id"])
+
+    first = post_json(client, url, {"content": "hi"}, HTTP_IDEMPOTENCY_KEY="msg-1")
+    again = post_json(client, url, {"content": "hi"}, HTTP_IDEMPOTENCY_KEY="msg-1")
+    other = post_json(client, url, {"content": "bye"}, HTTP_IDEMPOTENCY_KEY="msg-1")
+
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert Message.objects.filter(role="user").count() == 1
+    assert UsageRecord.objects.filter(message__isnull=False).count() == 1
+    assert fake_upstream.request_counts["fake-gpt"] >= 1
+
+
+def test_people_have_idempotency_keys_of_their_own(served, client_for, alice, bob):
+    def send(user):
+        client = client_for(user)
+        conversation = post_json(client, conversations_url(served), {"model": "fake-gpt"}).json()
+        url = messages_url(served, conversation["id"])
+        return post_json(client, url, {"content": "same"}, HTTP_IDEMPOTENCY_KEY="k")
+
+    assert send(alice).status_code == 201
+    assert send(bob).status_code == 201  # the same key, another person: runs
+    assert Message.objects.filter(role="assistant").count() == 2
+
+
+async def test_a_streamed_message_is_replayed_as_it_streamed(served, alice, org_a):
+    from channels.db import database_sync_to_async
+
+    key = await database_sync_to_async(make_key)(alice, org_a, served, ["chat", "read"])
+    client, auth = AsyncClient(), {"Authorization": f"Bearer {key}"}
+    created = await client.post(
+        conversations_url(served),
+        data={"model": "fake-gpt"},
+        content_type="application/json",
+        headers=auth,
+    )
+    url = messages_url(served, created.json()["id"]) + "?stream=true"
+    headers = {**auth, "Idempotency-Key": "s-1"}
+
+    first = await client.post(url, data={"content": "hi"}, content_type="application/json",
+                              headers=headers)  # fmt: skip
+    sent = b"".join([chunk async for chunk in first.streaming_content])
+    again = await client.post(url, data={"content": "hi"}, content_type="application/json",
+                              headers=headers)  # fmt: skip
+
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.content == sent
+    assert b"event: done" in sent
+    count = Message.objects.filter(role="assistant").count
+    assert await database_sync_to_async(count)() == 1
