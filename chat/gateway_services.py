@@ -286,12 +286,16 @@ def parse_chat_body(*, body: bytes) -> ParsedChat:
     for name, kind, word in (
         ("response_format", dict, "an object"),
         ("tools", list, "an array"),
+        ("tool_choice", str | dict, "a string or an object"),
+        ("parallel_tool_calls", bool, "a boolean"),
         ("user", str, "a string"),
     ):
         if data.get(name) is not None:
             if not isinstance(data[name], kind):
                 raise invalid_request(f"'{name}' must be {word}.", param=name)
             options[name] = data[name]
+    if data.get("n") not in (None, 1):
+        raise invalid_request("Only n=1 is supported: one choice per request.", param="n")
     stream = data.get("stream", False)
     if stream is None:
         stream = False

@@ -74,6 +74,13 @@ CHAT_COMPLETION_REQUEST = inline_serializer(
         "tools": serializers.ListField(
             child=serializers.DictField(), required=False, allow_null=True
         ),
+        "tool_choice": serializers.JSONField(
+            required=False, allow_null=True, help_text="'auto', 'none', 'required' or an object."
+        ),
+        "parallel_tool_calls": serializers.BooleanField(required=False, allow_null=True),
+        "n": serializers.IntegerField(
+            required=False, allow_null=True, min_value=1, max_value=1, help_text="Only 1."
+        ),
         "user": serializers.CharField(required=False, allow_null=True),
         "stream": serializers.BooleanField(required=False, allow_null=True),
         "stream_options": inline_serializer(

@@ -67,6 +67,8 @@ class ChatRequest:
     seed: int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     user: str | None = None
 
 

@@ -26,7 +26,8 @@ name and the arguments ``{"query": <text of the last user message>}`` (see `tool
 role and the call's index, id, type and name with empty arguments; each following chunk one
 fragment of the arguments (`argument_fragments`); the fragments count as the completion tokens
 (and ``max_tokens`` cuts them, with ``finish_reason "length"``). Once the conversation ends
-with a ``tool`` message (the caller sent the results back), it answers in text as usual.
+with a ``tool`` message (the caller sent the results back), or ``tool_choice`` is ``"none"``,
+it answers in text as usual.
 
 Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
 combinable in any order (``fake-gpt@slow20@drop3``):
@@ -340,7 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(
         self, body: dict, model: str, messages: list, faults: Faults, completion_id: str
     ) -> None:
-        call = tool_call(messages, body["tools"]) if faults.tool_call else None
+        # tool_choice "none" forbids a call, as OpenAI's does: the reply is text.
+        wants_call = faults.tool_call and body.get("tool_choice") != "none"
+        call = tool_call(messages, body["tools"]) if wants_call else None
         if call is None:
             tokens, finish_reason = reply_tokens(messages, faults), "stop"
         else:

@@ -185,3 +185,21 @@ def test_a_tool_call_cut_off_upstream_is_billed_for_what_came(sdk):
     record = UsageRecord.objects.get()
     assert (record.status, record.estimated) == ("error", True)
     assert record.completion_tokens == count_text_tokens(CALL["name"] + sent)
+
+
+def test_tool_choice_reaches_the_upstream(sdk):
+    completion = sdk.chat.completions.create(
+        model="fake-gpt@tool", messages=MESSAGES, tools=TOOLS, tool_choice="none"
+    )
+
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.tool_calls is None
+    assert completion.choices[0].message.content.startswith("Echo: ")
+
+
+def test_more_than_one_choice_is_refused_clearly(sdk):
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="fake-gpt", messages=MESSAGES, n=2)
+
+    assert refused.value.body["param"] == "n"
+    assert not UsageRecord.objects.exists()
