@@ -25,7 +25,8 @@ from .models import ApiKey, Membership, Project
 
 # What each scope allows, in the words the page uses to explain them.
 SCOPE_HELP = {
-    ApiKey.Scope.CHAT: "May call models: chat completions through the REST API.",
+    ApiKey.Scope.CHAT: "May call models (/v1 chat completions, posting messages) and start, "
+    "change or delete the project's API conversations.",
     ApiKey.Scope.READ: "May read conversations, usage and models.",
 }
 
