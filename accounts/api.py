@@ -33,6 +33,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema(tags=["Projects"])
 class ProjectListView(ListAPIView):
     """The projects the caller can reach: a key's own project, or the user's projects."""
 
@@ -42,6 +43,7 @@ class ProjectListView(ListAPIView):
         return projects_for_request(self.request).order_by("organization__name", "name", "id")
 
 
+@extend_schema(tags=["Projects"])
 class ProjectDetailView(ProjectEndpoint):
     @extend_schema(responses=ProjectSerializer)
     def get(self, request: Request, project_id: int) -> Response:
@@ -94,6 +96,7 @@ class CreatedApiKeySerializer(ApiKeySerializer):
         read_only_fields = fields
 
 
+@extend_schema(tags=["API keys"])
 class ApiKeyListView(ListModelMixin, ProjectEndpoint):
     allow_keys = False
     serializer_class = ApiKeySerializer
@@ -117,6 +120,7 @@ class ApiKeyListView(ListModelMixin, ProjectEndpoint):
         return response
 
 
+@extend_schema(tags=["API keys"])
 class ApiKeyDetailView(ProjectEndpoint):
     allow_keys = False
 
@@ -127,6 +131,7 @@ class ApiKeyDetailView(ProjectEndpoint):
         return Response(ApiKeySerializer(key).data)
 
 
+@extend_schema(tags=["API keys"])
 class ApiKeyRevokeView(ProjectEndpoint):
     allow_keys = False
 

@@ -68,6 +68,7 @@ class UsageSerializer(serializers.Serializer):
     total = SpendSerializer()
 
 
+@extend_schema(tags=["Usage"])
 class UsageView(ProjectEndpoint):
     @extend_schema(parameters=[UsageQuerySerializer], responses=UsageSerializer)
     def get(self, request: Request, project_id: int) -> Response:

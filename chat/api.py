@@ -61,6 +61,7 @@ class ModelSerializer(serializers.Serializer):
     supports_json = serializers.BooleanField(source="model.supports_json")
 
 
+@extend_schema(tags=["Models"])
 class ModelListView(ProjectEndpoint):
     """The models this project may use, the default first (a short list: not paginated)."""
 
@@ -127,6 +128,7 @@ class ConversationFilterSerializer(serializers.Serializer):
     )
 
 
+@extend_schema(tags=["Conversations"])
 class ConversationListView(ActorMixin, ListModelMixin, ProjectEndpoint):
     serializer_class = ConversationSerializer
 
@@ -163,6 +165,7 @@ class ConversationEndpointMixin(ActorMixin):
         )
 
 
+@extend_schema(tags=["Conversations"])
 class ConversationDetailView(ConversationEndpointMixin, ProjectEndpoint):
     @extend_schema(responses=ConversationSerializer)
     def get(self, request: Request, project_id: int, conversation_id: int) -> Response:
@@ -214,7 +217,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     def get_cost(self, message: Message) -> str | None:
         cost = self.context.get("costs", {}).get(message.pk)
-        return None if cost is None else str(cost)
+        return None if cost is None else f"{cost:f}"  # fixed-point, never "0E-12"
 
 
 class MessageCreateSerializer(serializers.Serializer):
@@ -299,6 +302,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+@extend_schema(tags=["Messages"])
 class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEndpoint):
     serializer_class = MessageSerializer
 
