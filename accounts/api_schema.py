@@ -16,28 +16,6 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         }
 
 
-ERROR_SCHEMA = {
-    "type": "object",
-    "description": "Every refusal: the same shape as OpenAI's errors.",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "code": {"type": "string", "nullable": True},
-                "param": {"type": "string", "nullable": True},
-                "fields": {
-                    "type": "object",
-                    "description": "Field name → its messages, for invalid input.",
-                },
-            },
-            "required": ["message", "type", "code", "param"],
-        }
-    },
-    "required": ["error"],
-}
-
 ERROR_STATUSES = {
     "400": "Invalid input: the error names the field (param) and the problem.",
     "401": "No credentials, or a key that is malformed, unknown, revoked, expired or another "
@@ -52,7 +30,9 @@ ERROR_STATUSES = {
 
 def add_error_responses(result, generator, request, public):
     """drf-spectacular postprocessing hook: every /api/v1 operation documents its refusals."""
-    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    # The component comes from chat.openai_schema.OPENAI_ERROR, which /v1's operations use.
+    if "Error" not in result.get("components", {}).get("schemas", {}):
+        raise ValueError("The shared Error component (chat.openai_schema) is missing.")
     content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, operations in result["paths"].items():
         if not path.startswith("/api/v1/"):

@@ -37,6 +37,7 @@ from .actors import Actor
 from .gateway_services import GatewayError
 from .llm.base import ErrorCode
 from .models import Conversation, IdempotentRequest, Message
+from .openai_schema import OPENAI_ERROR
 
 
 class ActorMixin:
@@ -242,24 +243,9 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "is not billed again; with a different body, 409.",
 )
 
-ERROR_RESPONSE = inline_serializer(
-    "Error",
-    {
-        "error": inline_serializer(
-            "ErrorDetail",
-            {
-                "message": serializers.CharField(),
-                "type": serializers.CharField(),
-                "code": serializers.CharField(allow_null=True),
-                "param": serializers.CharField(allow_null=True),
-            },
-        )
-    },
-)
-
 FAILED_REPLY = inline_serializer(
     "FailedReply",
-    {"error": ERROR_RESPONSE.fields["error"], "message": MessageSerializer()},
+    {"error": OPENAI_ERROR.fields["error"], "message": MessageSerializer()},
 )
 
 # A reply that failed upstream: the status the client sees (the message is saved either way).
@@ -328,9 +314,9 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             (200, "text/event-stream"): OpenApiResponse(
                 OpenApiTypes.STR, description="Server-Sent Events, when ?stream=true."
             ),
-            400: ERROR_RESPONSE,
-            409: ERROR_RESPONSE,
-            429: ERROR_RESPONSE,
+            400: OPENAI_ERROR,
+            409: OPENAI_ERROR,
+            429: OPENAI_ERROR,
             502: FAILED_REPLY,
             504: FAILED_REPLY,
         },

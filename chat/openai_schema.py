@@ -9,16 +9,21 @@ from __future__ import annotations
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
+# Every refusal, of /v1 and of /api/v1 alike: OpenAI's error shape (``fields`` on our REST
+# API's invalid input). The schema's "Error" component; see accounts.api_schema.
 OPENAI_ERROR = inline_serializer(
-    "OpenAIError",
+    "Error",
     {
         "error": inline_serializer(
-            "OpenAIErrorDetail",
+            "ErrorDetail",
             {
                 "message": serializers.CharField(),
                 "type": serializers.CharField(),
                 "param": serializers.CharField(allow_null=True),
                 "code": serializers.CharField(allow_null=True),
+                "fields": serializers.DictField(
+                    required=False, help_text="Field name → its messages, for invalid input."
+                ),
             },
         )
     },

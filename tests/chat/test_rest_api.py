@@ -10,6 +10,7 @@ import json
 from decimal import Decimal
 
 import pytest
+from channels.db import database_sync_to_async
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
@@ -37,6 +38,17 @@ def messages_url(project, conversation_id: int) -> str:
 
 def post_json(client, url: str, body: dict, **extra):
     return client.post(url, data=json.dumps(body), content_type="application/json", **extra)
+
+
+def price_fake_gpt() -> None:
+    """$1,000 per 1M tokens in and out: a token costs a tenth of a cent."""
+    ModelPrice.objects.create(
+        model="fake-gpt",
+        input_per_million=Decimal("1000"),
+        cached_input_per_million=Decimal("1000"),
+        output_per_million=Decimal("1000"),
+        effective_from="2024-01-01",
+    )
 
 
 @pytest.fixture
@@ -173,6 +185,7 @@ def test_the_list_filters_orders_and_pages(served, alice, org_a):
 
 
 def test_posting_a_message_runs_the_model_and_returns_the_reply(served, alice, org_a):
+    price_fake_gpt()
     key = make_key(alice, org_a, served, ["chat", "read"])
     client = key_client(key)
     conversation = post_json(client, conversations_url(served), {"model": "fake-gpt"}).json()
@@ -196,7 +209,9 @@ def test_posting_a_message_runs_the_model_and_returns_the_reply(served, alice, o
         ("user", "hi there"),
         ("assistant", "Echo: hi there"),
     ]
-    assert listed["results"][1]["cost"] == str(row.cost)
+    assert row.cost == Decimal("0.001") * (row.prompt_tokens + row.completion_tokens)
+    assert Decimal(listed["results"][1]["cost"]) == row.cost
+    assert "E" not in listed["results"][1]["cost"]  # a plain decimal string
 
 
 def test_a_failed_reply_is_saved_and_answered_with_an_error_status(served, alice, org_a):
@@ -214,13 +229,7 @@ def test_a_failed_reply_is_saved_and_answered_with_an_error_status(served, alice
 
 
 def test_a_budget_refusal_is_a_429_and_sends_nothing(served, alice, org_a, fake_upstream):
-    ModelPrice.objects.create(
-        model="fake-gpt",
-        input_per_million=Decimal("1000"),
-        cached_input_per_million=Decimal("1000"),
-        output_per_million=Decimal("1000"),
-        effective_from="2024-01-01",
-    )
+    price_fake_gpt()
     Budget.objects.create(
         organization=org_a, project=served, scope="project", limit_usd=Decimal("0.000001")
     )
@@ -248,17 +257,22 @@ def test_an_empty_message_is_a_400(served, alice, org_a):
     assert Message.objects.count() == 0
 
 
-async def test_stream_true_sends_deltas_then_the_saved_reply(served, alice, org_a):
-    from channels.db import database_sync_to_async
-
-    key = await database_sync_to_async(make_key)(alice, org_a, served, ["chat", "read"])
+async def async_conversation(project, user, organization):
+    """An AsyncClient (streams are read on the test's own event loop), a key's header, and a
+    conversation that key started."""
+    key = await database_sync_to_async(make_key)(user, organization, project, ["chat", "read"])
     client, auth = AsyncClient(), {"Authorization": f"Bearer {key}"}
     created = await client.post(
-        conversations_url(served),
+        conversations_url(project),
         data={"model": "fake-gpt"},
         content_type="application/json",
         headers=auth,
     )
+    return client, auth, created
+
+
+async def test_stream_true_sends_deltas_then_the_saved_reply(served, alice, org_a):
+    client, auth, created = await async_conversation(served, alice, org_a)
     assert created.status_code == 201, created.content
     url = messages_url(served, created.json()["id"]) + "?stream=true"
 
@@ -350,16 +364,7 @@ def test_people_have_idempotency_keys_of_their_own(served, client_for, alice, bo
 
 
 async def test_a_streamed_message_is_replayed_as_it_streamed(served, alice, org_a):
-    from channels.db import database_sync_to_async
-
-    key = await database_sync_to_async(make_key)(alice, org_a, served, ["chat", "read"])
-    client, auth = AsyncClient(), {"Authorization": f"Bearer {key}"}
-    created = await client.post(
-        conversations_url(served),
-        data={"model": "fake-gpt"},
-        content_type="application/json",
-        headers=auth,
-    )
+    client, auth, created = await async_conversation(served, alice, org_a)
     url = messages_url(served, created.json()["id"]) + "?stream=true"
     headers = {**auth, "Idempotency-Key": "s-1"}
 
