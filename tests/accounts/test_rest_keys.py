@@ -88,7 +88,7 @@ def test_members_and_keys_cannot_manage_keys(client_for, alice, bob, org_a, proj
     assert by_key.json()["error"]["code"] == "keys_not_allowed"
 
 
-def test_every_unusable_key_gets_the_same_401(alice, org_a, project_a, project_b):
+def test_every_unusable_key_gets_the_same_401(alice, org_a, project_a, project_b, charlie):
     url = reverse("api-conversations", kwargs={"project_id": project_a.pk})
     actor = membership(alice, org_a)
     revoked = api_keys.api_key_create(actor=actor, project=project_a, name="r", scopes=["read"])
@@ -96,8 +96,21 @@ def test_every_unusable_key_gets_the_same_401(alice, org_a, project_a, project_b
     expired = api_keys.api_key_create(actor=actor, project=project_a, name="e", scopes=["read"])
     ApiKey.objects.filter(pk=expired.key.pk).update(expires_at=timezone.now() - timedelta(1))
 
+    others = api_keys.api_key_create(
+        actor=membership(charlie, project_b.organization),
+        project=project_b,
+        name="theirs",
+        scopes=["read"],
+    ).plaintext
+
     bodies = []
-    for raw in (revoked.plaintext, expired.plaintext, "lgw_malformed", api_keys.generate_key()):
+    for raw in (
+        revoked.plaintext,
+        expired.plaintext,
+        "lgw_malformed",
+        api_keys.generate_key(),  # well-formed, unknown
+        others,  # valid, for another project
+    ):
         response = Client(HTTP_AUTHORIZATION=f"Bearer {raw}").get(url)
         assert response.status_code == 401
         bodies.append(response.content)
