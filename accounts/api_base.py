@@ -119,6 +119,7 @@ SERVICE_STATUS = {
     "forbidden": status.HTTP_403_FORBIDDEN,
     "not_found": status.HTTP_404_NOT_FOUND,
     "busy": status.HTTP_409_CONFLICT,
+    "not_busy": status.HTTP_409_CONFLICT,
 }
 
 ERROR_TYPES = {

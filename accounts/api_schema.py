@@ -24,6 +24,7 @@ ERROR_STATUSES = {
     "an admin's action.",
     "404": "No such object for this caller (another tenant's objects answer the same).",
     "405": "The path does not take this method.",
+    "415": "The body must be JSON (Content-Type: application/json).",
     "429": "A budget or rate limit refused the call (rate limits send Retry-After).",
 }
 

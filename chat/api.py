@@ -16,6 +16,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.http import Http404, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -31,6 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint, error_body
+from accounts.errors import ServiceError
 
 from . import connection_selectors, idempotency, selectors, services, streaming
 from .actors import Actor
@@ -419,3 +422,40 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
                 else:
                     yield _sse("error", body)
                 return
+
+
+@extend_schema(tags=["Messages"])
+class ConversationStopView(ConversationEndpointMixin, AsyncProjectEndpoint):
+    """Stop the reply being written: what was generated is kept (state ``stopped``) and billed."""
+
+    @extend_schema(request=None, responses={200: MessageSerializer, 409: OPENAI_ERROR})
+    async def post(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        message = await database_sync_to_async(selectors.streaming_message)(self.conversation)
+        if message is None:
+            raise ServiceError("No reply is being written in this conversation.", code="not_busy")
+        await get_channel_layer().group_send(
+            streaming.control_group(project_id=self.project.pk, conversation_id=conversation_id),
+            {"type": "chat.stop"},
+        )
+        # The reply's task saves it within a token. If none answers within the grace period
+        # (its process died), the reply is closed here: stop always works, as in the web chat.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.CHAT_ORPHAN_GRACE
+        while (current := await self._reload(message.pk)).state == Message.State.STREAMING:
+            if loop.time() > deadline:
+                await database_sync_to_async(services.reply_close_orphan)(
+                    actor=self.actor, conversation_id=conversation_id
+                )
+                current = await self._reload(message.pk)
+                break
+            await asyncio.sleep(0.05)
+        [data] = await database_sync_to_async(_serialize_messages)([current])
+        return Response(data)
+
+    async def _reload(self, pk: int) -> Message:
+        message = await database_sync_to_async(selectors.get_message)(
+            conversation=self.conversation, pk=pk
+        )
+        if message is None:
+            raise Http404("The conversation was deleted meanwhile.")
+        return message

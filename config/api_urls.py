@@ -21,6 +21,7 @@ urlpatterns = [
     ),
     path(CONVERSATION, chat_api.ConversationDetailView.as_view(), name="api-conversation"),
     path(CONVERSATION + "messages/", chat_api.MessageListView.as_view(), name="api-messages"),
+    path(CONVERSATION + "stop/", chat_api.ConversationStopView.as_view(), name="api-stop"),
     path(PROJECT + "usage/", billing_api.UsageView.as_view(), name="api-usage"),
     path(PROJECT + "keys/", accounts_api.ApiKeyListView.as_view(), name="api-keys"),
     path(PROJECT + "keys/<int:key_id>/", accounts_api.ApiKeyDetailView.as_view(), name="api-key"),

@@ -88,6 +88,7 @@ API_ROUTES: dict[str, Callable] = {
     "api-conversations": _api_project,
     "api-conversation": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-messages": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-stop": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-usage": _api_project,
     "api-keys": _api_project,
     "api-key": lambda w: {**_api_project(w), "key_id": w.api_key.pk},

@@ -53,7 +53,7 @@ def price_fake_gpt() -> None:
 
 @pytest.fixture
 def served(project_a, fake_upstream):
-    serve(project_a, fake_upstream, "fake-gpt", "fake-gpt@500", "other-model")
+    serve(project_a, fake_upstream, "fake-gpt", "fake-gpt@500", "fake-gpt@slow150", "other-model")
     return project_a
 
 
@@ -257,14 +257,14 @@ def test_an_empty_message_is_a_400(served, alice, org_a):
     assert Message.objects.count() == 0
 
 
-async def async_conversation(project, user, organization):
+async def async_conversation(project, user, organization, model: str = "fake-gpt"):
     """An AsyncClient (streams are read on the test's own event loop), a key's header, and a
     conversation that key started."""
     key = await database_sync_to_async(make_key)(user, organization, project, ["chat", "read"])
     client, auth = AsyncClient(), {"Authorization": f"Bearer {key}"}
     created = await client.post(
         conversations_url(project),
-        data={"model": "fake-gpt"},
+        data={"model": model},
         content_type="application/json",
         headers=auth,
     )
@@ -379,3 +379,38 @@ async def test_a_streamed_message_is_replayed_as_it_streamed(served, alice, org_
     assert b"event: done" in sent
     count = Message.objects.filter(role="assistant").count
     assert await database_sync_to_async(count)() == 1
+
+
+# --- stop ----------------------------------------------------------------------------------------
+
+
+async def test_stop_ends_a_reply_mid_stream_and_keeps_what_came(served, alice, org_a):
+    client, auth, created = await async_conversation(served, alice, org_a, "fake-gpt@slow150")
+    conversation_id = created.json()["id"]
+    streamed = await client.post(
+        messages_url(served, conversation_id) + "?stream=true",
+        data={"content": "one two three four five six seven eight nine ten"},
+        content_type="application/json",
+        headers=auth,
+    )
+    events = aiter(streamed.streaming_content)
+    while b"event: delta" not in await anext(events):
+        pass
+    stop_url = reverse(
+        "api-stop", kwargs={"project_id": served.pk, "conversation_id": conversation_id}
+    )
+
+    stopped = await client.post(stop_url, headers=auth)
+    rest = b"".join([chunk async for chunk in events])
+
+    assert stopped.status_code == 200, stopped.content
+    reply = stopped.json()
+    assert (reply["state"], reply["finish_reason"]) == ("stopped", "stop_requested")
+    assert reply["content"].startswith("Echo: ")
+    assert not reply["content"].endswith("ten")  # cut short
+    assert b"event: done" in rest
+    rows = UsageRecord.objects.filter(message_id=reply["id"])
+    assert await database_sync_to_async(list)(rows.values_list("status", flat=True)) == ["stopped"]
+    again = await client.post(stop_url, headers=auth)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "not_busy"
