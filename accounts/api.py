@@ -86,6 +86,8 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         help_text="chat: call models; read: read conversations, usage and models.",
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    requests_per_minute = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    tokens_per_minute = serializers.IntegerField(required=False, allow_null=True, min_value=1)
 
 
 class CreatedApiKeySerializer(ApiKeySerializer):

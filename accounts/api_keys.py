@@ -85,6 +85,8 @@ def api_key_create(
     name: str,
     scopes: list[str],
     expires_at: datetime | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> CreatedKey:
     check_can_manage(actor)
     if project.organization_id != actor.organization_id:
@@ -94,6 +96,15 @@ def api_key_create(
         raise ServiceError("Give the key a name, e.g. what will use it.", code="invalid_name")
     if expires_at is not None and expires_at <= timezone.now():
         raise ServiceError("The expiry date must be in the future.", code="invalid_expiry")
+    for field, limit in (
+        ("requests_per_minute", requests_per_minute),
+        ("tokens_per_minute", tokens_per_minute),
+    ):
+        if limit is not None and limit < 1:
+            raise ServiceError(
+                "A limit is a whole number from 1 up; leave it empty for none.",
+                code=f"invalid_{field}",
+            )
     plaintext = generate_key()
     key = ApiKey.objects.create(
         project=project,
@@ -104,6 +115,8 @@ def api_key_create(
         digest=digest_of(plaintext),
         last4=plaintext[-4:],
         expires_at=expires_at,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
     )
     return CreatedKey(key=key, plaintext=plaintext)
 

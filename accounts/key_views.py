@@ -35,6 +35,8 @@ FIELD_OF_ERROR = {
     "invalid_name": "name",
     "invalid_scopes": "scopes",
     "invalid_expiry": "expires_on",
+    "invalid_requests_per_minute": "requests_per_minute",
+    "invalid_tokens_per_minute": "tokens_per_minute",
 }
 
 
@@ -52,6 +54,19 @@ class ApiKeyForm(forms.Form):
         label="Expires on",
         required=False,
         widget=forms.DateInput(attrs={"type": "date"}),
+    )
+
+    requests_per_minute = forms.IntegerField(
+        label="Requests per minute",
+        required=False,
+        min_value=1,
+        help_text="Optional: this key's own limit, on top of the project's. Empty: none.",
+    )
+    tokens_per_minute = forms.IntegerField(
+        label="Tokens per minute",
+        required=False,
+        min_value=1,
+        help_text="Optional: prompt and reply tokens a minute, on top of the project's limit.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -96,6 +111,8 @@ def api_key_list(request: HttpRequest, membership: Membership, project: Project)
                 name=form.cleaned_data["name"],
                 scopes=form.cleaned_data["scopes"],
                 expires_at=form.expires_at(),
+                requests_per_minute=form.cleaned_data["requests_per_minute"],
+                tokens_per_minute=form.cleaned_data["tokens_per_minute"],
             )
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)

@@ -139,6 +139,17 @@ def test_an_expiry_date_is_stored_as_the_start_of_that_day(client_for, alice, pr
     assert key.is_active
 
 
+def test_a_key_can_get_limits_of_its_own(client_for, alice, project_a):
+    page = client_for(alice).post(
+        list_url(project_a),
+        {"name": "Bot", "scopes": ["chat"], "requests_per_minute": "30", "tokens_per_minute": ""},
+    )
+
+    key = ApiKey.objects.get()
+    assert (key.requests_per_minute, key.tokens_per_minute) == (30, None)
+    assert "30 req/min" in page.content.decode()
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
@@ -148,6 +159,8 @@ def test_an_expiry_date_is_stored_as_the_start_of_that_day(client_for, alice, pr
         ({"name": "   ", "scopes": ["chat"]}, "name"),
         ({"name": "CI bot", "scopes": ["chat"], "expires_on": "2001-01-01"}, "expires_on"),
         ({"name": "CI bot", "scopes": ["chat"], "expires_on": "today"}, "expires_on"),
+        ({"name": "CI bot", "scopes": ["chat"], "requests_per_minute": "0"}, "requests_per_minute"),
+        ({"name": "CI bot", "scopes": ["chat"], "tokens_per_minute": "lots"}, "tokens_per_minute"),
     ],
 )
 def test_bad_input_shows_errors_and_creates_nothing(client_for, alice, project_a, data, field):

@@ -32,7 +32,7 @@ def create(client, project, **body):
 def test_an_admin_creates_lists_and_revokes_a_key(client_for, alice, project_a):
     client = client_for(alice)
 
-    created = create(client, project_a, scopes=["chat", "read"])
+    created = create(client, project_a, scopes=["chat", "read"], requests_per_minute=60)
 
     assert created.status_code == 201
     assert created["Cache-Control"] == "no-store"
@@ -42,6 +42,7 @@ def test_an_admin_creates_lists_and_revokes_a_key(client_for, alice, project_a):
     assert data["display"] == f"{plaintext[:12]}…{plaintext[-4:]}"
     assert data["scopes"] == ["chat", "read"]
     assert data["created_by"] == alice.email
+    assert (data["requests_per_minute"], data["tokens_per_minute"]) == (60, None)
     listed = client.get(keys_url(project_a)).json()["results"]
     assert [k["id"] for k in listed] == [data["id"]]
     assert "key" not in listed[0]  # never shown again
