@@ -22,7 +22,6 @@ from django.http import Http404, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
-    OpenApiResponse,
     extend_schema,
     inline_serializer,
 )
@@ -40,7 +39,7 @@ from .actors import Actor
 from .gateway_services import GatewayError
 from .llm.base import ErrorCode
 from .models import Conversation, IdempotentRequest, Message
-from .openai_schema import OPENAI_ERROR
+from .openai_schema import OPENAI_ERROR, server_sent_event
 
 
 class ActorMixin:
@@ -238,6 +237,13 @@ STREAM_PARAMETER = OpenApiParameter(
     "then done or error) instead of one JSON body.",
 )
 
+MESSAGE_EVENTS = server_sent_event(
+    events=["user_message", "start", "waiting", "delta", "done", "error"],
+    description="With ?stream=true: user_message (the message), start ({message_id}), waiting "
+    "({position}: replies ahead for the local model), delta ({offset, text}), then done "
+    "({message}: the saved reply) or error ({error, message}).",
+)
+
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     idempotency.HEADER,
     OpenApiTypes.STR,
@@ -314,9 +320,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         parameters=[STREAM_PARAMETER, IDEMPOTENCY_PARAMETER],
         responses={
             (201, "application/json"): MessageSerializer,
-            (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR, description="Server-Sent Events, when ?stream=true."
-            ),
+            (200, "text/event-stream"): MESSAGE_EVENTS,
             400: OPENAI_ERROR,
             409: OPENAI_ERROR,
             429: OPENAI_ERROR,

@@ -15,8 +15,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -27,6 +26,7 @@ from . import gateway_services, idempotency
 from .api import IDEMPOTENCY_PARAMETER
 from .gateway_services import GatewayCall, GatewayError, GatewayStream
 from .openai_schema import (
+    CHAT_COMPLETION_EVENTS,
     CHAT_COMPLETION_REQUEST,
     CHAT_COMPLETION_RESPONSE,
     MODEL,
@@ -99,10 +99,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         ],
         responses={
             (200, "application/json"): CHAT_COMPLETION_RESPONSE,
-            (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
-                description="With stream: true, chat.completion.chunk events, then [DONE].",
-            ),
+            (200, "text/event-stream"): CHAT_COMPLETION_EVENTS,
             **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 429, 502, 504)},
         },
         tags=["OpenAI-compatible"],

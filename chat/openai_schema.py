@@ -139,3 +139,27 @@ CHAT_COMPLETION_RESPONSE = inline_serializer(
         "usage": _USAGE,
     },
 )
+
+
+def server_sent_event(*, events: list[str] | None, description: str) -> dict:
+    """The schema of one Server-Sent Event (how schemathesis and OpenAPI 3.2 read a
+    ``text/event-stream`` body: each event an object of its fields)."""
+    fields: dict = {
+        "data": {"type": "string", "description": "JSON (or, for /v1, the final [DONE])."}
+    }
+    if events is not None:
+        fields["event"] = {"type": "string", "enum": events}
+    return {
+        "type": "object",
+        "description": description,
+        "properties": fields,
+        "required": ["data", *(["event"] if events is not None else [])],
+    }
+
+
+CHAT_COMPLETION_EVENTS = server_sent_event(
+    events=None,
+    description="With stream: true, chat.completion.chunk objects (with stream_options."
+    "include_usage a last one with usage and no choices), then [DONE]; an error mid-stream is "
+    "an {error} object.",
+)

@@ -8,6 +8,7 @@ a generated message is answered in milliseconds, not by the local model.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ def _aim_at_the_world(case, world: ApiWorld) -> None:
         params["key_id"] = world.api_key.pk
     if "model" in params and hash(str(case.query)) % 2:
         params["model"] = "fake-gpt"
+    if isinstance(case.body, dict) and "model" in case.body and hash(str(case.body)) % 2:
+        case.body["model"] = "fake-gpt"  # a model the project has: calls that really run
 
 
 def test_every_operation_answers_as_its_schema_says(api_world: ApiWorld):
@@ -92,6 +95,9 @@ def test_every_operation_answers_as_its_schema_says(api_world: ApiWorld):
             max_examples=30,
             deadline=None,
             database=None,
+            # The same cases every run, so CI answers for the code, not for the dice. Set
+            # SCHEMATHESIS_EXPLORE=1 to draw new ones (what found the event-stream schema bug).
+            derandomize=not os.environ.get("SCHEMATHESIS_EXPLORE"),
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         )
         def answers_as_documented(case) -> None:
@@ -111,6 +117,45 @@ def test_every_operation_answers_as_its_schema_says(api_world: ApiWorld):
     assert {200, 201, 204, 400, 403, 404} <= statuses, seen
     assert sum(seen.values()) >= 10 * len(operations)
     print(f"schemathesis: {sum(seen.values())} requests, statuses {sorted(statuses)}")
+
+
+def test_event_streams_match_the_schema_event_by_event(api_world: ApiWorld):
+    """Generated cases reach the streams only now and then: here each stream, for certain."""
+    loaded = schemathesis.openapi.from_url(f"{api_world.base_url}/api/schema/")
+    messages = loaded.find_operation_by_label(
+        "POST /api/v1/projects/{project_id}/conversations/{conversation_id}/messages/"
+    )
+    completions = loaded.find_operation_by_label("POST /v1/chat/completions")
+    cases = [
+        messages.Case(
+            path_parameters={
+                "project_id": api_world.project.pk,
+                "conversation_id": api_world.conversation.pk,
+            },
+            query={"stream": "true"},
+            body={"content": "hello there"},
+            media_type="application/json",
+        ),
+        completions.Case(
+            body={
+                "model": "fake-gpt",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            media_type="application/json",
+        ),
+    ]
+
+    for case in cases:
+        response = case.call_and_validate(
+            base_url=api_world.base_url,
+            headers={"Authorization": f"Bearer {api_world.key}"},
+            checks=CHECKS,
+            timeout=30,
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"][0].startswith("text/event-stream")
 
 
 def test_the_schema_has_the_rest_api_and_the_openai_endpoints(api_world: ApiWorld):
