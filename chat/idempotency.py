@@ -92,6 +92,15 @@ def idempotency_begin(
     return Replay(status=existing.status_code, body=existing.response, stream=existing.stream_body)
 
 
+def idempotency_purge_expired() -> int:
+    """Drop the answers past their 24 hours (a key used again is purged on its own; these are
+    the ones nobody repeated). Returns how many."""
+    deleted, _ = IdempotentRequest.objects.filter(
+        created_at__lt=timezone.now() - REPLAY_WINDOW
+    ).delete()
+    return deleted
+
+
 def idempotency_finish(
     *, record: IdempotentRequest, status: int, body: dict[str, Any] | None = None, stream: str = ""
 ) -> None:

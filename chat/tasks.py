@@ -9,6 +9,7 @@ from billing.models import UsageRecord
 from billing.services import CallContext, quota_reserve, quota_settle
 
 from . import services
+from .idempotency import idempotency_purge_expired
 from .llm.base import ChatRequest, Completion, ProviderError
 from .llm.tokens import count_message_tokens, count_text_tokens
 from .models import Conversation, Message, ProviderConnection
@@ -110,3 +111,10 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
             latency_ms=int((time.monotonic() - started) * 1000),
         )
     return services.clean_title(completion.text)
+
+
+@shared_task(ignore_result=True)
+def purge_idempotency_records() -> None:
+    count = idempotency_purge_expired()
+    if count:
+        logger.info("purged %s expired Idempotency-Key answers", count)

@@ -180,6 +180,11 @@ CELERY_BEAT_SCHEDULE = {
     # Closing is idempotent and a no-op once done, so hourly costs one small query and a beat
     # restarted near the month's end still closes it within the hour.
     "close-monthly-statements": {"task": "billing.tasks.close_last_month", "schedule": 3600.0},
+    # Saved Idempotency-Key answers are replayed for 24 hours, then only take room.
+    "purge-idempotency-records": {
+        "task": "chat.tasks.purge_idempotency_records",
+        "schedule": 3600.0,
+    },
 }
 
 # --- REST API (/api/v1/) -----------------------------------------------------------------------

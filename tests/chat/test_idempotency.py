@@ -142,3 +142,17 @@ def _digest(body: dict) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+def test_answers_past_24_hours_are_purged_and_recent_ones_kept(key):
+    from chat.tasks import purge_idempotency_records
+
+    post(key, BODY, "old")
+    post(key, BODY, "recent")
+    IdempotentRequest.objects.filter(key="old").update(
+        created_at=timezone.now() - timedelta(hours=25)
+    )
+
+    purge_idempotency_records()
+
+    assert list(IdempotentRequest.objects.values_list("key", flat=True)) == ["recent"]
