@@ -10,6 +10,7 @@ away mid-reply loses nothing and is billed once: the reply finishes and is saved
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -290,7 +291,17 @@ def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[
 
 
 # Tasks that outlive their request (the saved reply of a client that left): kept referenced.
-_background: set[asyncio.Future] = set()
+_background: set[asyncio.Task] = set()
+
+
+async def wait_for_saved_replies() -> None:
+    """Wait for the replies whose clients left to be saved and answered (tests, shutdown)."""
+    if _background:
+        await asyncio.gather(*list(_background), return_exceptions=True)
+
+
+async def _abandon(record: IdempotentRequest) -> None:
+    await database_sync_to_async(idempotency.idempotency_abandon)(record=record)
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -345,15 +356,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             return Response(error.body(), status=error.status)
         if isinstance(started, idempotency.Replay):
             return started.response()
-        try:
-            response = await self._create(
-                form.validated_data["content"], stream=stream, record=started
-            )
-        except BaseException:  # refused before any work, or the client left: a retry runs again
-            await asyncio.shield(
-                database_sync_to_async(idempotency.idempotency_abandon)(record=started)
-            )
-            raise
+        response = await self._create(form.validated_data["content"], stream=stream, record=started)
         if stream:
             return await idempotency.remember(started, response)
         return response
@@ -363,9 +366,14 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
     ) -> HttpResponseBase:
         # Validation, rate limits and the budget reservation: a refusal raises here, before
         # anything is sent upstream, and nothing is saved (the client still has its text).
-        pending = await database_sync_to_async(services.reply_start)(
-            actor=self.actor, conversation_id=self.conversation.pk, content=content
-        )
+        try:
+            pending = await database_sync_to_async(services.reply_start)(
+                actor=self.actor, conversation_id=self.conversation.pk, content=content
+            )
+        except BaseException:  # refused before any work (or the client left): a retry runs
+            if record is not None:
+                await asyncio.shield(_abandon(record))
+            raise
         events: asyncio.Queue = asyncio.Queue()
         task = streaming.start_reply(pending, listener=events)
         if stream:
@@ -377,7 +385,10 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             return response
         # In a task of its own, shielded: a client that goes away does not cut the reply
         # short, and an Idempotency-Key still gets the saved reply as its answer.
-        saved = asyncio.ensure_future(self._when_saved(task, pending, record))
+        # A fresh context: the request's thread-sensitive executor ends with the request.
+        saved = asyncio.get_running_loop().create_task(
+            self._when_saved(task, pending, record), context=contextvars.Context()
+        )
         _background.add(saved)
         saved.add_done_callback(_background.discard)
         status_code, body = await asyncio.shield(saved)
@@ -387,9 +398,14 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         self, task: asyncio.Task, pending: services.PendingReply, record: IdempotentRequest | None
     ) -> tuple[int, dict[str, Any]]:
         await asyncio.shield(task)
-        status_code, body = await database_sync_to_async(_reply_body)(
-            self.conversation, pending.assistant_message_id
-        )
+        try:
+            status_code, body = await database_sync_to_async(_reply_body)(
+                self.conversation, pending.assistant_message_id
+            )
+        except BaseException:  # the conversation was deleted meanwhile: nothing to replay
+            if record is not None:
+                await _abandon(record)
+            raise
         if record is not None:
             await database_sync_to_async(idempotency.idempotency_finish)(
                 record=record, status=status_code, body=json.loads(JSONRenderer().render(body))

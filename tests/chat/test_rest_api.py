@@ -6,6 +6,8 @@ transactions: the reply's task reads and writes through its own connections.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from decimal import Decimal
 
@@ -16,7 +18,9 @@ from django.urls import reverse
 
 from accounts import api_keys
 from billing.models import Budget, ModelPrice, UsageRecord
+from chat.api import wait_for_saved_replies
 from chat.models import Conversation, Message
+from chat.streaming import wait_for_replies
 from tests.chat.conftest import make_key, serve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -414,3 +418,30 @@ async def test_stop_ends_a_reply_mid_stream_and_keeps_what_came(served, alice, o
     again = await client.post(stop_url, headers=auth)
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "not_busy"
+
+
+async def test_a_client_that_leaves_still_gets_the_saved_reply_on_its_retry(served, alice, org_a):
+    client, auth, created = await async_conversation(served, alice, org_a, "fake-gpt@slow150")
+    url = messages_url(served, created.json()["id"])
+    headers = {**auth, "Idempotency-Key": "leaving"}
+
+    def send():
+        return client.post(
+            url, data={"content": "a b c d e"}, content_type="application/json", headers=headers
+        )
+
+    first = asyncio.create_task(send())
+    await asyncio.sleep(0.3)  # the reply has begun
+    first.cancel()  # the client went away: Django cancels the request
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await wait_for_replies()
+    await wait_for_saved_replies()
+
+    retry = await send()
+
+    assert retry.status_code == 201, retry.content
+    assert retry["Idempotent-Replayed"] == "true"
+    assert (retry.json()["state"], retry.json()["content"]) == ("complete", "Echo: a b c d e")
+    count = Message.objects.filter(role="assistant").count
+    assert await database_sync_to_async(count)() == 1
