@@ -49,7 +49,8 @@ lint: $(VENV)/.test-deps
 
 # Lint, Django's system checks, no missing migrations, then the test suite: the tests marked
 # `postgres` on a local PostgreSQL that scripts/postgres.sh installs (Debian packages) and
-# starts on 127.0.0.1:54329, the rest on SQLite. The URL the script prints is passed on, so a
+# starts on 127.0.0.1:54329, with those marked `redis` (the channel layer across processes) on
+# a Redis that scripts/redis.sh installs and starts on 127.0.0.1:63799; the rest on SQLite. The URL the script prints is passed on, so a
 # DATABASE_URL in your shell never points the tests elsewhere; pytest's exit status 5 (no
 # test selected) is not a failure.
 test: $(VENV)/.test-deps
@@ -57,6 +58,7 @@ test: $(VENV)/.test-deps
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py check
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
 	url="$$(bash scripts/postgres.sh)" || exit 1; \
-	DATABASE_URL="$$url" DJANGO_SETTINGS_MODULE=config.settings.test_postgres \
-		$(VENV)/bin/pytest -m postgres || [ $$? -eq 5 ]
-	$(VENV)/bin/pytest -m "not postgres"
+	redis="$$(bash scripts/redis.sh)" || exit 1; \
+	DATABASE_URL="$$url" REDIS_URL="$$redis" DJANGO_SETTINGS_MODULE=config.settings.test_postgres \
+		$(VENV)/bin/pytest -m "postgres or redis" || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "not postgres and not redis"
