@@ -13,7 +13,9 @@ from decimal import Decimal
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection
 from django.test import AsyncClient, Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts import api_keys
@@ -445,3 +447,29 @@ async def test_a_client_that_leaves_still_gets_the_saved_reply_on_its_retry(serv
     assert (retry.json()["state"], retry.json()["content"]) == ("complete", "Echo: a b c d e")
     count = Message.objects.filter(role="assistant").count
     assert await database_sync_to_async(count)() == 1
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+def test_lists_take_the_same_queries_however_long_they_are(served, alice, org_a):
+    client = key_client(make_key(alice, org_a, served, ["chat", "read"]))
+    conversation = post_json(client, conversations_url(served), {"model": "fake-gpt"}).json()
+    for n in range(3):
+        post_json(client, messages_url(served, conversation["id"]), {"content": f"hi {n}"})
+
+    def count(url: str) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        return len(queries)
+
+    few = count(messages_url(served, conversation["id"]))
+    for n in range(3, 20):
+        post_json(client, messages_url(served, conversation["id"]), {"content": f"hi {n}"})
+    many = count(messages_url(served, conversation["id"]))
+    assert many == few  # 40 messages cost what 6 did
+
+    few = count(conversations_url(served))
+    for _ in range(20):
+        post_json(client, conversations_url(served), {})
+    assert count(conversations_url(served)) == few
