@@ -14,11 +14,13 @@ from .models import (
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "project", "owner", "model", "archived", "last_message_at"]
+    list_display = [
+        "__str__", "project", "owner", "api_key", "model", "archived", "last_message_at",
+    ]  # fmt: skip
     list_filter = ["archived", "model", "last_message_at"]
-    list_select_related = ["project__organization", "owner"]
+    list_select_related = ["project__organization", "owner", "api_key"]
     search_fields = ["title", "owner__email", "project__name", "project__organization__name"]
-    raw_id_fields = ["project", "owner"]
+    raw_id_fields = ["project", "owner", "api_key"]
     readonly_fields = ["created_at", "updated_at"]
 
 
@@ -102,10 +104,13 @@ class ProjectModelAdmin(admin.ModelAdmin):
 
 @admin.register(IdempotentRequest)
 class IdempotentRequestAdmin(admin.ModelAdmin):
-    list_display = ["key", "api_key", "status_code", "created_at"]
+    list_display = ["key", "api_key", "user", "status_code", "created_at"]
     list_filter = ["status_code", "created_at"]
     search_fields = ["key"]
-    readonly_fields = ["api_key", "key", "body_digest", "status_code", "response", "created_at"]
+    readonly_fields = [
+        "api_key", "user", "key", "body_digest", "status_code", "response", "stream_body",
+        "created_at",
+    ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:
         return False
