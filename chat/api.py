@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -290,8 +290,19 @@ def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[
     return status_code, {**body, "message": data}
 
 
+T = TypeVar("T")
+
 # Tasks that outlive their request (the saved reply of a client that left): kept referenced.
 _background: set[asyncio.Task] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``work`` beyond the request: a fresh context (the request's thread-sensitive
+    executor ends with the request), and a reference kept until it is done."""
+    task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
 
 
 async def wait_for_saved_replies() -> None:
@@ -356,10 +367,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             return Response(error.body(), status=error.status)
         if isinstance(started, idempotency.Replay):
             return started.response()
-        response = await self._create(form.validated_data["content"], stream=stream, record=started)
-        if stream:
-            return await idempotency.remember(started, response)
-        return response
+        return await self._create(form.validated_data["content"], stream=stream, record=started)
 
     async def _create(
         self, content: str, *, stream: bool, record: IdempotentRequest | None
@@ -377,20 +385,16 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         events: asyncio.Queue = asyncio.Queue()
         task = streaming.start_reply(pending, listener=events)
         if stream:
-            response = StreamingHttpResponse(
-                self._events(pending, events), content_type="text/event-stream"
-            )
+            sse = self._events(pending, events)
+            if record is not None:
+                sse = self._recorded(sse, task, pending, record)
+            response = StreamingHttpResponse(sse, content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
         # In a task of its own, shielded: a client that goes away does not cut the reply
         # short, and an Idempotency-Key still gets the saved reply as its answer.
-        # A fresh context: the request's thread-sensitive executor ends with the request.
-        saved = asyncio.get_running_loop().create_task(
-            self._when_saved(task, pending, record), context=contextvars.Context()
-        )
-        _background.add(saved)
-        saved.add_done_callback(_background.discard)
+        saved = _in_background(self._when_saved(task, pending, record))
         status_code, body = await asyncio.shield(saved)
         return Response(body, status=status_code)
 
@@ -417,6 +421,58 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             conversation=self.conversation, pk=pending.user_message["id"]
         )
         return _serialize_messages([user_message])[0]
+
+    async def _recorded(
+        self,
+        sse: AsyncIterator[bytes],
+        task: asyncio.Task,
+        pending: services.PendingReply,
+        record: IdempotentRequest,
+    ) -> AsyncIterator[bytes]:
+        """Keep the stream as the key's answer: as sent, when the client read it to the end;
+        otherwise, once the reply is saved, the same events in short (one delta), so that the
+        client's retry gets the reply instead of posting the message again."""
+        sent: list[bytes] = []
+        whole = False
+        try:
+            async for chunk in sse:
+                sent.append(chunk)
+                yield chunk
+            whole = True
+        finally:
+            if whole:
+                await database_sync_to_async(idempotency.idempotency_finish)(
+                    record=record, status=200, stream=b"".join(sent).decode()
+                )
+            else:
+                _in_background(self._keep_when_saved(task, pending, record))
+
+    async def _keep_when_saved(
+        self, task: asyncio.Task, pending: services.PendingReply, record: IdempotentRequest
+    ) -> None:
+        await asyncio.shield(task)
+        try:
+            events = await database_sync_to_async(self._replay_events)(pending)
+        except BaseException:
+            await _abandon(record)
+            raise
+        await database_sync_to_async(idempotency.idempotency_finish)(
+            record=record, status=200, stream=b"".join(events).decode()
+        )
+
+    def _replay_events(self, pending: services.PendingReply) -> list[bytes]:
+        """The events of a finished reply, as its stream would have sent them (in one delta)."""
+        status_code, body = _reply_body(self.conversation, pending.assistant_message_id)
+        reply = body if status_code == status.HTTP_201_CREATED else body["message"]
+        events = [_sse("user_message", self._user_message(pending))] if pending.user_message else []
+        events.append(_sse("start", {"message_id": pending.assistant_message_id}))
+        if reply["content"]:
+            events.append(_sse("delta", {"offset": 0, "text": reply["content"]}))
+        if status_code == status.HTTP_201_CREATED:
+            events.append(_sse("done", {"message": body}))
+        else:
+            events.append(_sse("error", body))
+        return events
 
     async def _events(
         self, pending: services.PendingReply, events: asyncio.Queue

@@ -473,3 +473,44 @@ def test_lists_take_the_same_queries_however_long_they_are(served, alice, org_a)
     for _ in range(20):
         post_json(client, conversations_url(served), {})
     assert count(conversations_url(served)) == few
+
+
+async def test_a_stream_left_midway_is_replayed_whole_once_saved(served, alice, org_a):
+    client, auth, created = await async_conversation(served, alice, org_a, "fake-gpt@slow150")
+    url = messages_url(served, created.json()["id"]) + "?stream=true"
+    headers = {**auth, "Idempotency-Key": "left-stream"}
+
+    def send():
+        return client.post(
+            url, data={"content": "a b c d e"}, content_type="application/json", headers=headers
+        )
+
+    first = await send()
+    got_delta = asyncio.Event()
+
+    async def read() -> None:
+        async for chunk in first.streaming_content:
+            if b"event: delta" in chunk:
+                got_delta.set()
+
+    reader = asyncio.create_task(read())
+    await asyncio.wait_for(got_delta.wait(), 10)
+    reader.cancel()  # the client went away mid-reply
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    await wait_for_replies()
+    await wait_for_saved_replies()
+
+    retry = await send()
+
+    assert retry["Idempotent-Replayed"] == "true"
+    events = retry.content.decode().strip().split("\n\n")
+    assert [e.split("\n")[0] for e in events] == [
+        "event: user_message",
+        "event: start",
+        "event: delta",
+        "event: done",
+    ]
+    assert json.loads(events[2].split("\n")[1][6:])["text"] == "Echo: a b c d e"
+    count = Message.objects.filter(role="assistant").count
+    assert await database_sync_to_async(count)() == 1
