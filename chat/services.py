@@ -531,6 +531,6 @@ def clean_title(raw: str) -> str:
 
 
 @transaction.atomic
-def conversation_set_title(*, conversation_id: int, title: str) -> None:
-    """Set the title only if nobody named the conversation in the meantime."""
-    Conversation.objects.filter(pk=conversation_id, title="").update(title=title)
+def conversation_set_title(*, conversation_id: int, title: str) -> bool:
+    """Set the title only if nobody named the conversation in the meantime; whether it did."""
+    return bool(Conversation.objects.filter(pk=conversation_id, title="").update(title=title))

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -45,6 +46,16 @@ def control_group(*, project_id: int, conversation_id: int) -> str:
 def event(payload: dict[str, Any]) -> dict[str, Any]:
     """A channel-layer message that consumers forward to their socket as it is."""
     return {"type": "chat.event", "payload": payload}
+
+
+def announce_title(*, project_id: int, conversation_id: int, title: str) -> None:
+    """Tell the conversation's open tabs its new title (from a worker: sync). It reaches them
+    through the channel layer: on Redis (production) from any process; on the embedded
+    profile's in-memory layer only within the process that serves the sockets."""
+    async_to_sync(get_channel_layer().group_send)(
+        conversation_group(project_id=project_id, conversation_id=conversation_id),
+        event({"type": "title", "conversation_id": conversation_id, "title": title}),
+    )
 
 
 def start_reply(

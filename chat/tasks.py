@@ -14,6 +14,7 @@ from .llm.base import ChatRequest, Completion, ProviderError
 from .llm.tokens import count_message_tokens, count_text_tokens
 from .models import Conversation, Message, ProviderConnection
 from .providers import ProviderSpec, build_provider, spec_for
+from .streaming import announce_title
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,11 @@ def title_conversation(conversation_id: int) -> None:
     except (ProviderError, ServiceError) as error:
         logger.info("titling conversation %s fell back to its first words: %s", conversation_id,
                     getattr(error, "code", error))  # fmt: skip
-    services.conversation_set_title(
-        conversation_id=conversation_id, title=title or services.fallback_title(first.content)
-    )
+    title = title or services.fallback_title(first.content)
+    if services.conversation_set_title(conversation_id=conversation_id, title=title):
+        announce_title(
+            project_id=conversation.project_id, conversation_id=conversation_id, title=title
+        )
 
 
 def _title_from_model(conversation: Conversation, first_message: str) -> str:

@@ -125,7 +125,18 @@
     snapshot: onSnapshot,
     done: (event) => finishReply(event.message),
     error: onError,
+    title: onTitle,
   };
+
+  function onTitle(event) {
+    // The title the server gave the conversation after its first exchange.
+    const heading = document.getElementById("chat-title");
+    const old = heading.textContent;
+    heading.textContent = event.title;
+    document.title = document.title.replace(old, event.title);
+    const link = document.querySelector(".conv-list a[aria-current='page']");
+    if (link) link.textContent = event.title;
+  }
 
   function applyEvent(event) {
     const handler = HANDLERS[event.type];

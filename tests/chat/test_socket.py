@@ -267,11 +267,16 @@ async def test_the_first_exchange_names_the_conversation(
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="Plan a trip to Jeju")
-    await socket.until("done")
+    events = await socket.until("title")  # open tabs are told, no reload needed
     await wait_for_replies()
 
     await database_sync_to_async(conversation.refresh_from_db)()
     assert conversation.title == "Echo: Plan a trip to Jeju"
+    assert events[-1] == {
+        "type": "title",
+        "conversation_id": conversation.pk,
+        "title": "Echo: Plan a trip to Jeju",
+    }
 
 
 async def test_chat_still_works_after_the_encryption_keys_rotate(
