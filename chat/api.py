@@ -387,7 +387,13 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         if stream:
             sse = self._events(pending, events)
             if record is not None:
-                sse = self._recorded(sse, task, pending, record)
+                # Kept as sent when read to the end; a client that leaves gets, on its
+                # retry, the saved reply's events in short (it is never posted twice).
+                sse = idempotency.recorded_stream(
+                    sse,
+                    record=record,
+                    on_left=lambda: _in_background(self._keep_when_saved(task, pending, record)),
+                )
             response = StreamingHttpResponse(sse, content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
@@ -421,31 +427,6 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             conversation=self.conversation, pk=pending.user_message["id"]
         )
         return _serialize_messages([user_message])[0]
-
-    async def _recorded(
-        self,
-        sse: AsyncIterator[bytes],
-        task: asyncio.Task,
-        pending: services.PendingReply,
-        record: IdempotentRequest,
-    ) -> AsyncIterator[bytes]:
-        """Keep the stream as the key's answer: as sent, when the client read it to the end;
-        otherwise, once the reply is saved, the same events in short (one delta), so that the
-        client's retry gets the reply instead of posting the message again."""
-        sent: list[bytes] = []
-        whole = False
-        try:
-            async for chunk in sse:
-                sent.append(chunk)
-                yield chunk
-            whole = True
-        finally:
-            if whole:
-                await database_sync_to_async(idempotency.idempotency_finish)(
-                    record=record, status=200, stream=b"".join(sent).decode()
-                )
-            else:
-                _in_background(self._keep_when_saved(task, pending, record))
 
     async def _keep_when_saved(
         self, task: asyncio.Task, pending: services.PendingReply, record: IdempotentRequest

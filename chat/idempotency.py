@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,8 +21,6 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
-from rest_framework.renderers import JSONRenderer
-from rest_framework.response import Response
 
 from accounts.models import ApiKey, User
 
@@ -119,9 +117,14 @@ def idempotency_abandon(*, record: IdempotentRequest) -> None:
 
 
 async def recorded_stream(
-    events: AsyncIterator[bytes], *, record: IdempotentRequest, status: int = 200
+    events: AsyncIterator[bytes],
+    *,
+    record: IdempotentRequest,
+    status: int = 200,
+    on_left: Callable[[], object] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Pass a response's event stream through and keep it once it has been sent whole."""
+    """Pass a response's event stream through and keep it once it has been sent whole. If the
+    client leaves first, ``on_left`` decides (by default nothing is kept: a repeat runs)."""
     sent: list[bytes] = []
     whole = False
     try:
@@ -134,6 +137,8 @@ async def recorded_stream(
             await sync_to_async(idempotency_finish)(
                 record=record, status=status, stream=b"".join(sent).decode()
             )
+        elif on_left is not None:
+            on_left()
         else:
             await sync_to_async(idempotency_abandon)(record=record)
 
@@ -146,12 +151,6 @@ async def remember(record: IdempotentRequest, response: HttpResponse) -> HttpRes
         )
         return response
     await sync_to_async(idempotency_finish)(
-        record=record, status=response.status_code, body=_json_of(response)
+        record=record, status=response.status_code, body=json.loads(response.content)
     )
     return response
-
-
-def _json_of(response: HttpResponse) -> dict[str, Any]:
-    if isinstance(response, Response):  # DRF's, not rendered yet: as the client will see it
-        return json.loads(JSONRenderer().render(response.data))
-    return json.loads(response.content)
