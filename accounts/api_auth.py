@@ -15,14 +15,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from .api_keys import api_key_authenticate
+from .api_keys import INVALID_KEY_MESSAGE, api_key_from_authorization
 from .models import ApiKey
-
-# The same words for every key we do not accept (malformed, unknown, revoked, expired).
-INVALID_KEY_MESSAGE = (
-    "Incorrect API key provided. Create a project API key on the project's settings page and "
-    "send it as 'Authorization: Bearer lgw_...'."
-)
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -31,12 +25,9 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, ApiKey] | None:
         header = get_authorization_header(request).decode("latin-1")
-        scheme, _, raw = header.strip().partition(" ")
         if not header:
             return None
-        if scheme.lower() != "bearer" or not raw.strip():
-            raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE, code="invalid_api_key")
-        key = api_key_authenticate(raw.strip())
+        key = api_key_from_authorization(header)
         if key is None:
             raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE, code="invalid_api_key")
         return AnonymousUser(), key

@@ -25,7 +25,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from .api_auth import INVALID_KEY_MESSAGE, api_key_of
+from .api_auth import api_key_of
+from .api_keys import INVALID_KEY_MESSAGE
 from .errors import ServiceError
 from .models import ApiKey, Membership, Project
 from .selectors import membership_for, projects_for_user

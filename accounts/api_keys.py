@@ -132,6 +132,23 @@ def api_key_revoke(*, actor: Membership, key: ApiKey) -> ApiKey:
     return key
 
 
+# The same words for every key we do not accept (malformed, unknown, revoked, expired, another
+# project's): an answer says nothing about which case it was.
+INVALID_KEY_MESSAGE = (
+    "Incorrect API key provided. Create a project API key on the project's settings page and "
+    "send it as 'Authorization: Bearer lgw_...'."
+)
+
+
+def api_key_from_authorization(header: str | None) -> ApiKey | None:
+    """The usable key of an ``Authorization: Bearer <key>`` header, or None for anything else
+    (no header, another scheme, an unusable key)."""
+    scheme, _, raw = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return None
+    return api_key_authenticate(raw.strip())
+
+
 def api_key_authenticate(raw: str) -> ApiKey | None:
     """The usable key ``raw`` is, or None — the same None for malformed, unknown, revoked and
     expired keys, so an answer says nothing about which."""

@@ -31,7 +31,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from accounts.api_keys import api_key_authenticate
+from accounts.api_keys import INVALID_KEY_MESSAGE, api_key_from_authorization
 from accounts.errors import ServiceError
 from accounts.models import ApiKey, Project
 from billing.models import UsageRecord
@@ -93,8 +93,7 @@ def invalid_request(message: str, *, param: str | None, code: str | None = None)
 # One body for every key we do not accept, so an answer says nothing about which case it was.
 INVALID_KEY = GatewayError(
     401,
-    "Incorrect API key provided. Create a project API key on the project's settings page and "
-    "send it as 'Authorization: Bearer lgw_...'.",
+    INVALID_KEY_MESSAGE,
     type="invalid_request_error",
     code="invalid_api_key",
 )
@@ -141,10 +140,7 @@ def provider_error(exc: ProviderError) -> GatewayError:
 
 def gateway_authenticate(*, authorization: str | None, scopes: tuple[str, ...]) -> ApiKey:
     """The project key of an ``Authorization: Bearer`` header having one of ``scopes``."""
-    scheme, _, raw = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        raise INVALID_KEY
-    key = api_key_authenticate(raw.strip())
+    key = api_key_from_authorization(authorization)
     if key is None:
         raise INVALID_KEY
     if not any(key.has_scope(scope) for scope in scopes):
