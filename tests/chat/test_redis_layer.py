@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 
 import pytest
 from channels.db import database_sync_to_async
@@ -39,15 +40,32 @@ def redis_url(settings) -> str:
     return url
 
 
-async def start_slow_reply(make_conversation, alice, project_a) -> tuple[PendingReply, dict]:
-    """A reply about to stream slowly (150 ms a word), and its group ids."""
+@dataclass
+class Streaming:
+    """A slow reply (150 ms a word) that has sent its first delta, watched by a tab whose
+    socket lives in "another process": its own RedisChannelLayer."""
+
+    pending: PendingReply
+    ids: dict
+    task: asyncio.Task
+    other: RedisChannelLayer
+    tab: str
+
+
+async def stream_seen_from_another_process(redis_url, make_conversation, alice, project_a):
     conversation = await database_sync_to_async(make_conversation)(
         alice, project_a, model="fake-gpt@slow150"
     )
     pending = await database_sync_to_async(services.reply_start)(
         actor=Actor(user=alice), conversation_id=conversation.pk, content=WORDS
     )
-    return pending, {"project_id": project_a.pk, "conversation_id": conversation.pk}
+    ids = {"project_id": project_a.pk, "conversation_id": conversation.pk}
+    other = RedisChannelLayer(hosts=[redis_url])
+    tab = await other.new_channel()
+    await other.group_add(streaming.conversation_group(**ids), tab)
+    task = streaming.start_reply(pending)
+    await receive_until(other, tab, "delta")
+    return Streaming(pending, ids, task, other, tab)
 
 
 async def receive_until(layer: RedisChannelLayer, channel: str, kind: str) -> list[dict]:
@@ -63,19 +81,14 @@ async def receive_until(layer: RedisChannelLayer, channel: str, kind: str) -> li
 async def test_a_stop_sent_from_another_process_ends_the_reply(
     redis_url, make_conversation, alice, project_a
 ):
-    pending, ids = await start_slow_reply(make_conversation, alice, project_a)
-    other = RedisChannelLayer(hosts=[redis_url])
-    tab = await other.new_channel()
-    await other.group_add(streaming.conversation_group(**ids), tab)
-    task = streaming.start_reply(pending)
-    await receive_until(other, tab, "delta")
+    seen = await stream_seen_from_another_process(redis_url, make_conversation, alice, project_a)
 
-    await other.group_send(streaming.control_group(**ids), {"type": "chat.stop"})
+    await seen.other.group_send(streaming.control_group(**seen.ids), {"type": "chat.stop"})
     async with asyncio.timeout(10):
-        await task
-    done = await receive_until(other, tab, "done")
+        await seen.task
+    done = await receive_until(seen.other, seen.tab, "done")
 
-    reply = await Message.objects.aget(pk=pending.assistant_message_id)
+    reply = await Message.objects.aget(pk=seen.pending.assistant_message_id)
     assert (reply.state, reply.finish_reason) == ("stopped", "stop_requested")
     assert reply.content.startswith("Echo: ")
     assert len(reply.content) < len(f"Echo: {WORDS}")  # cut short
@@ -85,18 +98,15 @@ async def test_a_stop_sent_from_another_process_ends_the_reply(
 async def test_a_tab_in_another_process_gets_a_snapshot_then_the_rest(
     redis_url, make_conversation, alice, project_a
 ):
-    pending, ids = await start_slow_reply(make_conversation, alice, project_a)
-    other = RedisChannelLayer(hosts=[redis_url])
-    tab = await other.new_channel()
-    await other.group_add(streaming.conversation_group(**ids), tab)
-    task = streaming.start_reply(pending)
-    await receive_until(other, tab, "delta")
+    seen = await stream_seen_from_another_process(redis_url, make_conversation, alice, project_a)
 
     # What a reloaded tab in another process does: ask the reply's task for the text so far.
-    await other.group_send(streaming.control_group(**ids), {"type": "chat.sync", "reply_to": tab})
-    rest = await receive_until(other, tab, "done")
+    await seen.other.group_send(
+        streaming.control_group(**seen.ids), {"type": "chat.sync", "reply_to": seen.tab}
+    )
+    rest = await receive_until(seen.other, seen.tab, "done")
     async with asyncio.timeout(10):
-        await task
+        await seen.task
 
     snapshot = next(event for event in rest if event["type"] == "snapshot")
     later = "".join(
