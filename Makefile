@@ -46,8 +46,11 @@ run: $(VENV)/.run-deps
 
 lint: $(VENV)/.test-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
-# Lint, Django's system checks, no missing migrations, then the test suite: the tests marked
+# Lint and format, the import contracts between the apps (pyproject's [tool.importlinter]),
+# Django's system checks, no missing migrations, then the test suite: the tests marked
 # `postgres` on a local PostgreSQL that scripts/postgres.sh installs (Debian packages) and
 # starts on 127.0.0.1:54329, with those marked `redis` (the channel layer across processes) on
 # a Redis that scripts/redis.sh installs and starts on 127.0.0.1:63799; the rest on SQLite. The URL the script prints is passed on, so a
@@ -55,6 +58,8 @@ lint: $(VENV)/.test-deps
 # test selected) is not a failure.
 test: $(VENV)/.test-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py check
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
 	url="$$(bash scripts/postgres.sh)" || exit 1; \

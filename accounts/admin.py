@@ -1,3 +1,5 @@
+"""Staff views of users, organizations, projects, memberships, invitations and API keys."""
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm

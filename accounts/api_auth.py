@@ -1,4 +1,4 @@
-"""What DRF's settings name for ``/api/v1/``: authentication, permissions, pagination.
+"""What DRF's settings name for ``/api/v1/``: authentication and permissions.
 
 Kept apart from ``api_base`` on purpose: DRF imports these while ``rest_framework.views`` is
 itself being imported, so this module must not import DRF's views or generics.
@@ -11,7 +11,6 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
@@ -70,9 +69,3 @@ class KeyHasScope(BasePermission):
                 code="insufficient_scope",
             )
         return True
-
-
-class Pagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200

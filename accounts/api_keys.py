@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from .errors import ServiceError
+from core.errors import ServiceError
+
 from .models import ApiKey, Membership, Project
 from .services import check_can_manage
 

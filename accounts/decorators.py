@@ -11,7 +11,8 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
-from .errors import ServiceError
+from core.errors import ServiceError
+
 from .selectors import get_membership_or_404, get_project_for_user_or_404
 
 

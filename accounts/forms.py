@@ -1,3 +1,5 @@
+"""Forms of the sign-up, login, organization, project and member pages."""
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm

@@ -18,9 +18,10 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
+from core.errors import ServiceError
+
 from . import api_keys, key_selectors
 from .decorators import add_service_error, project_view, raise_if_forbidden, require_manager
-from .errors import ServiceError
 from .models import ApiKey, Membership, Project
 
 # What each scope allows, in the words the page uses to explain them.

@@ -18,7 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
-from .errors import ServiceError
+from core.errors import ServiceError
+
 from .models import (
     MANAGER_ROLES,
     Invitation,

@@ -1,3 +1,5 @@
+"""E-mail, sent off the request path (invitations, alerts) and retried on network errors."""
+
 from celery import shared_task
 from django.core.mail import send_mail
 

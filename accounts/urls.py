@@ -1,3 +1,5 @@
+"""Pages of sign-up and login, organizations, projects, members, invitations and API keys."""
+
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 

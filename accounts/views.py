@@ -7,9 +7,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from core.errors import ServiceError
+
 from . import selectors, services
 from .decorators import organization_view, project_view, raise_if_forbidden
-from .errors import ServiceError
 from .forms import InviteForm, NameForm, ProjectForm, RoleForm, SignUpForm
 from .models import Membership, Project, Role
 

@@ -47,8 +47,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chat.llm.base import ChatRequest, StreamEnd, TextDelta
-from chat.llm.local_provider import (
+from providers.llm.base import ChatRequest, StreamEnd, TextDelta
+from providers.llm.local_provider import (
     LOCAL_MODEL_NAME,
     LocalProvider,
     local_context_window,

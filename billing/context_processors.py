@@ -1,3 +1,5 @@
+"""The budget banner of organization pages."""
+
 from __future__ import annotations
 
 from typing import Any

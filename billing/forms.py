@@ -1,3 +1,5 @@
+"""The usage dashboard's date range."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta

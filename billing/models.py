@@ -96,7 +96,7 @@ class UsageRecord(models.Model):
         "chat.Message", null=True, on_delete=models.SET_NULL, related_name="+"
     )
     connection = models.ForeignKey(
-        "chat.ProviderConnection", null=True, on_delete=models.SET_NULL, related_name="+"
+        "providers.ProviderConnection", null=True, on_delete=models.SET_NULL, related_name="+"
     )
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.CHAT)
     model = models.CharField(max_length=200)

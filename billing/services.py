@@ -24,7 +24,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from accounts.errors import ServiceError
+from core.errors import ServiceError
 
 from . import pricing
 from .models import Budget, BudgetAlert, BudgetPeriod, Hold, ModelPrice, RateLimit, UsageRecord
@@ -59,11 +59,15 @@ class Reservation:
 
 
 class QuotaExceeded(ServiceError):
-    """A refusal before anything was sent: ``budget_exceeded`` or ``rate_limited``."""
+    """A refusal before anything was sent: ``budget_exceeded`` or ``rate_limited`` (429)."""
 
     def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
+        super().__init__(message, code=code, status=429, retry_after=retry_after)
+
+    @property
+    def api_code(self) -> str:
+        # OpenAI's word for a rate limit, which API clients know.
+        return "rate_limit_exceeded" if self.code == "rate_limited" else self.code
 
 
 # --- periods -----------------------------------------------------------------------------------
@@ -385,16 +389,6 @@ def quota_settle_orphan(
         estimated=True,
         message_id=message_id,
     )
-
-
-def quota_release(reservation: Reservation) -> None:
-    """Give the holds back when the call was never made (refused later, or rolled back)."""
-    with transaction.atomic():
-        for hold in Hold.objects.filter(request_id=reservation.request_id):
-            BudgetPeriod.objects.filter(pk=hold.period_id).update(
-                reserved=F("reserved") - hold.amount
-            )
-            hold.delete()
 
 
 def _alert_on_crossing(

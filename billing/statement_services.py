@@ -15,8 +15,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Sum
 from django.utils import timezone
 
-from accounts.errors import ServiceError
 from accounts.models import Organization
+from core.errors import ServiceError
 
 from .models import Statement, StatementLine, UsageRecord
 from .selectors import cost_units_sum, units_to_cost

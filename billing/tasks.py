@@ -1,3 +1,5 @@
+"""Budget alerts by e-mail, and beat jobs: expired holds released, last month closed."""
+
 from celery import shared_task
 from django.conf import settings
 

@@ -1,3 +1,5 @@
+"""Usage dashboard and statements of an organization."""
+
 from django.urls import path
 
 from . import views

@@ -1,15 +1,8 @@
-from django import forms
+"""Staff views of conversations and messages."""
+
 from django.contrib import admin
 
-from .crypto import encrypt, key_hint
-from .models import (
-    ConnectionModel,
-    Conversation,
-    IdempotentRequest,
-    Message,
-    ProjectModel,
-    ProviderConnection,
-)
+from .models import Conversation, Message
 
 
 @admin.register(Conversation)
@@ -35,82 +28,3 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ["content", "conversation__title", "conversation__owner__email"]
     raw_id_fields = ["conversation"]
     readonly_fields = ["created_at", "updated_at"]
-
-
-class ProviderConnectionForm(forms.ModelForm):
-    # Write-only: the stored key is never put back into the page; empty keeps it.
-    base_url = forms.URLField(required=False, assume_scheme="https")
-    api_key = forms.CharField(
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text="Leave empty to keep the current key.",
-    )
-
-    class Meta:
-        model = ProviderConnection
-        fields = [
-            "organization", "project", "kind", "name", "base_url", "openai_organization",
-            "openai_project", "timeout", "max_retries",
-        ]  # fmt: skip
-
-    def save(self, commit: bool = True) -> ProviderConnection:
-        connection = super().save(commit=False)
-        if self.cleaned_data.get("api_key"):
-            connection.api_key_encrypted = encrypt(self.cleaned_data["api_key"])
-            connection.api_key_hint = key_hint(self.cleaned_data["api_key"])
-        if commit:
-            connection.save()
-        return connection
-
-
-class ConnectionModelInline(admin.TabularInline):
-    model = ConnectionModel
-    extra = 0
-    fields = ["name", "context_window", "supports_vision", "supports_tools", "supports_json",
-              "fetched"]  # fmt: skip
-
-
-@admin.register(ProviderConnection)
-class ProviderConnectionAdmin(admin.ModelAdmin):
-    form = ProviderConnectionForm
-    list_display = ["name", "kind", "organization", "project", "api_key_hint", "base_url",
-                    "models_refreshed_at"]  # fmt: skip
-    list_filter = ["kind", ("organization", admin.EmptyFieldListFilter)]
-    list_select_related = ["organization", "project"]
-    search_fields = ["name", "base_url", "organization__name", "project__name"]
-    raw_id_fields = ["organization", "project"]
-    readonly_fields = ["api_key_hint", "models_refreshed_at", "created_at", "updated_at"]
-    inlines = [ConnectionModelInline]
-
-
-@admin.register(ConnectionModel)
-class ConnectionModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "connection", "context_window", "supports_vision", "supports_tools",
-                    "supports_json"]  # fmt: skip
-    list_filter = ["supports_vision", "supports_tools", "supports_json", "fetched"]
-    list_select_related = ["connection"]
-    search_fields = ["name", "connection__name"]
-
-
-@admin.register(ProjectModel)
-class ProjectModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "project", "is_default"]
-    list_filter = ["is_default"]
-    list_select_related = ["project__organization"]
-    search_fields = ["name", "project__name", "project__organization__name"]
-    raw_id_fields = ["project", "model"]
-
-
-@admin.register(IdempotentRequest)
-class IdempotentRequestAdmin(admin.ModelAdmin):
-    list_display = ["key", "api_key", "user", "status_code", "created_at"]
-    list_filter = ["status_code", "created_at"]
-    search_fields = ["key"]
-    readonly_fields = [
-        "api_key", "user", "key", "body_digest", "status_code", "response", "stream_body",
-        "created_at",
-    ]  # fmt: skip
-
-    def has_add_permission(self, request) -> bool:
-        return False

@@ -10,10 +10,9 @@ away mid-reply loses nothing and is billed once: the reply finishes and is saved
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -32,15 +31,20 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint, error_body
-from accounts.errors import ServiceError
+from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint
+from core import idempotency
+from core.api import error_body
+from core.detached import run_detached
+from core.errors import ServiceError
+from core.models import IdempotentRequest
+from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR, server_sent_event
+from core.sse import sse_event
+from providers import selectors as provider_selectors
+from providers.llm.base import ErrorCode
 
-from . import connection_selectors, idempotency, selectors, services, streaming
+from . import selectors, services, streaming
 from .actors import Actor
-from .gateway_services import GatewayError
-from .llm.base import ErrorCode
-from .models import Conversation, IdempotentRequest, Message
-from .openai_schema import OPENAI_ERROR, server_sent_event
+from .models import Conversation, Message
 
 
 class ActorMixin:
@@ -73,7 +77,7 @@ class ModelListView(ProjectEndpoint):
 
     @extend_schema(responses=ModelSerializer(many=True))
     def get(self, request: Request, project_id: int) -> Response:
-        choices = connection_selectors.model_choices(self.project)
+        choices = provider_selectors.model_choices(self.project)
         return Response(ModelSerializer(choices, many=True).data)
 
 
@@ -245,14 +249,6 @@ MESSAGE_EVENTS = server_sent_event(
     "({message}: the saved reply) or error ({error, message}).",
 )
 
-IDEMPOTENCY_PARAMETER = OpenApiParameter(
-    idempotency.HEADER,
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    description="A repeat within 24 hours gets the saved answer (JSON or the event stream) and "
-    "is not billed again; with a different body, 409.",
-)
-
 FAILED_REPLY = inline_serializer(
     "FailedReply",
     {"error": OPENAI_ERROR.fields["error"], "message": MessageSerializer()},
@@ -290,33 +286,8 @@ def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[
     return status_code, {**body, "message": data}
 
 
-T = TypeVar("T")
-
-# Tasks that outlive their request (the saved reply of a client that left): kept referenced.
-_background: set[asyncio.Task] = set()
-
-
-def _in_background(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Run ``work`` beyond the request: a fresh context (the request's thread-sensitive
-    executor ends with the request), and a reference kept until it is done."""
-    task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
-
-
-async def wait_for_saved_replies() -> None:
-    """Wait for the replies whose clients left to be saved and answered (tests, shutdown)."""
-    if _background:
-        await asyncio.gather(*list(_background), return_exceptions=True)
-
-
 async def _abandon(record: IdempotentRequest) -> None:
     await database_sync_to_async(idempotency.idempotency_abandon)(record=record)
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 @extend_schema(tags=["Messages"])
@@ -357,14 +328,11 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         key = request.headers.get(idempotency.HEADER)
         if key is None:
             return await self._create(form.validated_data["content"], stream=stream, record=None)
-        try:
-            started = await database_sync_to_async(idempotency.idempotency_begin)(
-                caller=self.api_key or request.user,
-                key=key,
-                fingerprint=f"{request.get_full_path()}\n{form.validated_data['content']}".encode(),
-            )
-        except GatewayError as error:
-            return Response(error.body(), status=error.status)
+        started = await database_sync_to_async(idempotency.idempotency_begin)(
+            caller=self.api_key or request.user,
+            key=key,
+            fingerprint=f"{request.get_full_path()}\n{form.validated_data['content']}".encode(),
+        )
         if isinstance(started, idempotency.Replay):
             return started.response()
         return await self._create(form.validated_data["content"], stream=stream, record=started)
@@ -392,7 +360,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
                 sse = idempotency.recorded_stream(
                     sse,
                     record=record,
-                    on_left=lambda: _in_background(self._keep_when_saved(task, pending, record)),
+                    on_left=lambda: run_detached(self._keep_when_saved(task, pending, record)),
                 )
             response = StreamingHttpResponse(sse, content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
@@ -400,7 +368,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
             return response
         # In a task of its own, shielded: a client that goes away does not cut the reply
         # short, and an Idempotency-Key still gets the saved reply as its answer.
-        saved = _in_background(self._when_saved(task, pending, record))
+        saved = run_detached(self._when_saved(task, pending, record))
         status_code, body = await asyncio.shield(saved)
         return Response(body, status=status_code)
 
@@ -445,14 +413,16 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         """The events of a finished reply, as its stream would have sent them (in one delta)."""
         status_code, body = _reply_body(self.conversation, pending.assistant_message_id)
         reply = body if status_code == status.HTTP_201_CREATED else body["message"]
-        events = [_sse("user_message", self._user_message(pending))] if pending.user_message else []
-        events.append(_sse("start", {"message_id": pending.assistant_message_id}))
+        events = (
+            [sse_event("user_message", self._user_message(pending))] if pending.user_message else []
+        )
+        events.append(sse_event("start", {"message_id": pending.assistant_message_id}))
         if reply["content"]:
-            events.append(_sse("delta", {"offset": 0, "text": reply["content"]}))
+            events.append(sse_event("delta", {"offset": 0, "text": reply["content"]}))
         if status_code == status.HTTP_201_CREATED:
-            events.append(_sse("done", {"message": body}))
+            events.append(sse_event("done", {"message": body}))
         else:
-            events.append(_sse("error", body))
+            events.append(sse_event("error", body))
         return events
 
     async def _events(
@@ -461,23 +431,25 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         """The reply's events as SSE; ``done`` or ``error`` carries the saved message. The
         reply goes on if the client leaves."""
         if pending.user_message is not None:
-            yield _sse("user_message", await database_sync_to_async(self._user_message)(pending))
+            yield sse_event(
+                "user_message", await database_sync_to_async(self._user_message)(pending)
+            )
         while (payload := await events.get()) is not None:
             kind = payload["type"]
             if kind == "assistant.started":
-                yield _sse("start", {"message_id": payload["message"]["id"]})
+                yield sse_event("start", {"message_id": payload["message"]["id"]})
             elif kind == "waiting":
-                yield _sse("waiting", {"position": payload["position"]})
+                yield sse_event("waiting", {"position": payload["position"]})
             elif kind == "delta":
-                yield _sse("delta", {"offset": payload["offset"], "text": payload["text"]})
+                yield sse_event("delta", {"offset": payload["offset"], "text": payload["text"]})
             elif kind in ("done", "error"):
                 status_code, body = await database_sync_to_async(_reply_body)(
                     self.conversation, pending.assistant_message_id
                 )
                 if status_code == status.HTTP_201_CREATED:
-                    yield _sse("done", {"message": body})
+                    yield sse_event("done", {"message": body})
                 else:
-                    yield _sse("error", body)
+                    yield sse_event("error", body)
                 return
 
 

@@ -1,18 +1,8 @@
+"""The ``chat`` app: conversations, messages, the live socket, the pages and REST API for them."""
+
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
-
-
-def _ensure_default_connections(sender, **kwargs) -> None:
-    from .connection_services import connections_ensure_defaults
-
-    connections_ensure_defaults()
 
 
 class ChatConfig(AppConfig):
     name = "chat"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        # Every install has the built-in local model (and the server's OpenAI key, if any) as
-        # soon as its tables exist: after migrate, and after a test flush.
-        post_migrate.connect(_ensure_default_connections, sender=self)

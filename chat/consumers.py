@@ -34,7 +34,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from accounts.errors import ServiceError
+from core.errors import ServiceError
 
 from . import selectors, services
 from .actors import Actor

@@ -1,3 +1,5 @@
+"""The conversation page's forms: settings and rename."""
+
 from django import forms
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .llm.tokens import count_message_tokens, count_text_tokens
+from providers.llm.tokens import count_message_tokens, count_text_tokens
 
 # tiktoken's cl100k only estimates other tokenizers (the gpt-4o family, local models): keep a
 # margin so an estimate that runs short never overflows the real window.

@@ -1,3 +1,5 @@
+"""WebSocket routes: one conversation's live socket."""
+
 from django.urls import path
 
 from . import consumers

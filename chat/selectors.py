@@ -12,8 +12,8 @@ from django.http import Http404
 from accounts.models import Project, User
 from billing.models import UsageRecord
 from billing.pricing import cost_units_sum, units_to_cost
+from providers import selectors as provider_selectors
 
-from . import connection_selectors
 from .actors import Actor
 from .models import Conversation, Message
 
@@ -112,11 +112,11 @@ def message_window(
 
 def allowed_models(project: Project) -> list[str]:
     """Names of the models a project's members may pick, the default first."""
-    return connection_selectors.allowed_model_names(project)
+    return provider_selectors.allowed_model_names(project)
 
 
 def default_model(project: Project) -> str | None:
-    return connection_selectors.default_model_name(project)
+    return provider_selectors.default_model_name(project)
 
 
 def streaming_message(conversation: Conversation) -> Message | None:

@@ -16,7 +16,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.errors import ServiceError
 from accounts.models import Project
 from billing.models import UsageRecord
 from billing.services import (
@@ -26,14 +25,16 @@ from billing.services import (
     quota_settle,
     quota_settle_orphan,
 )
+from core.errors import ServiceError
+from providers import selectors as provider_selectors
+from providers.llm.base import ChatRequest, Usage
+from providers.llm.tokens import count_text_tokens
+from providers.specs import ProviderSpec, spec_for
 
-from . import connection_selectors, selectors
+from . import selectors
 from .actors import Actor
-from .llm.base import ChatRequest, Usage
-from .llm.tokens import count_text_tokens
 from .models import Conversation, Message
 from .prompt import PromptTooLong, build_prompt
-from .providers import ProviderSpec, spec_for
 
 TITLE_MAX_CHARS = 80
 
@@ -78,7 +79,7 @@ def check_content(content: object) -> str:
 
 
 def check_model_allowed(*, project: Project, model: str) -> None:
-    if connection_selectors.resolve_model(project, model) is None:
+    if provider_selectors.resolve_model(project, model) is None:
         raise ServiceError(
             f"The model {model!r} is not available in this project.", code="model_not_allowed"
         )
@@ -151,7 +152,7 @@ def conversation_update_settings(
     temperature: float | None,
     max_tokens: int | None,
 ) -> Conversation:
-    connection_model = connection_selectors.resolve_model(conversation.project, model)
+    connection_model = provider_selectors.resolve_model(conversation.project, model)
     if connection_model is None:
         raise ServiceError(
             f"The model {model!r} is not available in this project.", code="model_not_allowed"

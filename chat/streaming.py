@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 from typing import Any
@@ -24,15 +23,14 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from core.detached import run_detached
+from providers.llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage, Waiting
+from providers.specs import build_provider
+
 from . import services
-from .llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage, Waiting
 from .models import Message
-from .providers import build_provider
 
 logger = logging.getLogger(__name__)
-
-# Strong references: the event loop keeps only weak ones to tasks.
-_running: set[asyncio.Task] = set()
 
 
 def conversation_group(*, project_id: int, conversation_id: int) -> str:
@@ -63,22 +61,11 @@ def start_reply(
 ) -> asyncio.Task:
     """Run the reply in a task of its own. ``listener`` (the REST API's) also gets every event
     the conversation's group gets, then ``None`` once the reply is saved, however it ended."""
-    # A fresh context: the caller's (an HTTP request's thread-sensitive executor) may end
-    # before the reply does.
-    task = asyncio.get_running_loop().create_task(
-        ReplyRunner(pending, listener=listener).run(), context=contextvars.Context()
-    )
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    # Detached: the caller (an HTTP request, a socket) may end before the reply does.
+    task = run_detached(ReplyRunner(pending, listener=listener).run())
     if listener is not None:
         task.add_done_callback(lambda _: listener.put_nowait(None))
     return task
-
-
-async def wait_for_replies() -> None:
-    """Wait until every reply of this process has finished (tests, graceful shutdown)."""
-    if _running:
-        await asyncio.gather(*list(_running), return_exceptions=True)
 
 
 HUMAN_ERRORS = {

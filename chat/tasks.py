@@ -1,19 +1,21 @@
+"""Work after a reply, off the request path: the conversation is titled (one metered call)."""
+
 import asyncio
 import logging
 import time
 
 from celery import shared_task
 
-from accounts.errors import ServiceError
 from billing.models import UsageRecord
 from billing.services import CallContext, quota_reserve, quota_settle
+from core.errors import ServiceError
+from providers.llm.base import ChatRequest, Completion, ProviderError
+from providers.llm.tokens import count_message_tokens, count_text_tokens
+from providers.models import ProviderConnection
+from providers.specs import ProviderSpec, build_provider, spec_for
 
 from . import services
-from .idempotency import idempotency_purge_expired
-from .llm.base import ChatRequest, Completion, ProviderError
-from .llm.tokens import count_message_tokens, count_text_tokens
-from .models import Conversation, Message, ProviderConnection
-from .providers import ProviderSpec, build_provider, spec_for
+from .models import Conversation, Message
 from .streaming import announce_title
 
 logger = logging.getLogger(__name__)
@@ -114,10 +116,3 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
             latency_ms=int((time.monotonic() - started) * 1000),
         )
     return services.clean_title(completion.text)
-
-
-@shared_task(ignore_result=True)
-def purge_idempotency_records() -> None:
-    count = idempotency_purge_expired()
-    if count:
-        logger.info("purged %s expired Idempotency-Key answers", count)

@@ -7,8 +7,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts.decorators import project_view
-from accounts.errors import ServiceError
 from accounts.models import Membership, Project
+from core.errors import ServiceError
 
 from . import exports, selectors, services
 from .actors import Actor

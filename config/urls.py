@@ -1,15 +1,17 @@
+"""The URLconf: admin, the OpenAI-compatible ``/v1``, the REST API and the pages of each app."""
+
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views.defaults import page_not_found
 
-from accounts.api_base import error_body
+from core.api import error_body
 
 # Paths whose clients read JSON: their 404s (a path no route matches) are JSON too.
 API_PREFIXES = ("/api/", "/v1/")
 
 
-def no_favicon(request) -> HttpResponse:
+def no_favicon(request: HttpRequest) -> HttpResponse:
     # Browsers ask for /favicon.ico on pages that declare none (the admin's): answer "nothing"
     # instead of a logged 404 page.
     return HttpResponse(status=204)
@@ -29,9 +31,10 @@ handler404 = not_found
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("favicon.ico", no_favicon),
-    path("v1/", include("chat.openai_urls")),
+    path("v1/", include("gateway.urls")),
     path("api/", include("config.api_urls")),
     path("", include("chat.urls")),
+    path("", include("providers.urls")),
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
 ]

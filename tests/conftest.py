@@ -20,8 +20,8 @@ from django.db import connection
 from django.test import Client
 
 from accounts.models import Membership, Organization, Project, Role, User
-from chat.llm.fake_upstream import FakeUpstream
-from chat.streaming import wait_for_replies
+from core.detached import wait_for_detached
+from providers.llm.fake_upstream import FakeUpstream
 from tests.factories import MembershipFactory, OrganizationFactory, ProjectFactory, UserFactory
 
 
@@ -163,7 +163,7 @@ async def open_socket() -> AsyncIterator[OpenSocket]:
     for opened in sockets:
         await opened.close()
     async with asyncio.timeout(30):
-        await wait_for_replies()
+        await wait_for_detached()
 
 
 # --- a live server: Daphne serving the real ASGI app, for real HTTP clients ----------------

@@ -161,7 +161,8 @@ def world(alice, bob, charlie, org_a, project_a, project_b):
     from accounts.api_keys import api_key_create
     from accounts.models import Invitation, Membership, hash_token
     from billing.models import Statement
-    from chat.models import ConnectionModel, Conversation, ProviderConnection
+    from chat.models import Conversation
+    from providers.models import ConnectionModel, ProviderConnection
 
     class World:
         pass

@@ -1,3 +1,5 @@
+"""Filters for people: durations in words, amounts of money rounded for display."""
+
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 

@@ -1,0 +1,1 @@
+"""Settings profiles: ``embedded`` (default), ``production``, ``test``, ``test_postgres``."""

@@ -34,9 +34,13 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    # The project's apps, in the order of their layers (each imports only those above it).
+    "core",
     "accounts",
-    "chat",
+    "providers",
     "billing",
+    "chat",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -182,7 +186,7 @@ CELERY_BEAT_SCHEDULE = {
     "close-monthly-statements": {"task": "billing.tasks.close_last_month", "schedule": 3600.0},
     # Saved Idempotency-Key answers are replayed for 24 hours, then only take room.
     "purge-idempotency-records": {
-        "task": "chat.tasks.purge_idempotency_records",
+        "task": "core.tasks.purge_idempotency_records",
         "schedule": 3600.0,
     },
 }
@@ -201,8 +205,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "accounts.api_auth.Pagination",
-    "EXCEPTION_HANDLER": "accounts.api_base.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.Pagination",
+    "EXCEPTION_HANDLER": "core.api.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Decimals as strings: money is never a float, not even in JSON.
     "COERCE_DECIMAL_TO_STRING": True,
@@ -226,6 +230,6 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/(api/v1|v1)",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "accounts.api_schema.add_error_responses",
+        "core.schema.add_error_responses",
     ],
 }

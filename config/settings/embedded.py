@@ -64,6 +64,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "store_processed": False,
 }
 
+
 def _development_encryption_key() -> str:
     # Like the secret key: generated once, kept in var/, never committed.
     from cryptography.fernet import Fernet

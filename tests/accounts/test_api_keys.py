@@ -6,8 +6,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from accounts import api_keys
-from accounts.errors import ServiceError
 from accounts.models import ApiKey
+from core.errors import ServiceError
 from tests.conftest import membership
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from billing.models import BudgetPeriod, Hold, UsageRecord
-from chat.models import ProviderConnection
+from providers.models import ProviderConnection
 from tests.chat.test_socket import create
 
 pytestmark = pytest.mark.django_db(transaction=True)

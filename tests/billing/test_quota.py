@@ -132,16 +132,6 @@ def test_expired_holds_are_given_back(fake_price, make_budget, project_a, alice)
     services.quota_reserve(context=ctx, prompt_tokens=100, max_tokens=200)  # fits again
 
 
-def test_release_gives_the_holds_back_without_a_ledger_row(fake_price, make_budget, project_a):
-    make_budget(project_a.organization, limit=1)
-    reservation = services.quota_reserve(context=context(project_a), prompt_tokens=1, max_tokens=1)
-
-    services.quota_release(reservation)
-
-    assert BudgetPeriod.objects.get().reserved == 0
-    assert not UsageRecord.objects.exists()
-
-
 def test_an_unpriced_model_cannot_run_under_a_budget(make_budget, project_a):
     make_budget(project_a.organization, limit=100)
 

@@ -12,7 +12,6 @@ from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from accounts.errors import ServiceError
 from accounts.models import Project
 from billing.models import Statement, StatementLine, UsageRecord
 from billing.statement_services import (
@@ -20,6 +19,7 @@ from billing.statement_services import (
     statements_close_previous_month,
 )
 from billing.tasks import close_last_month
+from core.errors import ServiceError
 from tests.factories import OrganizationFactory, ProjectFactory
 
 pytestmark = pytest.mark.django_db

@@ -8,9 +8,10 @@ from accounts import api_keys
 from accounts.models import Project, User
 from chat import services
 from chat.actors import Actor
-from chat.connection_services import connection_model_add
-from chat.crypto import encrypt, key_hint
-from chat.models import Conversation, ProviderConnection
+from chat.models import Conversation
+from providers.crypto import encrypt, key_hint
+from providers.models import ProviderConnection
+from providers.services import connection_model_add
 from tests.conftest import membership
 
 FAKE_KEY = "sk-test-5f3a9c0e1b7d4a2f"

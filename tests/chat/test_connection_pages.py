@@ -14,9 +14,10 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import Membership, Project, Role
-from chat import connection_selectors, connection_services
-from chat.crypto import decrypt, encrypt, key_hint
-from chat.models import ConnectionModel, ProjectModel, ProviderConnection
+from providers import selectors as provider_selectors
+from providers import services as provider_services
+from providers.crypto import decrypt, encrypt, key_hint
+from providers.models import ConnectionModel, ProjectModel, ProviderConnection
 from tests.chat.conftest import FAKE_KEY, fake_connection
 from tests.conftest import membership
 from tests.factories import ProjectFactory, UserFactory
@@ -50,7 +51,7 @@ def make_connection(
     project: Project, base_url: str, *, api_key: str = KEY, name: str = "Upstream", **fields
 ) -> ProviderConnection:
     """A connection of the project, made by its owner: no retries, short timeout."""
-    return connection_services.connection_create(
+    return provider_services.connection_create(
         actor=Membership.objects.get(organization=project.organization, role=Role.OWNER),
         project=project,
         kind=ProviderConnection.Kind.COMPATIBLE,
@@ -124,7 +125,7 @@ def html_server() -> Iterator[str]:
 def test_it_lists_the_connections_the_project_sees(
     client_for, alice, project_a, connection, global_connection
 ):
-    connection_services.connection_create(
+    provider_services.connection_create(
         actor=membership(alice, project_a.organization),
         project=None,
         kind="openai",
@@ -324,10 +325,10 @@ def test_it_deletes_a_connection_after_asking(client_for, alice, project_a, conn
 
 
 def test_a_connection_in_use_is_not_deleted(client_for, alice, project_a, connection):
-    model = connection_services.connection_model_add(
+    model = provider_services.connection_model_add(
         actor=None, connection=connection, name="fake-gpt"
     )
-    connection_services.project_models_set(
+    provider_services.project_models_set(
         actor=membership(alice, project_a.organization),
         project=project_a,
         model_ids=[model.pk],
@@ -520,7 +521,7 @@ def test_a_model_a_project_allows_is_not_removed(client_for, alice, project_a, c
 
 @pytest.fixture
 def fake_models(connection) -> tuple[ConnectionModel, ConnectionModel]:
-    connection_services.connection_refresh_models(actor=None, connection=connection)
+    provider_services.connection_refresh_models(actor=None, connection=connection)
     return connection.models.get(name="fake-gpt"), connection.models.get(name="fake-gpt-mini")
 
 
@@ -543,7 +544,7 @@ def test_the_models_page_sets_the_allow_list_and_default(client_for, alice, proj
     response = client_for(alice).post(url("project_models", project_a), data, follow=True)
 
     assert messages_of(response) == ["Saved: 2 models allowed."]
-    choices = connection_selectors.model_choices(project_a)
+    choices = provider_selectors.model_choices(project_a)
     assert [(c.name, c.is_default) for c in choices] == [
         ("fake-gpt-mini", True),
         ("fake-gpt", False),
@@ -565,7 +566,7 @@ def test_saving_nothing_goes_back_to_every_model(client_for, alice, project_a, f
 
     assert messages_of(response) == ["Every model of the visible connections is allowed."]
     assert not ProjectModel.objects.filter(project=project_a).exists()
-    assert connection_selectors.default_model_name(project_a) == "smollm2-135m-instruct"
+    assert provider_selectors.default_model_name(project_a) == "smollm2-135m-instruct"
 
 
 def test_a_default_outside_the_allow_list_is_refused(client_for, alice, project_a, fake_models):
@@ -601,7 +602,7 @@ def test_a_model_the_project_cannot_see_is_refused(
 
 def test_a_member_can_view_the_models_page(client_for, bob, alice, project_a, fake_models):
     gpt, _ = fake_models
-    connection_services.project_models_set(
+    provider_services.project_models_set(
         actor=membership(alice, project_a.organization),
         project=project_a,
         model_ids=[gpt.pk],
@@ -670,7 +671,7 @@ def test_a_member_is_refused_every_change(client_for, bob, project_a, connection
 def test_no_page_and_no_admin_page_shows_the_key(
     client_for, alice, bob, project_a, connection, fake_models
 ):
-    connection_services.connection_update(
+    provider_services.connection_update(
         actor=membership(alice, project_a.organization),
         connection=connection,
         name=connection.name,
@@ -689,10 +690,10 @@ def test_no_page_and_no_admin_page_shows_the_key(
         (alice, url("project_detail", project_a)),
         (alice, url("project_settings", project_a)),
         (bob, url("project_models", project_a)),
-        (staff, reverse("admin:chat_providerconnection_changelist")),
-        (staff, reverse("admin:chat_providerconnection_change", args=[connection.pk])),
-        (staff, reverse("admin:chat_connectionmodel_changelist")),
-        (staff, reverse("admin:chat_connectionmodel_change", args=[fake_models[0].pk])),
+        (staff, reverse("admin:providers_providerconnection_changelist")),
+        (staff, reverse("admin:providers_providerconnection_change", args=[connection.pk])),
+        (staff, reverse("admin:providers_connectionmodel_changelist")),
+        (staff, reverse("admin:providers_connectionmodel_change", args=[fake_models[0].pk])),
     ]
 
     for user, page in pages:

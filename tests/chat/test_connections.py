@@ -7,11 +7,12 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 
 from accounts.models import Membership
-from chat import connection_selectors, connection_services
-from chat.crypto import decrypt
-from chat.llm.catalog import LOCAL_MODEL_NAME
-from chat.models import ProviderConnection
-from chat.providers import spec_for
+from providers import selectors as provider_selectors
+from providers import services as provider_services
+from providers.crypto import decrypt
+from providers.llm.catalog import LOCAL_MODEL_NAME
+from providers.models import ProviderConnection
+from providers.specs import spec_for
 from tests.chat.conftest import FAKE_KEY
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +27,7 @@ def owner(alice, org_a) -> Membership:
 
 @pytest.fixture
 def connection(owner, project_a) -> ProviderConnection:
-    return connection_services.connection_create(
+    return provider_services.connection_create(
         actor=owner, project=project_a, kind="openai", name="Team OpenAI", api_key=SECRET
     )
 
@@ -64,17 +65,17 @@ def test_rotation_re_encrypts_every_row_and_keys_still_work(connection, settings
 
 
 def test_a_key_no_configured_key_opens_gives_a_clear_error(connection, settings, project_a):
-    connection_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
+    provider_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
 
-    from accounts.errors import ServiceError
+    from core.errors import ServiceError
 
     with pytest.raises(ServiceError, match="cannot be read with the configured encryption keys"):
         spec_for(project=project_a, model="gpt-4o")
 
 
 def test_the_provider_spec_never_prints_the_key(connection, project_a):
-    connection_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
+    provider_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
 
     spec = spec_for(project=project_a, model="gpt-4o")
 
@@ -87,19 +88,19 @@ def test_every_install_has_the_local_model_and_new_projects_default_to_it(projec
     local = ProviderConnection.objects.get(organization=None, kind="local")
 
     assert list(local.models.values_list("name", flat=True)) == [LOCAL_MODEL_NAME]
-    assert connection_selectors.default_model_name(project_a) == LOCAL_MODEL_NAME
+    assert provider_selectors.default_model_name(project_a) == LOCAL_MODEL_NAME
 
 
 def test_the_server_openai_key_becomes_a_shared_connection(settings, project_a):
     settings.OPENAI_API_KEY = "sk-server-0123456789abcdefSRVR"
 
-    connection_services.connections_ensure_defaults()
-    connection_services.connections_ensure_defaults()  # idempotent
+    provider_services.connections_ensure_defaults()
+    provider_services.connections_ensure_defaults()  # idempotent
 
     shared = ProviderConnection.objects.get(organization=None, kind="openai")
     assert shared.api_key_hint == "sk-…SRVR"
-    assert "gpt-4o-mini" in connection_selectors.allowed_model_names(project_a)
-    assert connection_selectors.default_model_name(project_a) == LOCAL_MODEL_NAME
+    assert "gpt-4o-mini" in provider_selectors.allowed_model_names(project_a)
+    assert provider_selectors.default_model_name(project_a) == LOCAL_MODEL_NAME
 
 
 def test_a_project_connection_is_not_visible_to_other_projects(connection, org_a, project_b):
@@ -107,64 +108,64 @@ def test_a_project_connection_is_not_visible_to_other_projects(connection, org_a
 
     sibling = ProjectFactory(organization=org_a)
 
-    assert connection not in connection_selectors.connections_for_project(sibling)
-    assert connection not in connection_selectors.connections_for_project(project_b)
+    assert connection not in provider_selectors.connections_for_project(sibling)
+    assert connection not in provider_selectors.connections_for_project(project_b)
 
 
 def test_an_allow_list_with_a_default(owner, project_a, connection):
-    gpt = connection_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
-    mini = connection_services.connection_model_add(
+    gpt = provider_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
+    mini = provider_services.connection_model_add(
         actor=None, connection=connection, name="gpt-4o-mini"
     )
 
-    connection_services.project_models_set(
+    provider_services.project_models_set(
         actor=owner, project=project_a, model_ids=[gpt.pk, mini.pk], default_id=mini.pk
     )
 
-    assert connection_selectors.allowed_model_names(project_a) == ["gpt-4o-mini", "gpt-4o"]
-    assert LOCAL_MODEL_NAME not in connection_selectors.allowed_model_names(project_a)
+    assert provider_selectors.allowed_model_names(project_a) == ["gpt-4o-mini", "gpt-4o"]
+    assert LOCAL_MODEL_NAME not in provider_selectors.allowed_model_names(project_a)
 
 
 def test_deleting_a_connection_in_use_is_refused_naming_the_use(owner, project_a, connection):
-    from accounts.errors import ServiceError
+    from core.errors import ServiceError
 
-    gpt = connection_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
-    connection_services.project_models_set(
+    gpt = provider_services.connection_model_add(actor=None, connection=connection, name="gpt-4o")
+    provider_services.project_models_set(
         actor=owner, project=project_a, model_ids=[gpt.pk], default_id=gpt.pk
     )
 
     with pytest.raises(ServiceError, match="still in use by Project A: gpt-4o"):
-        connection_services.connection_delete(actor=owner, connection=connection)
+        provider_services.connection_delete(actor=owner, connection=connection)
 
 
 def test_members_cannot_create_connections(bob, org_a, project_a):
-    from accounts.errors import ServiceError
+    from core.errors import ServiceError
 
     member = Membership.objects.get(user=bob, organization=org_a)
     with pytest.raises(ServiceError) as info:
-        connection_services.connection_create(
+        provider_services.connection_create(
             actor=member, project=project_a, kind="openai", name="x", api_key=FAKE_KEY
         )
     assert info.value.code == "forbidden"
 
 
 def test_services_refuse_other_organizations_and_global_connections(owner, charlie, org_b):
-    from accounts.errors import ServiceError
+    from core.errors import ServiceError
 
     local = ProviderConnection.objects.get(organization=None, kind="local")
     other = Membership.objects.get(user=charlie, organization=org_b)
-    theirs = connection_services.connection_create(
+    theirs = provider_services.connection_create(
         actor=other, project=None, kind="openai", name="B's", api_key=SECRET
     )
 
     for connection in (local, theirs):
         with pytest.raises(ServiceError) as info:
-            connection_services.connection_update(actor=owner, connection=connection, name="x")
+            provider_services.connection_update(actor=owner, connection=connection, name="x")
         assert info.value.code == "forbidden"
         with pytest.raises(ServiceError):
-            connection_services.connection_delete(actor=owner, connection=connection)
+            provider_services.connection_delete(actor=owner, connection=connection)
         with pytest.raises(ServiceError):
-            connection_services.connection_model_add(
+            provider_services.connection_model_add(
                 actor=owner, connection=connection, name="gpt-4o"
             )
     assert ProviderConnection.objects.filter(pk__in=[local.pk, theirs.pk]).count() == 2

@@ -26,8 +26,8 @@ from django.utils import timezone
 from accounts import api_keys
 from accounts.models import ApiKey
 from billing.models import Budget, ModelPrice, RateLimit, UsageRecord
-from chat.connection_services import connection_model_add
-from chat.llm.tokens import count_text_tokens
+from providers.llm.tokens import count_text_tokens
+from providers.services import connection_model_add
 from tests.chat.conftest import fake_connection, make_key, serve
 from tests.conftest import membership
 

@@ -1,7 +1,7 @@
 import pytest
 
-from chat.llm.catalog import context_window
 from chat.prompt import PromptTooLong, build_prompt
+from providers.llm.catalog import context_window
 
 
 def history(n: int, words: int = 50) -> list[tuple[str, str]]:

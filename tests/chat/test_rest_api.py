@@ -20,9 +20,8 @@ from django.urls import reverse
 
 from accounts import api_keys
 from billing.models import Budget, ModelPrice, UsageRecord
-from chat.api import wait_for_saved_replies
 from chat.models import Conversation, Message
-from chat.streaming import wait_for_replies
+from core.detached import wait_for_detached
 from tests.chat.conftest import make_key, serve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -437,8 +436,7 @@ async def test_a_client_that_leaves_still_gets_the_saved_reply_on_its_retry(serv
     first.cancel()  # the client went away: Django cancels the request
     with contextlib.suppress(asyncio.CancelledError):
         await first
-    await wait_for_replies()
-    await wait_for_saved_replies()
+    await wait_for_detached()
 
     retry = await send()
 
@@ -498,8 +496,7 @@ async def test_a_stream_left_midway_is_replayed_whole_once_saved(served, alice, 
     reader.cancel()  # the client went away mid-reply
     with contextlib.suppress(asyncio.CancelledError):
         await reader
-    await wait_for_replies()
-    await wait_for_saved_replies()
+    await wait_for_detached()
 
     retry = await send()
 

@@ -7,7 +7,8 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chat import services
-from chat.models import Conversation, Message, ProviderConnection
+from chat.models import Conversation, Message
+from providers.models import ProviderConnection
 from tests.chat.test_socket import create, messages_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,9 +67,9 @@ async def test_retries_are_bounded_and_only_where_they_can_help(
 ):
     model = f"fake-gpt@{marker}"
     conversation = await create(make_conversation, alice, project_a, model=model)
-    await database_sync_to_async(
-        ProviderConnection.objects.filter(project=project_a).update
-    )(max_retries=1)
+    await database_sync_to_async(ProviderConnection.objects.filter(project=project_a).update)(
+        max_retries=1
+    )
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="hello")
@@ -79,9 +80,9 @@ async def test_retries_are_bounded_and_only_where_they_can_help(
 
 async def test_a_hung_upstream_times_out(open_socket, make_conversation, alice, project_a):
     conversation = await create(make_conversation, alice, project_a, model="fake-gpt@hang")
-    await database_sync_to_async(
-        ProviderConnection.objects.filter(project=project_a).update
-    )(timeout=0.5)
+    await database_sync_to_async(ProviderConnection.objects.filter(project=project_a).update)(
+        timeout=0.5
+    )
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="hello")

@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from billing.models import UsageRecord
-from chat.llm.fake_upstream import argument_fragments, tool_call
-from chat.llm.tokens import count_text_tokens
+from providers.llm.fake_upstream import argument_fragments, tool_call
+from providers.llm.tokens import count_text_tokens
 from tests.chat.conftest import make_key, serve
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the live server shares the database

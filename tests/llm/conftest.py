@@ -4,8 +4,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from chat.llm.fake_upstream import FakeUpstream
-from chat.llm.openai_provider import OpenAIProvider
+from providers.llm.fake_upstream import FakeUpstream
+from providers.llm.openai_provider import OpenAIProvider
 
 API_KEY = "sk-test-5f3a9c0e1b7d"  # distinctive, so a leak into any message would be caught
 

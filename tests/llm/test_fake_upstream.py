@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.llm.fake_upstream import (
+from providers.llm.fake_upstream import (
     FakeUpstream,
     Faults,
     argument_fragments,

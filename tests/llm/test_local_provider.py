@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import llama_cpp
 import pytest
 
-from chat.llm.base import ChatRequest, ErrorCode, ProviderError, StreamEnd, TextDelta
-from chat.llm.local_provider import (
+from providers.llm.base import ChatRequest, ErrorCode, ProviderError, StreamEnd, TextDelta
+from providers.llm.local_provider import (
     LOCAL_MODEL_NAME,
     LocalProvider,
     LocalStreamEvent,

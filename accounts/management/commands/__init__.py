@@ -1,0 +1,1 @@
+"""``seed_demo``: the demo organization and login that ``make run`` prints."""

@@ -1,6 +1,6 @@
 """Project settings pages for provider connections and the models a project allows.
 
-Thin: forms in, ``connection_services`` out, ``connection_selectors`` for every lookup. Keys are
+Thin: forms in, ``providers.services`` out, ``providers.selectors`` for every lookup. Keys are
 write-only here as everywhere else: no form renders one back, pages show only the hint.
 Owners and admins manage connections; members may look at the Models page and nothing else.
 """
@@ -25,10 +25,10 @@ from accounts.decorators import (
     raise_if_forbidden,
     require_manager,
 )
-from accounts.errors import ServiceError
 from accounts.models import Membership, Project
+from core.errors import ServiceError
 
-from . import connection_selectors, connection_services
+from . import selectors, services
 from .models import ProviderConnection
 
 # --- forms -------------------------------------------------------------------------------------
@@ -50,9 +50,7 @@ def validate_base_url(value: str) -> None:
 
 
 class ConnectionForm(forms.Form):
-    kind = forms.ChoiceField(
-        choices=[(kind.value, kind.label) for kind in connection_services.TENANT_KINDS]
-    )
+    kind = forms.ChoiceField(choices=[(kind.value, kind.label) for kind in services.TENANT_KINDS])
     name = forms.CharField(max_length=100, required=False, help_text="Empty: named after its kind.")
     base_url = forms.CharField(
         label="Base URL",
@@ -145,7 +143,7 @@ FIELD_OF_ERROR = {
 
 
 def _managed_connection(project: Project, pk: int) -> ProviderConnection:
-    return connection_selectors.get_project_connection_or_404(project=project, pk=pk)
+    return selectors.get_project_connection_or_404(project=project, pk=pk)
 
 
 def _context(membership: Membership, project: Project, **extra: Any) -> dict[str, Any]:
@@ -209,9 +207,7 @@ def _render_edit(
 @project_view
 def connection_list(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
     require_manager(membership)
-    connections = connection_selectors.connections_for_project(project).annotate(
-        model_count=Count("models")
-    )
+    connections = selectors.connections_for_project(project).annotate(model_count=Count("models"))
     return render(
         request, "projects/connections.html", _context(membership, project, connections=connections)
     )
@@ -225,7 +221,7 @@ def connection_new(request: HttpRequest, membership: Membership, project: Projec
         data = dict(form.cleaned_data)
         shared = data.pop("shared")
         try:
-            connection = connection_services.connection_create(
+            connection = services.connection_create(
                 actor=membership, project=None if shared else project, **data
             )
         except ServiceError as error:
@@ -251,9 +247,7 @@ def connection_edit(
     form = ConnectionEditForm(request.POST, connection=connection)
     if form.is_valid():
         try:
-            connection_services.connection_update(
-                actor=membership, connection=connection, **form.cleaned_data
-            )
+            services.connection_update(actor=membership, connection=connection, **form.cleaned_data)
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
@@ -270,7 +264,7 @@ def connection_delete(
     connection = _managed_connection(project, pk)
     if request.method == "POST":
         try:
-            connection_services.connection_delete(actor=membership, connection=connection)
+            services.connection_delete(actor=membership, connection=connection)
         except ServiceError as error:
             raise_if_forbidden(error)
             messages.error(request, error.message)
@@ -291,8 +285,8 @@ def connection_test(
 ) -> HttpResponse:
     require_manager(membership)
     # Any connection the project sees, global ones included: testing changes nothing.
-    connection = connection_selectors.get_visible_connection_or_404(project=project, pk=pk)
-    result = connection_services.connection_check(connection)
+    connection = selectors.get_visible_connection_or_404(project=project, pk=pk)
+    result = services.connection_check(connection)
     report = messages.success if result.ok else messages.error
     report(request, f"“{connection.name}”: {result.message}")
     return _back(request, project, connection)
@@ -306,9 +300,7 @@ def connection_refresh(
     require_manager(membership)
     connection = _managed_connection(project, pk)
     try:
-        result = connection_services.connection_refresh_models(
-            actor=membership, connection=connection
-        )
+        result = services.connection_refresh_models(actor=membership, connection=connection)
     except ServiceError as error:
         raise_if_forbidden(error)
         messages.error(request, error.message)
@@ -336,7 +328,7 @@ def connection_model_add(
     form = ModelAddForm(request.POST)
     if form.is_valid():
         try:
-            model = connection_services.connection_model_add(
+            model = services.connection_model_add(
                 actor=membership, connection=connection, **form.cleaned_data
             )
         except ServiceError as error:
@@ -356,7 +348,7 @@ def connection_model_remove(
     connection = _managed_connection(project, pk)
     model = get_object_or_404(connection.models, pk=model_pk)
     try:
-        connection_services.connection_model_remove(actor=membership, model=model)
+        services.connection_model_remove(actor=membership, model=model)
     except ServiceError as error:
         raise_if_forbidden(error)
         messages.error(request, error.message)
@@ -372,17 +364,17 @@ def connection_model_remove(
 def project_models(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
     if request.method == "POST":
         require_manager(membership)
-    available = connection_selectors.models_visible_to(project)
+    available = selectors.models_visible_to(project)
     # Not ``request.POST or None``: an empty POST is meaningful here (no allow-list).
     data = request.POST if request.method == "POST" else None
     form = ProjectModelsForm(data, model_ids=[m.pk for m in available])
-    allow_list = connection_selectors.saved_allow_list(project)
+    allow_list = selectors.saved_allow_list(project)
     selected = {allowed.model_id for allowed in allow_list}
     default_id = next((a.model_id for a in allow_list if a.is_default), None)
     if request.method == "POST" and form.is_valid():
         model_ids, default_id = form.cleaned_data["allowed"], form.cleaned_data["default"]
         try:
-            connection_services.project_models_set(
+            services.project_models_set(
                 actor=membership, project=project, model_ids=model_ids, default_id=default_id
             )
         except ServiceError as error:
@@ -408,6 +400,6 @@ def project_models(request: HttpRequest, membership: Membership, project: Projec
             selected=selected,
             default_id=default_id,
             has_allow_list=bool(allow_list),
-            choices=connection_selectors.model_choices(project),
+            choices=selectors.model_choices(project),
         ),
     )

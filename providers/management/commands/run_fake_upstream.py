@@ -1,7 +1,7 @@
 """`manage.py run_fake_upstream`: serve the fake OpenAI-compatible upstream in the foreground.
 
 Point a provider connection (or the `openai` SDK) at the printed base URL to demo or benchmark
-without a key or network. Fault markers are listed in `chat.llm.fake_upstream`.
+without a key or network. Fault markers are listed in `providers.llm.fake_upstream`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from chat.llm.fake_upstream import FakeUpstream
+from providers.llm.fake_upstream import FakeUpstream
 
 
 class Command(BaseCommand):

@@ -1,8 +1,8 @@
 """OpenAI-compatible endpoints (``/v1``), authenticated by a project API key.
 
-Thin: read the request, call `gateway_services`, shape the HTTP answer. DRF views only so that
+Thin: read the request, call ``gateway.services``, shape the HTTP answer. DRF views only so that
 they appear in the OpenAPI schema: the key is checked by ``gateway_authenticate`` (OpenAI's error
-words and shapes, not DRF's), the body is parsed by ``gateway_services`` as OpenAI parses it, and
+words and shapes, not DRF's), the body is parsed by ``gateway.services`` as OpenAI parses it, and
 the handlers are coroutines (a reply is awaited, never holding a thread). Never cookie
 authenticated, hence exempt from CSRF. The key is never logged nor echoed.
 """
@@ -10,7 +10,6 @@ authenticated, hence exempt from CSRF. The key is never logged nor echoed.
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,28 +18,29 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from accounts.api_base import AsyncDispatchMixin
 from accounts.models import ApiKey
+from core import idempotency
+from core.api import AsyncDispatchMixin, retry_after_header
+from core.errors import ApiError
+from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR
 
-from . import gateway_services, idempotency
-from .api import IDEMPOTENCY_PARAMETER
-from .gateway_services import GatewayCall, GatewayError, GatewayStream
-from .openai_schema import (
+from . import services as gateway_services
+from .schema import (
     CHAT_COMPLETION_EVENTS,
     CHAT_COMPLETION_REQUEST,
     CHAT_COMPLETION_RESPONSE,
     MODEL,
     MODEL_LIST,
-    OPENAI_ERROR,
 )
+from .services import GatewayCall, GatewayStream
 
 KEY_AUTH = [{"projectKey": []}]
 
 
-def error_response(error: GatewayError) -> JsonResponse:
+def error_response(error: ApiError) -> JsonResponse:
     response = JsonResponse(error.body(), status=error.status)
     if error.retry_after is not None:
-        response["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        response["Retry-After"] = retry_after_header(error.retry_after)
     if error.status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="api"'
     return response
@@ -67,7 +67,7 @@ class ModelListView(OpenAIEndpoint):
             listing = await sync_to_async(gateway_services.models_list)(
                 authorization=request.headers.get("Authorization")
             )
-        except GatewayError as error:
+        except ApiError as error:
             return error_response(error)
         return JsonResponse(listing)
 
@@ -84,7 +84,7 @@ class ModelDetailView(OpenAIEndpoint):
             entry = await sync_to_async(gateway_services.model_get)(
                 authorization=request.headers.get("Authorization"), model=model
             )
-        except GatewayError as error:
+        except ApiError as error:
             return error_response(error)
         return JsonResponse(entry)
 
@@ -94,9 +94,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         operation_id="v1_chat_completions_create",
         auth=KEY_AUTH,
         request=CHAT_COMPLETION_REQUEST,
-        parameters=[
-            IDEMPOTENCY_PARAMETER
-        ],
+        parameters=[IDEMPOTENCY_PARAMETER],
         responses={
             (200, "application/json"): CHAT_COMPLETION_RESPONSE,
             (200, "text/event-stream"): CHAT_COMPLETION_EVENTS,
@@ -109,7 +107,7 @@ class ChatCompletionsView(OpenAIEndpoint):
             api_key = await sync_to_async(gateway_services.gateway_authenticate)(
                 authorization=request.headers.get("Authorization"), scopes=("chat",)
             )
-        except GatewayError as error:
+        except ApiError as error:
             return error_response(error)
         body = request.body
         idempotency_key = request.headers.get(idempotency.HEADER)
@@ -119,7 +117,7 @@ class ChatCompletionsView(OpenAIEndpoint):
             started = await sync_to_async(idempotency.idempotency_begin)(
                 caller=api_key, key=idempotency_key, fingerprint=body
             )
-        except GatewayError as error:
+        except ApiError as error:
             return error_response(error)
         if isinstance(started, idempotency.Replay):
             return started.response()
@@ -140,7 +138,7 @@ async def _chat_completions(body: bytes, api_key: ApiKey) -> HttpResponse:
             return JsonResponse(await gateway_services.complete(call))
         stream = GatewayStream(call)
         await stream.open()
-    except GatewayError as error:
+    except ApiError as error:
         return error_response(error)
     response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

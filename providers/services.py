@@ -14,17 +14,17 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.errors import ServiceError
 from accounts.models import Membership, Project
 from accounts.services import check_can_manage
+from core.errors import ServiceError
 
-from . import connection_selectors
+from . import selectors
 from .crypto import encrypt, key_hint, rotate
 from .llm.base import ErrorCode, ProviderError
 from .llm.catalog import LOCAL_MODEL_NAME, capabilities
 from .llm.catalog import context_window as guess_window
 from .models import ConnectionModel, ProjectModel, ProviderConnection
-from .providers import build_provider, spec_for_connection
+from .specs import build_provider, spec_for_connection
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def connection_update(
 def connection_delete(*, actor: Membership, connection: ProviderConnection) -> None:
     """Refused while a project's allow-list names one of its models: say which."""
     check_can_edit(actor=actor, connection=connection)
-    uses = connection_selectors.connections_using(connection)
+    uses = selectors.connections_using(connection)
     if uses:
         listed = "; ".join(f"{project}: {', '.join(names)}" for project, names in uses.items())
         raise ServiceError(
@@ -279,7 +279,7 @@ def project_models_set(
     """Replace the project's allow-list. An empty list goes back to "every visible model"."""
     check_can_manage(actor)
     visible = ConnectionModel.objects.filter(
-        connection__in=connection_selectors.connections_for_project(project), pk__in=model_ids
+        connection__in=selectors.connections_for_project(project), pk__in=model_ids
     )
     chosen = list(visible)
     if len(chosen) != len(set(model_ids)):

@@ -21,7 +21,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
-from chat.llm.base import (
+from providers.llm.base import (
     ChatRequest,
     Completion,
     ErrorCode,

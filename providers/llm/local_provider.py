@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chat.llm.base import (
+from providers.llm.base import (
     ChatRequest,
     Completion,
     ErrorCode,

@@ -1,6 +1,6 @@
 """OpenAPI shapes of the OpenAI-compatible endpoints, for the schema only.
 
-The endpoints parse bodies as OpenAI does (``gateway_services.parse_chat_body``); these
+The endpoints parse bodies as OpenAI does (``gateway.services.parse_chat_body``); these
 serializers describe that contract for ``/api/schema/`` and its docs page.
 """
 
@@ -9,25 +9,7 @@ from __future__ import annotations
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
-# Every refusal, of /v1 and of /api/v1 alike: OpenAI's error shape (``fields`` on our REST
-# API's invalid input). The schema's "Error" component; see accounts.api_schema.
-OPENAI_ERROR = inline_serializer(
-    "Error",
-    {
-        "error": inline_serializer(
-            "ErrorDetail",
-            {
-                "message": serializers.CharField(),
-                "type": serializers.CharField(),
-                "param": serializers.CharField(allow_null=True),
-                "code": serializers.CharField(allow_null=True),
-                "fields": serializers.DictField(
-                    required=False, help_text="Field name → its messages, for invalid input."
-                ),
-            },
-        )
-    },
-)
+from core.schema import server_sent_event
 
 MODEL = inline_serializer(
     "OpenAIModel",
@@ -139,22 +121,6 @@ CHAT_COMPLETION_RESPONSE = inline_serializer(
         "usage": _USAGE,
     },
 )
-
-
-def server_sent_event(*, events: list[str] | None, description: str) -> dict:
-    """The schema of one Server-Sent Event (how schemathesis and OpenAPI 3.2 read a
-    ``text/event-stream`` body: each event an object of its fields)."""
-    fields: dict = {
-        "data": {"type": "string", "description": "JSON (or, for /v1, the final [DONE])."}
-    }
-    if events is not None:
-        fields["event"] = {"type": "string", "enum": events}
-    return {
-        "type": "object",
-        "description": description,
-        "properties": fields,
-        "required": ["data", *(["event"] if events is not None else [])],
-    }
 
 
 CHAT_COMPLETION_EVENTS = server_sent_event(

@@ -67,7 +67,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat.llm.tokens import count_message_tokens
+from providers.llm.tokens import count_message_tokens
 
 MODELS = ("fake-gpt", "fake-gpt-mini")
 BAD_KEY = "sk-bad"

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from accounts.errors import ServiceError
 from accounts.models import Project
+from core.errors import ServiceError
 
-from . import connection_selectors
+from . import selectors
 from .crypto import DecryptionError, decrypt
 from .llm.base import Provider
 from .llm.openai_provider import OpenAIProvider
@@ -60,7 +60,7 @@ def spec_for_connection(connection: ProviderConnection, *, model: str, window: i
 
 def spec_for(*, project: Project, model: str) -> ProviderSpec:
     """The provider serving ``model`` in ``project``; refuses a model the project does not allow."""
-    connection_model = connection_selectors.resolve_model(project, model)
+    connection_model = selectors.resolve_model(project, model)
     if connection_model is None:
         raise ServiceError(
             f"The model {model!r} is not available in this project.", code="model_not_allowed"

@@ -18,13 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 
-from accounts.models import ApiKey, User
-
-from .gateway_services import GatewayError, invalid_request
+from .errors import ApiError, invalid_request
 from .models import IdempotentRequest
 
 REPLAY_WINDOW = timedelta(hours=24)
@@ -48,17 +48,17 @@ class Replay:
         return response
 
 
-def _conflict(message: str, code: str) -> GatewayError:
-    return GatewayError(409, message, type="invalid_request_error", code=code, param=None)
+def _conflict(message: str, code: str) -> ApiError:
+    return ApiError(409, message, type="invalid_request_error", code=code, param=None)
 
 
-def _owner(caller: ApiKey | User) -> dict[str, Any]:
-    return {"api_key": caller} if isinstance(caller, ApiKey) else {"user": caller}
+def _owner(caller: Model) -> dict[str, Any]:
+    """The record's owner field: a person, or else a project API key (core knows no more of
+    them than that they own the record)."""
+    return {"user": caller} if isinstance(caller, AbstractBaseUser) else {"api_key": caller}
 
 
-def idempotency_begin(
-    *, caller: ApiKey | User, key: str, fingerprint: bytes
-) -> Replay | IdempotentRequest:
+def idempotency_begin(*, caller: Model, key: str, fingerprint: bytes) -> Replay | IdempotentRequest:
     """A saved answer to replay, or the new record to finish once this request has run.
     ``fingerprint``: what makes two requests the same (the body, and the path if several
     endpoints share the caller's keys)."""

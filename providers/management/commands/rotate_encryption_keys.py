@@ -6,7 +6,7 @@ run this command, then drop the old keys.
 
 from django.core.management.base import BaseCommand
 
-from chat.connection_services import connections_rotate_keys
+from providers.services import connections_rotate_keys
 
 
 class Command(BaseCommand):

@@ -13,14 +13,13 @@ success, upstream error, or the client going away (``CancelledError``/``Generato
 shields the settle from a second cancellation. The stream's upstream side runs in a task of its
 own that owns the settle, so it is billed even if the response is never iterated.
 
-Every refusal is a ``GatewayError``, which views turn into OpenAI's error JSON. Messages never
+Every refusal is an ``ApiError``, which views turn into OpenAI's error JSON. Messages never
 contain the client's key or the connection's key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,13 +31,14 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from accounts.api_keys import INVALID_KEY_MESSAGE, api_key_from_authorization
-from accounts.errors import ServiceError
 from accounts.models import ApiKey, Project
 from billing.models import UsageRecord
 from billing.services import CallContext, QuotaExceeded, Reservation, quota_reserve, quota_settle
-
-from . import connection_selectors
-from .llm.base import (
+from core.detached import run_detached
+from core.errors import ApiError, ServiceError, invalid_request
+from core.sse import DONE, sse_data
+from providers import selectors as provider_selectors
+from providers.llm.base import (
     ChatRequest,
     Completion,
     ErrorCode,
@@ -48,50 +48,14 @@ from .llm.base import (
     ToolCallDelta,
     Usage,
 )
-from .llm.tokens import count_message_tokens, count_text_tokens
-from .providers import ProviderSpec, build_provider, spec_for
+from providers.llm.tokens import count_message_tokens, count_text_tokens
+from providers.specs import ProviderSpec, build_provider, spec_for
 
 # --- errors ------------------------------------------------------------------------------------
 
 
-class GatewayError(Exception):
-    """A refusal in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str,  # OpenAI's field name
-        code: str | None,
-        param: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-
-def invalid_request(message: str, *, param: str | None, code: str | None = None) -> GatewayError:
-    return GatewayError(400, message, type="invalid_request_error", code=code, param=param)
-
-
 # One body for every key we do not accept, so an answer says nothing about which case it was.
-INVALID_KEY = GatewayError(
+INVALID_KEY = ApiError(
     401,
     INVALID_KEY_MESSAGE,
     type="invalid_request_error",
@@ -99,40 +63,40 @@ INVALID_KEY = GatewayError(
 )
 
 
-def _quota_error(exc: QuotaExceeded) -> GatewayError:
+def _quota_error(exc: QuotaExceeded) -> ApiError:
     if exc.code == "rate_limited":
-        return GatewayError(
+        return ApiError(
             429, exc.message, type="requests", code="rate_limit_exceeded",
             retry_after=exc.retry_after,
         )  # fmt: skip
-    return GatewayError(429, exc.message, type="insufficient_quota", code="budget_exceeded")
+    return ApiError(429, exc.message, type="insufficient_quota", code="budget_exceeded")
 
 
-def provider_error(exc: ProviderError) -> GatewayError:
+def provider_error(exc: ProviderError) -> ApiError:
     """An upstream failure, told as ours: the client talks to the gateway, not the provider."""
     message = exc.message
     match exc.code:
         case ErrorCode.RATE_LIMITED:
-            return GatewayError(
+            return ApiError(
                 429, message, type="requests", code="rate_limit_exceeded",
                 retry_after=exc.retry_after if exc.retry_after is not None else 1.0,
             )  # fmt: skip
         case ErrorCode.QUOTA_EXHAUSTED:
-            return GatewayError(429, message, type="insufficient_quota", code="insufficient_quota")
+            return ApiError(429, message, type="insufficient_quota", code="insufficient_quota")
         case ErrorCode.CONTEXT_TOO_LONG:
             return invalid_request(message, param="messages", code="context_length_exceeded")
         case ErrorCode.BAD_REQUEST:
             return invalid_request(message, param=None)
         case ErrorCode.MODEL_NOT_FOUND:
-            return GatewayError(
+            return ApiError(
                 404, message, type="invalid_request_error", code="model_not_found", param="model"
             )
         case ErrorCode.TIMEOUT:
-            return GatewayError(504, message, type="api_error", code="upstream_timeout")
+            return ApiError(504, message, type="api_error", code="upstream_timeout")
         case ErrorCode.AUTH:
-            return GatewayError(502, message, type="api_error", code="upstream_auth_failed")
+            return ApiError(502, message, type="api_error", code="upstream_auth_failed")
         case _:
-            return GatewayError(502, message, type="api_error", code="upstream_error")
+            return ApiError(502, message, type="api_error", code="upstream_error")
 
 
 # --- authentication ----------------------------------------------------------------------------
@@ -144,7 +108,7 @@ def gateway_authenticate(*, authorization: str | None, scopes: tuple[str, ...]) 
     if key is None:
         raise INVALID_KEY
     if not any(key.has_scope(scope) for scope in scopes):
-        raise GatewayError(
+        raise ApiError(
             403,
             f"This API key lacks the scope this call needs: {' or '.join(scopes)}.",
             type="permission_error",
@@ -167,7 +131,7 @@ def models_list(*, authorization: str | None) -> dict[str, Any]:
                 "created": int(choice.model.created_at.timestamp()),
                 "owned_by": choice.model.connection.kind,
             }
-            for choice in connection_selectors.model_choices(key.project)
+            for choice in provider_selectors.model_choices(key.project)
         ],
     }
 
@@ -180,8 +144,8 @@ def model_get(*, authorization: str | None, model: str) -> dict[str, Any]:
     raise _model_not_found(model)
 
 
-def _model_not_found(model: str) -> GatewayError:
-    return GatewayError(
+def _model_not_found(model: str) -> ApiError:
+    return ApiError(
         404,
         f"The model '{model}' does not exist or this project may not use it.",
         type="invalid_request_error",
@@ -227,14 +191,6 @@ def _messages(value: Any) -> list[dict[str, Any]]:
                 param=f"{param}.content",
             )
     return value
-
-
-def wants_stream(body: bytes) -> bool:
-    """Whether a (possibly malformed) body asks to stream; parsing proper comes later."""
-    try:
-        return json.loads(body).get("stream") is True
-    except (ValueError, AttributeError):
-        return False
 
 
 def parse_chat_body(*, body: bytes) -> ParsedChat:
@@ -331,7 +287,7 @@ def _resolve(project: Project, model: str) -> ProviderSpec:
     except ServiceError as exc:
         if exc.code == "model_not_allowed":
             raise _model_not_found(model) from None
-        raise GatewayError(502, exc.message, type="api_error", code=exc.code) from None
+        raise ApiError(502, exc.message, type="api_error", code=exc.code) from None
 
 
 def chat_prepare(*, key: ApiKey, body: bytes) -> GatewayCall:
@@ -424,10 +380,6 @@ def chat_settle(*, call: GatewayCall, outcome: Outcome, latency_ms: int) -> Usag
     )
 
 
-# Settles running on their own, shielded from a cancelled caller: kept so none is collected.
-_settling: set[asyncio.Future[UsageRecord]] = set()
-
-
 async def _settle_shielded(
     call: GatewayCall, outcome: Outcome, started: float, *, detached: bool = False
 ) -> None:
@@ -435,11 +387,10 @@ async def _settle_shielded(
     called from a task that outlives the request, whose thread is gone by then — so the ORM
     runs in channels' worker thread, which closes stale connections around it."""
     run = database_sync_to_async(chat_settle) if detached else sync_to_async(chat_settle)
-    task = asyncio.ensure_future(
-        run(call=call, outcome=outcome, latency_ms=int((time.monotonic() - started) * 1000))
+    task = run_detached(
+        run(call=call, outcome=outcome, latency_ms=int((time.monotonic() - started) * 1000)),
+        same_context=not detached,
     )
-    _settling.add(task)
-    task.add_done_callback(_settling.discard)
     await asyncio.shield(task)
 
 
@@ -514,7 +465,7 @@ async def complete(call: GatewayCall) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Failed:
-    error: GatewayError
+    error: ApiError
 
 
 _Event = TextDelta | ToolCallDelta | StreamEnd | _Failed
@@ -534,7 +485,7 @@ class GatewayStream:
         """Start the upstream call and wait for its first event, so that a call refused
         upstream answers with an HTTP error status rather than a broken stream."""
         # A fresh context: the request's (its thread-sensitive executor) ends before this does.
-        self._task = asyncio.create_task(self._produce(), context=contextvars.Context())
+        self._task = run_detached(self._produce())
         try:
             self._first = await self._events.get()
         except BaseException:
@@ -565,7 +516,7 @@ class GatewayStream:
         parts: list[str] = []  # what was generated: text, tool-call names and arguments
         usage: Usage | None = None
         status = UsageRecord.Status.INCOMPLETE
-        failure: GatewayError | None = None
+        failure: ApiError | None = None
         try:
             async for event in provider.stream(self.call.request):
                 if isinstance(event, TextDelta):
@@ -606,7 +557,7 @@ class GatewayStream:
         }
         if self.call.include_usage:
             payload.setdefault("usage", None)
-        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+        return sse_data(payload)
 
     @staticmethod
     def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
@@ -651,12 +602,11 @@ class GatewayStream:
                     if self.call.include_usage and event.usage is not None:
                         yield self._chunk([], usage=usage_json(event.usage))
                     finished = True
-                    yield b"data: [DONE]\n\n"
+                    yield DONE
                     return
                 else:
                     finished = True
-                    body = json.dumps(event.error.body(), separators=(",", ":")).encode()
-                    yield b"data: " + body + b"\n\n"
+                    yield sse_data(event.error.body())
                     return
                 event = None
         finally:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from accounts.models import Organization, Project
+from accounts.models import Project
 
 from .llm.catalog import LOCAL_MODEL_NAME
 from .models import ConnectionModel, ProjectModel, ProviderConnection
@@ -15,14 +15,6 @@ from .models import ConnectionModel, ProjectModel, ProviderConnection
 
 def connections_for_project(project: Project) -> QuerySet[ProviderConnection]:
     return ProviderConnection.objects.for_project(project).select_related("project")
-
-
-def get_managed_connection_or_404(*, organization: Organization, pk: int) -> ProviderConnection:
-    """A connection the organization's managers may edit; global ones and others' answer 404."""
-    try:
-        return ProviderConnection.objects.managed_by(organization).get(pk=pk)
-    except ProviderConnection.DoesNotExist:
-        raise Http404("No such connection.") from None
 
 
 def get_project_connection_or_404(*, project: Project, pk: int) -> ProviderConnection:

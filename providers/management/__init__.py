@@ -1,0 +1,1 @@
+"""The providers app's management commands."""

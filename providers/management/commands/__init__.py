@@ -1,0 +1,1 @@
+"""``run_fake_upstream`` and ``rotate_encryption_keys``."""

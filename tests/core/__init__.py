@@ -1,0 +1,1 @@
+"""Tests of core: idempotency, migrations of the layout."""
