@@ -8,7 +8,12 @@ must; anything read from the environment goes through django-environ here or in 
 from datetime import timedelta
 from pathlib import Path
 
+import django_stubs_ext
 import environ
+
+# Django's generic classes (ModelAdmin[Model], QuerySet[Model], forms.ModelForm[Model]) take a
+# type argument at run time as they do for mypy.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # Runtime state of the embedded profile (database, Celery's file broker, the dev secret key).
