@@ -48,8 +48,10 @@ lint: $(VENV)/.test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # Lint and format, the import contracts between the apps (pyproject's [tool.importlinter]),
+# types (pyproject's [tool.mypy]),
 # Django's system checks, no missing migrations, then the test suite: the tests marked
 # `postgres` on a local PostgreSQL that scripts/postgres.sh installs (Debian packages) and
 # starts on 127.0.0.1:54329, with those marked `redis` (the channel layer across processes) on
@@ -60,6 +62,7 @@ test: $(VENV)/.test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py check
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
 	url="$$(bash scripts/postgres.sh)" || exit 1; \

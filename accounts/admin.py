@@ -1,11 +1,23 @@
 """Staff views of users, organizations, projects, memberships, invitations and API keys."""
 
+from __future__ import annotations
+
+from typing import TypedDict
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count
+from django_stubs_ext import WithAnnotations
 
 from .models import ApiKey, Invitation, Membership, Organization, Project, User
+
+
+class _Counts(TypedDict):
+    """What the organization list annotates each row with."""
+
+    _members: int
+    _projects: int
 
 
 class UserCreationForm(AdminUserCreationForm):
@@ -75,11 +87,11 @@ class OrganizationAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="members", ordering="_members")
-    def member_count(self, obj: Organization) -> int:
+    def member_count(self, obj: WithAnnotations[Organization, _Counts]) -> int:
         return obj._members
 
     @admin.display(description="projects", ordering="_projects")
-    def project_count(self, obj: Organization) -> int:
+    def project_count(self, obj: WithAnnotations[Organization, _Counts]) -> int:
         return obj._projects
 
 

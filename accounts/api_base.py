@@ -20,11 +20,11 @@ from rest_framework import exceptions
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 
-from core.api import AsyncDispatchMixin
+from core.api import AsyncAPIView
 
 from .api_auth import api_key_of
 from .api_keys import INVALID_KEY_MESSAGE
-from .models import ApiKey, Membership, Project
+from .models import ApiKey, Membership, Project, User
 from .selectors import membership_for, projects_for_user
 
 
@@ -71,6 +71,16 @@ class ProjectEndpoint(GenericAPIView):
             raise Http404("No such project.")
         return project
 
+    @property
+    def principal(self) -> ApiKey | User:
+        """Who calls: the project's key, or the signed-in person (``initial`` let no one else
+        through)."""
+        if self.api_key is not None:
+            return self.api_key
+        if not isinstance(self.request.user, User):
+            raise exceptions.NotAuthenticated()
+        return self.request.user
+
     def require_manager(self) -> Membership:
         """Project admins' actions: owners and admins of the organization, never a key."""
         if self.membership is None or not self.membership.can_manage:
@@ -80,5 +90,5 @@ class ProjectEndpoint(GenericAPIView):
         return self.membership
 
 
-class AsyncProjectEndpoint(AsyncDispatchMixin, ProjectEndpoint):
+class AsyncProjectEndpoint(AsyncAPIView, ProjectEndpoint):
     """A ProjectEndpoint for handlers that wait on a model."""

@@ -6,34 +6,47 @@ themselves, which keeps every tenant lookup on the scoped path.
 
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
+from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from core.errors import ServiceError
 
+from .models import Membership, User
 from .selectors import get_membership_or_404, get_project_for_user_or_404
 
 
-def organization_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+class AuthenticatedHttpRequest(HttpRequest):
+    """The request a view behind ``login_required`` (and so behind ``organization_view`` and
+    ``project_view``) gets: its user is a person, never anonymous. For type checkers only."""
+
+    user: User
+
+
+def organization_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """``view(request, membership, **kwargs)`` with ``org_slug`` resolved to a Membership."""
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, org_slug: str, **kwargs) -> HttpResponse:
+    def wrapper(request: HttpRequest, org_slug: str, **kwargs: Any) -> HttpResponseBase:
         membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
         return view(request, membership, **kwargs)
 
     return wrapper
 
 
-def project_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def project_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """``view(request, membership, project, **kwargs)`` for ``org_slug`` and ``project_slug``."""
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, org_slug: str, project_slug: str, **kwargs) -> HttpResponse:
+    def wrapper(
+        request: HttpRequest, org_slug: str, project_slug: str, **kwargs: Any
+    ) -> HttpResponseBase:
         project = get_project_for_user_or_404(
             user=request.user, organization_slug=org_slug, project_slug=project_slug
         )
@@ -49,7 +62,7 @@ def raise_if_forbidden(error: ServiceError) -> None:
         raise PermissionDenied(error.message)
 
 
-def require_manager(membership) -> None:
+def require_manager(membership: Membership) -> None:
     """403 for a member on a manager's page, before any form is read or anything looked up."""
     from .services import check_can_manage
 
@@ -59,7 +72,9 @@ def require_manager(membership) -> None:
         raise PermissionDenied(error.message) from None
 
 
-def add_service_error(form, error: ServiceError, *, field_of_error: dict[str, str]) -> None:
+def add_service_error(
+    form: forms.BaseForm, error: ServiceError, *, field_of_error: dict[str, str]
+) -> None:
     """Show a refused action on the form field it is about (403 if it was a permission)."""
     raise_if_forbidden(error)
     field = field_of_error.get(error.code)

@@ -1,5 +1,7 @@
 """Forms of the sign-up, login, organization, project and member pages."""
 
+from typing import Any
+
 from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
@@ -24,8 +26,9 @@ class SignUpForm(forms.Form):
             )
         return email
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         password = cleaned.get("password")
         if password:
             candidate = User(email=cleaned.get("email", ""), name=cleaned.get("name", ""))

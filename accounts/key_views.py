@@ -13,7 +13,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -21,7 +21,13 @@ from django.views.decorators.cache import never_cache
 from core.errors import ServiceError
 
 from . import api_keys, key_selectors
-from .decorators import add_service_error, project_view, raise_if_forbidden, require_manager
+from .decorators import (
+    AuthenticatedHttpRequest,
+    add_service_error,
+    project_view,
+    raise_if_forbidden,
+    require_manager,
+)
 from .models import ApiKey, Membership, Project
 
 # What each scope allows, in the words the page uses to explain them.
@@ -98,7 +104,9 @@ def _context(membership: Membership, project: Project, **extra: Any) -> dict[str
 
 @never_cache
 @project_view
-def api_key_list(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+def api_key_list(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
     """The project's keys and the form to create one; a successful POST renders this page again
     with the new key in it, once (not a redirect: the key must not outlive this response)."""
     require_manager(membership)
@@ -136,7 +144,7 @@ def api_key_list(request: HttpRequest, membership: Membership, project: Project)
 @never_cache
 @project_view
 def api_key_revoke(
-    request: HttpRequest, membership: Membership, project: Project, pk: int
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     require_manager(membership)
     key = key_selectors.get_api_key_or_404(project=project, pk=pk)

@@ -7,10 +7,11 @@ another tenant's row answers 404 exactly like a missing one.
 from __future__ import annotations
 
 import hashlib
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
-from django.contrib.auth.models import PermissionsMixin
+from django.contrib.auth.models import AnonymousUser, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -55,7 +56,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         constraints = [
@@ -76,6 +77,11 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.name.split(" ")[0] if self.name else self.email.split("@")[0]
 
 
+# Whom a request comes from: a person, or nobody signed in. The scoped paths (``for_user``)
+# answer nothing for nobody.
+AnyUser = User | AnonymousUser
+
+
 class Role(models.TextChoices):
     OWNER = "owner", "Owner"
     ADMIN = "admin", "Admin"
@@ -87,7 +93,7 @@ MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
 
 
 class OrganizationQuerySet(models.QuerySet["Organization"]):
-    def for_user(self, user) -> OrganizationQuerySet:
+    def for_user(self, user: AnyUser) -> OrganizationQuerySet:
         if not user.is_authenticated:
             return self.none()
         return self.filter(memberships__user=user)
@@ -147,7 +153,7 @@ class Membership(models.Model):
 
 
 class ProjectQuerySet(models.QuerySet["Project"]):
-    def for_user(self, user) -> ProjectQuerySet:
+    def for_user(self, user: AnyUser) -> ProjectQuerySet:
         if not user.is_authenticated:
             return self.none()
         return self.filter(organization__memberships__user=user)

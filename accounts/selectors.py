@@ -11,6 +11,7 @@ from django.http import Http404
 
 from .models import (
     MANAGER_ROLES,
+    AnyUser,
     Invitation,
     Membership,
     Organization,
@@ -19,19 +20,23 @@ from .models import (
 )
 
 
-def organizations_for_user(user: User) -> QuerySet[Organization]:
+def organizations_for_user(user: AnyUser) -> QuerySet[Organization]:
     return Organization.objects.for_user(user)
 
 
-def projects_for_user(user: User, *, organization: Organization | None = None) -> QuerySet[Project]:
+def projects_for_user(
+    user: AnyUser, *, organization: Organization | None = None
+) -> QuerySet[Project]:
     qs = Project.objects.for_user(user).select_related("organization")
     if organization is not None:
         qs = qs.filter(organization=organization)
     return qs
 
 
-def organizations_with_projects_for_user(user: User) -> QuerySet[Organization]:
+def organizations_with_projects_for_user(user: AnyUser) -> QuerySet[Organization]:
     """The home page: every organization of the user, its projects and the user's role."""
+    if not user.is_authenticated:
+        return Organization.objects.none()
     return organizations_for_user(user).prefetch_related(
         Prefetch("projects", queryset=Project.objects.order_by("name")),
         Prefetch(
@@ -42,13 +47,13 @@ def organizations_with_projects_for_user(user: User) -> QuerySet[Organization]:
     )
 
 
-def membership_for(*, user: User, organization: Organization) -> Membership | None:
+def membership_for(*, user: AnyUser, organization: Organization) -> Membership | None:
     if not user.is_authenticated:
         return None
     return Membership.objects.filter(user=user, organization=organization).first()
 
 
-def get_membership_or_404(*, user: User, organization_slug: str) -> Membership:
+def get_membership_or_404(*, user: AnyUser, organization_slug: str) -> Membership:
     """The user's membership in the organization with this slug, or 404."""
     if not user.is_authenticated:
         raise Http404("No such organization.")
@@ -61,7 +66,7 @@ def get_membership_or_404(*, user: User, organization_slug: str) -> Membership:
 
 
 def get_project_for_user_or_404(
-    *, user: User, organization_slug: str, project_slug: str
+    *, user: AnyUser, organization_slug: str, project_slug: str
 ) -> Project:
     """Project X for user U, or 404: the one way views resolve a project."""
     try:

@@ -10,7 +10,12 @@ from django.views.decorators.http import require_POST
 from core.errors import ServiceError
 
 from . import selectors, services
-from .decorators import organization_view, project_view, raise_if_forbidden
+from .decorators import (
+    AuthenticatedHttpRequest,
+    organization_view,
+    project_view,
+    raise_if_forbidden,
+)
 from .forms import InviteForm, NameForm, ProjectForm, RoleForm, SignUpForm
 from .models import Membership, Project, Role
 
@@ -41,13 +46,13 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     organizations = selectors.organizations_with_projects_for_user(request.user)
     return render(request, "accounts/home.html", {"organizations": organizations})
 
 
 @login_required
-def organization_create(request: HttpRequest) -> HttpResponse:
+def organization_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = NameForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -63,7 +68,9 @@ def organization_create(request: HttpRequest) -> HttpResponse:
 
 
 @organization_view
-def organization_settings(request: HttpRequest, membership: Membership) -> HttpResponse:
+def organization_settings(
+    request: AuthenticatedHttpRequest, membership: Membership
+) -> HttpResponse:
     organization = membership.organization
     return render(
         request,
@@ -87,7 +94,7 @@ def _back_to_settings(membership: Membership) -> HttpResponse:
 
 @require_POST
 @organization_view
-def organization_rename(request: HttpRequest, membership: Membership) -> HttpResponse:
+def organization_rename(request: AuthenticatedHttpRequest, membership: Membership) -> HttpResponse:
     form = NameForm(request.POST)
     if not form.is_valid():
         messages.error(request, "The organization needs a name of at most 100 characters.")
@@ -104,11 +111,11 @@ def organization_rename(request: HttpRequest, membership: Membership) -> HttpRes
 
 @require_POST
 @organization_view
-def member_invite(request: HttpRequest, membership: Membership) -> HttpResponse:
+def member_invite(request: AuthenticatedHttpRequest, membership: Membership) -> HttpResponse:
     form = InviteForm(request.POST)
     if not form.is_valid():
         for errors in form.errors.values():
-            messages.error(request, " ".join(errors))
+            messages.error(request, " ".join(str(error) for error in errors))
         return _back_to_settings(membership)
     email = form.cleaned_data["email"]
     try:
@@ -131,7 +138,9 @@ def member_invite(request: HttpRequest, membership: Membership) -> HttpResponse:
 
 @require_POST
 @organization_view
-def member_change_role(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+def member_change_role(
+    request: AuthenticatedHttpRequest, membership: Membership, pk: int
+) -> HttpResponse:
     target = selectors.get_member_or_404(organization=membership.organization, membership_id=pk)
     form = RoleForm(request.POST)
     if not form.is_valid():
@@ -151,7 +160,9 @@ def member_change_role(request: HttpRequest, membership: Membership, pk: int) ->
 
 @require_POST
 @organization_view
-def member_remove(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+def member_remove(
+    request: AuthenticatedHttpRequest, membership: Membership, pk: int
+) -> HttpResponse:
     target = selectors.get_member_or_404(organization=membership.organization, membership_id=pk)
     leaving = target.pk == membership.pk
     try:
@@ -169,7 +180,9 @@ def member_remove(request: HttpRequest, membership: Membership, pk: int) -> Http
 
 @require_POST
 @organization_view
-def invitation_revoke(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+def invitation_revoke(
+    request: AuthenticatedHttpRequest, membership: Membership, pk: int
+) -> HttpResponse:
     invitation = selectors.get_invitation_or_404(
         organization=membership.organization, invitation_id=pk
     )
@@ -203,7 +216,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 
 
 @organization_view
-def project_create(request: HttpRequest, membership: Membership) -> HttpResponse:
+def project_create(request: AuthenticatedHttpRequest, membership: Membership) -> HttpResponse:
     form = ProjectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -224,7 +237,9 @@ def project_create(request: HttpRequest, membership: Membership) -> HttpResponse
 
 
 @project_view
-def project_detail(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+def project_detail(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
     return render(
         request,
         "projects/detail.html",
@@ -234,7 +249,7 @@ def project_detail(request: HttpRequest, membership: Membership, project: Projec
 
 @project_view
 def project_settings(
-    request: HttpRequest, membership: Membership, project: Project
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
 ) -> HttpResponse:
     initial = {"name": project.name, "default_system_prompt": project.default_system_prompt}
     form = ProjectForm(request.POST or None, initial=initial)
@@ -262,7 +277,9 @@ def project_settings(
 
 
 @project_view
-def project_delete(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+def project_delete(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
     if request.method == "POST":
         try:
             services.project_delete(actor=membership, project=project)

@@ -10,7 +10,7 @@ import csv
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, TypeGuard, TypeVar
 
 from django import forms
 from django.contrib import admin
@@ -23,6 +23,8 @@ from django.db.models import (
     DateTimeField,
     DecimalField,
     F,
+    Field,
+    Model,
     OuterRef,
     QuerySet,
     Subquery,
@@ -64,7 +66,24 @@ NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 # --- figures -----------------------------------------------------------------------------------
 
 
-def with_current_figures(budgets: QuerySet[Budget], *, now: datetime | None = None) -> QuerySet:
+if TYPE_CHECKING:
+    # For type checkers only: WithAnnotations cannot be subscripted at run time.
+    from django_stubs_ext import WithAnnotations
+
+    class BudgetFigures(TypedDict):
+        """What ``with_current_figures`` annotates."""
+
+        _period_start: datetime
+        _period_end: datetime
+        _spent: Decimal
+        _reserved: Decimal
+
+    BudgetWithFigures = WithAnnotations[Budget, BudgetFigures]
+
+
+def with_current_figures(
+    budgets: QuerySet[Budget], *, now: datetime | None = None
+) -> QuerySet[BudgetWithFigures]:
     """Annotate ``_spent`` and ``_reserved`` for the period containing ``now``.
 
     They come from the budget's BudgetPeriod row for that period; without one yet (no call so
@@ -133,7 +152,13 @@ def usd(amount: Decimal) -> str:
     return f"${cents:,}" if four == cents else f"${four:,}"
 
 
-def used_percent(budget: Budget) -> Decimal:
+def has_figures(budget: Budget) -> TypeGuard[BudgetWithFigures]:
+    """Whether the budget comes annotated by ``with_current_figures`` (an inline's new row
+    does not)."""
+    return hasattr(budget, "_spent")
+
+
+def used_percent(budget: BudgetWithFigures) -> Decimal:
     """Spent as a share of the limit; a zero limit is fully used."""
     if not budget.limit_usd:
         return Decimal(100)
@@ -154,10 +179,17 @@ def usage_bar(percent: Decimal) -> SafeString:
     )
 
 
-class BudgetFiguresMixin:
+if TYPE_CHECKING:
+    # What the mixin goes into (a budget admin or inline), whose get_queryset it extends.
+    _BudgetAdminBase = admin.options.BaseModelAdmin[Budget]
+else:
+    _BudgetAdminBase = object
+
+
+class BudgetFiguresMixin(_BudgetAdminBase):
     """This period's spent / reserved / % used / remaining, for lists and inlines."""
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Budget]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BudgetWithFigures]:
         return with_current_figures(
             super()
             .get_queryset(request)
@@ -166,7 +198,7 @@ class BudgetFiguresMixin:
 
     @admin.display(description="spent this period", ordering="_spent")
     def spent(self, budget: Budget) -> str:
-        return usd(budget._spent) if hasattr(budget, "_spent") else "—"
+        return usd(budget._spent) if has_figures(budget) else "—"
 
     @admin.display(description="reserved (in flight)", ordering="_reserved")
     def reserved(self, budget: Budget) -> str:
@@ -178,11 +210,11 @@ class BudgetFiguresMixin:
 
     @admin.display(description="% used")
     def used(self, budget: Budget) -> str:
-        return usage_bar(used_percent(budget)) if hasattr(budget, "_spent") else "—"
+        return usage_bar(used_percent(budget)) if has_figures(budget) else "—"
 
     @admin.display(description="remaining")
     def remaining(self, budget: Budget) -> str:
-        if not hasattr(budget, "_spent"):
+        if not has_figures(budget):
             return "—"
         return usd(max(budget.limit_usd - budget._spent - budget._reserved, Decimal(0)))
 
@@ -194,7 +226,7 @@ class UsedFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("80", "≥ 80 % used")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Budget]) -> QuerySet[Budget]:
         if self.value() == "80":  # in whole numbers: SQLite compares decimals as floats
             return queryset.filter(GreaterThanOrEqual(F("_spent") * 100, F("limit_usd") * 80))
         return queryset
@@ -207,7 +239,7 @@ class BlockedFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("yes", "Blocked (spent + reserved ≥ limit)"), ("no", "Not blocked")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Budget]) -> QuerySet[Budget]:
         committed = F("_spent") + F("_reserved")
         if self.value() == "yes":
             return queryset.filter(GreaterThanOrEqual(committed, F("limit_usd")))
@@ -225,7 +257,7 @@ FIGURES = ["spent", "reserved", "used", "remaining"]
 COVERS = ["organization", "scope", "project", "user", "api_key"]
 
 
-class BudgetForm(forms.ModelForm):
+class BudgetForm(forms.ModelForm[Budget]):
     """Scope and fields must agree: what the database constraint checks, said clearly, plus
     what it cannot check (the project's organization, the member's membership, the key's
     project)."""
@@ -242,7 +274,8 @@ class BudgetForm(forms.ModelForm):
         return ",".join(parts)
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data  # what ModelForm.clean() returns (typed as possibly None)
         if self.instance.pk is not None:
             # The period counters were kept for what the budget covered; they would be wrong.
             for name in [n for n in COVERS if n in self.changed_data]:
@@ -290,7 +323,12 @@ class BudgetForm(forms.ModelForm):
         if name in self.fields:
             return self.cleaned_data.get(name)
         field = Budget._meta.get_field(name)
-        if field.is_relation and getattr(self.instance, field.attname) is None:
+        # isinstance: a reverse relation has no attname (and is never one of this form's).
+        if (
+            field.is_relation
+            and isinstance(field, Field)
+            and getattr(self.instance, field.attname) is None
+        ):
             return None
         return getattr(self.instance, name)
 
@@ -319,7 +357,7 @@ class RaiseLimitForm(forms.Form):
         self.budgets = list(budgets)
 
     def clean_amount(self) -> Decimal:
-        amount = self.cleaned_data["amount"]
+        amount: Decimal = self.cleaned_data["amount"]
         if amount <= 0:
             raise ValidationError("Enter an amount greater than zero.")
         field = Budget._meta.get_field("limit_usd")
@@ -331,7 +369,8 @@ class RaiseLimitForm(forms.Form):
         return amount
 
 
-class OrganizationBudgetInline(BudgetFiguresMixin, admin.TabularInline):
+# The parent is the organization here and the project in ProjectBudgetInline.
+class OrganizationBudgetInline(BudgetFiguresMixin, admin.TabularInline[Budget, Any]):
     model = Budget
     form = BudgetForm
     extra = 0
@@ -345,7 +384,9 @@ class ProjectBudgetInline(OrganizationBudgetInline):
     fk_name = "project"
     fields = [f for f in OrganizationBudgetInline.fields if f != "project"]
 
-    def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any):
+    def formfield_for_choice_field(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.TypedChoiceField | None:
         if db_field.name == "scope":
             kwargs["choices"] = [
                 (value, label)
@@ -370,7 +411,7 @@ class ProjectWithBudgetsAdmin(ProjectAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin):
+class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin[Budget]):
     form = BudgetForm
     list_display = [
         "scope", "organization", "project", "user", "api_key", "period", "limit", *FIGURES,
@@ -429,7 +470,7 @@ PRICE_FIELDS = [
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(admin.ModelAdmin[ModelPrice]):
     list_display = [*PRICE_FIELDS, "created_at"]
     list_filter = ["effective_from"]
     search_fields = ["model"]
@@ -438,7 +479,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         (
             None,
             {
-                "fields": PRICE_FIELDS,
+                "fields": [*PRICE_FIELDS],  # a list typed as field groups, which list[str] is not
                 "description": (
                     "USD per 1M tokens. To change a model's price, add a new row with a later "
                     "“effective from” date rather than editing this one: calls already made "
@@ -448,7 +489,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
         ),
     ]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: ModelPrice | None = None):
+    def get_readonly_fields(self, request: HttpRequest, obj: ModelPrice | None = None) -> list[str]:
         if obj is not None and UsageRecord.objects.filter(price=obj).exists():
             # Already charged: the ledger points at it.
             return PRICE_FIELDS
@@ -482,7 +523,7 @@ def usage_csv_rows(records: QuerySet[UsageRecord]) -> Iterator[list[Any]]:
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
     """The ledger, view only: rows are written once by the quota service, never here."""
 
     list_display = [
@@ -515,7 +556,9 @@ class UsageRecordAdmin(admin.ModelAdmin):
         return format_html('<span title="{}">{}</span>', record.cost, usd(record.cost))
 
     @admin.action(description="Export selected as CSV", permissions=["view"])
-    def export_csv(self, request: HttpRequest, queryset: QuerySet[UsageRecord]):
+    def export_csv(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord]
+    ) -> StreamingHttpResponse:
         records = queryset.select_related("organization", "project", "user").order_by(
             "created_at", "id"
         )
@@ -565,7 +608,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
 # --- counters, holds, alerts, rate limits ------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+_M = TypeVar("_M", bound=Model)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     """Kept by the quota service: editing a row by hand would put it out of step with the
     ledger and the other counters."""
 
@@ -587,7 +633,7 @@ BUDGET_SEARCH = [
 
 
 @admin.register(BudgetPeriod)
-class BudgetPeriodAdmin(ReadOnlyAdmin):
+class BudgetPeriodAdmin(ReadOnlyAdmin[BudgetPeriod]):
     list_display = ["budget", "start", "spent", "reserved"]
     list_filter = ["start", "budget__scope", "budget__period"]
     list_select_related = BUDGET_RELATED
@@ -596,7 +642,7 @@ class BudgetPeriodAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Hold)
-class HoldAdmin(ReadOnlyAdmin):
+class HoldAdmin(ReadOnlyAdmin[Hold]):
     list_display = ["request_id", "period", "amount", "expires_at", "created_at"]
     list_filter = ["expires_at"]
     list_select_related = [f"period__{name}" for name in BUDGET_RELATED]
@@ -604,7 +650,7 @@ class HoldAdmin(ReadOnlyAdmin):
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(ReadOnlyAdmin):
+class BudgetAlertAdmin(ReadOnlyAdmin[BudgetAlert]):
     list_display = ["budget", "threshold", "period_start", "created_at"]
     list_filter = ["threshold", "period_start", "created_at"]
     list_select_related = BUDGET_RELATED
@@ -612,7 +658,7 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
 
 
 @admin.register(RateLimit)
-class RateLimitAdmin(admin.ModelAdmin):
+class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
     list_display = ["project", "requests_per_minute", "tokens_per_minute"]
     list_select_related = ["project__organization"]
     search_fields = ["project__name", "project__organization__name"]
@@ -622,11 +668,16 @@ class RateLimitAdmin(admin.ModelAdmin):
 # --- statements ----------------------------------------------------------------------------------
 
 
-class StatementLineInline(admin.TabularInline):
+STATEMENT_LINE_FIELDS = [
+    "project_name", "model", "calls", "prompt_tokens", "completion_tokens", "cost",
+]  # fmt: skip
+
+
+class StatementLineInline(admin.TabularInline[StatementLine, Statement]):
     model = StatementLine
     extra = 0
-    fields = ["project_name", "model", "calls", "prompt_tokens", "completion_tokens", "cost"]
-    readonly_fields = fields
+    fields = [*STATEMENT_LINE_FIELDS]  # its own list: typed as field groups, unlike the next
+    readonly_fields = STATEMENT_LINE_FIELDS
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -637,7 +688,7 @@ class StatementLineInline(admin.TabularInline):
 
 
 @admin.register(Statement)
-class StatementAdmin(ReadOnlyAdmin):
+class StatementAdmin(ReadOnlyAdmin[Statement]):
     """Closed months, written once from the ledger."""
 
     list_display = ["organization", "period_start", "period_end", "total_cost", "created_at"]
@@ -648,7 +699,7 @@ class StatementAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StatementLine)
-class StatementLineAdmin(ReadOnlyAdmin):
+class StatementLineAdmin(ReadOnlyAdmin[StatementLine]):
     list_display = ["statement", "project_name", "model", "calls", "prompt_tokens",
                     "completion_tokens", "cost"]  # fmt: skip
     list_filter = ["model"]

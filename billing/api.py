@@ -31,7 +31,7 @@ from .selectors import (
 GROUPINGS = {"day": spend_by_day, "model": spend_by_model, "key": spend_by_api_key}
 
 
-class UsageQuerySerializer(serializers.Serializer):
+class UsageQuerySerializer(serializers.Serializer[Any]):
     group_by = serializers.ChoiceField(choices=list(GROUPINGS), default="day")
     start = serializers.DateField(
         required=False, help_text="First UTC day, included. Default: the 1st of this month."
@@ -51,7 +51,7 @@ class UsageQuerySerializer(serializers.Serializer):
         return {**attrs, "start": start, "end": end}
 
 
-class SpendSerializer(serializers.Serializer):
+class SpendSerializer(serializers.Serializer[Spend]):
     group = serializers.CharField(source="label", help_text="The day, model or key.")
     calls = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
@@ -59,7 +59,7 @@ class SpendSerializer(serializers.Serializer):
     cost = serializers.DecimalField(max_digits=24, decimal_places=12, help_text="USD")
 
 
-class UsageSerializer(serializers.Serializer):
+class UsageSerializer(serializers.Serializer[dict[str, Any]]):
     group_by = serializers.CharField()
     start = serializers.DateField()
     end = serializers.DateField()

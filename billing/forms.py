@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Any
 
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS
@@ -20,21 +21,24 @@ class UsageRangeForm(forms.Form):
     start = forms.DateField(required=False, input_formats=["%Y-%m-%d"], error_messages=DATE_ERRORS)
     end = forms.DateField(required=False, input_formats=["%Y-%m-%d"], error_messages=DATE_ERRORS)
 
-    def __init__(self, *args, default: DateRange, **kwargs) -> None:
+    def __init__(self, *args: Any, default: DateRange, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.default = default
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data  # what Form.clean() returns (typed as possibly None)
         if self.errors:
             return cleaned
-        start, end = cleaned.get("start"), cleaned.get("end")
+        start: date | None = cleaned.get("start")
+        end: date | None = cleaned.get("end")
         if any(day and not EARLIEST <= day <= LATEST for day in (start, end)):
             raise forms.ValidationError(f"Choose dates from {EARLIEST} to {LATEST}.")
-        if start is None and end is None:
-            start, end = self.default.start, self.default.end
-        elif start is None:  # the month up to that day
-            start = end.replace(day=1)
+        if start is None:
+            if end is None:
+                start, end = self.default.start, self.default.end
+            else:  # the month up to that day
+                start = end.replace(day=1)
         elif end is None:  # the rest of that month, but not past the default's end
             month_end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
             end = max(start, min(month_end - timedelta(days=1), self.default.end))
@@ -52,6 +56,8 @@ class UsageRangeForm(forms.Form):
         problems = []
         for name, errors in self.errors.items():
             prefix = "" if name == NON_FIELD_ERRORS else f"{name.capitalize()}: "
-            problems.append(prefix + " ".join(errors))
+            # str(): a no-op at run time (iterating an ErrorList yields its messages), which
+            # the stubs type as ValidationError | str.
+            problems.append(prefix + " ".join(str(error) for error in errors))
         shown = f"{self.default.start:%Y-%m-%d} to {self.default.end:%Y-%m-%d}"
         return self.default, f"{' '.join(problems)} Showing {shown} instead."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any, NoReturn, TypedDict, cast
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
@@ -18,8 +19,16 @@ from django.db import models
 
 from accounts.models import ApiKey, Organization, Project
 
-MONEY = {"max_digits": 24, "decimal_places": 12}
-PRICE = {"max_digits": 14, "decimal_places": 6}
+
+class DecimalDigits(TypedDict):
+    """A DecimalField's size, typed so that ``DecimalField(**MONEY)`` is checked."""
+
+    max_digits: int
+    decimal_places: int
+
+
+MONEY: DecimalDigits = {"max_digits": 24, "decimal_places": 12}
+PRICE: DecimalDigits = {"max_digits": 14, "decimal_places": 6}
 PER_MILLION = Decimal(1_000_000)
 
 
@@ -59,10 +68,10 @@ class UsageRecordQuerySet(models.QuerySet["UsageRecord"]):
     def for_organization(self, organization: Organization) -> UsageRecordQuerySet:
         return self.filter(organization=organization)
 
-    def update(self, **kwargs):
+    def update(self, **kwargs: Any) -> NoReturn:
         raise TypeError("The usage ledger is append-only.")
 
-    def delete(self):
+    def delete(self) -> NoReturn:
         raise TypeError("The usage ledger is append-only.")
 
 
@@ -125,12 +134,12 @@ class UsageRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.model} {self.cost} ({self.request_id})"
 
-    def save(self, *args, **kwargs) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None:
             raise TypeError("The usage ledger is append-only.")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("The usage ledger is append-only.")
 
 
@@ -205,12 +214,13 @@ class Budget(models.Model):
     def describe(self) -> str:
         if self.scope == self.Scope.ORGANIZATION:
             return f"the {self.organization} budget"
+        # cast: project and member budgets have a project (the scope check constraint).
         if self.scope == self.Scope.PROJECT:
-            return f"the budget of project {self.project.name}"
+            return f"the budget of project {cast(Project, self.project).name}"
         if self.scope == self.Scope.API_KEY:
             # The key's name and its non-secret prefix and last four, as its page shows them.
             return f"the budget of API key {self.api_key}"
-        return f"{self.user}'s budget in project {self.project.name}"
+        return f"{self.user}'s budget in project {cast(Project, self.project).name}"
 
     def thresholds(self) -> list[int]:
         values = []

@@ -11,11 +11,11 @@ backend: SQLite keeps a DecimalField as a REAL (15 significant digits) and sums 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import (
     Count,
@@ -134,16 +134,8 @@ class Spend:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _aggregates() -> dict[str, Any]:
-    return {
-        "calls": Count("id"),
-        "prompt": Sum("prompt_tokens"),
-        "completion": Sum("completion_tokens"),
-        "cost_units": cost_units_sum(),
-    }
-
-
-def _spend(row: dict[str, Any], *, label: str, key: Any) -> Spend:
+def _spend(row: Mapping[str, Any], *, label: str, key: Any) -> Spend:
+    """A group's row, aggregated as ``calls``, ``prompt``, ``completion`` and ``cost_units``."""
     return Spend(
         label=label,
         key=key,
@@ -173,7 +165,12 @@ def spend_by_day(scope: UsageScope, date_range: DateRange) -> list[Spend]:
         ledger_rows(scope, date_range)
         .annotate(day=UTCDate("created_at"))
         .values("day")
-        .annotate(**_aggregates())
+        .annotate(
+            calls=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost_units=cost_units_sum(),
+        )
         .order_by("day")
     )
     found = {row["day"]: row for row in rows}
@@ -189,7 +186,12 @@ def spend_by_model(scope: UsageScope, date_range: DateRange) -> list[Spend]:
     rows = (
         ledger_rows(scope, date_range)
         .values("model")
-        .annotate(**_aggregates())
+        .annotate(
+            calls=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost_units=cost_units_sum(),
+        )
         .order_by("-cost_units", "model")
     )
     return [_spend(row, label=row["model"], key=row["model"]) for row in rows]
@@ -203,7 +205,12 @@ def spend_by_member(scope: UsageScope, date_range: DateRange) -> list[Spend]:
     rows = list(
         ledger_rows(scope, date_range)
         .values("user_id")
-        .annotate(**_aggregates())
+        .annotate(
+            calls=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost_units=cost_units_sum(),
+        )
         .order_by("-cost_units", "user_id")
     )
     names = {
@@ -228,7 +235,12 @@ def spend_by_api_key(scope: UsageScope, date_range: DateRange) -> list[Spend]:
     rows = list(
         ledger_rows(scope, date_range)
         .values("api_key_id")
-        .annotate(**_aggregates())
+        .annotate(
+            calls=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost_units=cost_units_sum(),
+        )
         .order_by("-cost_units", "api_key_id")
     )
     keys = ApiKey.objects.filter(pk__in=[r["api_key_id"] for r in rows if r["api_key_id"]])
@@ -248,7 +260,12 @@ def spend_by_project(scope: UsageScope, date_range: DateRange) -> list[Spend]:
     rows = list(
         ledger_rows(scope, date_range)
         .values("project_id")
-        .annotate(**_aggregates())
+        .annotate(
+            calls=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost_units=cost_units_sum(),
+        )
         .order_by("-cost_units", "project_id")
     )
     names = dict(
@@ -285,11 +302,14 @@ def budget_subject(budget: Budget) -> str:
     "API key ci (lgw_AbCd1234…wxyz) in project X"."""
     if budget.scope == Budget.Scope.ORGANIZATION:
         return budget.organization.name
+    # cast: the other scopes have a project, and a member budget its member (the scope check
+    # constraint).
     if budget.scope == Budget.Scope.PROJECT:
-        return f"Project {budget.project.name}"
+        return f"Project {cast(Project, budget.project).name}"
     if budget.scope == Budget.Scope.API_KEY:
-        return f"API key {budget.api_key} in project {budget.project.name}"
-    return f"{budget.user.get_full_name()} in project {budget.project.name}"
+        return f"API key {budget.api_key} in project {cast(Project, budget.project).name}"
+    user = cast(User, budget.user)
+    return f"{user.get_full_name()} in project {cast(Project, budget.project).name}"
 
 
 @dataclass(frozen=True)
@@ -477,7 +497,8 @@ class BudgetBanner:
                 else "the limit is raised"
             )
             return f"{self.subject} has reached its limit: new messages are refused until {until}."
-        kind = {Budget.Period.MONTH: "monthly ", Budget.Period.DAY: "daily "}.get(budget.period, "")
+        kinds: dict[str, str] = {Budget.Period.MONTH: "monthly ", Budget.Period.DAY: "daily "}
+        kind = kinds.get(budget.period, "")
         limit = f"${round_cents(budget.limit_usd):,}"
         return f"{self.subject} has used {self.alert.threshold}% of its {limit} {kind}budget."
 

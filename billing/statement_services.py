@@ -9,7 +9,9 @@ commits.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Sum
@@ -19,7 +21,7 @@ from accounts.models import Organization
 from core.errors import ServiceError
 
 from .models import Statement, StatementLine, UsageRecord
-from .selectors import cost_units_sum, units_to_cost
+from .pricing import cost_units_sum, units_to_cost
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,9 @@ def previous_month(now: datetime) -> date:
     return (first_of_this_month - timedelta(days=1)).replace(day=1)
 
 
-def _lines_from_ledger(organization: Organization, start: datetime, end: datetime) -> list[dict]:
+def _lines_from_ledger(
+    organization: Organization, start: datetime, end: datetime
+) -> list[Mapping[str, Any]]:
     """One grouped query: per project and model, the month's calls, tokens and exact cost."""
     return list(
         UsageRecord.objects.for_organization(organization)

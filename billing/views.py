@@ -87,15 +87,23 @@ def _csv_chunks(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> Iterato
         yield "".join(chunk)
 
 
+def _next_chunk(chunks: Iterator[str]) -> str | None:
+    # next() with a default, as a one-signature function: sync_to_async(next) types only
+    # next()'s first overload, the one without a default.
+    return next(chunks, None)
+
+
 async def _async_chunks(chunks: Iterator[str]) -> AsyncIterator[str]:
     # Thread-sensitive: each chunk is read on the request's sync thread, where the database
     # cursor was opened.
-    next_chunk = sync_to_async(next)
-    while (chunk := await next_chunk(chunks, None)) is not None:
+    next_chunk = sync_to_async(_next_chunk)
+    while (chunk := await next_chunk(chunks)) is not None:
         yield chunk
 
 
-def _csv_response(request: HttpRequest, chunks: Iterator[str], filename: str) -> HttpResponse:
+def _csv_response(
+    request: HttpRequest, chunks: Iterator[str], filename: str
+) -> StreamingHttpResponse:
     # Under ASGI (Daphne) Django reads a sync iterator whole into memory before sending it;
     # an async one streams.
     content = _async_chunks(chunks) if isinstance(request, ASGIRequest) else chunks
@@ -105,7 +113,7 @@ def _csv_response(request: HttpRequest, chunks: Iterator[str], filename: str) ->
 
 
 @organization_view
-def usage_export(request: HttpRequest, membership: Membership) -> HttpResponse:
+def usage_export(request: HttpRequest, membership: Membership) -> StreamingHttpResponse:
     """The range's ledger rows, same scope as the dashboard, cost exactly as stored."""
     date_range, _ = _date_range(request)
     scope = UsageScope.for_membership(membership)
@@ -155,7 +163,9 @@ STATEMENT_COLUMNS = ["project", "model", "calls", "prompt_tokens", "completion_t
 
 
 @organization_view
-def statement_export(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
+def statement_export(
+    request: HttpRequest, membership: Membership, pk: int
+) -> StreamingHttpResponse:
     _require_manager(membership)
     statement = selectors.get_statement_or_404(organization=membership.organization, pk=pk)
     rows = (

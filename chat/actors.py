@@ -45,4 +45,6 @@ class Actor:
     def conversations(self) -> ConversationQuerySet:
         if self.api_key is not None:
             return Conversation.objects.for_api_key(self.api_key)
-        return Conversation.objects.for_user(self.user)
+        if self.user is not None:
+            return Conversation.objects.for_user(self.user)
+        return Conversation.objects.none()  # never: an actor is one of them (__post_init__)

@@ -47,13 +47,12 @@ from .actors import Actor
 from .models import Conversation, Message
 
 
-class ActorMixin:
-    api_key: Any
-    request: Request
+class ActorEndpoint(ProjectEndpoint):
+    """A project endpoint that acts on conversations for its caller (see ``chat.actors``)."""
 
     @property
     def actor(self) -> Actor:
-        return Actor.of(self.api_key or self.request.user)
+        return Actor.of(self.principal)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -137,7 +136,7 @@ class ConversationFilterSerializer(serializers.Serializer):
 
 
 @extend_schema(tags=["Conversations"])
-class ConversationListView(ActorMixin, ListModelMixin, ProjectEndpoint):
+class ConversationListView(ListModelMixin, ActorEndpoint):
     serializer_class = ConversationSerializer
 
     def get_queryset(self):
@@ -161,20 +160,20 @@ class ConversationListView(ActorMixin, ListModelMixin, ProjectEndpoint):
         return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
 
 
-class ConversationEndpointMixin(ActorMixin):
+class ConversationEndpoint(ActorEndpoint):
     """Resolves ``self.conversation`` through the actor's scoped path, after the project."""
 
     conversation: Conversation
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        super().initial(request, *args, **kwargs)
         self.conversation = selectors.get_actor_conversation_or_404(
             actor=self.actor, project=self.project, pk=kwargs["conversation_id"]
         )
 
 
 @extend_schema(tags=["Conversations"])
-class ConversationDetailView(ConversationEndpointMixin, ProjectEndpoint):
+class ConversationDetailView(ConversationEndpoint):
     @extend_schema(responses=ConversationSerializer)
     def get(self, request: Request, project_id: int, conversation_id: int) -> Response:
         return Response(ConversationSerializer(self.conversation).data)
@@ -266,7 +265,7 @@ FAILED_STATUS = {
 
 def _serialize_messages(messages: list[Message]) -> list[dict[str, Any]]:
     costs = selectors.message_costs([m.pk for m in messages if m.role == Message.Role.ASSISTANT])
-    return MessageSerializer(messages, many=True, context={"costs": costs}).data
+    return list(MessageSerializer(messages, many=True, context={"costs": costs}).data)
 
 
 def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[str, Any]]:
@@ -291,7 +290,7 @@ async def _abandon(record: IdempotentRequest) -> None:
 
 
 @extend_schema(tags=["Messages"])
-class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEndpoint):
+class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint):
     serializer_class = MessageSerializer
 
     def get_queryset(self):
@@ -391,9 +390,14 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
         return status_code, body
 
     def _user_message(self, pending: services.PendingReply) -> dict[str, Any]:
+        """The user message this reply answers, saved (only for a reply to a new message)."""
+        if pending.user_message is None:
+            raise ValueError("this reply answers no new user message")
         user_message = selectors.get_message(
             conversation=self.conversation, pk=pending.user_message["id"]
         )
+        if user_message is None:
+            raise Http404("The conversation was deleted while the model was answering.")
         return _serialize_messages([user_message])[0]
 
     async def _keep_when_saved(
@@ -454,7 +458,7 @@ class MessageListView(ConversationEndpointMixin, ListModelMixin, AsyncProjectEnd
 
 
 @extend_schema(tags=["Messages"])
-class ConversationStopView(ConversationEndpointMixin, AsyncProjectEndpoint):
+class ConversationStopView(ConversationEndpoint, AsyncProjectEndpoint):
     """Stop the reply being written: what was generated is kept (state ``stopped``) and billed."""
 
     @extend_schema(request=None, responses={200: MessageSerializer, 409: OPENAI_ERROR})

@@ -1,5 +1,7 @@
 """The conversation page's forms: settings and rename."""
 
+from typing import Any, cast
+
 from django import forms
 
 
@@ -18,9 +20,10 @@ class ConversationSettingsForm(forms.Form):
         help_text="Longest reply; empty for no cap.",
     )
 
-    def __init__(self, *args, models: list[str], **kwargs) -> None:
+    def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model"].choices = [(m, m) for m in models]
+        # The model field is the ChoiceField above; ``fields`` knows only that it is a Field.
+        cast(forms.ChoiceField, self.fields["model"]).choices = [(m, m) for m in models]
 
 
 class RenameForm(forms.Form):

@@ -3,21 +3,23 @@ person's own conversations) or ``for_api_key`` (a project's API conversations)."
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from accounts.models import Project
+from accounts.models import AnyUser, ApiKey, Project
 
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
-    def for_user(self, user) -> ConversationQuerySet:
+    def for_user(self, user: AnyUser) -> ConversationQuerySet:
         """The user's own conversations, in projects of organizations they still belong to."""
         if not user.is_authenticated:
             return self.none()
         return self.filter(owner=user, project__organization__memberships__user=user)
 
-    def for_api_key(self, key) -> ConversationQuerySet:
+    def for_api_key(self, key: ApiKey) -> ConversationQuerySet:
         """The project's API conversations: those started with any of its keys. A key is the
         project's, not a person's, so it never reaches a member's own chats."""
         return self.filter(project_id=key.project_id, owner__isnull=True)
@@ -119,6 +121,12 @@ class Message(models.Model):
     request_id = models.UUIDField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Not stored: set on a reply where it is shown. What the ledger says it cost, what its
+    # conversation has cost so far, and its text rendered (sanitized) from markdown.
+    cost: Decimal | None
+    conversation_cost: Decimal | None
+    html: str
 
     class Meta:
         ordering = ["id"]

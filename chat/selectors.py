@@ -9,21 +9,21 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 
-from accounts.models import Project, User
+from accounts.models import AnyUser, Project
 from billing.models import UsageRecord
 from billing.pricing import cost_units_sum, units_to_cost
 from providers import selectors as provider_selectors
 
 from .actors import Actor
-from .models import Conversation, Message
+from .models import Conversation, ConversationQuerySet, Message
 
 
-def conversations_for_user(user: User) -> QuerySet[Conversation]:
+def conversations_for_user(user: AnyUser) -> ConversationQuerySet:
     return Conversation.objects.for_user(user)
 
 
 def sidebar_conversations(
-    *, user: User, project: Project, query: str = "", limit: int = 100
+    *, user: AnyUser, project: Project, query: str = "", limit: int = 100
 ) -> QuerySet[Conversation]:
     """The user's conversations in a project, newest activity first, searched by title and text."""
     qs = conversations_for_user(user).for_project(project).filter(archived=False)
@@ -33,7 +33,7 @@ def sidebar_conversations(
     return qs.order_by("-last_message_at", "-id")[:limit]
 
 
-def get_conversation_or_404(*, user: User, project: Project, pk: int) -> Conversation:
+def get_conversation_or_404(*, user: AnyUser, project: Project, pk: int) -> Conversation:
     try:
         return conversations_for_user(user).for_project(project).get(pk=pk)
     except Conversation.DoesNotExist:
@@ -89,7 +89,7 @@ def get_message(*, conversation: Conversation, pk: int) -> Message | None:
     return conversation.messages.filter(pk=pk).first()
 
 
-def get_conversation_for_user(*, user: User, pk: int) -> Conversation | None:
+def get_conversation_for_user(*, user: AnyUser, pk: int) -> Conversation | None:
     """For the socket, whose URL names only the conversation."""
     return (
         conversations_for_user(user).select_related("project__organization").filter(pk=pk).first()

@@ -38,7 +38,7 @@ from .prompt import PromptTooLong, build_prompt
 
 TITLE_MAX_CHARS = 80
 
-LEDGER_STATUS = {
+LEDGER_STATUS: dict[str, str] = {
     Message.State.COMPLETE: UsageRecord.Status.OK,
     Message.State.STOPPED: UsageRecord.Status.STOPPED,
     Message.State.INCOMPLETE: UsageRecord.Status.INCOMPLETE,

@@ -6,7 +6,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.decorators import project_view
+from accounts.decorators import AuthenticatedHttpRequest, project_view
 from accounts.models import Membership, Project
 from core.errors import ServiceError
 
@@ -37,7 +37,9 @@ def _chat_context(request: HttpRequest, membership: Membership, project: Project
 
 
 @project_view
-def chat_home(request: HttpRequest, membership: Membership, project: Project) -> HttpResponse:
+def chat_home(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
     context = _chat_context(request, membership, project)
     if not context["query"] and context["conversations"]:
         return redirect(_conversation_url(project, context["conversations"][0].pk))
@@ -47,7 +49,7 @@ def chat_home(request: HttpRequest, membership: Membership, project: Project) ->
 @require_POST
 @project_view
 def conversation_new(
-    request: HttpRequest, membership: Membership, project: Project
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
 ) -> HttpResponse:
     try:
         conversation = services.conversation_create(
@@ -61,7 +63,7 @@ def conversation_new(
 
 @project_view
 def conversation_detail(
-    request: HttpRequest, membership: Membership, project: Project, pk: int
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     before = request.GET.get("before")
@@ -103,7 +105,7 @@ def conversation_detail(
 @require_POST
 @project_view
 def conversation_rename(
-    request: HttpRequest, membership: Membership, project: Project, pk: int
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     form = RenameForm(request.POST)
@@ -117,7 +119,7 @@ def conversation_rename(
 @require_POST
 @project_view
 def conversation_delete(
-    request: HttpRequest, membership: Membership, project: Project, pk: int
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     services.conversation_delete(conversation=conversation)
@@ -128,13 +130,14 @@ def conversation_delete(
 @require_POST
 @project_view
 def conversation_settings(
-    request: HttpRequest, membership: Membership, project: Project, pk: int
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     form = ConversationSettingsForm(request.POST, models=selectors.allowed_models(project))
     if not form.is_valid():
         for field, errors in form.errors.items():
-            messages.error(request, f"{field.replace('_', ' ').capitalize()}: {' '.join(errors)}")
+            problems = " ".join(str(error) for error in errors)
+            messages.error(request, f"{field.replace('_', ' ').capitalize()}: {problems}")
     else:
         try:
             services.conversation_update_settings(conversation=conversation, **form.cleaned_data)
@@ -147,10 +150,11 @@ def conversation_settings(
 
 @project_view
 def conversation_export(
-    request: HttpRequest, membership: Membership, project: Project, pk: int, fmt: str
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int, fmt: str
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     filename = f"conversation-{conversation.pk}.{fmt}"
+    response: HttpResponse
     if fmt == "json":
         response = JsonResponse(
             exports.as_dict(conversation), json_dumps_params={"ensure_ascii": False, "indent": 2}

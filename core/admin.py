@@ -7,7 +7,7 @@ from .models import IdempotentRequest
 
 
 @admin.register(IdempotentRequest)
-class IdempotentRequestAdmin(admin.ModelAdmin):
+class IdempotentRequestAdmin(admin.ModelAdmin[IdempotentRequest]):
     list_display = ["key", "api_key", "user", "status_code", "created_at"]
     list_filter = ["status_code", "created_at"]
     search_fields = ["key"]

@@ -8,12 +8,13 @@ status and code, and DRF's own exceptions, Django's 404 and 403 into the same sh
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponseBase
+from django.http import Http404, HttpRequest, HttpResponseBase
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -53,36 +54,34 @@ def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-class AsyncDispatchMixin:
-    """For an APIView whose handlers are coroutines (``async def get/post``): authentication,
+class AsyncAPIView(APIView):
+    """An APIView whose handlers are coroutines (``async def get/post``): authentication,
     permissions and ``initial`` run in a worker thread, the handler on the event loop. Django
     sees the view as async because every handler is. (DRF views are sync, and a sync view under
     ASGI would hold the one thread all sync views share for as long as a model answers.)"""
 
+    # The stubs know only DRF's sync dispatch; Django runs a view whose handlers are all
+    # coroutines as async (View.view_is_async) and awaits this.
     async def dispatch(  # type: ignore[override]
-        self: Any, request: Any, *args: Any, **kwargs: Any
+        self, request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
         self.args, self.kwargs = args, kwargs
-        request = self.initialize_request(request, *args, **kwargs)
-        self.request = request
+        drf_request = self.initialize_request(request, *args, **kwargs)
+        self.request = drf_request
         self.headers = self.default_response_headers
         try:
-            await sync_to_async(self.initial)(request, *args, **kwargs)
-            method = request.method.lower()
+            await sync_to_async(self.initial)(drf_request, *args, **kwargs)
+            method = (drf_request.method or "").lower()
             handler = getattr(self, method, None)
             if handler is None or method not in self.http_method_names:
                 handler = self.http_method_not_allowed
-            response = handler(request, *args, **kwargs)
-            if hasattr(response, "__await__"):
+            response = handler(drf_request, *args, **kwargs)
+            if inspect.isawaitable(response):
                 response = await response
         except Exception as exc:  # DRF's own contract: every exception becomes a response
             response = self.handle_exception(exc)
-        self.response: HttpResponseBase = self.finalize_response(request, response, *args, **kwargs)
+        self.response = self.finalize_response(drf_request, response, *args, **kwargs)
         return self.response
-
-
-class AsyncAPIView(AsyncDispatchMixin, APIView):
-    """An APIView whose handlers are coroutines."""
 
 
 def _first_message(detail: Any) -> tuple[str | None, str]:
@@ -115,9 +114,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
-    response = drf_exception_handler(exc, context)
-    if response is None or not isinstance(exc, exceptions.APIException):
-        return response
+    handled = drf_exception_handler(exc, context)
+    if handled is None or not isinstance(exc, exceptions.APIException):
+        return handled
+    response = handled
     if isinstance(exc, exceptions.ValidationError):
         param, message = _first_message(exc.detail)
         response.data = error_body(

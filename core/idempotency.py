@@ -15,13 +15,13 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Model
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 
 from .errors import ApiError, invalid_request
@@ -143,13 +143,17 @@ async def recorded_stream(
             await sync_to_async(idempotency_abandon)(record=record)
 
 
-async def remember(record: IdempotentRequest, response: HttpResponse) -> HttpResponse:
+async def remember(record: IdempotentRequest, response: HttpResponseBase) -> HttpResponseBase:
     """Keep ``response`` as the answer to ``record``'s key; a stream is kept as it is sent."""
-    if response.streaming:
+    if isinstance(response, StreamingHttpResponse):
         response.streaming_content = recorded_stream(
-            response.streaming_content, record=record, status=response.status_code
+            cast(AsyncIterator[bytes], response.streaming_content),  # ours: async, of bytes
+            record=record,
+            status=response.status_code,
         )
         return response
+    if not isinstance(response, HttpResponse):
+        raise TypeError(f"Cannot keep a {type(response).__name__} for an Idempotency-Key.")
     await sync_to_async(idempotency_finish)(
         record=record, status=response.status_code, body=json.loads(response.content)
     )

@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -442,7 +442,6 @@ async def complete(call: GatewayCall) -> dict[str, Any]:
             await _settle_shielded(call, outcome, started)
         finally:
             await provider.aclose()
-    completion = cast(Completion, completion)  # set: every other path raised
     return {
         "id": call.id,
         "object": "chat.completion",

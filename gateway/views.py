@@ -13,14 +13,13 @@ import asyncio
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
-from rest_framework.views import APIView
 
 from accounts.models import ApiKey
 from core import idempotency
-from core.api import AsyncDispatchMixin, retry_after_header
+from core.api import AsyncAPIView, retry_after_header
 from core.errors import ApiError
 from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR
 
@@ -34,7 +33,9 @@ from .schema import (
 )
 from .services import GatewayCall, GatewayStream
 
-KEY_AUTH = [{"projectKey": []}]
+# The operations' security requirements. drf-spectacular annotates ``auth`` as a list of
+# names, yet writes it into the schema as it is: OpenAPI wants requirement objects.
+KEY_AUTH: Any = [{"projectKey": []}]
 
 
 def error_response(error: ApiError) -> JsonResponse:
@@ -46,7 +47,7 @@ def error_response(error: ApiError) -> JsonResponse:
     return response
 
 
-class OpenAIEndpoint(AsyncDispatchMixin, APIView):
+class OpenAIEndpoint(AsyncAPIView):
     authentication_classes: list[Any] = []  # gateway_authenticate: OpenAI's 401, not DRF's
     permission_classes: list[Any] = []
 
@@ -102,7 +103,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         },
         tags=["OpenAI-compatible"],
     )
-    async def post(self, request: Request) -> HttpResponse:
+    async def post(self, request: Request) -> HttpResponseBase:
         try:
             api_key = await sync_to_async(gateway_services.gateway_authenticate)(
                 authorization=request.headers.get("Authorization"), scopes=("chat",)
@@ -129,7 +130,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         return await idempotency.remember(started, response)
 
 
-async def _chat_completions(body: bytes, api_key: ApiKey) -> HttpResponse:
+async def _chat_completions(body: bytes, api_key: ApiKey) -> HttpResponseBase:
     try:
         call: GatewayCall = await sync_to_async(gateway_services.chat_prepare)(
             key=api_key, body=body

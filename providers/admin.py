@@ -8,7 +8,7 @@ from .crypto import encrypt, key_hint
 from .models import ConnectionModel, ProjectModel, ProviderConnection
 
 
-class ProviderConnectionForm(forms.ModelForm):
+class ProviderConnectionForm(forms.ModelForm[ProviderConnection]):
     # Write-only: the stored key is never put back into the page; empty keeps it.
     base_url = forms.URLField(required=False, assume_scheme="https")
     api_key = forms.CharField(
@@ -35,7 +35,7 @@ class ProviderConnectionForm(forms.ModelForm):
         return connection
 
 
-class ConnectionModelInline(admin.TabularInline):
+class ConnectionModelInline(admin.TabularInline[ConnectionModel, ProviderConnection]):
     model = ConnectionModel
     extra = 0
     fields = ["name", "context_window", "supports_vision", "supports_tools", "supports_json",
@@ -43,7 +43,7 @@ class ConnectionModelInline(admin.TabularInline):
 
 
 @admin.register(ProviderConnection)
-class ProviderConnectionAdmin(admin.ModelAdmin):
+class ProviderConnectionAdmin(admin.ModelAdmin[ProviderConnection]):
     form = ProviderConnectionForm
     list_display = ["name", "kind", "organization", "project", "api_key_hint", "base_url",
                     "models_refreshed_at"]  # fmt: skip
@@ -56,7 +56,7 @@ class ProviderConnectionAdmin(admin.ModelAdmin):
 
 
 @admin.register(ConnectionModel)
-class ConnectionModelAdmin(admin.ModelAdmin):
+class ConnectionModelAdmin(admin.ModelAdmin[ConnectionModel]):
     list_display = ["name", "connection", "context_window", "supports_vision", "supports_tools",
                     "supports_json"]  # fmt: skip
     list_filter = ["supports_vision", "supports_tools", "supports_json", "fetched"]
@@ -65,7 +65,7 @@ class ConnectionModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProjectModel)
-class ProjectModelAdmin(admin.ModelAdmin):
+class ProjectModelAdmin(admin.ModelAdmin[ProjectModel]):
     list_display = ["name", "project", "is_default"]
     list_filter = ["is_default"]
     list_select_related = ["project__organization"]

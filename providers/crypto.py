@@ -6,6 +6,7 @@ exist only in memory, for the length of a call.
 """
 
 from functools import lru_cache
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -29,7 +30,7 @@ def _fernet() -> MultiFernet:
 
 
 @receiver(setting_changed)
-def _forget_keys(*, setting: str, **kwargs) -> None:
+def _forget_keys(*, setting: str, **kwargs: Any) -> None:
     if setting == "FIELD_ENCRYPTION_KEYS":
         _fernet.cache_clear()
 

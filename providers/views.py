@@ -7,7 +7,7 @@ Owners and admins manage connections; members may look at the Models page and no
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from django import forms
@@ -97,7 +97,7 @@ class ConnectionEditForm(ConnectionForm):
         if connection.api_key_hint:
             # format_html: form_fields.html shows help texts unescaped, and the hint is
             # four characters of whatever was typed as a key.
-            help_text = format_html(
+            help_text: str = format_html(
                 "Leave empty to keep the current key ({}).", connection.api_key_hint
             )
         else:
@@ -122,8 +122,9 @@ class ProjectModelsForm(forms.Form):
     def __init__(self, *args: Any, model_ids: list[int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         choices = [(pk, pk) for pk in model_ids]
-        self.fields["allowed"].choices = choices
-        self.fields["default"].choices = choices
+        # self.fields is typed as plain Fields; these two are the choice fields declared above.
+        cast(forms.TypedMultipleChoiceField, self.fields["allowed"]).choices = choices
+        cast(forms.TypedChoiceField, self.fields["default"]).choices = choices
 
 
 EDITABLE_FIELDS = (

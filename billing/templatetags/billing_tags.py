@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypedDict
 
 from django import template
 
@@ -31,12 +32,19 @@ class Bar:
     day: Spend
 
 
+class Chart(TypedDict):
+    bars: list[Bar]
+    width: int
+    height: int
+    peak: Decimal
+
+
 CHART_HEIGHT = 100
 BAR_STEP = 10
 
 
 @register.simple_tag
-def chart_bars(days: list[Spend]) -> dict:
+def chart_bars(days: list[Spend]) -> Chart:
     """Geometry of the daily bars in a 0-100 tall viewBox, scaled to the busiest day."""
     peak = max((d.cost for d in days), default=Decimal(0))
     bars = []

@@ -8,7 +8,7 @@ messages without knowing which SDK sits underneath.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -138,12 +138,15 @@ class Completion:
 
 
 class Provider(Protocol):
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield `TextDelta`s (and `ToolCallDelta`s, if the request has `tools` and the model
         calls one), then exactly one `StreamEnd`.
 
         Raises `ProviderError`, possibly after some deltas were already yielded (a dropped
         connection); the caller keeps what it received and marks the reply incomplete.
+
+        An async generator, not just an iterator: a caller that stops early `aclose()`s it
+        (`contextlib.aclosing`), which releases the upstream at once.
         """
         ...
 

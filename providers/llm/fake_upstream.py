@@ -147,12 +147,14 @@ def reply_tokens(messages: list[dict[str, Any]], faults: Faults) -> list[str]:
 def _first_tool_name(tools: Any) -> str | None:
     if isinstance(tools, list) and tools and isinstance(tools[0], dict):
         function = tools[0].get("function")
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            return function["name"]
+        if isinstance(function, dict):
+            name = function.get("name")
+            if isinstance(name, str):
+                return name
     return None
 
 
-def tool_call(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict | None:
+def tool_call(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, str] | None:
     """What ``@tool`` calls: ``{"name": ..., "arguments": ...}`` (arguments as a JSON string),
     or None when the last message is a tool's result, which a model answers in text."""
     if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
@@ -169,11 +171,13 @@ def argument_fragments(arguments: str) -> list[str]:
     return _ARGUMENT_FRAGMENT.findall(arguments)
 
 
-def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+def _error_body(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-_ERRORS: dict[str, tuple[int, dict]] = {
+_ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     "429": (
         429,
         _error_body(
@@ -339,7 +343,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- chat completions ----------------------------------------------------------------
 
     def _answer(
-        self, body: dict, model: str, messages: list, faults: Faults, completion_id: str
+        self,
+        body: dict[str, Any],
+        model: str,
+        messages: list[dict[str, Any]],
+        faults: Faults,
+        completion_id: str,
     ) -> None:
         # tool_choice "none" forbids a call, as OpenAI's does: the reply is text.
         wants_call = faults.tool_call and body.get("tool_choice") != "none"
@@ -353,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None and len(tokens) > limit:
             tokens, finish_reason = tokens[:limit], "length"
         prompt_tokens = count_message_tokens(messages)
-        usage = None
+        usage: dict[str, Any] | None = None
         if not faults.no_usage:
             usage = {
                 "prompt_tokens": prompt_tokens,
@@ -362,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "prompt_tokens_details": {"cached_tokens": min(faults.cached, prompt_tokens)},
                 "completion_tokens_details": {"reasoning_tokens": 0},
             }
-        envelope = {
+        envelope: dict[str, Any] = {
             "id": completion_id,
             "created": int(time.time()),
             "model": model,
@@ -371,8 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             if call is None:
-                opening: dict = {"role": "assistant", "content": "", "refusal": None}
-                deltas = [{"content": token} for token in tokens]
+                opening: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+                deltas: list[dict[str, Any]] = [{"content": token} for token in tokens]
             else:
                 opening = {
                     "role": "assistant",
@@ -438,11 +447,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(
         self,
-        envelope: dict,
-        opening: dict,
-        deltas: list[dict],
+        envelope: dict[str, Any],
+        opening: dict[str, Any],
+        deltas: list[dict[str, Any]],
         finish_reason: str,
-        usage: dict | None,
+        usage: dict[str, Any] | None,
         include_usage: bool,
         faults: Faults,
     ) -> None:
@@ -454,13 +463,13 @@ class _Handler(BaseHTTPRequestHandler):
             {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"},
         )
 
-        def chunk(choices: list, chunk_usage: dict | None = None) -> None:
+        def chunk(choices: list[dict[str, Any]], chunk_usage: dict[str, Any] | None = None) -> None:
             payload = {**envelope, "object": "chat.completion.chunk", "choices": choices}
             if include_usage:  # OpenAI sends "usage": null on every chunk but the last
                 payload["usage"] = chunk_usage
             self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
 
-        def choice(delta: dict, finish: str | None = None) -> list:
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
         chunk(choice(opening))
@@ -505,7 +514,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
-    def _send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload).encode()
         self._send_head(
             status, "application/json", {"Content-Length": str(len(data)), **(headers or {})}

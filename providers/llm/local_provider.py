@@ -45,10 +45,10 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from providers.llm.base import (
     ChatRequest,
@@ -64,6 +64,7 @@ from providers.llm.base import (
 if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from llama_cpp.llama_types import CreateChatCompletionStreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,11 @@ def _llama_class() -> type[Llama]:
                     raise _Cancelled
                 super().eval(tokens[start : start + self.n_batch])
 
-        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+        # Iterator, not Llama.generate's Generator: while a run is set, tokens sent back are
+        # not passed on to `inner` (see below), so the signature promises no `send()`.
+        def generate(  # type: ignore[override]
+            self, tokens: Sequence[int], *args: Any, **kwargs: Any
+        ) -> Iterator[int]:
             # Plain iteration, not `yield from`: llama-cpp-python's own callers never `send()`
             # tokens back into this generator.
             inner = super().generate(tokens, *args, **kwargs)
@@ -339,21 +344,33 @@ class _Engine:
         }
         llama = self.llama
         run = _Run(job.cancelled)
+        # `llama` is a `_LocalLlama`, built lazily in `_llama_class`, so typed as its base.
         llama.run = run  # type: ignore[attr-defined]
         finish_reason: str | None = None
         upstream_id: str | None = None
-        chunks: Iterator[Any] | None = None
+        chunks: Generator[CreateChatCompletionStreamResponse, None, None] | None = None
         try:
-            chunks = llama.create_chat_completion(  # type: ignore[assignment]
-                messages=request.messages, stream=True, **options
+            # With stream=True the result is a generator of chunks; the annotation (one
+            # signature, no overloads) also allows the non-streaming response.
+            chunks = cast(
+                "Generator[CreateChatCompletionStreamResponse, None, None]",
+                llama.create_chat_completion(
+                    # Plain dicts of OpenAI's shape, where llama-cpp-python's annotation wants
+                    # its own message TypedDicts (which are no more than that shape).
+                    messages=request.messages,  # type: ignore[arg-type]
+                    stream=True,
+                    **options,
+                ),
             )
-            for chunk in chunks:  # type: ignore[union-attr]
+            for chunk in chunks:
                 if job.cancelled.is_set():
                     return None
                 upstream_id = upstream_id or chunk["id"]
                 choice = chunk["choices"][0]
+                # isinstance: the delta may be the empty TypedDict, whose .get mypy types as
+                # object (its content is a str or None either way).
                 content = choice["delta"].get("content")
-                if content and not job.send(TextDelta(content)):
+                if content and isinstance(content, str) and not job.send(TextDelta(content)):
                     return None
                 finish_reason = choice["finish_reason"] or finish_reason
         except _Cancelled:
@@ -367,8 +384,8 @@ class _Engine:
             if chunks is not None:
                 # Close now rather than at garbage collection, while `run` is still in place:
                 # the generator's own cleanup must happen before the next job starts.
-                chunks.close()  # type: ignore[attr-defined]
-            llama.run = None  # type: ignore[attr-defined]
+                chunks.close()
+            llama.run = None  # type: ignore[attr-defined]  # as above
         return StreamEnd(
             finish_reason=finish_reason,
             usage=Usage(
@@ -382,7 +399,9 @@ class _Engine:
     def _prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
         # Exactly what llama-cpp-python's chat handler does with the same formatter (installed
         # as the model's `chat_handler` in `_load_engine`), so the count is the real one.
-        result = self.formatter(messages=messages)
+        # Plain dicts of OpenAI's shape, where llama-cpp-python's annotation wants its own
+        # message TypedDicts (which are no more than that shape).
+        result = self.formatter(messages=messages)  # type: ignore[arg-type]
         return self.llama.tokenize(
             result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
         )
@@ -488,7 +507,7 @@ class LocalProvider:
         """Tokens of context (prompt + reply) requests get. Blocking on the very first call."""
         return self._n_ctx or local_context_window(self._resolved_path())
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[LocalStreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[LocalStreamEvent, None]:
         """Yield `Waiting`s (only if the model is busy), `TextDelta`s, then one `StreamEnd`.
 
         Raises `ProviderError`. To stop a generation, cancel the task reading the stream or

@@ -11,7 +11,7 @@ the account has no credit, which retrying cannot fix, so it is not retried (see
 from __future__ import annotations
 
 import email.utils
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
@@ -150,7 +150,7 @@ class OpenAIProvider:
         self._client.organization = organization
         self._client.project = project
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         finish_reason: str | None = None
         usage: Usage | None = None
         upstream_id: str | None = None
