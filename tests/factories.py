@@ -1,3 +1,5 @@
+"""factory_boy factories of users, organizations, projects and memberships."""
+
 import factory
 from django.utils.text import slugify
 

@@ -1,3 +1,5 @@
+"""The Django admin: every model registered, staff only."""
+
 import pytest
 from django.contrib import admin
 from django.urls import reverse

@@ -22,7 +22,7 @@ NOT_TENANT_SCOPED = {
     "password_reset_confirm": "a signed one-time token, not an object id",
     "invitation_accept": "a secret one-time token; tested in tests/accounts/test_members.py",
     "openai_api:model": "a model name looked up in the calling key's own project (the key is "
-    "the tenant); tested in tests/chat/test_openai_api.py",
+    "the tenant); tested in tests/gateway/test_openai_api.py",
 }
 
 

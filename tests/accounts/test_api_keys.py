@@ -1,3 +1,5 @@
+"""Project API keys: their shape and checksum, what is stored of them, authentication."""
+
 import io
 from datetime import timedelta
 

@@ -1,3 +1,5 @@
+"""Members and roles, invitations by link, leaving an organization."""
+
 from datetime import timedelta
 
 import pytest

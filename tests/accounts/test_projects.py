@@ -1,3 +1,5 @@
+"""Projects and organizations from their pages: create, rename, delete, who may."""
+
 import pytest
 from django.urls import reverse
 

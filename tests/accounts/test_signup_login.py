@@ -1,3 +1,5 @@
+"""Sign-up, login by e-mail, the lockout after wrong passwords, password reset."""
+
 import pytest
 from django.core import mail
 from django.urls import reverse

@@ -1,3 +1,5 @@
+"""Prices and budgets the billing tests set up."""
+
 from decimal import Decimal
 
 import pytest

@@ -1,3 +1,5 @@
+"""The chat pages: home, new chat, a conversation, rename, settings, delete, export."""
+
 import json
 
 import pytest

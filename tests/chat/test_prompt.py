@@ -1,3 +1,5 @@
+"""The prompt: history trimmed to the model's context window, oldest turns first."""
+
 import pytest
 
 from chat.prompt import PromptTooLong, build_prompt

@@ -1,1 +1,1 @@
-"""Tests of core: idempotency, migrations of the layout."""
+"""Tests of the core app."""

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from core.models import IdempotentRequest
-from tests.chat.test_openai_api import HELLO, URL, make_key, serve
+from tests.gateway.test_openai_api import HELLO, URL, make_key, serve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,7 +17,7 @@ from providers.llm.base import (
 from providers.llm.fake_upstream import FakeUpstream, argument_fragments, tool_call
 from providers.llm.openai_provider import OpenAIProvider
 from providers.llm.tokens import count_message_tokens
-from tests.llm.conftest import API_KEY, MakeProvider
+from tests.providers.llm.conftest import API_KEY, MakeProvider
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from providers.llm.fake_upstream import (
     FakeUpstream,
@@ -245,7 +245,7 @@ def test_it_stops_at_once_with_a_hung_request_and_leaves_no_threads():
 
 
 def test_the_management_command_serves_until_interrupted():
-    root = Path(__file__).resolve().parents[2]
+    root = settings.BASE_DIR  # where manage.py is
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
     with subprocess.Popen(
         [sys.executable, "manage.py", "run_fake_upstream", "--port", "0"],

@@ -1,0 +1,1 @@
+"""Tests of the provider interface and its implementations (providers.llm)."""
