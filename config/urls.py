@@ -3,9 +3,11 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from django.views.defaults import page_not_found
 
-from core.api import error_body
+from core.api import status_error_body
+from core.errors import ServiceError
 
 # Paths whose clients read JSON: their 404s (a path no route matches) are JSON too.
 API_PREFIXES = ("/api/", "/v1/")
@@ -19,14 +21,22 @@ def no_favicon(request: HttpRequest) -> HttpResponse:
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith(API_PREFIXES):
-        body = error_body(
+        body = status_error_body(
             status_code=404, message=f"No such path: {request.path}", code="not_found"
         )
         return JsonResponse(body, status=404)
     return page_not_found(request, exception)
 
 
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith(API_PREFIXES):
+        error = ServiceError(code="internal_error")
+        return JsonResponse(error.body(), status=error.status)
+    return defaults.server_error(request)
+
+
 handler404 = not_found
+handler500 = server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -9,7 +9,7 @@ status and code, and DRF's own exceptions, Django's 404 and 403 into the same sh
 from __future__ import annotations
 
 import inspect
-import math
+import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -20,8 +20,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from .errors import ApiError, ServiceError
+from .errors import ServiceError, error_body
 
+logger = logging.getLogger(__name__)
+
+# DRF's own refusals (authentication, permissions, parsing, methods): their OpenAI type.
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -35,23 +38,22 @@ ERROR_TYPES = {
 }
 
 
-def error_body(
+def status_error_body(
     *, status_code: int, message: str, code: str | None, param: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": ERROR_TYPES.get(status_code, "api_error"),
-            "code": code,
-            "param": param,
-            **extra,
-        }
-    }
+    """The error shape for a refusal known only by its HTTP status (DRF's, Django's 404)."""
+    return error_body(
+        message=message,
+        type=ERROR_TYPES.get(status_code, "api_error"),
+        code=code,
+        param=param,
+        **extra,
+    )
 
 
-def retry_after_header(seconds: float) -> str:
-    """Whole seconds, at least one: what ``Retry-After`` carries."""
-    return str(max(1, math.ceil(seconds)))
+def service_error_response(exc: ServiceError) -> Response:
+    """A refusal of ours as the API answers it: its status, body and retry headers."""
+    return Response(exc.body(), status=exc.status, headers=exc.headers())
 
 
 class AsyncAPIView(APIView):
@@ -96,31 +98,25 @@ def _first_message(detail: Any) -> tuple[str | None, str]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Every refusal of the API in one shape; services' errors become their own status."""
-    if isinstance(exc, ApiError):
-        response = Response(exc.body(), status=exc.status)
-        if exc.retry_after is not None:
-            response["Retry-After"] = retry_after_header(exc.retry_after)
-        return response
+    """Every refusal of the API in one shape; services' errors answer as the error table says."""
     if isinstance(exc, ServiceError):
-        response = Response(
-            error_body(status_code=exc.status, message=exc.message, code=exc.api_code),
-            status=exc.status,
-        )
-        if exc.retry_after is not None:
-            response["Retry-After"] = retry_after_header(exc.retry_after)
-        return response
+        return service_error_response(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     handled = drf_exception_handler(exc, context)
-    if handled is None or not isinstance(exc, exceptions.APIException):
+    if handled is None:
+        # Not a refusal but a failure of ours: logged with its traceback, answered in the
+        # API's own shape (never Django's HTML page, never a traceback).
+        logger.error("API view failed", exc_info=exc)
+        return service_error_response(ServiceError(code="internal_error"))
+    if not isinstance(exc, exceptions.APIException):
         return handled
     response = handled
     if isinstance(exc, exceptions.ValidationError):
         param, message = _first_message(exc.detail)
-        response.data = error_body(
+        response.data = status_error_body(
             status_code=response.status_code,
             message=f"{param}: {message}" if param else message,
             code="invalid_request",
@@ -129,7 +125,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
         return response
     codes = exc.get_codes()
-    response.data = error_body(
+    response.data = status_error_body(
         status_code=response.status_code,
         message=str(exc.detail),
         code=codes if isinstance(codes, str) else None,

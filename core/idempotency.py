@@ -4,8 +4,9 @@ API's message create, streamed or not.
 The first request with a key runs and its answer is kept (JSON, or the Server-Sent Events it
 streamed); a repeat within 24 hours gets the same answer and is not billed again; a repeat with
 a different body gets 409, as does one that arrives while the first is still running. Keys are
-per caller (a project API key, or a signed-in person). Answers that say "try again" — server
-errors, and a stream its client left before the end — are not kept, so a retry runs again.
+per caller (a project API key, or a signed-in person). Only completed answers are kept:
+refusals before any work, upstream failures (a stream that ended in an error event included),
+server errors and a stream its client left before the end free the key, so a retry runs again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.db.models import Model
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 
-from .errors import ApiError, invalid_request
+from .errors import ServiceError, invalid_request
 from .models import IdempotentRequest
 
 REPLAY_WINDOW = timedelta(hours=24)
@@ -48,8 +49,8 @@ class Replay:
         return response
 
 
-def _conflict(message: str, code: str) -> ApiError:
-    return ApiError(409, message, type="invalid_request_error", code=code, param=None)
+def _conflict(message: str, code: str) -> ServiceError:
+    return ServiceError(message, code=code)
 
 
 def _owner(caller: Model) -> dict[str, Any]:
@@ -102,8 +103,10 @@ def idempotency_purge_expired() -> int:
 def idempotency_finish(
     *, record: IdempotentRequest, status: int, body: dict[str, Any] | None = None, stream: str = ""
 ) -> None:
-    """Keep the answer; a server error is not kept, so the client may try again."""
-    if status >= 500:
+    """Keep a completed answer (2xx). Anything else frees the key, so that asking again runs
+    again: a refusal before any work (a budget since raised), an upstream failure, a server
+    error."""
+    if not 200 <= status < 300:
         record.delete()
         return
     IdempotentRequest.objects.filter(pk=record.pk).update(
@@ -121,10 +124,12 @@ async def recorded_stream(
     *,
     record: IdempotentRequest,
     status: int = 200,
+    completed: Callable[[], bool] | None = None,
     on_left: Callable[[], object] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Pass a response's event stream through and keep it once it has been sent whole. If the
-    client leaves first, ``on_left`` decides (by default nothing is kept: a repeat runs)."""
+    """Pass a response's event stream through and keep it once it has been sent whole and
+    ``completed()`` says it ended as it should (not with an error event). If the client leaves
+    first, ``on_left`` decides (by default nothing is kept: a repeat runs)."""
     sent: list[bytes] = []
     whole = False
     try:
@@ -133,23 +138,30 @@ async def recorded_stream(
             yield chunk
         whole = True
     finally:
-        if whole:
+        if whole and (completed is None or completed()):
             await sync_to_async(idempotency_finish)(
                 record=record, status=status, stream=b"".join(sent).decode()
             )
-        elif on_left is not None:
-            on_left()
-        else:
+        elif whole or on_left is None:
             await sync_to_async(idempotency_abandon)(record=record)
+        else:
+            on_left()
 
 
-async def remember(record: IdempotentRequest, response: HttpResponseBase) -> HttpResponseBase:
-    """Keep ``response`` as the answer to ``record``'s key; a stream is kept as it is sent."""
+async def remember(
+    record: IdempotentRequest,
+    response: HttpResponseBase,
+    *,
+    completed: Callable[[], bool] | None = None,
+) -> HttpResponseBase:
+    """Keep ``response`` as the answer to ``record``'s key if it is a completed one: a 2xx, and
+    for a stream one that ``completed()`` (kept as it is sent)."""
     if isinstance(response, StreamingHttpResponse):
         response.streaming_content = recorded_stream(
             cast(AsyncIterator[bytes], response.streaming_content),  # ours: async, of bytes
             record=record,
             status=response.status_code,
+            completed=completed,
         )
         return response
     if not isinstance(response, HttpResponse):

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from core.models import IdempotentRequest
+from tests.conftest import wait_for_background
 from tests.gateway.test_openai_api import HELLO, URL, make_key, serve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -122,6 +123,7 @@ async def test_a_stream_left_before_the_end_is_not_kept(key, project_a, fake_ups
     reader.cancel()  # what Django does when the client disconnects
     with contextlib.suppress(asyncio.CancelledError):
         await reader
+    await wait_for_background()  # the upstream side settles in its own task
 
     assert not await database_sync_to_async(IdempotentRequest.objects.exists)()
     assert await database_sync_to_async(UsageRecord.objects.count)() == 1  # billed once
