@@ -38,8 +38,10 @@ class ProviderConnectionForm(forms.ModelForm[ProviderConnection]):
 class ConnectionModelInline(admin.TabularInline[ConnectionModel, ProviderConnection]):
     model = ConnectionModel
     extra = 0
-    fields = ["name", "context_window", "supports_vision", "supports_tools", "supports_json",
-              "fetched"]  # fmt: skip
+    fields = [
+        "name", "context_window", "max_output_tokens", "supports_vision", "supports_tools",
+        "supports_json", "fetched",
+    ]  # fmt: skip
 
 
 @admin.register(ProviderConnection)

@@ -100,6 +100,11 @@ class ConnectionModel(models.Model):
     )
     name = models.CharField(max_length=200)
     context_window = models.PositiveIntegerField(default=8192)
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The longest reply the model may write; empty: what its context window leaves.",
+    )
     supports_vision = models.BooleanField(default=False)
     supports_tools = models.BooleanField(default=False)
     supports_json = models.BooleanField(default=False)

@@ -23,6 +23,7 @@ from .crypto import encrypt, key_hint, rotate
 from .llm.base import ErrorCode, ProviderError
 from .llm.catalog import LOCAL_MODEL_NAME, capabilities
 from .llm.catalog import context_window as guess_window
+from .llm.catalog import max_output_tokens as guess_max_output
 from .models import ConnectionModel, ProjectModel, ProviderConnection
 from .specs import build_provider, spec_for_connection
 
@@ -153,6 +154,7 @@ def connection_model_add(
     connection: ProviderConnection,
     name: str,
     context_window: int | None = None,
+    max_output_tokens: int | None = None,
     supports_vision: bool | None = None,
     supports_tools: bool | None = None,
     supports_json: bool | None = None,
@@ -169,6 +171,7 @@ def connection_model_add(
         name=name,
         defaults={
             "context_window": context_window or guess_window(name),
+            "max_output_tokens": max_output_tokens or guess_max_output(name),
             "supports_vision": guessed["supports_vision"]
             if supports_vision is None
             else supports_vision,
@@ -316,7 +319,10 @@ def connections_ensure_defaults() -> None:
         kind=ProviderConnection.Kind.LOCAL,
         defaults={"name": LOCAL_CONNECTION_NAME, "timeout": 120.0, "max_retries": 0},
     )
-    connection_model_add(actor=None, connection=local, name=LOCAL_MODEL_NAME, fetched=True)
+    # llama.cpp keeps the answer to a JSON grammar when asked (response_format json_object).
+    connection_model_add(
+        actor=None, connection=local, name=LOCAL_MODEL_NAME, fetched=True, supports_json=True
+    )
 
     key = settings.OPENAI_API_KEY.strip()
     shared = ProviderConnection.objects.filter(

@@ -16,7 +16,7 @@ from core.errors import ServiceError
 
 from . import selectors
 from .crypto import DecryptionError, decrypt
-from .llm.base import Provider
+from .llm.base import ChatRequest, Provider
 from .llm.openai_provider import OpenAIProvider
 from .models import ProviderConnection
 
@@ -26,6 +26,7 @@ class ProviderSpec:
     kind: str
     model: str
     context_window: int
+    max_output_tokens: int | None = None  # None: as much as the context window leaves
     base_url: str | None = None
     api_key: str = field(default="", repr=False)  # plaintext, in memory only, never printed
     organization: str | None = None
@@ -35,7 +36,13 @@ class ProviderSpec:
     connection_id: int | None = None
 
 
-def spec_for_connection(connection: ProviderConnection, *, model: str, window: int) -> ProviderSpec:
+def spec_for_connection(
+    connection: ProviderConnection,
+    *,
+    model: str,
+    window: int,
+    max_output_tokens: int | None = None,
+) -> ProviderSpec:
     try:
         api_key = decrypt(connection.api_key_encrypted) if connection.api_key_encrypted else ""
     except DecryptionError:
@@ -48,6 +55,7 @@ def spec_for_connection(connection: ProviderConnection, *, model: str, window: i
         kind=connection.kind,
         model=model,
         context_window=window,
+        max_output_tokens=max_output_tokens,
         base_url=connection.base_url or None,
         api_key=api_key,
         organization=connection.openai_organization or None,
@@ -63,11 +71,23 @@ def spec_for(*, project: Project, model: str) -> ProviderSpec:
     connection_model = selectors.resolve_model(project, model)
     if connection_model is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_allowed"
+            f"The model {model!r} is not available in this project.", code="model_not_found"
         )
     return spec_for_connection(
-        connection_model.connection, model=model, window=connection_model.context_window
+        connection_model.connection,
+        model=model,
+        window=connection_model.context_window,
+        max_output_tokens=connection_model.max_output_tokens,
     )
+
+
+def unsupported_param(spec: ProviderSpec, request: ChatRequest) -> str | None:
+    """The first parameter of ``request`` the provider cannot honour, known before any call:
+    the built-in model says (``LocalProvider.unsupported``); an OpenAI-compatible server
+    decides for itself, and refuses with a 400 of its own."""
+    if spec.kind == ProviderConnection.Kind.LOCAL:
+        return build_provider(spec).unsupported(request)
+    return None
 
 
 def build_provider(spec: ProviderSpec) -> Provider:

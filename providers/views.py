@@ -110,6 +110,12 @@ class ModelAddForm(forms.Form):
     context_window = forms.IntegerField(
         label="Context window", min_value=1, required=False, help_text="Tokens; empty: guessed."
     )
+    max_output_tokens = forms.IntegerField(
+        label="Longest reply",
+        min_value=1,
+        required=False,
+        help_text="Tokens; empty: the published limit if known, else what the context leaves.",
+    )
     supports_vision = forms.BooleanField(label="Vision", required=False)
     supports_tools = forms.BooleanField(label="Tools", required=False)
     supports_json = forms.BooleanField(label="JSON output", required=False)

@@ -40,6 +40,7 @@ class ProviderError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
         status: int | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -47,6 +48,9 @@ class ProviderError(Exception):
         self.retryable = code in _RETRYABLE if retryable is None else retryable
         self.retry_after = retry_after
         self.status = status
+        # The request parameter at fault, when one is (a `BAD_REQUEST` naming what the
+        # provider cannot honour), for an API error's `param`.
+        self.param = param
 
     def __repr__(self) -> str:
         return f"ProviderError({self.code.value!r}, {self.message!r}, status={self.status})"
@@ -54,22 +58,55 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion call. `None` means "not sent": the upstream's default applies."""
+    """One chat completion call. `None` means "not sent": the upstream's default applies.
+
+    The fields are OpenAI's Chat Completions parameters under their wire names, with their
+    values as OpenAI documents them (callers validate; the gateway's parser checks every one).
+    A provider sends on what it can honour and names the first one it cannot
+    (`Provider.unsupported`); none is dropped without a word. `max_tokens` and
+    `max_completion_tokens` are both reply caps, each sent as the client named it: OpenAI's
+    reasoning models refuse `max_tokens`.
+    """
 
     model: str
     messages: list[dict[str, Any]]
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    logit_bias: dict[str, int] | None = None  # token id (as a string) -> bias, -100..100
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # 0..20, with logprobs=True
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
     user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    moderation: dict[str, Any] | None = None
+
+    @property
+    def reply_cap(self) -> int | None:
+        """The most tokens the reply may have: `max_completion_tokens`, else `max_tokens`."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
 
 
 @dataclass(frozen=True)
@@ -86,6 +123,9 @@ class Usage:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The chunk's `choices[0].logprobs` as OpenAI shapes it (`{"content": [{"token", "logprob",
+    # "bytes", "top_logprobs"}, ...], "refusal": None}`), when the request asked for logprobs.
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +175,8 @@ class Completion:
     usage: Usage | None
     upstream_id: str | None
     raw: dict[str, Any]
+    # The choice's `logprobs` as OpenAI shapes it, when the request asked for logprobs.
+    logprobs: dict[str, Any] | None = None
 
 
 class Provider(Protocol):
@@ -151,6 +193,16 @@ class Provider(Protocol):
         ...
 
     async def complete(self, request: ChatRequest) -> Completion: ...
+
+    def unsupported(self, request: ChatRequest) -> str | None:
+        """The name of the first parameter of `request` this provider cannot honour, or None.
+
+        Callers ask before `stream`/`complete` to refuse the request naming the parameter
+        (a 400), rather than have it answered without what was asked. A provider that sends
+        everything on to an upstream which decides for itself answers None. `stream` and
+        `complete` refuse such a request too (`ProviderError` `BAD_REQUEST` with `param`).
+        """
+        ...
 
     async def list_models(self) -> list[str]: ...
 

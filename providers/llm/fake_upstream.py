@@ -30,23 +30,67 @@ with a ``tool`` message (the caller sent the results back), or ``tool_choice`` i
 it answers in text as usual.
 
 Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
-combinable in any order (``fake-gpt@slow20@drop3``):
+combinable in any order (``fake-gpt@slow20@drop3``). "After N chunks" counts content (or
+argument) chunks, not the opening chunk that carries the role; an N past the end of the reply
+means after all of them, before the finish chunk.
 
-==============  ===========================================================================
-``@429``        429 ``rate_limit_exceeded`` with ``Retry-After: 1``
-``@quota``      429 with code and type ``insufficient_quota`` (what OpenAI sends for no credit)
-``@401``        401 ``invalid_api_key`` whatever the key
-``@500``        500 ``server_error``
-``@context``    400 ``context_length_exceeded``
-``@hang``       answers nothing for `HANG_SECONDS` (until `stop()`), then closes the connection
-``@drop<N>``    sends N content (or argument) chunks, then closes the connection: no
-                finish_reason, no [DONE] (non-streaming: half the JSON body, then closes)
-``@nousage``    no usage (no usage chunk even when asked; no ``usage`` field in JSON)
-``@slow<MS>``   waits MS milliseconds before each chunk (non-streaming: once, before answering)
-``@words<N>``   replies with N lorem-ipsum words instead of the echo (long replies, benchmarks)
-``@cached<N>``  reports N of the prompt tokens as cached (``prompt_tokens_details``)
-``@tool``       calls the first tool (see above); 400 if the request has no ``tools``
-==============  ===========================================================================
+==================  =======================================================================
+``@429``            429 ``rate_limit_exceeded`` with ``Retry-After: 1``
+``@quota``          429 with code and type ``insufficient_quota`` (what OpenAI sends for no
+                    credit)
+``@401``            401 ``invalid_api_key`` whatever the key
+``@500``            500 ``server_error``
+``@context``        400 ``context_length_exceeded``
+``@hang``           answers nothing for `HANG_SECONDS` (until `stop()`), then closes the
+                    connection
+``@drop<N>``        sends N content (or argument) chunks, then closes the connection: no
+                    finish_reason, no [DONE] (non-streaming: half the JSON body, then closes)
+``@nousage``        no usage (no usage chunk even when asked; no ``usage`` field in JSON)
+``@slow<MS>``       waits MS milliseconds before each chunk (non-streaming: once, before
+                    answering)
+``@words<N>``       replies with N lorem-ipsum words instead of the echo (long replies,
+                    benchmarks)
+``@cached<N>``      reports N of the prompt tokens as cached (``prompt_tokens_details``)
+``@tool``           calls the first tool (see above); 400 if the request has no ``tools``
+``@badjson<N>``     after N chunks, one event that is not JSON:
+                    ``data: {"id": "<id>", "choices": [`` and a blank line, then the rest of
+                    the stream as usual (N defaults to 0). Non-streaming: a 200
+                    ``application/json`` whose body is the first half of the JSON (with a
+                    matching ``Content-Length``, so the HTTP message itself is complete)
+``@html``           a 200 ``text/html`` page (a proxy's 502 page), streaming or not
+``@text``           a 200 ``text/plain`` body that is not JSON, streaming or not (never SSE)
+``@surrogate``      the reply's second token (or its only one) starts with a lone UTF-16
+                    surrogate, on the wire as the JSON escape ``\\ud800``: valid JSON, but the
+                    decoded str cannot be encoded to UTF-8 nor stored. Text replies only
+``@nul``            the same with a NUL character (``\\u0000``)
+``@cut<N>``         after N chunks, the first half of the next event's bytes (as one HTTP
+                    chunk, no blank line ending the event), then closes the connection
+                    (``@drop`` closes at an event boundary). Non-streaming: as ``@drop``
+``@stall<N>``       after N chunks, sends nothing more until `stop()`, the client leaves or
+                    `HANG_SECONDS` pass, then closes the connection without ending the body.
+                    Non-streaming: exactly ``@hang``
+``@ignorecap``      ignores ``max_tokens`` / ``max_completion_tokens``: the whole reply,
+                    ``finish_reason "stop"``, usage counting what was really sent
+``@overusage<N>``   reports ``completion_tokens`` N (``total_tokens`` to match), whatever was
+                    sent
+``@badusage``       a usage object with wrong types (`BAD_USAGE`: nulls, strings, a float, a
+                    list where an object belongs)
+``@errorevent<N>``  after N chunks, the event OpenAI sends when it fails mid-stream
+                    (`STREAM_ERROR`: ``data: {"error": {...}}``), then ends the body and
+                    closes the connection. Non-streaming: exactly ``@500``
+``@nochoices``      every chunk has ``"choices": []`` (no content, no finish_reason), then
+                    the usage chunk if asked and [DONE]. Non-streaming: ``"choices": []``
+==================  =======================================================================
+
+When markers conflict, the first of these that applies decides the whole answer: ``@hang``
+(or ``@stall`` without streaming), the error markers, ``@errorevent`` without streaming,
+``@html``, ``@text``. ``@nousage`` beats ``@badusage``, which beats ``@overusage``. Without
+streaming, ``@drop`` / ``@cut`` beat ``@badjson``; when streaming, at the same N,
+``@badjson`` is sent first, then ``@errorevent``, ``@drop``, ``@stall`` or ``@cut`` end it.
+
+A ``max_tokens`` or ``max_completion_tokens`` that is not an integer answers 400
+``invalid_request_error`` naming it in ``param`` (even with ``@ignorecap``; the markers that
+decide the whole answer above answer before the body is checked).
 
 An unknown base model answers 404 ``model_not_found``; an unknown marker answers 400.
 """
@@ -56,6 +100,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import selectors
 import socket
 import threading
 import time
@@ -76,7 +121,35 @@ _LOREM = (
     "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
     "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
 )  # fmt: skip
-_MARKER = re.compile(r"(429|quota|401|500|context|hang|nousage|tool)|(drop|slow|words|cached)(\d+)")
+_MARKER = re.compile(
+    r"(429|quota|401|500|context|hang|nousage|tool|html|text|surrogate|nul|ignorecap|badusage"
+    r"|nochoices)"
+    r"|(drop|slow|words|cached|cut|stall|overusage|errorevent)(\d+)"
+    r"|(badjson)(\d*)"
+)
+# Marker -> the Faults field it sets to True, or to its number.
+_FLAGS = {
+    "hang": "hang",
+    "nousage": "no_usage",
+    "tool": "tool_call",
+    "html": "html",
+    "text": "text",
+    "surrogate": "surrogate",
+    "nul": "nul",
+    "ignorecap": "ignore_cap",
+    "badusage": "bad_usage",
+    "nochoices": "no_choices",
+}
+_COUNTS = {
+    "drop": "drop_after",
+    "slow": "slow_ms",
+    "words": "words",
+    "cached": "cached",
+    "cut": "cut_after",
+    "stall": "stall_after",
+    "overusage": "over_usage",
+    "errorevent": "error_event_after",
+}
 # Roughly how a tokenizer cuts JSON: words and runs of punctuation, each with the whitespace
 # before it, so the fragments join back to the exact arguments (which end in "}").
 _ARGUMENT_FRAGMENT = re.compile(r"\s*(?:\w+|[^\w\s]+)")
@@ -92,6 +165,18 @@ class Faults:
     words: int | None = None
     cached: int = 0
     tool_call: bool = False
+    bad_json_after: int | None = None
+    html: bool = False
+    text: bool = False
+    surrogate: bool = False
+    nul: bool = False
+    cut_after: int | None = None
+    stall_after: int | None = None
+    ignore_cap: bool = False
+    over_usage: int | None = None
+    bad_usage: bool = False
+    error_event_after: int | None = None
+    no_choices: bool = False
 
 
 def parse_model(model: str) -> tuple[str, Faults]:
@@ -105,23 +190,15 @@ def parse_model(model: str) -> tuple[str, Faults]:
         match = _MARKER.fullmatch(marker)
         if match is None:
             raise ValueError(f"unknown fake-upstream marker @{marker}")
-        flag, name, number = match.groups()
-        if flag == "hang":
-            faults.hang = True
-        elif flag == "nousage":
-            faults.no_usage = True
-        elif flag == "tool":
-            faults.tool_call = True
+        flag, name, number, bad_json, bad_json_number = match.groups()
+        if bad_json:
+            faults.bad_json_after = int(bad_json_number or 0)
+        elif flag in _FLAGS:
+            setattr(faults, _FLAGS[flag], True)
         elif flag:
             faults.error = flag
-        elif name == "drop":
-            faults.drop_after = int(number)
-        elif name == "slow":
-            faults.slow_ms = int(number)
-        elif name == "words":
-            faults.words = int(number)
         else:
-            faults.cached = int(number)
+            setattr(faults, _COUNTS[name], int(number))
     return base, faults
 
 
@@ -220,6 +297,32 @@ _ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
 }
 
 
+# What @html, @text, @badusage and @errorevent send.
+HTML_PAGE = (
+    b"<!DOCTYPE html>\r\n<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+TEXT_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+BAD_USAGE: dict[str, Any] = {
+    "prompt_tokens": None,
+    "completion_tokens": "many",
+    "total_tokens": 12.5,
+    "prompt_tokens_details": [],
+    "completion_tokens_details": "none",
+}
+STREAM_ERROR: dict[str, Any] = {
+    "error": {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "code": None,
+    }
+}
+# Where @surrogate / @nul put their character: the start of the reply's second token.
+_SURROGATE = "\ud800"
+_NUL = "\u0000"
+
+
 class _Server(ThreadingHTTPServer):
     # Benchmarks open many connections at once; the default backlog of 5 would refuse them.
     request_queue_size = 128
@@ -230,6 +333,7 @@ class _Server(ThreadingHTTPServer):
         self.request_counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._open_sockets: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
         self._next_id = 0
 
     def count(self, model: str) -> int:
@@ -247,9 +351,27 @@ class _Server(ThreadingHTTPServer):
             self.request_counts.clear()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        # As ThreadingMixIn does, but every handler thread is kept so that stop() can join it:
+        # the mixin joins only non-daemon threads, and daemon ones must stay daemon so that a
+        # process that exits without stop() is not held by a client's idle keep-alive.
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name="fake-upstream-handler",
+            daemon=True,
+        )
         with self._lock:
             self._open_sockets.add(request)
-        super().process_request(request, client_address)
+            self._handlers = {t for t in self._handlers if t.is_alive()} | {thread}
+        thread.start()
+
+    def join_handlers(self) -> None:
+        """Wait for every handler thread; called once the accept loop has stopped, so no new
+        one can start meanwhile."""
+        with self._lock:
+            handlers = list(self._handlers)
+        for thread in handlers:
+            thread.join()
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:
@@ -330,13 +452,25 @@ class _Handler(BaseHTTPRequestHandler):
             message = "@tool needs 'tools', the first one a function with a name."
             self._send_json(400, _error_body(message, "invalid_request_error", None, "tools"))
             return
-        if faults.hang:
+        streaming = bool(body.get("stream"))
+        if faults.hang or (faults.stall_after is not None and not streaming):
             self.server.stopping.wait(HANG_SECONDS)
             self._drop_connection()
             return
-        if faults.error:
-            status, payload = _ERRORS[faults.error]
-            self._send_json(status, payload, {"Retry-After": "1"} if faults.error == "429" else {})
+        error = faults.error
+        if error is None and faults.error_event_after is not None and not streaming:
+            error = "500"
+        if error:
+            status, payload = _ERRORS[error]
+            self._send_json(status, payload, {"Retry-After": "1"} if error == "429" else {})
+            return
+        if faults.html or faults.text:
+            if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
+                return
+            if faults.html:
+                self._send_bytes(200, "text/html", HTML_PAGE)
+            else:
+                self._send_bytes(200, "text/plain", TEXT_BODY)
             return
         self._answer(body, model, messages, faults, f"chatcmpl-fake{request_number}")
 
@@ -350,6 +484,12 @@ class _Handler(BaseHTTPRequestHandler):
         faults: Faults,
         completion_id: str,
     ) -> None:
+        for param in ("max_completion_tokens", "max_tokens"):
+            value = body.get(param)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                problem = f"Invalid type for '{param}': expected an integer, got {value!r}."
+                self._send_json(400, _error_body(problem, "invalid_request_error", None, param))
+                return
         # tool_choice "none" forbids a call, as OpenAI's does: the reply is text.
         wants_call = faults.tool_call and body.get("tool_choice") != "none"
         call = tool_call(messages, body["tools"]) if wants_call else None
@@ -359,15 +499,23 @@ class _Handler(BaseHTTPRequestHandler):
             tokens, finish_reason = argument_fragments(call["arguments"]), "tool_calls"
             call["id"] = f"call_{uuid.uuid4().hex[:24]}"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if limit is not None and len(tokens) > limit:
+        if limit is not None and len(tokens) > limit and not faults.ignore_cap:
             tokens, finish_reason = tokens[:limit], "length"
+        if call is None and (faults.surrogate or faults.nul):
+            tokens = list(tokens) or [""]
+            at = min(1, len(tokens) - 1)
+            bad = (_SURROGATE if faults.surrogate else "") + (_NUL if faults.nul else "")
+            tokens[at] = bad + tokens[at]
         prompt_tokens = count_message_tokens(messages)
         usage: dict[str, Any] | None = None
-        if not faults.no_usage:
+        if faults.bad_usage and not faults.no_usage:
+            usage = dict(BAD_USAGE)
+        elif not faults.no_usage:
+            completion_tokens = len(tokens) if faults.over_usage is None else faults.over_usage
             usage = {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(tokens),
-                "total_tokens": prompt_tokens + len(tokens),
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": min(faults.cached, prompt_tokens)},
                 "completion_tokens_details": {"reasoning_tokens": 0},
             }
@@ -426,7 +574,9 @@ class _Handler(BaseHTTPRequestHandler):
         completion = {
             **envelope,
             "object": "chat.completion",
-            "choices": [
+            "choices": []
+            if faults.no_choices
+            else [
                 {
                     "index": 0,
                     "message": message,
@@ -437,13 +587,16 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if usage is not None:
             completion["usage"] = usage
-        if faults.drop_after is not None:
-            data = json.dumps(completion).encode()
+        data = json.dumps(completion).encode()
+        if faults.drop_after is not None or faults.cut_after is not None:
             self._send_head(200, "application/json", {"Content-Length": str(len(data))})
             self.wfile.write(data[: len(data) // 2])
             self._drop_connection()
             return
-        self._send_json(200, completion)
+        if faults.bad_json_after is not None:
+            self._send_bytes(200, "application/json", data[: len(data) // 2])
+            return
+        self._send_bytes(200, "application/json", data)
 
     def _stream(
         self,
@@ -456,38 +609,62 @@ class _Handler(BaseHTTPRequestHandler):
         faults: Faults,
     ) -> None:
         """``opening`` is the first chunk's delta; each of ``deltas`` (a token, or a fragment
-        of the tool call's arguments) counts as one chunk for ``@drop``."""
+        of the tool call's arguments) counts as one chunk for ``@drop`` and the other markers
+        that act "after N chunks"."""
         self._send_head(
             200,
             "text/event-stream; charset=utf-8",
             {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"},
         )
 
-        def chunk(choices: list[dict[str, Any]], chunk_usage: dict[str, Any] | None = None) -> None:
+        def event(
+            choices: list[dict[str, Any]], chunk_usage: dict[str, Any] | None = None
+        ) -> bytes:
             payload = {**envelope, "object": "chat.completion.chunk", "choices": choices}
             if include_usage:  # OpenAI sends "usage": null on every chunk but the last
                 payload["usage"] = chunk_usage
-            self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
+            return f"data: {json.dumps(payload)}\n\n".encode()
 
         def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            if faults.no_choices:
+                return []
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-        chunk(choice(opening))
-        for sent, delta in enumerate(deltas):
-            if sent == faults.drop_after:
-                self._drop_connection()
-                return
-            if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
-                self._drop_connection()
-                return
-            chunk(choice(delta))
-        if faults.drop_after is not None:  # asked to drop after at least all the tokens
-            self._drop_connection()
-            return
-        chunk(choice({}, finish_reason))
+        def after(count: int | None, sent: int) -> bool:
+            """Is this the moment for a marker acting after ``count`` chunks? (Past the end of
+            the reply, that is just before the finish chunk.)"""
+            return count is not None and min(count, len(deltas)) == sent
+
+        self._write_chunk(event(choice(opening)))
+        events = [event(choice(delta)) for delta in deltas]
+        events.append(event(choice({}, finish_reason)))
         if usage is not None:
-            chunk([], usage)
-        self._write_chunk(b"data: [DONE]\n\n")
+            events.append(event([], usage))
+        events.append(b"data: [DONE]\n\n")
+        for sent, data in enumerate(events):
+            if after(faults.bad_json_after, sent):
+                self._write_chunk(f'data: {{"id": "{envelope["id"]}", "choices": [\n\n'.encode())
+            if after(faults.error_event_after, sent):
+                self._write_chunk(f"data: {json.dumps(STREAM_ERROR)}\n\n".encode())
+                self._write_chunk(b"")
+                self.close_connection = True
+                return
+            if after(faults.drop_after, sent):
+                self._drop_connection()
+                return
+            if after(faults.stall_after, sent):
+                self._wait_for_stop_or_client(HANG_SECONDS)
+                self._drop_connection()
+                return
+            slow = sent < len(deltas) and faults.slow_ms
+            if slow and self.server.stopping.wait(faults.slow_ms / 1000):
+                self._drop_connection()
+                return
+            if after(faults.cut_after, sent):
+                self._write_chunk(data[: len(data) // 2])
+                self._drop_connection()
+                return
+            self._write_chunk(data)
         self._write_chunk(b"")  # the zero-length chunk that ends a chunked body
 
     # -- plumbing ------------------------------------------------------------------------
@@ -522,6 +699,20 @@ class _Handler(BaseHTTPRequestHandler):
             status, "application/json", {"Content-Length": str(len(data)), **(headers or {})}
         )
         self.wfile.write(data)
+
+    def _send_bytes(self, status: int, content_type: str, data: bytes) -> None:
+        self._send_head(status, content_type, {"Content-Length": str(len(data))})
+        self.wfile.write(data)
+
+    def _wait_for_stop_or_client(self, seconds: float) -> None:
+        """Send nothing until `stop()`, until the client closes (or sends anything), or for
+        ``seconds``. `stop()` sets ``stopping`` and then shuts every open connection down,
+        which wakes the wait (as does a client's close): the thread never outlives either."""
+        if self.server.stopping.is_set():
+            return
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.connection, selectors.EVENT_READ)
+            selector.select(seconds)
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
@@ -564,7 +755,8 @@ class FakeUpstream:
         server.stopping.set()
         server.shutdown()  # stops accepting
         server.close_open_connections()
-        server.server_close()  # joins the handler threads
+        server.server_close()
+        server.join_handlers()
         if self._thread is not None:
             self._thread.join()
 

