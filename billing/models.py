@@ -118,6 +118,11 @@ class UsageRecord(models.Model):
     estimated = models.BooleanField(
         default=False, help_text="The upstream reported no usage: tokens were counted here."
     )
+    over_hold = models.BooleanField(
+        default=False,
+        help_text="The upstream reported more than the call held (it ignored the reply cap it "
+        "was sent): recorded as reported, and staff were alerted.",
+    )
     latency_ms = models.PositiveIntegerField(null=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -11,12 +11,14 @@ writes exactly one ledger row. Holds expire, so a crashed process cannot keep mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
+from typing import cast
 
 from django.conf import settings
 from django.core.cache import cache
@@ -27,11 +29,39 @@ from django.utils import timezone
 from core.errors import ServiceError
 
 from . import pricing
-from .models import Budget, BudgetAlert, BudgetPeriod, Hold, ModelPrice, RateLimit, UsageRecord
+from .models import (
+    PER_MILLION,
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    Hold,
+    ModelPrice,
+    RateLimit,
+    UsageRecord,
+)
 
 logger = logging.getLogger(__name__)
 
 LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
+# Reply tokens a budget can pay for when the model's output is free: no limit from money.
+UNLIMITED = 2**31 - 1
+
+# An upstream counts its reply with its own tokenizer; we count what it sends with ours. The
+# hold covers the cap sent upstream with this margin (5/4, plus a few tokens), so that a stream
+# is cut off only once it has plainly gone past its cap, and one that honours it never is.
+REPLY_SLACK = 16
+
+
+def reply_hold(cap: int, *, margin: bool) -> int:
+    """Reply tokens held for a call capped at ``cap``."""
+    return -(-cap * 5 // 4) + REPLY_SLACK if margin else cap
+
+
+def cap_within(held: int, *, margin: bool) -> int:
+    """The largest cap whose hold fits in ``held`` reply tokens (0 if none does)."""
+    if held == UNLIMITED or not margin:
+        return held
+    return max((held - REPLY_SLACK) * 4 // 5, 0)
 
 
 @dataclass(frozen=True)
@@ -52,22 +82,19 @@ class CallContext:
 class Reservation:
     request_id: uuid.UUID
     context: CallContext
-    amount: Decimal
+    amount: Decimal  # the worst case held: the prompt estimate and ``held_reply`` tokens
     price_id: int | None
     prompt_tokens_estimate: int
+    cap: int = 0  # the reply cap to send upstream (0: nothing held, an orphan's settle)
+    held_reply: int = 0  # reply tokens the hold covers: ``reply_hold(cap)``
     hold_ids: tuple[int, ...] = field(default=())
 
 
 class QuotaExceeded(ServiceError):
-    """A refusal before anything was sent: ``budget_exceeded`` or ``rate_limited`` (429)."""
+    """A refusal before anything was sent: ``budget_exceeded`` or ``rate_limit_exceeded``."""
 
     def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
-        super().__init__(message, code=code, status=429, retry_after=retry_after)
-
-    @property
-    def api_code(self) -> str:
-        # OpenAI's word for a rate limit, which API clients know.
-        return "rate_limit_exceeded" if self.code == "rate_limited" else self.code
+        super().__init__(message, code=code, retry_after=retry_after)
 
 
 # --- periods -----------------------------------------------------------------------------------
@@ -158,18 +185,25 @@ def _release_expired(period: BudgetPeriod, now: datetime) -> None:
 # --- rate limits -----------------------------------------------------------------------------
 
 
-def _window_count(key: str, now: float) -> float:
-    """Sliding-window estimate: this minute's count plus the unexpired share of the last's."""
+def _window_take(key: str, now: float, amount: int) -> float:
+    """Add ``amount`` to this minute's count and return the sliding-window estimate that
+    includes it: this minute's count plus the unexpired share of the last minute's.
+
+    The add is one atomic increment (Redis in production, a lock in the local-memory cache), so
+    concurrent calls each see a different count and no two can both take the last unit."""
     minute = int(now // 60)
-    current: int = cache.get(f"{key}:{minute}", 0)
+    bucket = f"{key}:{minute}"
+    cache.add(bucket, 0, timeout=150)
+    current: int = cache.incr(bucket, amount)
     previous: int = cache.get(f"{key}:{minute - 1}", 0)
     return current + previous * (1 - (now % 60) / 60)
 
 
-def _window_add(key: str, now: float, amount: int) -> None:
-    bucket = f"{key}:{int(now // 60)}"
-    cache.add(bucket, 0, timeout=150)
-    cache.incr(bucket, amount)
+def _window_give_back(key: str, now: float, amount: int) -> None:
+    """Undo a ``_window_take`` of a call that was refused after all."""
+    # The bucket may have expired meanwhile (ValueError): then there is nothing to give back.
+    with contextlib.suppress(ValueError):
+        cache.decr(f"{key}:{int(now // 60)}", amount)
 
 
 def _limits(context: CallContext) -> list[tuple[str, str, int | None, int | None]]:
@@ -207,25 +241,29 @@ def _limits(context: CallContext) -> list[tuple[str, str, int | None, int | None
 
 
 def check_rate_limits(context: CallContext, *, tokens: int, now: float | None = None) -> None:
-    """Requests and tokens per minute of the project and of the API key; counts this call only
-    when every limit lets it through."""
+    """Requests and tokens per minute of the project and of the API key. The call is counted
+    against every limit at once, atomically; if any refuses it, it is taken back from all."""
     now = timezone.now().timestamp() if now is None else now
     checks = []
     for who, key, requests, tokens_allowed in _limits(context):
         checks.append((who, requests, f"{key}:requests", 1, "requests"))
         checks.append((who, tokens_allowed, f"{key}:tokens", tokens, "tokens"))
+    taken: list[tuple[str, int]] = []
     for who, allowed, bucket, amount, unit in checks:
-        if allowed and _window_count(bucket, now) + amount > allowed:
+        if not allowed:
+            continue
+        count = _window_take(bucket, now, amount)
+        taken.append((bucket, amount))
+        if count > allowed:
+            for taken_bucket, taken_amount in taken:
+                _window_give_back(taken_bucket, now, taken_amount)
             retry_after = max(1.0, 60 - now % 60)
             raise QuotaExceeded(
                 f"{who} is limited to {allowed:,} {unit} per minute. "
                 f"Try again in {round(retry_after)} s.",
-                code="rate_limited",
+                code="rate_limit_exceeded",
                 retry_after=retry_after,
             )
-    for _, allowed, bucket, amount, _ in checks:
-        if allowed:
-            _window_add(bucket, now, amount)
 
 
 # --- reserve and settle ----------------------------------------------------------------------
@@ -248,13 +286,58 @@ def _reset_phrase(budget: Budget, now: datetime) -> str:
     return "It does not reset." if end is None else f"It resets on {end:%Y-%m-%d} 00:00 UTC."
 
 
+def _affordable(budget: Budget, period: BudgetPeriod, price: ModelPrice, prompt_tokens: int) -> int:
+    """Reply tokens the budget can still pay for after this prompt, with what is in flight
+    (-1: not even the prompt)."""
+    remaining = budget.limit_usd - period.spent - period.reserved
+    prompt_cost = pricing.cost_of(
+        price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=0
+    )
+    if remaining < prompt_cost:
+        return -1
+    if not price.output_per_million:
+        return UNLIMITED
+    return int((remaining - prompt_cost) * PER_MILLION // price.output_per_million)
+
+
+def _over_budget(budget: Budget, period: BudgetPeriod, now: datetime, *, afford: int) -> str:
+    could = (
+        f" It can pay for at most {afford:,} reply tokens now: ask for fewer (max_tokens)."
+        if afford > 0
+        else ""
+    )
+    return (
+        f"This would go over {budget.describe()}: {money(budget.limit_usd)} "
+        f"{PERIOD_WORDS[budget.period]}, {money(period.spent)} spent"
+        f"{f', {money(period.reserved)} in flight' if period.reserved else ''}.{could} "
+        f"{_reset_phrase(budget, now)}"
+    )
+
+
 @transaction.atomic
-def quota_reserve(*, context: CallContext, prompt_tokens: int, max_tokens: int) -> Reservation:
-    """Set the call's worst case aside on every budget that applies, or refuse it."""
+def quota_reserve(
+    *,
+    context: CallContext,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    output_limit: int | None = None,
+    margin: bool = False,
+) -> Reservation:
+    """Cap the call and set its worst case aside on every budget that applies, or refuse it.
+
+    The reply is capped at the smallest of what the caller asked for (``max_tokens``; None: as
+    much as may be), what the model may write (``output_limit``) and what the tightest budget
+    can still pay for. A caller who asked for more than a budget can pay is refused, told what
+    it could afford; one who asked for nothing gets the cap (``Reservation.cap``), which is
+    what must be sent upstream. ``margin``: hold ``reply_hold(cap)`` reply tokens rather than
+    exactly the cap, for a stream that is counted here with another tokenizer than the
+    upstream's and cut off when it passes what was held (``billing.metering``).
+    """
+    if max_tokens is None and output_limit is None:
+        raise ValueError("a reservation needs max_tokens or output_limit")
     now = timezone.now()
-    check_rate_limits(context, tokens=prompt_tokens + max_tokens)
+    wanted = min(t for t in (max_tokens, output_limit) if t is not None)
     price = pricing.price_for(context.model, on=now.date())
-    amount = pricing.worst_case(price, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     budgets = applicable_budgets(context)
     if budgets and price is None:
         raise QuotaExceeded(
@@ -262,20 +345,28 @@ def quota_reserve(*, context: CallContext, prompt_tokens: int, max_tokens: int) 
             f"{budgets[0].describe()}. An admin needs to set its price.",
             code="budget_exceeded",
         )
-    request_id = uuid.uuid4()
-    expires_at = now + timedelta(seconds=settings.BILLING_HOLD_SECONDS)
-    holds = []
+    # Every period locked (in budget id order) before any is read for the cap: what each can
+    # still pay cannot change until this transaction ends.
+    periods = []
+    cap = wanted
     for budget in budgets:
         period, _ = _locked_period(budget, now)
         _release_expired(period, now)
-        if period.spent + period.reserved + amount > budget.limit_usd:
+        afford = _affordable(budget, period, cast(ModelPrice, price), prompt_tokens)
+        afford = cap_within(afford, margin=margin) if afford >= 0 else -1
+        if afford < (1 if max_tokens is None else max_tokens):
             raise QuotaExceeded(
-                f"This would go over {budget.describe()}: {money(budget.limit_usd)} "
-                f"{PERIOD_WORDS[budget.period]}, {money(period.spent)} spent"
-                f"{f', {money(period.reserved)} in flight' if period.reserved else ''}. "
-                f"{_reset_phrase(budget, now)}",
-                code="budget_exceeded",
+                _over_budget(budget, period, now, afford=afford), code="budget_exceeded"
             )
+        cap = min(cap, afford)
+        periods.append(period)
+    check_rate_limits(context, tokens=prompt_tokens + cap)
+    held_reply = reply_hold(cap, margin=margin)
+    amount = pricing.worst_case(price, prompt_tokens=prompt_tokens, max_tokens=held_reply)
+    request_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=settings.BILLING_HOLD_SECONDS)
+    holds = []
+    for period in periods:
         BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") + amount)
         holds.append(
             Hold.objects.create(
@@ -288,6 +379,8 @@ def quota_reserve(*, context: CallContext, prompt_tokens: int, max_tokens: int) 
         amount=amount,
         price_id=price.pk if price else None,
         prompt_tokens_estimate=prompt_tokens,
+        cap=cap,
+        held_reply=held_reply,
         hold_ids=tuple(holds),
     )
 
@@ -325,6 +418,11 @@ def quota_settle(
         cached_tokens=cached_tokens,
         completion_tokens=completion_tokens,
     )
+    # The upstream answered with more than the hold allowed (it ignored the cap it was sent):
+    # the ledger keeps what it reported, flagged, and staff hear of it.
+    over_hold = reservation.cap > 0 and (
+        completion_tokens > reservation.held_reply or cost > reservation.amount
+    )
     held_budget_ids = set()
     for hold in Hold.objects.select_related("period").filter(request_id=reservation.request_id):
         BudgetPeriod.objects.filter(pk=hold.period_id).update(reserved=F("reserved") - hold.amount)
@@ -348,8 +446,18 @@ def quota_settle(
         price=price,
         status=status,
         estimated=estimated,
+        over_hold=over_hold,
         latency_ms=latency_ms,
     )
+    if over_hold:
+        logger.error(
+            "call %s used more than it held: %s reply tokens (cap %s, %s held), %s USD (%s held)",
+            reservation.request_id, completion_tokens, reservation.cap, reservation.held_reply,
+            cost, reservation.amount,
+        )  # fmt: skip
+        from .tasks import alert_over_hold
+
+        transaction.on_commit(partial(alert_over_hold.delay, record.pk))
     # Every budget that covers the call is charged: those that apply now, and those it was held
     # against even if disabled meanwhile, so no budget's counter drifts from the ledger.
     budgets = {b.pk: b for b in applicable_budgets(context)}
@@ -366,34 +474,6 @@ def quota_settle(
                 BudgetPeriod.objects.filter(pk=period.pk).update(spent=F("spent") + cost)
         _alert_on_crossing(budget, period, before=before, after=before + cost)
     return record
-
-
-def quota_settle_orphan(
-    *,
-    request_id: uuid.UUID,
-    context: CallContext,
-    status: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    message_id: int | None = None,
-) -> UsageRecord:
-    """Settle a call whose process died, from what was saved of it (estimated)."""
-    price = pricing.price_for(context.model, on=timezone.now().date())
-    reservation = Reservation(
-        request_id=request_id,
-        context=context,
-        amount=Decimal(0),
-        price_id=price.pk if price else None,
-        prompt_tokens_estimate=prompt_tokens,
-    )
-    return quota_settle(
-        reservation=reservation,
-        status=status,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        estimated=True,
-        message_id=message_id,
-    )
 
 
 def _alert_on_crossing(

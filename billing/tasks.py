@@ -3,11 +3,12 @@
 from celery import shared_task
 from django.conf import settings
 
+from accounts.models import User
 from accounts.selectors import managers_of
 from accounts.tasks import send_email
 
 from . import services
-from .models import Budget
+from .models import Budget, UsageRecord
 
 
 @shared_task(ignore_result=True)
@@ -39,6 +40,31 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
             f"Usage: {settings.SITE_URL.rstrip('/')}/orgs/{budget.organization.slug}/usage/"
         ),
         to=recipients,
+    )
+
+
+@shared_task(ignore_result=True)
+def alert_over_hold(record_id: int) -> None:
+    """E-mail staff that an upstream billed more than a call held (see UsageRecord.over_hold)."""
+    record = UsageRecord.objects.select_related("organization", "connection").filter(pk=record_id)
+    row = record.first()
+    if row is None:
+        return
+    staff = sorted(
+        User.objects.filter(is_staff=True, is_active=True).values_list("email", flat=True)
+    )
+    if not staff:
+        return
+    send_email(
+        subject=f"[gateway] an upstream used more than was held: {row.model}",
+        body=(
+            f"Call {row.request_id} ({row.model}, connection {row.connection or '-'}, "
+            f"organization {row.organization}) reported {row.completion_tokens} reply tokens "
+            f"and cost ${row.cost}, more than its hold. It is recorded as reported and flagged "
+            f"(over_hold) in the ledger.\n\n"
+            f"{settings.SITE_URL.rstrip('/')}/admin/billing/usagerecord/?over_hold__exact=1"
+        ),
+        to=staff,
     )
 
 

@@ -239,6 +239,7 @@ def test_the_blocked_filter_selects_spent_plus_reserved_at_the_limit(staff_clien
 
 def test_the_list_costs_the_same_queries_for_one_budget_or_many(staff_client, org_a, org_b):
     this_period(budget(org_a, 10), spent="1")
+    staff_client.get(BUDGETS)  # what a process caches on its first page (content types) is read
     with CaptureQueriesContext(connection) as one:
         staff_client.get(BUDGETS)
     for limit in (1, 2, 3):
@@ -275,6 +276,7 @@ def test_organization_and_project_pages_show_their_budgets(staff_client, org_a, 
 def test_the_organization_page_costs_the_same_queries_for_one_budget_or_many(staff_client, org_a):
     page = reverse("admin:accounts_organization_change", args=[org_a.pk])
     this_period(budget(org_a, 10), spent="1")
+    staff_client.get(page)  # what a process caches on its first page (content types) is read
     with CaptureQueriesContext(connection) as one:
         staff_client.get(page)
     for limit in (1, 2, 3):

@@ -28,7 +28,7 @@ def hammer(project, user, *, calls: int, workers: int) -> dict[str, int]:
     )
     outcomes: dict[str, int] = {"ok": 0, "refused": 0, "other refusals": 0}
     lock = threading.Lock()
-    start = threading.Barrier(workers)
+    start = threading.Barrier(workers, timeout=30)  # a thread that never comes breaks it
     rng = random.Random(7)
     completions = [rng.randint(50, MAX_TOKENS) for _ in range(calls)]
 

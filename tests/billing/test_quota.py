@@ -210,7 +210,7 @@ def test_requests_per_minute_are_limited_with_a_retry_after(project_a):
     with pytest.raises(QuotaExceeded) as info:
         services.check_rate_limits(context(project_a), tokens=1, now=now)
 
-    assert info.value.code == "rate_limited"
+    assert info.value.code == "rate_limit_exceeded"
     assert info.value.retry_after == 30
     assert "3 requests per minute" in info.value.message
     # The window slides: 45 s into the next minute, half of the last minute's count has expired.

@@ -1,0 +1,422 @@
+"""The one metered path: every upstream call — a chat reply, a REST message, ``/v1``, a title,
+and every later kind — is estimated, reserved, capped, made and settled here, exactly once.
+
+1. ``metered_reserve`` (sync, in the caller's transaction): the prompt is estimated by one rule
+   (``estimate_prompt_tokens``: messages, tools and their schemas, ``response_format``,
+   images), the reply cap is chosen (the smallest of what the caller asked, what the model may
+   write and what the tightest budget can still pay for) and the worst case is held. A refusal
+   raises before anything is sent upstream.
+2. ``stream_capped`` / ``complete_capped`` make the call with the cap in the request and keep
+   the ``Outcome``: a stream is cut off when its generated tokens pass what was held for the
+   reply (the cap with a margin for tokenizers that count differently), even if the upstream
+   ignores the cap; whatever the upstream sends or raises becomes a ``ProviderError`` (an
+   exception of any type: an unparsable chunk, a body that is not JSON, a bug of ours).
+3. ``settle`` (sync) / ``settle_shielded`` (async, not cancellable): release the hold, charge the
+   real cost (the upstream's usage, else one estimate rule: ``usage_to_charge``) and write the
+   one ledger row. ``settle_orphan`` does the same for a call whose process died.
+
+Nothing calls a provider around this module (connection checks and model listings are not
+billed calls and never generate tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from core.detached import run_detached
+from core.errors import ServiceError, kind_of
+from providers.llm.base import (
+    ChatRequest,
+    Completion,
+    ErrorCode,
+    Provider,
+    ProviderError,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from providers.llm.catalog import takes_max_completion_tokens
+from providers.llm.tokens import count_message_tokens, count_text_tokens
+from providers.models import ProviderConnection
+from providers.specs import ProviderSpec
+
+from . import pricing
+from .models import UsageRecord
+from .services import CallContext, Reservation, quota_reserve, quota_settle
+
+logger = logging.getLogger(__name__)
+
+# The hold is built on an estimate (cl100k counts other tokenizers only approximately): it
+# covers the prompt with this margin, so a real prompt a little longer than counted never
+# costs more than was held.
+PROMPT_MARGIN = 1.1
+PROMPT_MARGIN_TOKENS = 16
+
+# Image parts, by OpenAI's rule for the gpt-4o family: 85 tokens at low detail; otherwise 85
+# plus 170 per 512-pixel tile of the image scaled to fit 2048 x 2048 with its short side at
+# 768 — at most 8 tiles when the size is not known here.
+IMAGE_LOW_DETAIL_TOKENS = 85
+IMAGE_WORST_CASE_TOKENS = 85 + 170 * 8
+
+
+# --- estimate ----------------------------------------------------------------------------------
+
+
+def _image_tokens(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url")
+                detail = image.get("detail") if isinstance(image, dict) else None
+                total += IMAGE_LOW_DETAIL_TOKENS if detail == "low" else IMAGE_WORST_CASE_TOKENS
+    return total
+
+
+def _json_tokens(value: Any) -> int:
+    return count_text_tokens(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """The one estimate rule of a call's prompt: the messages (text, and images by the
+    provider's rule), the tools with their schemas, and a JSON schema for the answer — all of
+    which the upstream counts as prompt tokens."""
+    tokens = count_message_tokens(request.messages) + _image_tokens(request.messages)
+    if request.tools:
+        tokens += _json_tokens(request.tools)
+    if request.response_format and request.response_format.get("type") == "json_schema":
+        tokens += _json_tokens(request.response_format.get("json_schema"))
+    return tokens
+
+
+def held_prompt_tokens(estimate: int) -> int:
+    return math.ceil(estimate * PROMPT_MARGIN) + PROMPT_MARGIN_TOKENS
+
+
+def output_limit(spec: ProviderSpec, *, prompt_tokens: int) -> int:
+    """The longest reply the model may write after this prompt."""
+    room = max(spec.context_window - prompt_tokens, 1)
+    return min(spec.max_output_tokens or room, room)
+
+
+# --- reserve -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeteredCall:
+    """A call reserved and capped: what to send upstream, and the hold it runs under."""
+
+    context: CallContext
+    request: ChatRequest  # as sent upstream: with the reply cap
+    spec: ProviderSpec = field(repr=False)
+    reservation: Reservation
+    prompt_tokens: int  # our estimate (the hold adds a margin to it)
+
+    @property
+    def cap(self) -> int:
+        return self.reservation.cap
+
+
+def _with_cap(request: ChatRequest, cap: int, spec: ProviderSpec) -> ChatRequest:
+    """The request with the cap in the field the caller used, or else the one the model takes
+    (``max_completion_tokens`` for reasoning models, which refuse ``max_tokens``)."""
+    wants_completion_field = request.max_completion_tokens is not None or (
+        request.max_tokens is None
+        and spec.kind != ProviderConnection.Kind.LOCAL
+        and takes_max_completion_tokens(request.model)
+    )
+    if wants_completion_field:
+        return replace(request, max_completion_tokens=cap, max_tokens=None)
+    return replace(request, max_tokens=cap)
+
+
+def metered_reserve(
+    *, context: CallContext, request: ChatRequest, spec: ProviderSpec, asked: int | None
+) -> MeteredCall:
+    """Estimate, cap and hold. ``asked``: the reply cap the caller asked for (None: the model's
+    limit). Raises ``QuotaExceeded`` (a budget, a rate limit) before anything is sent."""
+    prompt_tokens = estimate_prompt_tokens(request)
+    reservation = quota_reserve(
+        context=context,
+        prompt_tokens=held_prompt_tokens(prompt_tokens),
+        max_tokens=asked,
+        output_limit=output_limit(spec, prompt_tokens=prompt_tokens),
+        margin=True,
+    )
+    return MeteredCall(
+        context=context,
+        request=_with_cap(request, reservation.cap, spec),
+        spec=spec,
+        reservation=reservation,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+# --- call --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a call came to, kept as it runs: the ledger's status and what to charge."""
+
+    status: str = UsageRecord.Status.INCOMPLETE  # unless we learn better: it was cut short
+    usage: Usage | None = None  # as the upstream reported it
+    finish_reason: str | None = None
+    error: ProviderError | None = None
+    parts: list[str] = field(default_factory=list)  # text, tool names and arguments generated
+    counted: int = 0  # generated tokens, as counted here
+    cut_at_cap: bool = False  # the upstream went on past the cap and was cut off
+
+    @property
+    def generated(self) -> str:
+        return "".join(self.parts)
+
+
+UNUSABLE = "The provider's answer was unusable."
+
+
+def _unusable(exc: BaseException) -> ProviderError:
+    """Any failure that is not a provider's own: bytes it should not have sent, or a bug."""
+    logger.warning("upstream call failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, UNUSABLE)
+
+
+# A provider's failure, in our words: the public code and, where the table's message would
+# say too little, a message of its own.
+UPSTREAM_FAILURES: dict[ErrorCode, tuple[str, str | None]] = {
+    ErrorCode.AUTH: ("upstream_auth_failed", None),
+    ErrorCode.RATE_LIMITED: (
+        "rate_limit_exceeded",
+        "The model provider is rate limiting us right now.",
+    ),
+    ErrorCode.QUOTA_EXHAUSTED: ("insufficient_quota", None),
+    ErrorCode.BAD_REQUEST: ("upstream_bad_request", None),
+    ErrorCode.CONTEXT_TOO_LONG: ("context_length_exceeded", None),
+    ErrorCode.UPSTREAM_UNAVAILABLE: ("upstream_error", None),
+    ErrorCode.TIMEOUT: ("upstream_timeout", None),
+    ErrorCode.MODEL_NOT_FOUND: ("model_not_found", "The provider does not know this model."),
+}
+
+
+def upstream_failure(exc: ProviderError, *, partial: bool = False) -> ServiceError:
+    """What a client is told of a failed upstream call, on every surface: the error table's
+    code, status, type and retry rule, and a message a person can act on (never a secret)."""
+    code, message = UPSTREAM_FAILURES.get(exc.code, ("upstream_error", None))
+    text = message or kind_of(code).message
+    if exc.code in (
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.MODEL_NOT_FOUND,
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+    ):
+        text += f" ({exc.message})"
+    if exc.code == ErrorCode.RATE_LIMITED and exc.retry_after:
+        text += f" Try again in {max(1, round(exc.retry_after))} s."
+    if partial:
+        text = "The reply broke off; what arrived is saved. " + text
+    retry_after = exc.retry_after
+    if exc.code == ErrorCode.RATE_LIMITED and retry_after is None:
+        retry_after = 1.0
+    return ServiceError(text, code=code, retry_after=retry_after)
+
+
+def _valid_usage(usage: object) -> Usage | None:
+    """The upstream's usage if its counts are counts; None (so we count) if they are not."""
+    if not isinstance(usage, Usage):
+        return None
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return usage
+    return None
+
+
+def _generated_by(event: TextDelta | ToolCallDelta) -> str:
+    if isinstance(event, TextDelta):
+        return event.text
+    return (event.name or "") + event.arguments
+
+
+async def stream_capped(
+    call: MeteredCall, provider: Provider, outcome: Outcome
+) -> AsyncGenerator[StreamEvent, None]:
+    """The provider's events for the call, cut off at the cap. Raises ``ProviderError`` for
+    every failure, whatever its type; ``outcome`` says what happened either way."""
+    try:
+        async with contextlib.aclosing(provider.stream(call.request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta | ToolCallDelta):
+                    text = _generated_by(event)
+                    counted = outcome.counted + count_text_tokens(text)
+                    held = call.reservation.held_reply
+                    if counted > held:
+                        # Counted piece by piece, a text counts a little more than whole:
+                        # count it whole before deciding it went past what was held.
+                        counted = count_text_tokens(outcome.generated + text)
+                    if counted > held:
+                        outcome.cut_at_cap = True
+                        break  # closing the stream stops the upstream: nothing more is paid
+                    outcome.counted = counted
+                    outcome.parts.append(text)
+                elif isinstance(event, StreamEnd):
+                    outcome.usage = _valid_usage(event.usage)
+                    outcome.finish_reason = event.finish_reason
+                    outcome.status = UsageRecord.Status.OK
+                    event = StreamEnd(event.finish_reason, outcome.usage, event.upstream_id)
+                yield event
+    except ProviderError as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, exc
+        raise
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, _unusable(exc)
+        raise outcome.error from exc
+    if outcome.cut_at_cap:
+        # Like an upstream that honoured its cap: a reply cut at its length.
+        outcome.status, outcome.finish_reason = UsageRecord.Status.OK, "length"
+        yield StreamEnd(finish_reason="length", usage=None, upstream_id=None)
+
+
+def _completion_text(completion: Completion) -> str:
+    """The reply and its tool calls' names and arguments, to count output tokens by."""
+    parts = [completion.text]
+    choices = completion.raw.get("choices") or []
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    for tool_call in calls if isinstance(calls, list) else ():
+        function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        if isinstance(function, dict):
+            parts += (str(function.get("name") or ""), str(function.get("arguments") or ""))
+    return "".join(parts)
+
+
+async def complete_capped(call: MeteredCall, provider: Provider, outcome: Outcome) -> Completion:
+    """One non-streaming call with the cap in its request; raises ``ProviderError`` for every
+    failure. (An answer cannot be cut once sent: an upstream that ignores the cap is charged
+    what it reports, and the ledger row is flagged.)"""
+    try:
+        completion = await provider.complete(call.request)
+        if not isinstance(completion.text, str):
+            raise TypeError(f"the reply text is a {type(completion.text).__name__}")
+        if not completion.raw.get("choices"):
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's answer had no reply in it."
+            )
+    except ProviderError as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, exc
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, _unusable(exc)
+        raise outcome.error from exc
+    outcome.parts.append(_completion_text(completion))
+    outcome.usage = _valid_usage(completion.usage)
+    outcome.finish_reason = completion.finish_reason
+    outcome.status = UsageRecord.Status.OK
+    return replace(completion, usage=outcome.usage)
+
+
+# --- settle ------------------------------------------------------------------------------------
+
+
+def usage_to_charge(
+    *, prompt_tokens: int, status: str, usage: Usage | None, generated: str
+) -> tuple[Usage, bool]:
+    """The one usage-when-missing rule: the upstream's usage when it reported any; otherwise
+    our count (``estimated``) — the prompt as estimated and every token generated, so a reply
+    that produced text is never free — and nothing for a call that failed before producing
+    anything, as providers do not charge those."""
+    if usage is not None:
+        return usage, False
+    if status == UsageRecord.Status.ERROR and not generated:
+        return Usage(0, 0), False
+    completion = count_text_tokens(generated) if generated else 0
+    return Usage(prompt_tokens, completion), True
+
+
+def settle(
+    *,
+    call: MeteredCall,
+    outcome: Outcome,
+    latency_ms: int | None,
+    message_id: int | None = None,
+    conversation_deleted: bool = False,
+) -> UsageRecord:
+    """Release the hold, charge what the call used, write its one ledger row (idempotent)."""
+    usage, estimated = usage_to_charge(
+        prompt_tokens=call.prompt_tokens,
+        status=outcome.status,
+        usage=outcome.usage,
+        generated=outcome.generated,
+    )
+    return quota_settle(
+        reservation=call.reservation,
+        status=outcome.status,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        estimated=estimated,
+        latency_ms=latency_ms,
+        message_id=message_id,
+        conversation_deleted=conversation_deleted,
+    )
+
+
+async def settle_shielded(
+    call: MeteredCall, outcome: Outcome, *, latency_ms: int | None, detached: bool = False
+) -> UsageRecord:
+    """``settle`` from async code; it finishes even if the caller is cancelled meanwhile.
+    ``detached``: called from a task that outlives its request, whose thread is gone by then,
+    so the ORM runs in channels' worker thread (which closes stale connections around it)."""
+    run = database_sync_to_async(settle) if detached else sync_to_async(settle)
+    task = run_detached(
+        run(call=call, outcome=outcome, latency_ms=latency_ms), same_context=not detached
+    )
+    return await asyncio.shield(task)
+
+
+def settle_orphan(
+    *,
+    request_id: uuid.UUID,
+    context: CallContext,
+    status: str,
+    prompt_tokens: int,
+    generated: str,
+    message_id: int | None = None,
+) -> UsageRecord:
+    """Settle a call whose process died, from what was saved of it, by the same rule."""
+    price = pricing.price_for(context.model, on=timezone.now().date())
+    reservation = Reservation(
+        request_id=request_id,
+        context=context,
+        amount=Decimal(0),
+        price_id=price.pk if price else None,
+        prompt_tokens_estimate=prompt_tokens,
+    )
+    usage, estimated = usage_to_charge(
+        prompt_tokens=prompt_tokens, status=status, usage=None, generated=generated
+    )
+    return quota_settle(
+        reservation=reservation,
+        status=status,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        estimated=estimated,
+        message_id=message_id,
+    )
