@@ -69,4 +69,4 @@ test: $(VENV)/.test-deps
 	redis="$$(bash scripts/redis.sh)" || exit 1; \
 	DATABASE_URL="$$url" REDIS_URL="$$redis" DJANGO_SETTINGS_MODULE=config.settings.test_postgres \
 		$(VENV)/bin/pytest -m "postgres or redis" || [ $$? -eq 5 ]
-	$(VENV)/bin/pytest -m "not postgres and not redis"
+	$(VENV)/bin/pytest -m "not postgres and not redis" -n 2 --dist loadgroup

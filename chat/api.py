@@ -33,14 +33,12 @@ from rest_framework.response import Response
 
 from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint
 from core import idempotency
-from core.api import error_body
 from core.detached import run_detached
 from core.errors import ServiceError
 from core.models import IdempotentRequest
 from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR, server_sent_event
 from core.sse import sse_event
 from providers import selectors as provider_selectors
-from providers.llm.base import ErrorCode
 
 from . import selectors, services, streaming
 from .actors import Actor
@@ -98,7 +96,13 @@ class ConversationSerializer(serializers.ModelSerializer):
             "model",
             "system_prompt",
             "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
             "max_tokens",
+            "stop",
+            "seed",
+            "json_mode",
             "archived",
             "started_with",
             "created_at",
@@ -111,17 +115,47 @@ class ConversationSerializer(serializers.ModelSerializer):
         return "session" if conversation.owner_id else "api_key"
 
 
-class ConversationWriteSerializer(serializers.Serializer):
+class ConversationWriteSerializer(serializers.Serializer[Any]):
     title = serializers.CharField(max_length=200, required=False, allow_blank=True)
     model = serializers.CharField(
         max_length=200, required=False, help_text="Default: the project's default model."
     )
     system_prompt = serializers.CharField(required=False, allow_blank=True, max_length=32_000)
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    presence_penalty = serializers.FloatField(
+        required=False, allow_null=True, min_value=-2, max_value=2
+    )
+    frequency_penalty = serializers.FloatField(
+        required=False, allow_null=True, min_value=-2, max_value=2
+    )
     max_tokens = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=1_000_000
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=1_000_000,
+        help_text="Longest reply; null: as long as the model may write (and budgets allow).",
+    )
+    stop = serializers.ListField(
+        child=serializers.CharField(min_length=1, trim_whitespace=False),
+        required=False,
+        allow_null=True,
+        max_length=4,
+        help_text="Up to 4 sequences where the model stops writing.",
+    )
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    json_mode = serializers.BooleanField(
+        required=False, help_text="Ask for a JSON object (response_format json_object)."
     )
     archived = serializers.BooleanField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A field the API does not know is refused, not silently dropped: a client that sets
+        # a setting it misspelled learns so.
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({unknown[0]: ["This field is not recognized."]})
+        return attrs
 
 
 class ConversationFilterSerializer(serializers.Serializer):
@@ -253,15 +287,6 @@ FAILED_REPLY = inline_serializer(
     {"error": OPENAI_ERROR.fields["error"], "message": MessageSerializer()},
 )
 
-# A reply that failed upstream: the status the client sees (the message is saved either way).
-FAILED_STATUS = {
-    ErrorCode.RATE_LIMITED.value: 429,
-    ErrorCode.QUOTA_EXHAUSTED.value: 429,
-    ErrorCode.CONTEXT_TOO_LONG.value: 400,
-    ErrorCode.BAD_REQUEST.value: 400,
-    ErrorCode.TIMEOUT.value: 504,
-}
-
 
 def _serialize_messages(messages: list[Message]) -> list[dict[str, Any]]:
     costs = selectors.message_costs([m.pk for m in messages if m.role == Message.Role.ASSISTANT])
@@ -276,13 +301,10 @@ def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[
     data = _serialize_messages([message])[0]
     if message.state in (Message.State.COMPLETE, Message.State.STOPPED):
         return status.HTTP_201_CREATED, data
-    status_code = FAILED_STATUS.get(message.error_code, 502)
-    body = error_body(
-        status_code=status_code,
-        message=message.error_message or "The model call failed.",
-        code=message.error_code or "upstream_error",
+    failure = ServiceError(
+        message.error_message or None, code=message.error_code or "upstream_error"
     )
-    return status_code, {**body, "message": data}
+    return failure.status, {**failure.body(), "message": data}
 
 
 async def _abandon(record: IdempotentRequest) -> None:
@@ -316,7 +338,9 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
             400: OPENAI_ERROR,
             409: OPENAI_ERROR,
             429: OPENAI_ERROR,
+            500: FAILED_REPLY,
             502: FAILED_REPLY,
+            503: FAILED_REPLY,
             504: FAILED_REPLY,
         },
     )

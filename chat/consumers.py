@@ -34,7 +34,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from core.errors import ServiceError
+from core.errors import ServiceError, public_code, retryable
 
 from . import selectors, services
 from .actors import Actor
@@ -116,6 +116,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         # A live reply task ends at once; if none answers (its process died), the reply is
         # closed after a grace period, so stop always works. In the background: this consumer
         # must go on forwarding events meanwhile.
+        # The check outlives this socket on purpose: Stop then closing the tab still closes an
+        # orphaned reply. It is bounded: one grace period, then one update.
         self.orphan_check = asyncio.create_task(self.close_orphan_later())
 
     async def close_orphan_later(self) -> None:
@@ -157,7 +159,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def send_error(
         self, code: str, message: str, *, retry_after: float | None = None
     ) -> None:
-        frame = {"type": "error", "code": code, "message": message, "retryable": False}
+        # The code's row in the one error table decides whether asking again can help.
+        frame = {
+            "type": "error",
+            "code": public_code(code),
+            "message": message,
+            "retryable": retryable(code),
+        }
         if retry_after is not None:
             frame.update(retryable=True, retry_after=retry_after)
         await self.send_json(frame)

@@ -5,6 +5,19 @@ from typing import Any, cast
 from django import forms
 
 
+class StopSequencesField(forms.CharField):
+    """Stop sequences, one per line (a sequence may not contain a line break here)."""
+
+    widget = forms.Textarea(attrs={"rows": 2})
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        return [line for line in text.splitlines() if line]
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(value) if isinstance(value, list) else value
+
+
 class ConversationSettingsForm(forms.Form):
     model = forms.ChoiceField(choices=())
     system_prompt = forms.CharField(
@@ -13,11 +26,35 @@ class ConversationSettingsForm(forms.Form):
     temperature = forms.FloatField(
         required=False, min_value=0, max_value=2, help_text="0 to 2; empty for the default."
     )
+    top_p = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Top p",
+        help_text="0 to 1; empty for the default.",
+    )
+    presence_penalty = forms.FloatField(
+        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
+    )
+    frequency_penalty = forms.FloatField(
+        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
+    )
     max_tokens = forms.IntegerField(
         required=False,
         min_value=1,
         label="Max tokens",
-        help_text="Longest reply; empty for no cap.",
+        help_text="Longest reply; empty: as long as the model may write (and budgets allow).",
+    )
+    stop = StopSequencesField(
+        required=False, label="Stop sequences", help_text="One per line, at most 4."
+    )
+    seed = forms.IntegerField(
+        required=False, help_text="The same seed asks for the same answer; empty for none."
+    )
+    json_mode = forms.BooleanField(
+        required=False,
+        label="JSON mode",
+        help_text="Answers are a JSON object; say so in the system prompt too.",
     )
 
     def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:

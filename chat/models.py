@@ -56,6 +56,15 @@ class Conversation(models.Model):
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     presence_penalty = models.FloatField(null=True, blank=True)
     frequency_penalty = models.FloatField(null=True, blank=True)
+    stop = models.JSONField(
+        null=True, blank=True, help_text="Up to 4 sequences where the model stops writing."
+    )
+    seed = models.BigIntegerField(
+        null=True, blank=True, help_text="The same seed asks for the same answer (best effort)."
+    )
+    json_mode = models.BooleanField(
+        default=False, help_text="Ask for a JSON object (response_format json_object)."
+    )
     archived = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

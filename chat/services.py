@@ -17,19 +17,17 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Project
+from billing import metering
+from billing.metering import MeteredCall, Outcome
 from billing.models import UsageRecord
-from billing.services import (
-    CallContext,
-    Reservation,
-    quota_reserve,
-    quota_settle,
-    quota_settle_orphan,
-)
+from billing.services import CallContext
 from core.errors import ServiceError
+from core.text import storable
 from providers import selectors as provider_selectors
-from providers.llm.base import ChatRequest, Usage
+from providers.llm.base import ChatRequest
 from providers.llm.tokens import count_text_tokens
-from providers.specs import ProviderSpec, spec_for
+from providers.models import ConnectionModel
+from providers.specs import spec_for
 
 from . import selectors
 from .actors import Actor
@@ -55,11 +53,8 @@ class PendingReply:
     user_id: int | None  # None when a project API key asked
     assistant_message_id: int
     user_message: dict[str, Any] | None  # serialized, when this turn added one
-    request: ChatRequest
-    provider: ProviderSpec
-    reservation: Reservation
+    call: MeteredCall  # reserved and capped: what is sent upstream
     omitted: int
-    prompt_tokens_estimate: int
     truncate_from: int | None = None  # messages with this id or later were replaced
 
 
@@ -67,6 +62,8 @@ class PendingReply:
 
 
 def check_content(content: object) -> str:
+    """The message as it will be stored: not empty, not too long; characters no database can
+    store (a lone surrogate, NUL) replaced rather than refused."""
     if not isinstance(content, str) or not content.strip():
         raise ServiceError("Type a message first: it is empty.", code="empty_message")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
@@ -75,13 +72,13 @@ def check_content(content: object) -> str:
             f"Your message is {len(content):,} characters long; the limit is {limit:,}.",
             code="message_too_long",
         )
-    return content
+    return storable(content)
 
 
 def check_model_allowed(*, project: Project, model: str) -> None:
     if provider_selectors.resolve_model(project, model) is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_allowed"
+            f"The model {model!r} is not available in this project.", code="model_not_found"
         )
 
 
@@ -143,37 +140,91 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
+# What a conversation sends the model, besides its messages. None: the provider's default.
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_tokens",
+    "stop",
+    "seed",
+    "json_mode",
+)
+_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+MAX_STOP_SEQUENCES = 4
+
+
+def check_sampling(*, connection_model: ConnectionModel, **values: Any) -> dict[str, Any]:
+    """The sampling settings as they will be stored and sent, or a refusal naming the one
+    that is out of range (the same ranges OpenAI documents)."""
+    checked: dict[str, Any] = {}
+    for name, (low, high) in _RANGES.items():
+        value = values.get(name)
+        if value is not None and not low <= value <= high:
+            label = name.replace("_", " ").capitalize()
+            raise ServiceError(
+                f"{label} goes from {low:g} to {high:g}.", code=f"invalid_{name}", param=name
+            )
+        checked[name] = value
+    max_tokens = values.get("max_tokens")
+    longest = connection_model.max_output_tokens or connection_model.context_window - 1
+    if max_tokens is not None and not 1 <= max_tokens <= longest:
+        raise ServiceError(
+            f"Max tokens must be between 1 and {longest:,} for {connection_model.name}.",
+            code="invalid_max_tokens",
+            param="max_tokens",
+        )
+    checked["max_tokens"] = max_tokens
+    stop = [s for s in values.get("stop") or [] if s]
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise ServiceError(f"At most {MAX_STOP_SEQUENCES} stop sequences.", code="invalid_stop")
+    checked["stop"] = stop or None
+    checked["seed"] = values.get("seed")
+    json_mode = bool(values.get("json_mode"))
+    if json_mode and not connection_model.supports_json:
+        raise ServiceError(
+            f"{connection_model.name} does not take JSON mode.",
+            code="invalid_json_mode",
+            param="json_mode",
+        )
+    checked["json_mode"] = json_mode
+    return checked
+
+
 @transaction.atomic
 def conversation_update_settings(
     *,
     conversation: Conversation,
     model: str,
     system_prompt: str,
-    temperature: float | None,
-    max_tokens: int | None,
+    **sampling: Any,
 ) -> Conversation:
+    """Model, system prompt and sampling settings (``SAMPLING_FIELDS``; those not given are
+    cleared to the provider's default)."""
+    unknown = set(sampling) - set(SAMPLING_FIELDS)
+    if unknown:
+        raise TypeError(f"not a sampling setting: {', '.join(sorted(unknown))}")
     connection_model = provider_selectors.resolve_model(conversation.project, model)
     if connection_model is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_allowed"
+            f"The model {model!r} is not available in this project.", code="model_not_found"
         )
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise ServiceError("Temperature goes from 0 to 2.", code="invalid_temperature")
-    window = connection_model.context_window
-    if max_tokens is not None and not 1 <= max_tokens < window:
-        raise ServiceError(
-            f"Max tokens must be between 1 and {window - 1:,} for {model}.",
-            code="invalid_max_tokens",
-        )
+    checked = check_sampling(connection_model=connection_model, **sampling)
     conversation.model = model
-    conversation.system_prompt = system_prompt
-    conversation.temperature = temperature
-    conversation.max_tokens = max_tokens
+    conversation.system_prompt = storable(system_prompt)
+    for name, value in checked.items():
+        setattr(conversation, name, value)
     conversation.save()
     return conversation
 
 
-_SETTINGS_FIELDS = ("model", "system_prompt", "temperature", "max_tokens")
+_SETTINGS_FIELDS = ("model", "system_prompt", *SAMPLING_FIELDS)
 
 
 @transaction.atomic
@@ -238,8 +289,10 @@ def _begin_reply(
     truncate_from: int | None = None,
 ) -> PendingReply:
     model = conversation.model
-    provider = spec_for(project=conversation.project, model=model)
-    reply_tokens = conversation.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
+    spec = spec_for(project=conversation.project, model=model)
+    # History is trimmed to leave the reply this much room: its cap if the conversation sets
+    # one, else a modest default (the reply may still use all the context that is left).
+    reply_room = conversation.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
     history = selectors.history_for_prompt(conversation, before=user_message.pk)
     try:
         prompt = build_prompt(
@@ -247,20 +300,21 @@ def _begin_reply(
             latest={"role": "user", "content": user_message.content},
             history_newest_first=((m.role, m.content) for m in history.iterator(chunk_size=100)),
             history_count=history.count(),
-            context_window=provider.context_window,
-            reply_tokens=reply_tokens,
+            context_window=spec.context_window,
+            reply_tokens=reply_room,
         )
     except PromptTooLong as error:
         raise ServiceError(
             f"Your message needs about {error.needed:,} tokens, but {model} leaves room for "
             f"{error.available:,} once the reply is accounted for. Shorten it, or lower max "
             "tokens in the settings.",
-            code="context_too_long",
+            code="context_length_exceeded",
         ) from None
 
-    # Rate limits and budgets: the worst case is set aside before anything is sent; a refusal
-    # rolls this whole turn back and the client keeps the text it typed.
-    reservation = quota_reserve(
+    # Rate limits and budgets: the worst case is set aside before anything is sent, and the
+    # reply is capped at what was held; a refusal rolls this whole turn back and the client
+    # keeps the text it typed.
+    call = metering.metered_reserve(
         context=CallContext(
             organization_id=conversation.project.organization_id,
             project_id=conversation.project_id,
@@ -268,11 +322,23 @@ def _begin_reply(
             model=model,
             source=UsageRecord.Source.API if actor.api_key else UsageRecord.Source.CHAT,
             conversation_id=conversation.pk,
-            connection_id=provider.connection_id,
+            connection_id=spec.connection_id,
             api_key_id=actor.api_key_id,
         ),
-        prompt_tokens=prompt.prompt_tokens,
-        max_tokens=reply_tokens,
+        request=ChatRequest(
+            model=model,
+            messages=prompt.messages,
+            temperature=conversation.temperature,
+            top_p=conversation.top_p,
+            presence_penalty=conversation.presence_penalty,
+            frequency_penalty=conversation.frequency_penalty,
+            stop=conversation.stop or None,
+            seed=conversation.seed,
+            response_format={"type": "json_object"} if conversation.json_mode else None,
+            user=actor.tag,
+        ),
+        spec=spec,
+        asked=conversation.max_tokens,
     )
     assistant = Message.objects.create(
         conversation=conversation,
@@ -280,34 +346,19 @@ def _begin_reply(
         state=Message.State.STREAMING,
         model=model,
         omitted_messages=prompt.omitted,
-        prompt_tokens=prompt.prompt_tokens,  # our estimate until the upstream says
-        request_id=reservation.request_id,
+        prompt_tokens=call.prompt_tokens,  # our estimate until the upstream says
+        request_id=call.reservation.request_id,
     )
     conversation.last_message_at = timezone.now()
     conversation.save(update_fields=["last_message_at", "updated_at"])
-    request = ChatRequest(
-        model=model,
-        messages=prompt.messages,
-        temperature=conversation.temperature,
-        top_p=conversation.top_p,
-        # Always capped: a reply without a cap could run to the end of the context window (a
-        # small local model happily repeats itself), and billing reserves against the cap.
-        max_tokens=reply_tokens,
-        presence_penalty=conversation.presence_penalty,
-        frequency_penalty=conversation.frequency_penalty,
-        user=actor.tag,
-    )
     return PendingReply(
         conversation_id=conversation.pk,
         project_id=conversation.project_id,
         user_id=actor.user_id,
         assistant_message_id=assistant.pk,
         user_message=serialize_message(user_message) if added else None,
-        request=request,
-        provider=provider,
-        reservation=reservation,
+        call=call,
         omitted=prompt.omitted,
-        prompt_tokens_estimate=prompt.prompt_tokens,
         truncate_from=truncate_from,
     )
 
@@ -374,7 +425,7 @@ def reply_edit(
 def reply_flush(*, message_id: int, content: str) -> None:
     """Save the text so far of a reply still streaming (a reload shows it; a crash keeps it)."""
     Message.objects.filter(pk=message_id, state=Message.State.STREAMING).update(
-        content=content, updated_at=timezone.now()
+        content=storable(content), updated_at=timezone.now()
     )
 
 
@@ -382,54 +433,42 @@ def reply_flush(*, message_id: int, content: str) -> None:
 def reply_finish(
     *,
     pending: PendingReply,
+    outcome: Outcome,
     content: str,
     state: str,
-    finish_reason: str | None = None,
-    usage: Usage | None = None,
     error_code: str = "",
     error_message: str = "",
     latency_ms: int | None = None,
     first_token_ms: int | None = None,
 ) -> Message | None:
-    """Save the reply as it ended. Returns None when the conversation was deleted meanwhile."""
+    """Save the reply as it ended and settle its call, in one transaction: the ledger row and
+    the saved reply never disagree. Returns None when the conversation was deleted meanwhile.
+    Text a database cannot store is replaced, never dropped (``core.text``)."""
     message = (
         Message.objects.select_for_update()
         .select_related("conversation")
         .filter(pk=pending.assistant_message_id)
         .first()
     )
-    estimated = usage is None
-    if usage is None:
-        # No usage from the upstream (stopped, dropped, or it just sent none): count here, so
-        # a reply that generated tokens is never free. A call that failed before producing
-        # anything is not charged, as providers do not charge it.
-        failed_empty = state == Message.State.ERROR and not content
-        usage = Usage(
-            prompt_tokens=0 if failed_empty else pending.prompt_tokens_estimate,
-            completion_tokens=count_text_tokens(content) if content else 0,
-        )
-    record = quota_settle(
-        reservation=pending.reservation,
-        status=LEDGER_STATUS[state],
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        estimated=estimated,
+    outcome.status = LEDGER_STATUS[state]
+    record = metering.settle(
+        call=pending.call,
+        outcome=outcome,
         latency_ms=latency_ms,
         message_id=message.pk if message else None,
         conversation_deleted=message is None,
     )
     if message is None:
         return None
-    message.content = content
+    message.content = storable(content)
     message.state = state
-    message.finish_reason = finish_reason or ""
+    message.finish_reason = outcome.finish_reason or ""
     message.error_code = error_code
     message.error_message = error_message
-    message.prompt_tokens = usage.prompt_tokens
-    message.completion_tokens = usage.completion_tokens
-    message.cached_tokens = usage.cached_tokens
-    message.usage_estimated = estimated
+    message.prompt_tokens = record.prompt_tokens
+    message.completion_tokens = record.completion_tokens
+    message.cached_tokens = record.cached_tokens
+    message.usage_estimated = record.estimated
     message.latency_ms = latency_ms
     message.first_token_ms = first_token_ms
     message.save()
@@ -470,13 +509,12 @@ def reply_close_orphan(*, actor: Actor, conversation_id: int) -> Message | None:
 
 
 def _settle_orphan(message: Message, conversation: Conversation, *, status: str) -> None:
-    """Meter a reply whose process died: what was saved of it, counted here."""
-    completion = count_text_tokens(message.content) if message.content else 0
-    message.completion_tokens = completion
+    """Meter a reply whose process died: what was saved of it, counted by the one rule."""
+    message.completion_tokens = count_text_tokens(message.content) if message.content else 0
     message.usage_estimated = True
     if message.request_id is None:
         return
-    record = quota_settle_orphan(
+    record = metering.settle_orphan(
         request_id=message.request_id,
         context=CallContext(
             organization_id=conversation.project.organization_id,
@@ -489,10 +527,32 @@ def _settle_orphan(message: Message, conversation: Conversation, *, status: str)
         ),
         status=status,
         prompt_tokens=message.prompt_tokens or 0,
-        completion_tokens=completion,
+        generated=message.content,
         message_id=message.pk,
     )
+    message.completion_tokens = record.completion_tokens
     message.cost = record.cost
+
+
+@transaction.atomic
+def reply_close_failed(*, message_id: int) -> Message | None:
+    """Close a reply whose save failed (``reply_finish`` raised): the text flushed so far is
+    kept, the reply marked as broken off, and its call settled from it, as for a reply whose
+    process died."""
+    message = (
+        Message.objects.select_for_update()
+        .select_related("conversation__project")
+        .filter(pk=message_id)
+        .first()
+    )
+    if message is None or message.state != Message.State.STREAMING:
+        return message
+    message.state = Message.State.INCOMPLETE if message.content else Message.State.ERROR
+    message.error_code = "internal_error"
+    message.error_message = ServiceError(code="internal_error").message
+    _settle_orphan(message, message.conversation, status=LEDGER_STATUS[message.state])
+    message.save()
+    return message
 
 
 @transaction.atomic

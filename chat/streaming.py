@@ -23,8 +23,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from billing import metering
 from core.detached import run_detached
-from providers.llm.base import ErrorCode, ProviderError, StreamEnd, TextDelta, Usage, Waiting
+from core.errors import ServiceError, retryable
+from providers.llm.base import ProviderError, TextDelta, Waiting
 from providers.specs import build_provider
 
 from . import services
@@ -68,32 +70,6 @@ def start_reply(
     return task
 
 
-HUMAN_ERRORS = {
-    ErrorCode.AUTH: "The model provider rejected our credentials. An admin needs to check the "
-    "API key.",
-    ErrorCode.RATE_LIMITED: "The model provider is rate limiting us right now.",
-    ErrorCode.QUOTA_EXHAUSTED: "The provider account has run out of credit (insufficient "
-    "quota). An admin needs to add credit; retrying will not help.",
-    ErrorCode.BAD_REQUEST: "The model provider refused the request.",
-    ErrorCode.CONTEXT_TOO_LONG: "This conversation is too long for the model's context window. "
-    "Start a new chat or shorten your message.",
-    ErrorCode.UPSTREAM_UNAVAILABLE: "The model provider is unavailable right now.",
-    ErrorCode.TIMEOUT: "The model took too long to answer.",
-    ErrorCode.MODEL_NOT_FOUND: "The provider does not know this model.",
-}
-
-
-def human_message(error: ProviderError, *, partial: bool) -> str:
-    text = HUMAN_ERRORS.get(error.code, "The model call failed.")
-    if error.code == ErrorCode.RATE_LIMITED and error.retry_after:
-        text += f" Try again in {max(1, round(error.retry_after))} s."
-    if error.code in (ErrorCode.BAD_REQUEST, ErrorCode.MODEL_NOT_FOUND):
-        text += f" ({error.message})"
-    if partial:
-        text = "The reply broke off; what arrived is saved. " + text
-    return text
-
-
 class ReplyRunner:
     def __init__(
         self, pending: services.PendingReply, *, listener: asyncio.Queue | None = None
@@ -114,6 +90,8 @@ class ReplyRunner:
         self.last_sent = 0.0
         self.flush_later: asyncio.TimerHandle | None = None
         self.flush_task: asyncio.Task | None = None
+        self.outcome = metering.Outcome()
+        self.first_token_ms: int | None = None
 
     @property
     def message_id(self) -> int:
@@ -132,52 +110,50 @@ class ReplyRunner:
         await self.broadcast(
             {
                 "type": "assistant.started",
-                "message": {"id": self.message_id, "model": self.pending.request.model},
+                "message": {"id": self.message_id, "model": self.pending.call.request.model},
                 "omitted_messages": self.pending.omitted,
             }
         )
         started = time.monotonic()
-        outcome: dict[str, Any] = {"state": Message.State.ERROR}
-        error: ProviderError | None = None
+        state = Message.State.ERROR
+        failure: ServiceError | None = None
         try:
-            self.stream_task = asyncio.create_task(self.stream(started, outcome))
+            self.stream_task = asyncio.create_task(self.stream(started))
             if self.stop_requested:  # a stop that came before the stream began
                 self.stream_task.cancel()
             await self.stream_task
-            outcome["state"] = Message.State.COMPLETE
+            state = Message.State.COMPLETE
         except asyncio.CancelledError:
             if not self.stop_requested:  # the server is shutting down: keep what we have
-                outcome["state"] = Message.State.INCOMPLETE
-                outcome["error_code"] = "interrupted"
+                state, failure = Message.State.INCOMPLETE, ServiceError(code="interrupted")
                 raise
-            outcome["state"] = Message.State.STOPPED
-            outcome["finish_reason"] = "stop_requested"
-        except ProviderError as exc:
-            error = exc
-        except Exception as exc:  # never leave a reply streaming because of a bug of ours
+            state = Message.State.STOPPED
+            self.outcome.finish_reason = "stop_requested"
+        except ProviderError as exc:  # every upstream failure, whatever it sent (metering)
+            failure = metering.upstream_failure(exc, partial=bool(self.length))
+        except Exception:  # never leave a reply streaming because of a bug of ours
             logger.exception("reply %s failed", self.message_id)
-            error = ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, type(exc).__name__)
+            failure = ServiceError(code="internal_error")
         finally:
             listener.cancel()
             heartbeat.cancel()
-            if error is not None:
-                outcome["state"] = Message.State.INCOMPLETE if self.length else Message.State.ERROR
-                outcome["error_code"] = error.code.value
-                outcome["error_message"] = human_message(error, partial=bool(self.length))
-            outcome["latency_ms"] = int((time.monotonic() - started) * 1000)
+            if failure is not None and state == Message.State.ERROR:
+                state = Message.State.INCOMPLETE if self.length else Message.State.ERROR
+            latency_ms = int((time.monotonic() - started) * 1000)
             # Shielded: even a cancelled task saves the reply and tells the clients.
-            await asyncio.shield(self.finish(outcome, error))
+            await asyncio.shield(self.finish(state, failure, latency_ms))
             await self.layer.group_discard(self.control_group, control)
 
-    async def stream(self, started: float, outcome: dict[str, Any]) -> None:
-        provider = build_provider(self.pending.provider)
+    async def stream(self, started: float) -> None:
+        provider = build_provider(self.pending.call.spec)
         last_flush = time.monotonic()
+        events = metering.stream_capped(self.pending.call, provider, self.outcome)
         try:
             # aclosing: a cancelled or failed reply closes the stream at once, which is what
             # frees the local model for the next request (a dropped generator would not).
-            async with contextlib.aclosing(provider.stream(self.pending.request)) as stream:
+            async with contextlib.aclosing(events) as stream:
                 async for item in stream:
-                    await self.handle(item, started, outcome)
+                    await self.handle(item, started)
                     if isinstance(item, TextDelta) and (
                         time.monotonic() - last_flush >= settings.CHAT_FLUSH_INTERVAL
                     ):
@@ -188,21 +164,18 @@ class ReplyRunner:
         finally:
             await provider.aclose()
 
-    async def handle(self, item: object, started: float, outcome: dict[str, Any]) -> None:
+    async def handle(self, item: object, started: float) -> None:
         if isinstance(item, Waiting):
             await self.broadcast(
                 {"type": "waiting", "message_id": self.message_id, "position": item.position}
             )
         elif isinstance(item, TextDelta):
             if not self.length:
-                outcome["first_token_ms"] = int((time.monotonic() - started) * 1000)
+                self.first_token_ms = int((time.monotonic() - started) * 1000)
             self.text.append(item.text)
             self.unsent.append(item.text)
             self.length += len(item.text)
             await self.send_delta()
-        elif isinstance(item, StreamEnd):
-            outcome["finish_reason"] = item.finish_reason
-            outcome["usage"] = item.usage
 
     async def send_delta(self, *, force: bool = False) -> None:
         """Broadcast the text not sent yet, at most once per CHAT_DELTA_INTERVAL.
@@ -260,39 +233,56 @@ class ReplyRunner:
                             "message_id": self.message_id,
                             "text": text,
                             "offset": len(text),
-                            "model": self.pending.request.model,
+                            "model": self.pending.call.request.model,
                         }
                     ),
                 )
 
-    async def finish(self, outcome: dict[str, Any], error: ProviderError | None) -> None:
+    async def finish(self, state: str, failure: ServiceError | None, latency_ms: int) -> None:
+        """Save the reply and settle its call, then tell every tab: ``done``, or ``error``
+        with the saved reply. Whatever happens here, the tabs hear the end."""
         await self.send_delta(force=True)  # the tail, before done/error
-        usage: Usage | None = outcome.get("usage")
-        message = await database_sync_to_async(services.reply_finish)(
-            pending=self.pending,
-            content="".join(self.text),
-            state=outcome["state"],
-            finish_reason=outcome.get("finish_reason"),
-            usage=usage,
-            error_code=outcome.get("error_code", ""),
-            error_message=outcome.get("error_message", ""),
-            latency_ms=outcome.get("latency_ms"),
-            first_token_ms=outcome.get("first_token_ms"),
-        )
+        content = "".join(self.text)
+        try:
+            message = await database_sync_to_async(services.reply_finish)(
+                pending=self.pending,
+                outcome=self.outcome,
+                content=content,
+                state=state,
+                error_code=failure.code if failure else "",
+                error_message=failure.message if failure else "",
+                latency_ms=latency_ms,
+                first_token_ms=self.first_token_ms,
+            )
+        except Exception:
+            # The reply could not be saved as it ended: close it as the stale-stream sweep
+            # would (the text flushed so far, metered once), and say so.
+            logger.exception("reply %s could not be saved; closing it", self.message_id)
+            failure = ServiceError(code="internal_error")
+            message = await self.close_after_failure()
         if message is None:  # the conversation was deleted meanwhile
             return
         serialized = await database_sync_to_async(services.serialize_message)(message)
-        if error is not None:
+        if failure is not None:
             await self.broadcast(
                 {
                     "type": "error",
-                    "code": error.code.value,
-                    "message": message.error_message,
-                    "retryable": error.retryable,
-                    "retry_after": error.retry_after,
+                    "code": failure.code,
+                    "message": message.error_message or failure.message,
+                    "retryable": retryable(failure.code),
+                    "retry_after": failure.retry_after,
                     "message_id": self.message_id,
                     "reply": serialized,
                 }
             )
         else:
             await self.broadcast({"type": "done", "message": serialized})
+
+    async def close_after_failure(self) -> Message | None:
+        try:
+            return await database_sync_to_async(services.reply_close_failed)(
+                message_id=self.message_id
+            )
+        except Exception:
+            logger.exception("reply %s could not be closed either", self.message_id)
+            return None

@@ -6,13 +6,13 @@ import time
 
 from celery import shared_task
 
+from billing import metering
 from billing.models import UsageRecord
-from billing.services import CallContext, quota_reserve, quota_settle
+from billing.services import CallContext
 from core.errors import ServiceError
 from providers.llm.base import ChatRequest, Completion, ProviderError
-from providers.llm.tokens import count_message_tokens, count_text_tokens
 from providers.models import ProviderConnection
-from providers.specs import ProviderSpec, build_provider, spec_for
+from providers.specs import build_provider, spec_for
 
 from . import services
 from .models import Conversation, Message
@@ -25,25 +25,6 @@ TITLE_PROMPT = (
     "Write a short title (at most six words) for a conversation that starts with the message "
     "below. Answer with the title only, no quotes."
 )
-
-
-async def _ask_for_title(*, spec: ProviderSpec, model: str, first_message: str) -> Completion:
-    provider = build_provider(spec)
-    try:
-        completion = await provider.complete(
-            ChatRequest(
-                model=model,
-                messages=[
-                    {"role": "system", "content": TITLE_PROMPT},
-                    {"role": "user", "content": first_message[:2000]},
-                ],
-                max_tokens=TITLE_MAX_TOKENS,
-                temperature=0.2,
-            )
-        )
-    finally:
-        await provider.aclose()
-    return completion
 
 
 @shared_task(ignore_result=True)
@@ -63,6 +44,8 @@ def title_conversation(conversation_id: int) -> None:
     except (ProviderError, ServiceError) as error:
         logger.info("titling conversation %s fell back to its first words: %s", conversation_id,
                     getattr(error, "code", error))  # fmt: skip
+    except Exception:  # the task boundary: a conversation gets a title whatever went wrong
+        logger.exception("titling conversation %s failed; first words instead", conversation_id)
     title = title or services.fallback_title(first.content)
     if services.conversation_set_title(conversation_id=conversation_id, title=title):
         announce_title(
@@ -77,7 +60,7 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
         # Two processes running llama.cpp on a small machine slow each other down several
         # times over: the built-in model keeps its CPU for replies, titles take first words.
         raise ServiceError("the local model does not write titles", code="local_model")
-    reservation = quota_reserve(
+    call = metering.metered_reserve(
         context=CallContext(
             organization_id=conversation.project.organization_id,
             project_id=conversation.project_id,
@@ -88,31 +71,31 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
             connection_id=spec.connection_id,
             api_key_id=conversation.api_key_id,
         ),
-        prompt_tokens=count_message_tokens(
-            [
+        request=ChatRequest(
+            model=conversation.model,
+            messages=[
                 {"role": "system", "content": TITLE_PROMPT},
                 {"role": "user", "content": first_message[:2000]},
-            ]
+            ],
+            temperature=0.2,
         ),
-        max_tokens=TITLE_MAX_TOKENS,
+        spec=spec,
+        asked=TITLE_MAX_TOKENS,
     )
+    outcome = metering.Outcome()
     started = time.monotonic()
-    completion: Completion | None = None
     try:
-        completion = asyncio.run(
-            _ask_for_title(spec=spec, model=conversation.model, first_message=first_message)
-        )
+        completion = asyncio.run(_ask(call, outcome))
     finally:
-        usage = completion.usage if completion else None
-        quota_settle(
-            reservation=reservation,
-            status=UsageRecord.Status.OK if completion else UsageRecord.Status.ERROR,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens
-            if usage
-            else count_text_tokens(completion.text if completion else ""),
-            cached_tokens=usage.cached_tokens if usage else 0,
-            estimated=usage is None,
-            latency_ms=int((time.monotonic() - started) * 1000),
+        metering.settle(
+            call=call, outcome=outcome, latency_ms=int((time.monotonic() - started) * 1000)
         )
     return services.clean_title(completion.text)
+
+
+async def _ask(call: metering.MeteredCall, outcome: metering.Outcome) -> Completion:
+    provider = build_provider(call.spec)
+    try:
+        return await metering.complete_capped(call, provider, outcome)
+    finally:
+        await provider.aclose()

@@ -90,10 +90,8 @@ def conversation_detail(
         settings_form=ConversationSettingsForm(
             models=models,
             initial={
-                "model": conversation.model,
-                "system_prompt": conversation.system_prompt,
-                "temperature": conversation.temperature,
-                "max_tokens": conversation.max_tokens,
+                name: getattr(conversation, name)
+                for name in ("model", "system_prompt", *services.SAMPLING_FIELDS)
             },
         ),
         socket_path=f"/ws/conversations/{conversation.pk}/",

@@ -10,6 +10,8 @@ authenticated, hence exempt from CSRF. The key is never logged nor echoed.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,8 +21,8 @@ from rest_framework.request import Request
 
 from accounts.models import ApiKey
 from core import idempotency
-from core.api import AsyncAPIView, retry_after_header
-from core.errors import ApiError
+from core.api import AsyncAPIView
+from core.errors import ServiceError
 from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR
 
 from . import services as gateway_services
@@ -33,15 +35,16 @@ from .schema import (
 )
 from .services import GatewayCall, GatewayStream
 
+logger = logging.getLogger(__name__)
+
 # The operations' security requirements. drf-spectacular annotates ``auth`` as a list of
 # names, yet writes it into the schema as it is: OpenAPI wants requirement objects.
 KEY_AUTH: Any = [{"projectKey": []}]
 
 
-def error_response(error: ApiError) -> JsonResponse:
-    response = JsonResponse(error.body(), status=error.status)
-    if error.retry_after is not None:
-        response["Retry-After"] = retry_after_header(error.retry_after)
+def error_response(error: ServiceError) -> JsonResponse:
+    """A refusal as OpenAI answers it: the error table's status, body and retry headers."""
+    response = JsonResponse(error.body(), status=error.status, headers=error.headers())
     if error.status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="api"'
     return response
@@ -68,7 +71,7 @@ class ModelListView(OpenAIEndpoint):
             listing = await sync_to_async(gateway_services.models_list)(
                 authorization=request.headers.get("Authorization")
             )
-        except ApiError as error:
+        except ServiceError as error:
             return error_response(error)
         return JsonResponse(listing)
 
@@ -85,7 +88,7 @@ class ModelDetailView(OpenAIEndpoint):
             entry = await sync_to_async(gateway_services.model_get)(
                 authorization=request.headers.get("Authorization"), model=model
             )
-        except ApiError as error:
+        except ServiceError as error:
             return error_response(error)
         return JsonResponse(entry)
 
@@ -99,7 +102,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         responses={
             (200, "application/json"): CHAT_COMPLETION_RESPONSE,
             (200, "text/event-stream"): CHAT_COMPLETION_EVENTS,
-            **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 429, 502, 504)},
+            **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 429, 500, 502, 504)},
         },
         tags=["OpenAI-compatible"],
     )
@@ -108,40 +111,51 @@ class ChatCompletionsView(OpenAIEndpoint):
             api_key = await sync_to_async(gateway_services.gateway_authenticate)(
                 authorization=request.headers.get("Authorization"), scopes=("chat",)
             )
-        except ApiError as error:
+        except ServiceError as error:
             return error_response(error)
         body = request.body
         idempotency_key = request.headers.get(idempotency.HEADER)
         if idempotency_key is None:
-            return await _chat_completions(body, api_key)
+            response, _ = await _chat_completions(body, api_key)
+            return response
         try:
             started = await sync_to_async(idempotency.idempotency_begin)(
                 caller=api_key, key=idempotency_key, fingerprint=body
             )
-        except ApiError as error:
+        except ServiceError as error:
             return error_response(error)
         if isinstance(started, idempotency.Replay):
             return started.response()
         try:
-            response = await _chat_completions(body, api_key)
+            response, completed = await _chat_completions(body, api_key)
         except BaseException:  # the client left: nothing to replay, a retry runs again
             await asyncio.shield(sync_to_async(idempotency.idempotency_abandon)(record=started))
             raise
-        return await idempotency.remember(started, response)
+        return await idempotency.remember(started, response, completed=completed)
 
 
-async def _chat_completions(body: bytes, api_key: ApiKey) -> HttpResponseBase:
+def _never() -> bool:
+    return False
+
+
+async def _chat_completions(
+    body: bytes, api_key: ApiKey
+) -> tuple[HttpResponseBase, Callable[[], bool]]:
+    """The answer, and whether it completed (for a stream: known once it has been sent)."""
     try:
         call: GatewayCall = await sync_to_async(gateway_services.chat_prepare)(
             key=api_key, body=body
         )
         if not call.stream:
-            return JsonResponse(await gateway_services.complete(call))
+            return JsonResponse(await gateway_services.complete(call)), _never
         stream = GatewayStream(call)
         await stream.open()
-    except ApiError as error:
-        return error_response(error)
+    except ServiceError as error:
+        return error_response(error), _never
+    except Exception:  # a failure of ours: an answer in OpenAI's shape, never an HTML page
+        logger.exception("chat completion failed")
+        return error_response(ServiceError(code="internal_error")), _never
     response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # no proxy buffering of the event stream
-    return response
+    return response, lambda: stream.completed

@@ -4,10 +4,12 @@ alice owns org A, bob is a plain member of org A, charlie owns org B and must se
 """
 
 import asyncio
+import http.client
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -23,6 +25,35 @@ from accounts.models import Membership, Organization, Project, Role, User
 from core.detached import wait_for_detached
 from providers.llm.fake_upstream import FakeUpstream
 from tests.factories import MembershipFactory, OrganizationFactory, ProjectFactory, UserFactory
+
+# --- running in parallel (pytest-xdist, ``make test``: ``-n 2 --dist loadgroup``) ------------
+
+# The local model's own tests: llama.cpp keeps every core busy while it writes, so two of them
+# at once (one per worker) would each take twice as long. They share one worker, one after
+# the other, and go first: that worker starts on them at once, as the other starts on the rest.
+LOCAL_MODEL_MODULE = "tests/providers/llm/test_local_provider.py"
+
+
+def _flushes_the_database(item: pytest.Item) -> bool:
+    """A transactional test empties every table when it ends (the rows migrations seed too):
+    pytest-django runs them after the others, and that order must hold on every worker."""
+    marker = item.get_closest_marker("django_db")
+    fixtures = getattr(item, "fixturenames", ())
+    return bool(
+        (marker and (marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences")))
+        or "transactional_db" in fixtures
+        or "live_server" in fixtures
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    local = [item for item in items if item.nodeid.startswith(f"{LOCAL_MODEL_MODULE}::")]
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in local:
+            item.add_marker(pytest.mark.xdist_group("local-model"))
+    if not any(_flushes_the_database(item) for item in local):
+        others = [item for item in items if item not in set(local)]
+        items[:] = local + others
 
 
 @pytest.fixture
@@ -95,6 +126,22 @@ def fake_upstream(fake_upstream_server: FakeUpstream) -> FakeUpstream:
     return fake_upstream_server
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses every connection: bound (so no other process, no other
+    test worker, can take it meanwhile) but not listening."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+async def wait_for_background(within: float = 30) -> None:
+    """Wait, at most ``within`` seconds, until every detached task of this process (a reply,
+    the upstream side of a stream, a settle) has finished."""
+    async with asyncio.timeout(within):
+        await wait_for_detached()
+
+
 # --- sockets, opened as a browser opens them: session cookie, Origin, the real ASGI app -----
 
 ORIGIN = "http://testserver"
@@ -116,10 +163,12 @@ class Socket:
     async def send(self, **frame: Any) -> None:
         await self.communicator.send_json_to(frame)
 
-    async def receive(self, within: float = 10) -> dict[str, Any]:
+    # The bounds are generous: on a loaded machine an event may take seconds; a test that
+    # waits for one that never comes still fails, after ``within``.
+    async def receive(self, within: float = 30) -> dict[str, Any]:
         return await self.communicator.receive_json_from(within)
 
-    async def until(self, *kinds: str, within: float = 10) -> list[dict[str, Any]]:
+    async def until(self, *kinds: str, within: float = 30) -> list[dict[str, Any]]:
         """Every event up to and including the first of one of ``kinds``."""
         events = []
         while True:
@@ -128,6 +177,9 @@ class Socket:
                 return events
 
     async def nothing_more(self) -> bool:
+        """Nothing else comes: every detached task (a reply's, its settle) has ended, and
+        nothing they sent is waiting for this socket."""
+        await wait_for_background()
         return await self.communicator.receive_nothing(timeout=0.2)
 
     async def close(self) -> None:
@@ -162,13 +214,13 @@ async def open_socket() -> AsyncIterator[OpenSocket]:
     yield open_
     for opened in sockets:
         await opened.close()
-    async with asyncio.timeout(30):
-        await wait_for_detached()
+    await wait_for_background()
 
 
 # --- a live server: Daphne serving the real ASGI app, for real HTTP clients ----------------
 
-# The server process: the test settings, pointed at this run's test database file.
+# The server process: the test settings, pointed at this run's test database file, serving on
+# the listening socket it inherits (its file descriptor).
 DAPHNE = """
 import sys
 import django
@@ -176,14 +228,21 @@ from django.conf import settings
 settings.DATABASES["default"]["NAME"] = sys.argv[1]
 django.setup()
 from daphne.cli import CommandLineInterface
-CommandLineInterface().run(["-b", "127.0.0.1", "-p", sys.argv[2], "config.asgi:application"])
+CommandLineInterface().run(["--fd", sys.argv[2], "config.asgi:application"])
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _answers_http(port: int) -> bool:
+    """Whether a server on ``port`` answers an HTTP request (any status will do)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("HEAD", "/")
+        connection.getresponse().read()
+        return True
+    except OSError:  # refused, reset, or no answer yet
+        return False
+    finally:
+        connection.close()
 
 
 @pytest.fixture
@@ -191,28 +250,47 @@ def live_daphne(transactional_db) -> Iterator[str]:
     """The base URL of Daphne serving the real ASGI app in a subprocess, started with the test
     settings and this run's test database file: with ``transaction=True`` both processes see
     the same committed rows. Not a fork (daphne's ``DaphneProcess``): a fork late in the run
-    inherits thread-pool executors whose threads it does not have, and hangs."""
-    port = _free_port()
+    inherits thread-pool executors whose threads it does not have, and hangs.
+
+    The port is taken here and handed over as a listening socket: no other process (another
+    test worker's server) can take it between choosing it and serving on it. Its log goes to
+    a file, which never fills up and blocks the server as a pipe nobody reads would."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": django_settings.SETTINGS_MODULE}
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-c", DAPHNE, str(connection.settings_dict["NAME"]), str(port)],
-        env=env,
-        cwd=django_settings.BASE_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
+    with (
+        socket.socket() as listener,
+        tempfile.TemporaryFile() as log,
+    ):
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            [
+                sys.executable,
+                "-c",
+                DAPHNE,
+                str(connection.settings_dict["NAME"]),
+                str(listener.fileno()),
+            ],
+            env=env,
+            cwd=django_settings.BASE_DIR,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            pass_fds=[listener.fileno()],
+        )
+        try:
+            # Until it answers: the socket listens already, so a connection alone proves
+            # nothing. Bounded, and over at once if the server exits.
+            deadline = time.monotonic() + 60
+            while not _answers_http(port):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Daphne did not start: {process.stderr.read()!r}") from None
+                    log.seek(0)
+                    raise RuntimeError(f"Daphne did not start: {log.read()!r}")
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-        process.stderr.close()
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)

@@ -14,7 +14,7 @@ class UserFactory(factory.django.DjangoModelFactory):
         django_get_or_create = ("email",)
 
     email = factory.Sequence(lambda n: f"user{n}@example.com")
-    name = factory.Faker("name")
+    name = factory.Sequence(lambda n: f"User {n}")  # not Faker: the same names every run
     password = factory.django.Password(PASSWORD)
 
 

@@ -157,7 +157,7 @@ def test_every_socket_route_with_arguments_is_covered():
 
 
 @pytest.fixture
-def world(alice, bob, charlie, org_a, project_a, project_b):
+def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
     from accounts.api_keys import api_key_create
     from accounts.models import Invitation, Membership, hash_token
     from billing.models import Statement
@@ -183,7 +183,7 @@ def world(alice, bob, charlie, org_a, project_a, project_b):
         project=project_a,
         kind=ProviderConnection.Kind.COMPATIBLE,
         name="A's server",
-        base_url="http://127.0.0.1:9/v1",
+        base_url=f"http://127.0.0.1:{closed_port}/v1",
         max_retries=0,
     )
     w.connection_model = ConnectionModel.objects.create(connection=w.connection, name="a-model")

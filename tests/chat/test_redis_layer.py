@@ -52,10 +52,10 @@ class Streaming:
     tab: str
 
 
-async def stream_seen_from_another_process(redis_url, make_conversation, alice, project_a):
-    conversation = await database_sync_to_async(make_conversation)(
-        alice, project_a, model="fake-gpt@slow150"
-    )
+async def stream_seen_from_another_process(
+    redis_url, make_conversation, alice, project_a, model: str = "fake-gpt@slow150"
+):
+    conversation = await database_sync_to_async(make_conversation)(alice, project_a, model=model)
     pending = await database_sync_to_async(services.reply_start)(
         actor=Actor(user=alice), conversation_id=conversation.pk, content=WORDS
     )
@@ -81,7 +81,10 @@ async def receive_until(layer: RedisChannelLayer, channel: str, kind: str) -> li
 async def test_a_stop_sent_from_another_process_ends_the_reply(
     redis_url, make_conversation, alice, project_a
 ):
-    seen = await stream_seen_from_another_process(redis_url, make_conversation, alice, project_a)
+    # Three words, then nothing until the call is closed: only the stop can end this reply.
+    seen = await stream_seen_from_another_process(
+        redis_url, make_conversation, alice, project_a, model="fake-gpt@slow150@stall3"
+    )
 
     await seen.other.group_send(streaming.control_group(**seen.ids), {"type": "chat.stop"})
     async with asyncio.timeout(10):

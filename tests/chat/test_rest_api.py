@@ -12,7 +12,9 @@ import json
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.db import connection
 from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
@@ -21,8 +23,9 @@ from django.urls import reverse
 from accounts import api_keys
 from billing.models import Budget, ModelPrice, UsageRecord
 from chat.models import Conversation, Message
-from core.detached import wait_for_detached
+from chat.streaming import conversation_group
 from tests.chat.conftest import make_key, serve
+from tests.conftest import wait_for_background
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,7 +61,15 @@ def price_fake_gpt() -> None:
 
 @pytest.fixture
 def served(project_a, fake_upstream):
-    serve(project_a, fake_upstream, "fake-gpt", "fake-gpt@500", "fake-gpt@slow150", "other-model")
+    serve(
+        project_a,
+        fake_upstream,
+        "fake-gpt",
+        "fake-gpt@500",
+        "fake-gpt@slow150",
+        "fake-gpt@slow150@stall5",
+        "other-model",
+    )
     return project_a
 
 
@@ -141,8 +152,8 @@ def test_bad_conversation_input_is_a_400_naming_the_field(served, alice, org_a):
     assert too_hot.status_code == 400
     assert too_hot.json()["error"]["param"] == "temperature"
     assert too_hot.json()["error"]["type"] == "invalid_request_error"
-    assert unknown_model.status_code == 400
-    assert unknown_model.json()["error"]["code"] == "model_not_allowed"
+    assert unknown_model.status_code == 404
+    assert unknown_model.json()["error"]["code"] == "model_not_found"
     assert "gpt-99" in unknown_model.json()["error"]["message"]
     assert Conversation.objects.count() == 0
 
@@ -227,7 +238,7 @@ def test_a_failed_reply_is_saved_and_answered_with_an_error_status(served, alice
 
     assert response.status_code == 502
     body = response.json()
-    assert body["error"]["code"] == "upstream_unavailable"
+    assert body["error"]["code"] == "upstream_error"
     assert body["message"]["state"] == "error"
     assert Message.objects.filter(role="user", content="hello").exists()  # nothing lost
     assert UsageRecord.objects.count() == 1  # one row per upstream call, failed or not
@@ -389,8 +400,14 @@ async def test_a_streamed_message_is_replayed_as_it_streamed(served, alice, org_
 # --- stop ----------------------------------------------------------------------------------------
 
 
-async def test_stop_ends_a_reply_mid_stream_and_keeps_what_came(served, alice, org_a):
-    client, auth, created = await async_conversation(served, alice, org_a, "fake-gpt@slow150")
+async def test_stop_ends_a_reply_mid_stream_and_keeps_what_came(served, alice, org_a, settings):
+    # The reply's own task answers the stop; the fallback for a reply whose process died (it
+    # is closed once the grace period is over) must not stand in for it here.
+    settings.CHAT_ORPHAN_GRACE = 60
+    # Five words, then nothing until the call is closed: only the stop can end this reply.
+    client, auth, created = await async_conversation(
+        served, alice, org_a, "fake-gpt@slow150@stall5"
+    )
     conversation_id = created.json()["id"]
     streamed = await client.post(
         messages_url(served, conversation_id) + "?stream=true",
@@ -405,12 +422,17 @@ async def test_stop_ends_a_reply_mid_stream_and_keeps_what_came(served, alice, o
         "api-stop", kwargs={"project_id": served.pk, "conversation_id": conversation_id}
     )
 
-    stopped = await client.post(stop_url, headers=auth)
+    # In a thread of its own, as Django's ASGI handler serves every request; the test client
+    # would run it in the one thread the reply's task saves it from, and the reply could not
+    # be saved until the stop had given up waiting for it.
+    async with ThreadSensitiveContext():
+        stopped = await client.post(stop_url, headers=auth)
     rest = b"".join([chunk async for chunk in events])
 
     assert stopped.status_code == 200, stopped.content
     reply = stopped.json()
     assert (reply["state"], reply["finish_reason"]) == ("stopped", "stop_requested")
+    assert reply["error_code"] == ""  # saved by the reply's task, not closed as an orphan
     assert reply["content"].startswith("Echo: ")
     assert not reply["content"].endswith("ten")  # cut short
     assert b"event: done" in rest
@@ -431,12 +453,21 @@ async def test_a_client_that_leaves_still_gets_the_saved_reply_on_its_retry(serv
             url, data={"content": "a b c d e"}, content_type="application/json", headers=headers
         )
 
+    # What the conversation's open tabs hear: the first words of the reply say it has begun.
+    layer = get_channel_layer()
+    tab = await layer.new_channel()
+    group = conversation_group(project_id=served.pk, conversation_id=created.json()["id"])
+    await layer.group_add(group, tab)
+
     first = asyncio.create_task(send())
-    await asyncio.sleep(0.3)  # the reply has begun
+    async with asyncio.timeout(30):
+        while (await layer.receive(tab))["payload"]["type"] != "delta":
+            pass
+    await layer.group_discard(group, tab)
     first.cancel()  # the client went away: Django cancels the request
     with contextlib.suppress(asyncio.CancelledError):
         await first
-    await wait_for_detached()
+    await wait_for_background()
 
     retry = await send()
 
@@ -496,7 +527,7 @@ async def test_a_stream_left_midway_is_replayed_whole_once_saved(served, alice, 
     reader.cancel()  # the client went away mid-reply
     with contextlib.suppress(asyncio.CancelledError):
         await reader
-    await wait_for_detached()
+    await wait_for_background()
 
     retry = await send()
 

@@ -1,11 +1,14 @@
 """The conversation socket end to end: real ASGI app, real SDK, the fake upstream over HTTP."""
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 from channels.db import database_sync_to_async
 
 from chat.actors import Actor
 from chat.models import Conversation, Message
-from core.detached import wait_for_detached
+from tests.conftest import wait_for_background
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,6 +25,19 @@ def create(make_conversation, *args, **kwargs) -> Conversation:
 
 def deltas_text(events) -> str:
     return "".join(e["text"] for e in events if e["type"] == "delta")
+
+
+async def last_message_once(
+    conversation: Conversation, saved: Callable[[Message], bool], within: float = 30
+) -> Message:
+    """The conversation's last message as soon as ``saved(message)`` holds, read again and again
+    for at most ``within`` seconds: for writes that no event announces (a flush)."""
+    async with asyncio.timeout(within):
+        while True:
+            message = (await messages_of(conversation))[-1]
+            if saved(message):
+                return message
+            await asyncio.sleep(0.02)
 
 
 async def test_it_streams_a_reply_and_saves_both_messages(
@@ -84,8 +100,10 @@ async def test_a_second_tab_sees_the_same_stream(open_socket, make_conversation,
 async def test_a_tab_opened_mid_stream_gets_the_text_so_far_then_the_rest(
     open_socket, make_conversation, alice, project_a
 ):
+    # 2,000 words 40 ms apart: still streaming when the late tab opens, however slowly this
+    # machine runs; a stop ends it once the late tab has seen the rest coming.
     conversation = await create(
-        make_conversation, alice, project_a, model="fake-gpt@slow40@words30"
+        make_conversation, alice, project_a, model="fake-gpt@slow40@words2000"
     )
     _, first = await open_socket(alice, conversation.pk)
     await first.send(type="message", content="go")
@@ -94,7 +112,11 @@ async def test_a_tab_opened_mid_stream_gets_the_text_so_far_then_the_rest(
         assert (await first.receive())["type"] == "delta"
 
     _, late = await open_socket(alice, conversation.pk)
-    events = await late.until("done")
+    events = await late.until("snapshot")
+    for _ in range(5):
+        events += await late.until("delta")
+    await first.send(type="stop")
+    events += await late.until("done")
 
     # What chat.js does: deltas that came before the snapshot are covered by it; after it,
     # text is placed by offset (a delta may overlap what the snapshot gave) and none is missing.
@@ -109,14 +131,16 @@ async def test_a_tab_opened_mid_stream_gets_the_text_so_far_then_the_rest(
         assert delta["offset"] <= len(text), "a gap after the snapshot"
         text += delta["text"][len(text) - delta["offset"] :]
     assert text == events[-1]["message"]["content"]
-    assert len(text.split()) == 30
+    assert events[-1]["message"]["state"] == "stopped"
+    assert len(text) > len(snapshot["text"])  # the rest came after the snapshot
 
 
 async def test_stop_cuts_the_reply_short_and_keeps_it(
     open_socket, make_conversation, alice, project_a
 ):
+    # Ten of the 100 words, then nothing until the call is closed: only the stop ends it.
     conversation = await create(
-        make_conversation, alice, project_a, model="fake-gpt@slow50@words100"
+        make_conversation, alice, project_a, model="fake-gpt@slow50@words100@stall10"
     )
     _, socket = await open_socket(alice, conversation.pk)
     await socket.send(type="message", content="go")
@@ -148,7 +172,7 @@ async def test_closing_the_tab_does_not_lose_the_reply(
     await socket.until("assistant.started")
 
     await socket.close()
-    await wait_for_detached()
+    await wait_for_background()
 
     reply = (await messages_of(conversation))[-1]
     assert reply.state == "complete"
@@ -160,8 +184,11 @@ async def test_the_reply_is_flushed_at_intervals_not_per_token(
     open_socket, make_conversation, alice, project_a, settings, interval, saved_words
 ):
     settings.CHAT_FLUSH_INTERVAL = interval
+    settings.CHAT_HEARTBEAT_INTERVAL = 600  # only the flushes write the reply here
+    # 12 words 50 ms apart (600 ms: past the short interval), then nothing until the stop:
+    # the reply is still streaming, with 12 words at most, whenever it is read.
     conversation = await create(
-        make_conversation, alice, project_a, model="fake-gpt@slow50@words40"
+        make_conversation, alice, project_a, model="fake-gpt@slow50@words40@stall12"
     )
     _, socket = await open_socket(alice, conversation.pk)
     await socket.send(type="message", content="go")
@@ -169,10 +196,15 @@ async def test_the_reply_is_flushed_at_intervals_not_per_token(
     for _ in range(12):
         await socket.until("delta")
 
-    reply = (await messages_of(conversation))[-1]
+    if 0 in saved_words:
+        # Per token, a flush would have been written before the next token went out.
+        reply = (await messages_of(conversation))[-1]
+    else:  # a flush is written on its own time: wait for it (or fail after a bound)
+        reply = await last_message_once(conversation, lambda message: bool(message.content))
     assert reply.state == "streaming"
     assert len(reply.content.split()) in saved_words
-    await socket.until("done")
+    await socket.send(type="stop")
+    assert (await socket.until("done"))[-1]["message"]["content"].startswith(reply.content)
 
 
 async def test_regenerate_replaces_the_last_reply(open_socket, make_conversation, alice, project_a):
@@ -219,8 +251,10 @@ async def test_editing_an_earlier_message_replaces_the_later_turns(
 async def test_a_second_message_while_one_streams_is_refused(
     open_socket, make_conversation, alice, project_a
 ):
+    # Five words, then nothing until the call is closed: the first reply is still streaming
+    # when the second message comes, however slowly this machine runs.
     conversation = await create(
-        make_conversation, alice, project_a, model="fake-gpt@slow30@words20"
+        make_conversation, alice, project_a, model="fake-gpt@slow30@words20@stall5"
     )
     _, socket = await open_socket(alice, conversation.pk)
     await socket.send(type="message", content="first")
@@ -230,6 +264,7 @@ async def test_a_second_message_while_one_streams_is_refused(
     error = (await socket.until("error"))[-1]
 
     assert error["code"] == "busy"
+    await socket.send(type="stop")
     await socket.until("done")
     assert [m.content for m in await messages_of(conversation) if m.role == "user"] == ["first"]
 
@@ -272,7 +307,7 @@ async def test_the_first_exchange_names_the_conversation(
 
     await socket.send(type="message", content="Plan a trip to Jeju")
     events = await socket.until("title")  # open tabs are told, no reload needed
-    await wait_for_detached()
+    await wait_for_background()
 
     await database_sync_to_async(conversation.refresh_from_db)()
     assert conversation.title == "Echo: Plan a trip to Jeju"
@@ -335,32 +370,45 @@ async def test_a_reply_streams_from_the_local_model(open_socket, alice, project_
 
 
 async def test_a_second_reply_waits_for_the_local_model_and_says_so(open_socket, alice, project_a):
-    first = await local_conversation(alice, project_a, max_tokens=40, temperature=0)
+    # A long story (1,000 tokens) holds the model until it is stopped, however fast it runs.
+    first = await local_conversation(alice, project_a, max_tokens=1000, temperature=0)
     second = await local_conversation(alice, project_a, max_tokens=5, temperature=0)
     _, socket_one = await open_socket(alice, first.pk)
     _, socket_two = await open_socket(alice, second.pk)
 
-    await socket_one.send(type="message", content="Count from one to twenty.")
+    await socket_one.send(type="message", content="Write a long story about a lighthouse keeper.")
     await socket_one.until("delta", within=60)
     await socket_two.send(type="message", content="Hi")
+    queued = await socket_two.until("waiting", "done", "error", within=60)
+
+    assert (queued[-1]["type"], queued[-1].get("position")) == ("waiting", 1)
+    await socket_one.send(type="stop")  # the model is free: the second reply runs
+    stopped = (await socket_one.until("done", within=60))[-1]["message"]
     events = await socket_two.until("done", "error", within=60)
 
-    waiting = [e for e in events if e["type"] == "waiting"]
-    assert waiting
-    assert waiting[0]["position"] == 1
+    assert stopped["state"] == "stopped"
     assert events[-1]["type"] == "done"
-    await socket_one.until("done", within=60)
+    assert events[-1]["message"]["content"] == deltas_text(events)
 
 
 async def test_tokens_close_together_share_a_frame(
     open_socket, make_conversation, alice, project_a, settings
 ):
-    settings.CHAT_DELTA_INTERVAL = 0.05
-    conversation = await create(make_conversation, alice, project_a, model="fake-gpt@slow5@words60")
+    settings.CHAT_DELTA_INTERVAL = 0.5
+    # 40 tokens sent at once, then nothing until the stop.
+    conversation = await create(
+        make_conversation, alice, project_a, model="fake-gpt@words60@stall40"
+    )
     _, socket = await open_socket(alice, conversation.pk)
 
     await socket.send(type="message", content="go")
-    events = await socket.until("done")
+    events = await socket.until("delta")  # the first token goes out at once
+    # The others came within the interval: they are held, then sent together by the timer,
+    # though no token follows them.
+    while len(deltas_text(events).split()) < 40:
+        events.append(await socket.receive())
+    await socket.send(type="stop")
+    events += await socket.until("done")
 
     deltas = [e for e in events if e["type"] == "delta"]
     text = ""
@@ -368,5 +416,5 @@ async def test_tokens_close_together_share_a_frame(
         assert delta["offset"] == len(text)
         text += delta["text"]
     assert text == events[-1]["message"]["content"]
-    assert len(text.split()) == 60
-    assert 2 <= len(deltas) < 30  # 60 tokens 5 ms apart, sent at most every 50 ms
+    assert len(text.split()) == 40
+    assert 2 <= len(deltas) < 10  # not a frame per token

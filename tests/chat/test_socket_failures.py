@@ -1,15 +1,17 @@
 """Every way a turn can fail: the user's message is kept, the partial reply is saved, the
 client gets an ``error`` event with a code, and retries happen only where they can help."""
 
-import asyncio
+from datetime import datetime, timedelta
 
 import pytest
 from channels.db import database_sync_to_async
+from django.utils import timezone
 
 from chat import services
+from chat.actors import Actor
 from chat.models import Conversation, Message
 from providers.models import ProviderConnection
-from tests.chat.test_socket import create, messages_of
+from tests.chat.test_socket import create, last_message_once, messages_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,11 +19,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("marker", "code", "retryable"),
     [
-        ("401", "auth", False),
-        ("429", "rate_limited", True),
-        ("quota", "quota_exhausted", False),
-        ("500", "upstream_unavailable", True),
-        ("context", "context_too_long", False),
+        ("401", "upstream_auth_failed", True),
+        ("429", "rate_limit_exceeded", True),
+        ("quota", "insufficient_quota", False),
+        ("500", "upstream_error", True),
+        ("context", "context_length_exceeded", False),
     ],
 )
 async def test_an_upstream_error_keeps_the_message_and_says_what_happened(
@@ -88,7 +90,7 @@ async def test_a_hung_upstream_times_out(open_socket, make_conversation, alice, 
     await socket.send(type="message", content="hello")
     error = (await socket.until("error"))[-1]
 
-    assert (error["code"], error["retryable"]) == ("timeout", True)
+    assert (error["code"], error["retryable"]) == ("upstream_timeout", True)
     assert (await messages_of(conversation))[-1].state == "error"
 
 
@@ -103,7 +105,7 @@ async def test_a_stream_dropped_midway_saves_what_arrived_as_incomplete(
 
     assert [e["text"] for e in events if e["type"] == "delta"] == ["Echo: ", "one ", "two "]
     error = events[-1]
-    assert error["code"] == "upstream_unavailable"
+    assert error["code"] == "upstream_error"
     assert error["reply"]["content"] == "Echo: one two "
     reply = (await messages_of(conversation))[-1]
     assert (reply.state, reply.content) == ("incomplete", "Echo: one two ")
@@ -179,7 +181,7 @@ async def test_a_model_the_project_does_not_allow_is_refused(
     await socket.send(type="message", content="hello")
     error = await socket.receive()
 
-    assert (error["type"], error["code"]) == ("error", "model_not_allowed")
+    assert (error["type"], error["code"]) == ("error", "model_not_found")
     assert "gpt-nope" in error["message"]
     assert await messages_of(conversation) == []
     assert sum(fake_upstream.request_counts.values()) == 0
@@ -194,7 +196,7 @@ async def test_a_message_too_long_for_the_context_window_is_refused(
     await socket.send(type="message", content="word " * 3000)
     error = await socket.receive()
 
-    assert error["code"] == "context_too_long"
+    assert error["code"] == "context_length_exceeded"
     assert sum(fake_upstream.request_counts.values()) == 0
 
 
@@ -292,10 +294,6 @@ async def test_a_member_removed_while_connected_can_no_longer_send(
 async def test_a_reply_left_streaming_by_a_dead_process_does_not_block_the_chat(
     open_socket, make_conversation, alice, project_a
 ):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     conversation = await create(make_conversation, alice, project_a)
 
     @database_sync_to_async
@@ -343,21 +341,37 @@ async def test_stop_closes_a_reply_whose_process_died(
 async def test_a_live_reply_is_not_taken_for_an_orphan(
     open_socket, make_conversation, alice, project_a, settings
 ):
-    settings.CHAT_ORPHAN_GRACE = 0.3
+    # A reply is taken for an orphan when it has not been written for this long: minutes,
+    # so that only the heartbeat's writes decide, never how fast this machine runs.
+    settings.CHAT_ORPHAN_GRACE = 60
+    settings.CHAT_STALE_STREAM_SECONDS = 60
     settings.CHAT_HEARTBEAT_INTERVAL = 0.1
     conversation = await create(make_conversation, alice, project_a, model="fake-gpt@hang")
     _, socket = await open_socket(alice, conversation.pk)
     await socket.send(type="message", content="hello")
     await socket.until("assistant.started")
-    await asyncio.sleep(0.6)  # no token arrives; the heartbeat keeps the reply fresh
 
     @database_sync_to_async
-    def state() -> str:
-        services.streams_expire_stale(conversation=conversation)
-        return conversation.messages.get(role="assistant").state
+    def written_long_ago() -> datetime:
+        """The reply as a dead process leaves it: not written for 10 minutes."""
+        long_ago = timezone.now() - timedelta(minutes=10)
+        conversation.messages.filter(role="assistant").update(updated_at=long_ago)
+        return long_ago
 
-    settings.CHAT_STALE_STREAM_SECONDS = 0.25
-    assert await state() == "streaming"
+    # No token arrives (the upstream hangs); the heartbeat writes the reply all the same.
+    long_ago = await written_long_ago()
+    await last_message_once(conversation, lambda reply: reply.updated_at > long_ago)
+
+    @database_sync_to_async
+    def expire_and_close_orphans() -> tuple[int, Message | None]:
+        expired = services.streams_expire_stale(conversation=conversation)
+        closed = services.reply_close_orphan(
+            actor=Actor(user=alice), conversation_id=conversation.pk
+        )
+        return expired, closed
+
+    assert await expire_and_close_orphans() == (0, None)
+    assert (await messages_of(conversation))[-1].state == "streaming"
     await socket.send(type="stop")
     done = (await socket.until("done"))[-1]["message"]
     assert done["state"] == "stopped"

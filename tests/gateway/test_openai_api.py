@@ -29,7 +29,7 @@ from billing.models import Budget, ModelPrice, RateLimit, UsageRecord
 from providers.llm.tokens import count_text_tokens
 from providers.services import connection_model_add
 from tests.chat.conftest import fake_connection, make_key, serve
-from tests.conftest import membership
+from tests.conftest import membership, wait_for_background
 
 pytestmark = pytest.mark.django_db
 
@@ -302,11 +302,17 @@ def test_over_budget_nothing_is_sent_and_nothing_is_billed(alice, org_a, project
         organization=org_a, project=project_a, scope="project", limit_usd=Decimal("0.01")
     )
 
-    answer = post(make_key(alice, org_a, project_a), {"model": "fake-gpt", "messages": HELLO})
+    # $0.01 pays the prompt and about 300 reply tokens at $30 per 1M: not the 1,000 asked.
+    answer = post(
+        make_key(alice, org_a, project_a),
+        {"model": "fake-gpt", "messages": HELLO, "max_tokens": 1000},
+    )
 
     assert answer.status_code == 429
     assert answer.json()["error"]["code"] == "budget_exceeded"
     assert answer.json()["error"]["type"] == "insufficient_quota"
+    assert "at most" in answer.json()["error"]["message"]  # what it could afford
+    assert answer["x-should-retry"] == "false"  # the official SDK does not ask again
     assert not fake_upstream.request_counts
     assert not UsageRecord.objects.exists()
 
@@ -385,6 +391,19 @@ def test_an_upstream_without_usage_is_billed_by_estimate(alice, org_a, project_a
 async def _asgi_post(body: dict[str, Any], key: str, *, hang_up_after: int | None = None):
     """POST to the ASGI app as a server would; with ``hang_up_after``, disconnect once that
     many body chunks arrived. Returns (status, body chunks)."""
+    status, _headers, chunks = await asgi_post(body, key, hang_up_after=hang_up_after)
+    return status, chunks
+
+
+async def asgi_post(
+    body: dict[str, Any],
+    key: str,
+    *,
+    hang_up_after: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], list[bytes]]:
+    """As ``_asgi_post``, with extra request headers; returns (status, response headers with
+    lower-case names, body chunks)."""
     app = get_asgi_application()
     payload = json.dumps(body).encode()
     scope = {
@@ -403,11 +422,13 @@ async def _asgi_post(body: dict[str, Any], key: str, *, hang_up_after: int | Non
             (b"host", b"testserver"),
             (b"content-type", b"application/json"),
             (b"authorization", f"Bearer {key}".encode()),
+            *((name.lower().encode(), value.encode()) for name, value in (headers or {}).items()),
         ],
     }
     gone = asyncio.Event()
     requested = False
     status: list[int] = []
+    response_headers: dict[str, str] = {}
     chunks: list[bytes] = []
 
     async def receive() -> dict[str, Any]:
@@ -421,6 +442,9 @@ async def _asgi_post(body: dict[str, Any], key: str, *, hang_up_after: int | Non
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             status.append(message["status"])
+            response_headers.update(
+                (name.decode().lower(), value.decode()) for name, value in message["headers"]
+            )
         elif message.get("body"):
             chunks.append(message["body"])
             if hang_up_after is not None and len(chunks) >= hang_up_after:
@@ -430,7 +454,7 @@ async def _asgi_post(body: dict[str, Any], key: str, *, hang_up_after: int | Non
 
     async with asyncio.timeout(20):
         await app(scope, receive, send)
-    return status[0], chunks
+    return status[0], response_headers, chunks
 
 
 def _events(chunks: list[bytes]) -> list[Any]:
@@ -467,7 +491,9 @@ async def test_a_stream_without_include_usage_has_no_usage_chunk(
 async def test_a_client_hanging_up_mid_stream_is_billed_once(
     alice, org_a, project_a, fake_upstream
 ):
-    model = "fake-gpt@slow100@words40"
+    # 10 of the 40 words, then nothing until the call is closed: the reply cannot end before
+    # the client has gone, however slowly this machine runs.
+    model = "fake-gpt@slow100@words40@stall10"
     await database_sync_to_async(serve)(project_a, fake_upstream, model)
     key = await database_sync_to_async(make_key)(alice, org_a, project_a)
 
@@ -486,7 +512,7 @@ async def test_a_client_hanging_up_mid_stream_is_billed_once(
     assert record.source == "api"
     assert 3 <= record.completion_tokens < 40
     assert record.prompt_tokens > 0
-    await asyncio.sleep(0.3)  # nothing settles a second time later
+    await wait_for_background()  # the upstream side has ended: nothing settles a second time
     assert await UsageRecord.objects.acount() == 1
 
 
@@ -502,7 +528,9 @@ async def test_an_upstream_dropping_mid_stream_ends_with_an_error_event(
 
     events = _events(chunks)
     assert status == 200
-    assert events[-1]["error"]["code"] == "upstream_error"
+    # An error event, then [DONE]: the stream ends as every stream ends.
+    assert events[-2]["error"]["code"] == "upstream_error"
+    assert events[-1] == "[DONE]"
     record = await UsageRecord.objects.aget()
     assert record.status == "error"
     assert record.estimated
