@@ -307,6 +307,14 @@ def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[
     return failure.status, {**failure.body(), "message": data}
 
 
+def _failure_headers(status_code: int, body: dict[str, Any]) -> dict[str, str] | None:
+    """A failed reply's retry headers, by its code's row in the error table (an upstream rate
+    limit sends ``Retry-After``; a refusal that cannot pass on retry, ``x-should-retry``)."""
+    if status_code < 400:
+        return None
+    return ServiceError(code=body["error"]["code"] or "upstream_error").headers()
+
+
 async def _abandon(record: IdempotentRequest) -> None:
     await database_sync_to_async(idempotency.idempotency_abandon)(record=record)
 
@@ -393,7 +401,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         # short, and an Idempotency-Key still gets the saved reply as its answer.
         saved = run_detached(self._when_saved(task, pending, record))
         status_code, body = await asyncio.shield(saved)
-        return Response(body, status=status_code)
+        return Response(body, status=status_code, headers=_failure_headers(status_code, body))
 
     async def _when_saved(
         self, task: asyncio.Task, pending: services.PendingReply, record: IdempotentRequest | None

@@ -5,10 +5,11 @@ import json
 import pytest
 from django.urls import reverse
 
+from billing.models import UsageRecord
 from chat import services
 from chat.actors import Actor
 from chat.models import Conversation, Message
-from chat.tasks import title_conversation
+from chat.tasks import TITLE_PROMPT, title_conversation
 
 pytestmark = pytest.mark.django_db
 
@@ -281,3 +282,18 @@ def test_conversations_on_the_local_model_are_titled_by_their_first_words(alice,
 
     conversation.refresh_from_db()
     assert conversation.title == "Plan a trip to Jeju"
+
+
+def test_a_title_call_without_usage_is_billed_by_the_estimate(
+    make_conversation, alice, project_a, fake_upstream
+):
+    conversation = make_conversation(alice, project_a, model="fake-gpt@nousage")
+    Message.objects.create(conversation=conversation, role="user", content="Plan a trip to Jeju")
+
+    title_conversation(conversation.pk)
+
+    (row,) = UsageRecord.objects.filter(source=UsageRecord.Source.TITLE)
+    assert row.estimated
+    # The title prompt and the message were sent: the estimate counts them, never 0.
+    assert row.prompt_tokens > len(TITLE_PROMPT.split())
+    assert row.completion_tokens > 0  # the reply's text, counted the same way

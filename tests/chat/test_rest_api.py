@@ -244,6 +244,36 @@ def test_a_failed_reply_is_saved_and_answered_with_an_error_status(served, alice
     assert UsageRecord.objects.count() == 1  # one row per upstream call, failed or not
 
 
+@pytest.mark.parametrize(
+    ("marker", "status", "code"),
+    [
+        ("@429", 429, "rate_limit_exceeded"),
+        ("@quota", 429, "insufficient_quota"),
+        ("@401", 502, "upstream_auth_failed"),
+        ("@500", 502, "upstream_error"),
+        ("@context", 400, "context_length_exceeded"),
+    ],
+)
+def test_an_upstream_failure_has_the_same_status_and_code_as_on_v1(
+    served, alice, org_a, fake_upstream, marker, status, code
+):
+    model = f"fake-gpt{marker}"
+    serve(served, fake_upstream, model)
+    client = key_client(make_key(alice, org_a, served, ["chat", "read"]))
+    conversation = post_json(client, conversations_url(served), {"model": model}).json()
+
+    rest = post_json(client, messages_url(served, conversation["id"]), {"content": "hello"})
+    v1 = post_json(client, "/v1/chat/completions", {"model": model, "messages": [
+        {"role": "user", "content": "hello"}]})  # fmt: skip
+
+    for answer in (rest, v1):
+        assert answer.status_code == status
+        assert answer.json()["error"]["code"] == code
+        # The upstream's own rate limit says when to come back, on both surfaces.
+        assert ("Retry-After" in answer) == (code == "rate_limit_exceeded")
+    assert rest.json()["error"]["type"] == v1.json()["error"]["type"]
+
+
 def test_a_budget_refusal_is_a_429_and_sends_nothing(served, alice, org_a, fake_upstream):
     price_fake_gpt()
     Budget.objects.create(
