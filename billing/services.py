@@ -206,6 +206,20 @@ def _window_give_back(key: str, now: float, amount: int) -> None:
         cache.decr(f"{key}:{int(now // 60)}", amount)
 
 
+def rate_take(*, bucket: str, allowed: int, what: str, now: float | None = None) -> None:
+    """One more request against a per-minute limit of its own (a flood of room messages,
+    not an upstream call): refused with ``rate_limit_exceeded`` once ``allowed`` is passed."""
+    now = timezone.now().timestamp() if now is None else now
+    if _window_take(bucket, now, 1) > allowed:
+        _window_give_back(bucket, now, 1)
+        retry_after = max(1.0, 60 - now % 60)
+        raise QuotaExceeded(
+            f"{what} is limited to {allowed:,} per minute. Try again in {round(retry_after)} s.",
+            code="rate_limit_exceeded",
+            retry_after=retry_after,
+        )
+
+
 def _limits(context: CallContext) -> list[tuple[str, str, int | None, int | None]]:
     """(who, cache key, requests/min, tokens/min) of the project and, for REST calls, the key."""
     limits = []

@@ -1,8 +1,25 @@
-"""The ``chat`` app: conversations, messages, the live socket, the pages and REST API for them."""
+"""The ``chat`` app: conversations, rooms, personas, the live socket, the pages and REST API."""
+
+from typing import Any
 
 from django.apps import AppConfig
+from django.db.models.signals import post_save
+
+
+def _seed_personas(sender: type, instance: Any, created: bool, raw: bool = False, **_: Any) -> None:
+    # Every new project starts with the shipped personas (accounts does not know chat, so the
+    # chat app listens rather than being called).
+    if created and not raw:
+        from .personas import personas_seed
+
+        personas_seed(instance)
 
 
 class ChatConfig(AppConfig):
     name = "chat"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from accounts.models import Project
+
+        post_save.connect(_seed_personas, sender=Project, dispatch_uid="chat.seed_personas")

@@ -5,7 +5,10 @@ else is refused during the handshake, the same for another tenant's conversation
 that does not exist.
 
 Client → server (JSON objects):
-  ``{"type": "message", "content": "…"}``                 a new message, then the reply
+  ``{"type": "message", "content": "…"}``                 a new message, then the reply (in a
+                                                          room, only when it starts with a
+                                                          persona's @tag)
+  ``{"type": "typing"}``                                  in a room: I am typing
   ``{"type": "stop"}``                                    cut the reply short
   ``{"type": "regenerate"}``                              answer the last message again
   ``{"type": "edit", "message_id": 12, "content": "…"}``  change a message; later turns go
@@ -22,12 +25,18 @@ Server → client (to every socket on the conversation unless noted):
   ``done``               ``{"message": {...}}`` content, rendered html, usage, finish_reason
   ``error``              ``{"code", "message", "retryable", ...}``; for a request this socket
                          made that was refused before anything ran, only to this socket
+  ``notice``             ``{"message"}`` only to the sender (a tag that names no persona)
+  ``typing``             ``{"user": {"id", "name"}}`` in a room, someone is typing
+  ``presence``           ``{"user": {"id", "name"}, "here": bool}`` in a room, someone opened
+                         or closed it (a newcomer hears from everyone already there)
+  ``removed``            ``{"message"}`` you were removed from the room; the socket closes
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -36,9 +45,11 @@ from django.conf import settings
 
 from core.errors import ServiceError, public_code, retryable
 
-from . import selectors, services
+from . import rooms, selectors, services
 from .actors import Actor
 from .streaming import control_group, conversation_group, start_reply
+
+TYPING_EVERY = 2.0  # seconds between two "typing" events of one socket
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
@@ -53,12 +64,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.close()  # before accept: the handshake is refused
             return
         self.actor = Actor(user=user)
+        self.user_id = user.pk
+        self.who = {"id": user.pk, "name": selectors.speaker_name(user)}
+        self.is_room = conversation.is_room
+        self.last_typing = 0.0
         self.conversation_id = conversation.pk
         ids = {"project_id": conversation.project_id, "conversation_id": conversation.pk}
         self.group = conversation_group(**ids)
         self.control_group = control_group(**ids)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        if self.is_room:
+            await self.broadcast({"type": "presence", "user": self.who, "here": True})
+            await self.channel_layer.group_send(
+                self.group, {"type": "chat.who", "reply_to": self.channel_name}
+            )
         await database_sync_to_async(services.streams_expire_stale)(conversation=conversation)
         if await database_sync_to_async(selectors.streaming_message)(conversation):
             await self.request_sync()
@@ -66,6 +86,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            if self.is_room:
+                await self.broadcast({"type": "presence", "user": self.who, "here": False})
         # The reply, if any, goes on: it is saved and the other tabs still see it.
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -83,6 +105,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             "regenerate": self.on_regenerate,
             "edit": self.on_edit,
             "sync": self.on_sync,
+            "typing": self.on_typing,
         }.get(frame["type"])
         if handler is None:
             await self.send_error("bad_frame", f"Unknown frame type {frame['type']!r}.")
@@ -90,12 +113,40 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await handler(frame)
 
     async def on_message(self, frame: dict[str, Any]) -> None:
-        await self.begin(
-            services.reply_start,
-            actor=self.actor,
-            conversation_id=self.conversation_id,
-            content=frame.get("content"),
-        )
+        try:
+            post = await database_sync_to_async(rooms.message_post)(
+                actor=self.actor, conversation_id=self.conversation_id, content=frame.get("content")
+            )
+        except ServiceError as error:
+            await self.send_error(error.code, error.message, retry_after=error.retry_after)
+            return
+        await self.broadcast({"type": "message", "message": post.message})
+        if post.notice:
+            await self.send_json({"type": "notice", "message": post.notice})
+        if post.pending is not None:
+            start_reply(post.pending)
+
+    async def on_typing(self, frame: dict[str, Any]) -> None:
+        # Browsers say it on every key press: once every two seconds is enough for the others.
+        now = time.monotonic()
+        if self.is_room and now - self.last_typing >= TYPING_EVERY:
+            self.last_typing = now
+            await self.broadcast({"type": "typing", "user": self.who})
+
+    async def chat_who(self, event: dict[str, Any]) -> None:
+        """A newcomer asks who is here: every other socket answers it alone."""
+        if event["reply_to"] != self.channel_name:
+            await self.channel_layer.send(
+                event["reply_to"], {"type": "chat.here", "user": self.who}
+            )
+
+    async def chat_here(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "presence", "user": event["user"], "here": True})
+
+    async def chat_removed(self, event: dict[str, Any]) -> None:
+        if event["user_id"] == self.user_id:
+            await self.send_json({"type": "removed", "message": "You were removed from this room."})
+            await self.close(code=4403)
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         await self.begin(

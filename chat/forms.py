@@ -65,3 +65,29 @@ class ConversationSettingsForm(forms.Form):
 
 class RenameForm(forms.Form):
     title = forms.CharField(max_length=200, required=False)
+
+
+SHARING_CHOICES = [
+    ("project", "Everyone in the project"),
+    ("members", "Chosen members"),
+]
+
+
+class RoomForm(forms.Form):
+    """A new room, or who an existing one is shared with."""
+
+    title = forms.CharField(max_length=200, required=False, label="Room name")
+    sharing = forms.ChoiceField(
+        choices=SHARING_CHOICES, initial="project", widget=forms.RadioSelect, label="Who is in it"
+    )
+    members = forms.TypedMultipleChoiceField(
+        choices=(),
+        coerce=int,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="For a room shared with chosen members: who, besides you.",
+    )
+
+    def __init__(self, *args: Any, people: list[tuple[int, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.TypedMultipleChoiceField, self.fields["members"]).choices = people

@@ -1,5 +1,9 @@
-"""Conversations and their messages. Reached only through ``Conversation.objects.for_user`` (a
-person's own conversations) or ``for_api_key`` (a project's API conversations)."""
+"""Conversations (private chats and shared rooms), their messages, and the project's personas.
+
+Conversations are reached only through ``Conversation.objects.for_user`` (a person's own
+conversations and the rooms they are in) or ``for_api_key`` (a project's API conversations);
+personas through ``Persona.objects.for_project``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import AnyUser, ApiKey, Project
@@ -17,7 +22,23 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         """The user's own conversations, in projects of organizations they still belong to."""
         if not user.is_authenticated:
             return self.none()
-        return self.filter(owner=user, project__organization__memberships__user=user)
+        reaches = (
+            Q(owner=user)
+            | Q(sharing=Conversation.Sharing.PROJECT)
+            | Q(
+                sharing=Conversation.Sharing.MEMBERS,
+                pk__in=RoomMember.objects.filter(user=user).values("conversation_id"),
+            )
+        )
+        # The organization check stays whatever the sharing: a person removed from the
+        # organization loses its rooms at once.
+        return self.filter(reaches, project__organization__memberships__user=user)
+
+    def rooms(self) -> ConversationQuerySet:
+        return self.exclude(sharing=Conversation.Sharing.PRIVATE)
+
+    def private(self) -> ConversationQuerySet:
+        return self.filter(sharing=Conversation.Sharing.PRIVATE)
 
     def for_api_key(self, key: ApiKey) -> ConversationQuerySet:
         """The project's API conversations: those started with any of its keys. A key is the
@@ -28,7 +49,60 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         return self.filter(project=project)
 
 
+class PersonaQuerySet(models.QuerySet["Persona"]):
+    def for_project(self, project: Project) -> PersonaQuerySet:
+        return self.filter(project=project)
+
+    def enabled(self) -> PersonaQuerySet:
+        return self.filter(enabled=True)
+
+
+class Persona(models.Model):
+    """A named system prompt with its model and sampling settings, called in a room by its
+    @tag (``@chatbot``, ``@요약``) or picked when a conversation starts."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="personas")
+    name = models.CharField(max_length=80)
+    # Without the "@"; stored case-folded (NFKC), so "@ChatBot" and "@chatbot" are one tag.
+    tag = models.CharField(max_length=32)
+    description = models.CharField(max_length=300, blank=True)
+    system_prompt = models.TextField(blank=True)
+    model = models.CharField(
+        max_length=200, blank=True, help_text="Empty: the project's default model."
+    )
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    presence_penalty = models.FloatField(null=True, blank=True)
+    frequency_penalty = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    json_mode = models.BooleanField(default=False)
+    avatar = models.CharField(max_length=8, blank=True, help_text="An emoji, shown by its name.")
+    color = models.CharField(max_length=7, default="#4f46e5", help_text="#rrggbb")
+    enabled = models.BooleanField(default=True)
+    # The shipped preset it was made from ("chatbot", "summary_ko"…), blank for one of the
+    # project's own.
+    preset = models.CharField(max_length=40, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PersonaQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["project", "tag"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "tag"], name="chat_persona_tag_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"@{self.tag} ({self.name})"
+
+
 class Conversation(models.Model):
+    class Sharing(models.TextChoices):
+        PRIVATE = "private", "Only me"
+        MEMBERS = "members", "Chosen members"
+        PROJECT = "project", "Everyone in the project"
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="conversations")
     # Null for a conversation started through the REST API with a project key: it belongs to
     # the project's API side (see ``for_api_key``), not to a person.
@@ -66,6 +140,28 @@ class Conversation(models.Model):
         default=False, help_text="Ask for a JSON object (response_format json_object)."
     )
     archived = models.BooleanField(default=False)
+    # A private conversation answers every message; a room (shared with chosen members or the
+    # whole project) answers only messages that start with a persona's @tag.
+    sharing = models.CharField(max_length=10, choices=Sharing.choices, default=Sharing.PRIVATE)
+    persona = models.ForeignKey(
+        Persona,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conversations",
+        help_text="The persona picked when it started (its settings were copied here).",
+    )
+    history_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Send at most this many earlier messages (empty: all that fit).",
+    )
+    # The running summary of the oldest turns, sent in their place: every message with an id up
+    # to ``summary_through`` is folded into it.
+    summary = models.TextField(blank=True)
+    summary_through = models.BigIntegerField(null=True, blank=True)
+    summary_error = models.TextField(blank=True)
+    summary_updated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_message_at = models.DateTimeField(default=timezone.now)
@@ -87,7 +183,34 @@ class Conversation(models.Model):
 
     @property
     def display_title(self) -> str:
-        return self.title or "New chat"
+        return self.title or ("New room" if self.is_room else "New chat")
+
+    @property
+    def is_room(self) -> bool:
+        return self.sharing != self.Sharing.PRIVATE
+
+
+class RoomMember(models.Model):
+    """A person a room is shared with (rooms shared with the whole project need none)."""
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="room_members"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="room_memberships"
+    )
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "added_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "user"], name="chat_room_member_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.conversation}"
 
 
 class Message(models.Model):
@@ -109,6 +232,19 @@ class Message(models.Model):
     )
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.TextField(blank=True)
+    # Who wrote a user message, or who called for an assistant reply (and pays for it): rooms
+    # show it. Null for a key's message or a deleted account.
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="chat_messages",
+    )
+    # Which persona wrote an assistant reply, when one did.
+    persona = models.ForeignKey(
+        Persona, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
     state = models.CharField(max_length=10, choices=State.choices, default=State.COMPLETE)
     error_code = models.CharField(max_length=40, blank=True)
     error_message = models.TextField(blank=True)
@@ -146,3 +282,26 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class ChatSettings(models.Model):
+    """A project's chat settings: when long conversations are summarized, and by whom."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="chat_settings")
+    summarize_after_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Fold the oldest turns into a summary once the history passes this many "
+        "tokens (empty: only when it no longer fits the model's window).",
+    )
+    summary_persona = models.ForeignKey(
+        Persona,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who writes summaries (empty: the project's @summary persona).",
+    )
+
+    def __str__(self) -> str:
+        return f"Chat settings of {self.project}"

@@ -9,13 +9,13 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 
-from accounts.models import AnyUser, Project
+from accounts.models import AnyUser, Project, User
 from billing.models import UsageRecord
 from billing.pricing import cost_units_sum, units_to_cost
 from providers import selectors as provider_selectors
 
 from .actors import Actor
-from .models import Conversation, ConversationQuerySet, Message
+from .models import Conversation, ConversationQuerySet, Message, Persona
 
 
 def conversations_for_user(user: AnyUser) -> ConversationQuerySet:
@@ -25,8 +25,9 @@ def conversations_for_user(user: AnyUser) -> ConversationQuerySet:
 def sidebar_conversations(
     *, user: AnyUser, project: Project, query: str = "", limit: int = 100
 ) -> QuerySet[Conversation]:
-    """The user's conversations in a project, newest activity first, searched by title and text."""
-    qs = conversations_for_user(user).for_project(project).filter(archived=False)
+    """The user's private conversations in a project, newest activity first, searched by title
+    and text (rooms are listed apart: ``rooms_for_user``)."""
+    qs = conversations_for_user(user).for_project(project).private().filter(archived=False)
     if query:
         in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
         qs = qs.filter(Q(title__icontains=query) | Exists(in_messages))
@@ -129,7 +130,8 @@ def history_for_prompt(conversation: Conversation, *, before: int) -> QuerySet[M
         conversation.messages.filter(pk__lt=before, role__in=["user", "assistant"])
         .exclude(content="")
         .order_by("-id")
-        .only("id", "role", "content")
+        .select_related("author")
+        .only("id", "role", "content", "author__name", "author__email")
     )
 
 
@@ -148,3 +150,57 @@ def conversation_cost(conversation: Conversation) -> Decimal:
     """Everything the conversation cost so far: replies and its title."""
     total = UsageRecord.objects.filter(conversation=conversation).aggregate(units=cost_units_sum())
     return units_to_cost(total["units"])
+
+
+def speaker_name(user: User | None) -> str:
+    """How a person is named to the model and in a room: their name, never their address (the
+    part before the @ when they gave no name)."""
+    if user is None:
+        return "Someone"
+    return user.name or user.email.split("@")[0]
+
+
+def rooms_for_user(*, user: AnyUser, project: Project) -> QuerySet[Conversation]:
+    """The rooms of a project the user is in, most recent activity first."""
+    return (
+        conversations_for_user(user)
+        .for_project(project)
+        .rooms()
+        .filter(archived=False)
+        .select_related("owner")
+        .order_by("-last_message_at", "-id")
+    )
+
+
+def room_shares(conversation: Conversation) -> tuple[Decimal, list[tuple[str, Decimal]]]:
+    """What a room's bot replies cost in all, and each caller's share (from the ledger: the
+    person who called a persona pays for its reply)."""
+    rows = (
+        UsageRecord.objects.filter(conversation_id=conversation.pk)
+        .values("user_id")
+        .annotate(units=cost_units_sum())
+        .order_by()
+    )
+    by_user = {row["user_id"]: units_to_cost(row["units"]) for row in rows}
+    people = {u.pk: u for u in User.objects.filter(pk__in=[k for k in by_user if k])}
+    shares = sorted(
+        ((speaker_name(people.get(user_id)) if user_id else "API", cost)
+         for user_id, cost in by_user.items()),
+        key=lambda share: (-share[1], share[0]),
+    )  # fmt: skip
+    return sum(by_user.values(), Decimal(0)), shares
+
+
+def project_people(project: Project) -> QuerySet[User]:
+    """Everyone who can open the project's rooms: its organization's members."""
+    return User.objects.filter(
+        memberships__organization_id=project.organization_id, is_active=True
+    ).order_by("name", "email")
+
+
+def persona_tags(project: Project) -> list[dict[str, str]]:
+    """The enabled personas' tags, for the composer's autocomplete."""
+    return [
+        {"tag": p.tag, "name": p.name, "avatar": p.avatar, "description": p.description}
+        for p in Persona.objects.for_project(project).enabled().order_by("tag")
+    ]

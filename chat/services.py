@@ -31,7 +31,7 @@ from providers.specs import spec_for
 
 from . import selectors
 from .actors import Actor
-from .models import Conversation, Message
+from .models import Conversation, Message, Persona
 from .prompt import PromptTooLong, build_prompt
 
 TITLE_MAX_CHARS = 80
@@ -56,6 +56,7 @@ class PendingReply:
     call: MeteredCall  # reserved and capped: what is sent upstream
     omitted: int
     truncate_from: int | None = None  # messages with this id or later were replaced
+    persona: dict[str, Any] | None = None  # serialized, when a persona answers
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -255,6 +256,25 @@ def conversation_start(*, actor: Actor, project: Project, changes: dict[str, Any
 # --- replies ---------------------------------------------------------------------------------
 
 
+def persona_card(persona: Persona) -> dict[str, Any]:
+    """How a persona is shown next to its replies."""
+    return {
+        "id": persona.pk,
+        "tag": persona.tag,
+        "name": persona.name,
+        "avatar": persona.avatar,
+        "color": persona.color,
+    }
+
+
+def _check_not_room(conversation: Conversation) -> None:
+    if conversation.is_room:
+        # Regenerating or editing would replace what other people said after it.
+        raise ServiceError(
+            "In a room, call the persona again with its @tag instead.", code="not_in_rooms"
+        )
+
+
 def serialize_message(message: Message) -> dict[str, Any]:
     from .markdown import render_markdown
 
@@ -262,6 +282,12 @@ def serialize_message(message: Message) -> dict[str, Any]:
         "id": message.pk,
         "role": message.role,
         "content": message.content,
+        # Rooms show who wrote what, when, and which persona answered.
+        "author": None
+        if message.author_id is None
+        else {"id": message.author_id, "name": selectors.speaker_name(message.author)},
+        "persona": None if message.persona is None else persona_card(message.persona),
+        "created_at": message.created_at.isoformat() if message.created_at else None,
         "html": render_markdown(message.content) if message.role == "assistant" else None,
         "state": message.state,
         "model": message.model,
@@ -280,6 +306,58 @@ def serialize_message(message: Message) -> dict[str, Any]:
     }
 
 
+ROOM_NOTE = (
+    "You are in a group chat. Each message from a person starts with their name and a colon. "
+    "Answer the person who called you; you may use what anyone said earlier in the room."
+)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """Who answers and how: the conversation's own settings, or a persona's (in a room, or
+    called by its @tag)."""
+
+    model: str
+    system_prompt: str
+    temperature: float | None
+    top_p: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    max_tokens: int | None
+    stop: list[str] | None
+    seed: int | None
+    json_mode: bool
+    persona: Persona | None = None
+
+    @classmethod
+    def of(cls, conversation: Conversation, persona: Persona | None = None) -> Voice:
+        source: Conversation | Persona = persona or conversation
+        system_prompt = source.system_prompt
+        if conversation.is_room:
+            system_prompt = f"{system_prompt}\n\n{ROOM_NOTE}" if system_prompt else ROOM_NOTE
+        return cls(
+            model=(persona.model if persona is not None else "") or conversation.model,
+            system_prompt=system_prompt,
+            temperature=source.temperature,
+            top_p=source.top_p,
+            presence_penalty=source.presence_penalty,
+            frequency_penalty=source.frequency_penalty,
+            max_tokens=source.max_tokens,
+            # A persona has no stop sequences or seed of its own.
+            stop=conversation.stop or None if persona is None else None,
+            seed=conversation.seed if persona is None else None,
+            json_mode=source.json_mode,
+            persona=persona,
+        )
+
+
+def _said(message: Message, *, room: bool, content: str | None = None) -> str:
+    text = message.content if content is None else content
+    if room and message.role == Message.Role.USER:
+        return f"{selectors.speaker_name(message.author)}: {text}"
+    return text
+
+
 def _begin_reply(
     *,
     conversation: Conversation,
@@ -287,18 +365,29 @@ def _begin_reply(
     user_message: Message,
     added: bool,
     truncate_from: int | None = None,
+    persona: Persona | None = None,
+    asked: str | None = None,
 ) -> PendingReply:
-    model = conversation.model
+    """``asked``: the text the model answers, when it differs from the stored message (a room
+    message without the @tag that called the persona)."""
+    voice = Voice.of(conversation, persona)
+    model = voice.model
+    room = conversation.is_room
     spec = spec_for(project=conversation.project, model=model)
     # History is trimmed to leave the reply this much room: its cap if the conversation sets
     # one, else a modest default (the reply may still use all the context that is left).
-    reply_room = conversation.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
+    reply_room = voice.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
     history = selectors.history_for_prompt(conversation, before=user_message.pk)
     try:
         prompt = build_prompt(
-            system_prompt=conversation.system_prompt,
-            latest={"role": "user", "content": user_message.content},
-            history_newest_first=((m.role, m.content) for m in history.iterator(chunk_size=100)),
+            system_prompt=voice.system_prompt,
+            latest={
+                "role": "user",
+                "content": _said(user_message, room=room, content=asked),
+            },
+            history_newest_first=(
+                (m.role, _said(m, room=room)) for m in history.iterator(chunk_size=100)
+            ),
             history_count=history.count(),
             context_window=spec.context_window,
             reply_tokens=reply_room,
@@ -328,22 +417,24 @@ def _begin_reply(
         request=ChatRequest(
             model=model,
             messages=prompt.messages,
-            temperature=conversation.temperature,
-            top_p=conversation.top_p,
-            presence_penalty=conversation.presence_penalty,
-            frequency_penalty=conversation.frequency_penalty,
-            stop=conversation.stop or None,
-            seed=conversation.seed,
-            response_format={"type": "json_object"} if conversation.json_mode else None,
+            temperature=voice.temperature,
+            top_p=voice.top_p,
+            presence_penalty=voice.presence_penalty,
+            frequency_penalty=voice.frequency_penalty,
+            stop=voice.stop,
+            seed=voice.seed,
+            response_format={"type": "json_object"} if voice.json_mode else None,
             user=actor.tag,
         ),
         spec=spec,
-        asked=conversation.max_tokens,
+        asked=voice.max_tokens,
     )
     assistant = Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         state=Message.State.STREAMING,
+        author=actor.user,  # who called for it, and pays
+        persona=persona,
         model=model,
         omitted_messages=prompt.omitted,
         prompt_tokens=call.prompt_tokens,  # our estimate until the upstream says
@@ -360,6 +451,7 @@ def _begin_reply(
         call=call,
         omitted=prompt.omitted,
         truncate_from=truncate_from,
+        persona=None if persona is None else persona_card(persona),
     )
 
 
@@ -368,9 +460,10 @@ def reply_start(*, actor: Actor, conversation_id: int, content: object) -> Pendi
     """A new user message and the assistant reply to it."""
     content = check_content(content)
     conversation = _resolve(actor=actor, conversation_id=conversation_id)
+    _check_not_room(conversation)  # a room answers only @tags: rooms.room_post
     _check_not_busy(conversation)
     user_message = Message.objects.create(
-        conversation=conversation, role=Message.Role.USER, content=content
+        conversation=conversation, role=Message.Role.USER, content=content, author=actor.user
     )
     return _begin_reply(
         conversation=conversation, actor=actor, user_message=user_message, added=True
@@ -381,6 +474,7 @@ def reply_start(*, actor: Actor, conversation_id: int, content: object) -> Pendi
 def reply_regenerate(*, actor: Actor, conversation_id: int) -> PendingReply:
     """Answer the last user message again; the replies after it are replaced."""
     conversation = _resolve(actor=actor, conversation_id=conversation_id)
+    _check_not_room(conversation)
     _check_not_busy(conversation)
     last_user = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
     if last_user is None:
@@ -402,6 +496,7 @@ def reply_edit(
     """Change an earlier message of the user's and answer it again; later turns are replaced."""
     content = check_content(content)
     conversation = _resolve(actor=actor, conversation_id=conversation_id)
+    _check_not_room(conversation)
     _check_not_busy(conversation)
     message = (
         conversation.messages.filter(role=Message.Role.USER, pk=message_id).first()
@@ -519,7 +614,8 @@ def _settle_orphan(message: Message, conversation: Conversation, *, status: str)
         context=CallContext(
             organization_id=conversation.project.organization_id,
             project_id=conversation.project_id,
-            user_id=conversation.owner_id,
+            # The person who called for the reply pays (in a room, not always the owner).
+            user_id=message.author_id or conversation.owner_id,
             model=message.model,
             source=UsageRecord.Source.CHAT if conversation.owner_id else UsageRecord.Source.API,
             conversation_id=conversation.pk,

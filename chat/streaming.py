@@ -58,6 +58,15 @@ def announce_title(*, project_id: int, conversation_id: int, title: str) -> None
     )
 
 
+def announce_removed(*, project_id: int, conversation_id: int, user_id: int) -> None:
+    """Close the room's sockets of a person just removed from it (in every process that the
+    channel layer reaches); their next write would be refused anyway."""
+    async_to_sync(get_channel_layer().group_send)(
+        conversation_group(project_id=project_id, conversation_id=conversation_id),
+        {"type": "chat.removed", "user_id": user_id},
+    )
+
+
 def start_reply(
     pending: services.PendingReply, *, listener: asyncio.Queue | None = None
 ) -> asyncio.Task:
@@ -110,7 +119,11 @@ class ReplyRunner:
         await self.broadcast(
             {
                 "type": "assistant.started",
-                "message": {"id": self.message_id, "model": self.pending.call.request.model},
+                "message": {
+                    "id": self.message_id,
+                    "model": self.pending.call.request.model,
+                    "persona": self.pending.persona,
+                },
                 "omitted_messages": self.pending.omitted,
             }
         )

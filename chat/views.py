@@ -1,5 +1,7 @@
 """Chat pages. The conversation page reads without JavaScript; sending uses the socket."""
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -10,10 +12,11 @@ from accounts.decorators import AuthenticatedHttpRequest, project_view
 from accounts.models import Membership, Project
 from core.errors import ServiceError
 
-from . import exports, selectors, services
+from . import exports, rooms, selectors, services
 from .actors import Actor
-from .forms import ConversationSettingsForm, RenameForm
+from .forms import ConversationSettingsForm, RenameForm, RoomForm
 from .markdown import render_markdown
+from .models import Conversation
 
 
 def _conversation_url(project: Project, pk: int) -> str:
@@ -32,8 +35,27 @@ def _chat_context(request: HttpRequest, membership: Membership, project: Project
             user=request.user, project=project, query=query
         ),
         "conversation": None,
+        "rooms": selectors.rooms_for_user(user=request.user, project=project)[:50],
         **extra,
     }
+
+
+def _only_the_maker(request: HttpRequest, conversation: Conversation) -> HttpResponse | None:
+    """In a room only its maker renames, changes settings or deletes it: the others are told
+    so (and sent back to the room)."""
+    if conversation.is_room and conversation.owner_id != request.user.pk:
+        messages.error(request, "Only the person who made this room can change it.")
+        return redirect(_conversation_url(conversation.project, conversation.pk))
+    return None
+
+
+def _people(project: Project, user: Any) -> list[tuple[int, str]]:
+    """Who a room can be shared with: the project's people, the asker left out."""
+    return [
+        (person.pk, f"{selectors.speaker_name(person)}")
+        for person in selectors.project_people(project)
+        if person.pk != user.pk
+    ]
 
 
 @project_view
@@ -97,7 +119,103 @@ def conversation_detail(
         socket_path=f"/ws/conversations/{conversation.pk}/",
         total_cost=selectors.conversation_cost(conversation),
     )
+    if conversation.is_room:
+        room_total, shares = selectors.room_shares(conversation)
+        context.update(
+            room_members=list(rooms.members_of(conversation)),
+            room_total=room_total,
+            room_shares=shares,
+            persona_tags=selectors.persona_tags(project),
+            room_form=RoomForm(
+                people=_people(project, request.user),
+                initial={
+                    "title": conversation.title,
+                    "sharing": conversation.sharing,
+                    "members": [m.pk for m in rooms.members_of(conversation)],
+                },
+            ),
+        )
     return render(request, "chat/conversation.html", context)
+
+
+@project_view
+def room_list(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    """The project's rooms the user is in, and a form to open a new one."""
+    form = RoomForm(request.POST or None, people=_people(project, request.user))
+    if request.method == "POST" and form.is_valid():
+        try:
+            room = rooms.room_create(
+                actor=Actor(user=request.user),
+                project=project,
+                title=form.cleaned_data["title"],
+                sharing=form.cleaned_data["sharing"],
+                member_ids=form.cleaned_data["members"]
+                if form.cleaned_data["sharing"] == "members"
+                else [],
+            )
+        except ServiceError as error:
+            form.add_error(None, error.message)
+        else:
+            return redirect(_conversation_url(project, room.pk))
+    context = _chat_context(request, membership, project, room_form=form, rooms_page=True)
+    return render(request, "chat/rooms.html", context, status=400 if form.errors else 200)
+
+
+@require_POST
+@project_view
+def room_share(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    form = RoomForm(request.POST, people=_people(project, request.user))
+    if not form.is_valid():
+        messages.error(request, "Choose who is in the room: everyone in the project, or members.")
+        return redirect(_conversation_url(project, conversation.pk))
+    sharing = form.cleaned_data["sharing"]
+    try:
+        rooms.room_share(
+            actor=Actor(user=request.user),
+            conversation_id=conversation.pk,
+            sharing=sharing,
+            member_ids=form.cleaned_data["members"] if sharing == "members" else [],
+        )
+        if form.cleaned_data["title"] != conversation.title:
+            services.conversation_rename(
+                conversation=conversation, title=form.cleaned_data["title"]
+            )
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, "Room updated.")
+    return redirect(_conversation_url(project, conversation.pk))
+
+
+@require_POST
+@project_view
+def room_remove(
+    request: AuthenticatedHttpRequest,
+    membership: Membership,
+    project: Project,
+    pk: int,
+    user_id: int,
+) -> HttpResponse:
+    """The maker removes someone; anyone removes themselves (leaves the room)."""
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    leaving = user_id == request.user.pk
+    try:
+        rooms.room_remove_member(
+            actor=Actor(user=request.user), conversation_id=conversation.pk, user_id=user_id
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+        return redirect(_conversation_url(project, conversation.pk))
+    if leaving:
+        messages.success(request, f"You left “{conversation.display_title}”.")
+        return redirect("room_list", org_slug=project.organization.slug, project_slug=project.slug)
+    messages.success(request, "Removed from the room.")
+    return redirect(_conversation_url(project, conversation.pk))
 
 
 @require_POST
@@ -106,6 +224,8 @@ def conversation_rename(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    if refused := _only_the_maker(request, conversation):
+        return refused
     form = RenameForm(request.POST)
     if form.is_valid():
         services.conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
@@ -120,6 +240,8 @@ def conversation_delete(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    if refused := _only_the_maker(request, conversation):
+        return refused
     services.conversation_delete(conversation=conversation)
     messages.success(request, f"Deleted “{conversation.display_title}”.")
     return redirect("chat_home", org_slug=project.organization.slug, project_slug=project.slug)
@@ -131,6 +253,8 @@ def conversation_settings(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    if refused := _only_the_maker(request, conversation):
+        return refused
     form = ConversationSettingsForm(request.POST, models=selectors.allowed_models(project))
     if not form.is_valid():
         for field, errors in form.errors.items():

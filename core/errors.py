@@ -73,6 +73,28 @@ ERRORS: dict[str, ErrorKind] = {
         "maybe",
         "A request with this Idempotency-Key is still running; retry later.",
     ),
+    # Rooms and personas.
+    "not_room_owner": ErrorKind(
+        403,
+        "permission_error",
+        "never",
+        "Only the person who made this room can change who is in it.",
+    ),
+    "persona_disabled": ErrorKind(
+        409, "invalid_request_error", "never", "This persona is turned off in this project."
+    ),
+    "not_in_rooms": ErrorKind(
+        409,
+        "invalid_request_error",
+        "never",
+        "In a room, call the persona again with its @tag instead.",
+    ),
+    "conflict": ErrorKind(
+        409, "invalid_request_error", "never", "That name is already taken in this project."
+    ),
+    "not_a_room": ErrorKind(
+        400, "invalid_request_error", "never", "This conversation is not shared: it is no room."
+    ),
     # The model: what the project allows, what fits.
     "model_not_found": ErrorKind(
         404,

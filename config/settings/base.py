@@ -174,6 +174,9 @@ CHAT_STALE_STREAM_SECONDS = env.int("CHAT_STALE_STREAM_SECONDS", default=30)
 # After a stop, a reply still "streaming" and idle this long (seconds) has no task left to stop
 # it (its process died): it is closed as stopped right away instead of waiting to go stale.
 CHAT_ORPHAN_GRACE = env.float("CHAT_ORPHAN_GRACE", default=3.0)
+# Plain messages one person may post to one room per minute (bot calls have the project's
+# rate limits and budgets): a flood is refused, not stored.
+CHAT_ROOM_MESSAGES_PER_MINUTE = env.int("CHAT_ROOM_MESSAGES_PER_MINUTE", default=30)
 # Messages shown per page of a conversation; older ones are a link away.
 CHAT_PAGE_SIZE = 50
 
