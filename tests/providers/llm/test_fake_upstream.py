@@ -297,7 +297,13 @@ def test_the_management_command_serves_until_interrupted():
             connection.close()
         finally:
             process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=5) == 0
+        try:
+            # A bound, not a speed check: a loaded machine may take its time; a hang fails.
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        assert code == 0
         assert "stopped" in process.stdout.read()
 
 
