@@ -88,6 +88,7 @@ class UsageRecord(models.Model):
         CHAT = "chat", "Chat"
         TITLE = "title", "Title"
         API = "api", "API"
+        SUMMARY = "summary", "Summary"
 
     request_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")

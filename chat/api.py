@@ -23,6 +23,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
+    extend_schema_field,
     inline_serializer,
 )
 from rest_framework import serializers, status
@@ -40,7 +41,7 @@ from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR, server_sent_event
 from core.sse import sse_event
 from providers import selectors as provider_selectors
 
-from . import selectors, services, streaming
+from . import rooms, selectors, services, streaming
 from .actors import Actor
 from .models import Conversation, Message
 
@@ -103,7 +104,9 @@ class ConversationSerializer(serializers.ModelSerializer):
             "stop",
             "seed",
             "json_mode",
+            "history_limit",
             "archived",
+            "sharing",
             "started_with",
             "created_at",
             "updated_at",
@@ -146,6 +149,14 @@ class ConversationWriteSerializer(serializers.Serializer[Any]):
     seed = serializers.IntegerField(required=False, allow_null=True)
     json_mode = serializers.BooleanField(
         required=False, help_text="Ask for a JSON object (response_format json_object)."
+    )
+    history_limit = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=100_000,
+        help_text="Send at most this many earlier messages (and the summary of older ones); "
+        "null: all that fit.",
     )
     archived = serializers.BooleanField(required=False)
 
@@ -214,6 +225,7 @@ class ConversationDetailView(ConversationEndpoint):
 
     @extend_schema(request=ConversationWriteSerializer, responses=ConversationSerializer)
     def patch(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        rooms.check_maker(actor=self.actor, conversation=self.conversation)
         form = ConversationWriteSerializer(data=request.data, partial=True)
         form.is_valid(raise_exception=True)
         conversation = services.conversation_update(
@@ -223,6 +235,7 @@ class ConversationDetailView(ConversationEndpoint):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, project_id: int, conversation_id: int) -> Response:
+        rooms.check_maker(actor=self.actor, conversation=self.conversation)
         services.conversation_delete(conversation=self.conversation)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -230,10 +243,28 @@ class ConversationDetailView(ConversationEndpoint):
 # --- messages ----------------------------------------------------------------------------------
 
 
+class PersonRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField(help_text="Their name (never their e-mail address).")
+
+
+class PersonaRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    tag = serializers.CharField(help_text="Without the @.")
+    name = serializers.CharField()
+    avatar = serializers.CharField()
+    color = serializers.CharField()
+
+
 class MessageSerializer(serializers.ModelSerializer):
     cost = serializers.SerializerMethodField(
         help_text="USD, as a decimal string: what this reply cost (null for a user message)."
     )
+    author = serializers.SerializerMethodField(
+        help_text="Who wrote a user message, or called for a reply (and pays for it); null "
+        "for the API side's messages."
+    )
+    persona = serializers.SerializerMethodField(help_text="The persona that wrote a reply.")
 
     class Meta:
         model = Message
@@ -252,9 +283,21 @@ class MessageSerializer(serializers.ModelSerializer):
             "usage_estimated",
             "omitted_messages",
             "cost",
+            "author",
+            "persona",
             "created_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(PersonRefSerializer(allow_null=True))
+    def get_author(self, message: Message) -> dict[str, Any] | None:
+        if message.author_id is None:
+            return None
+        return {"id": message.author_id, "name": selectors.speaker_name(message.author)}
+
+    @extend_schema_field(PersonaRefSerializer(allow_null=True))
+    def get_persona(self, message: Message) -> dict[str, Any] | None:
+        return None if message.persona is None else services.persona_card(message.persona)
 
     def get_cost(self, message: Message) -> str | None:
         cost = self.context.get("costs", {}).get(message.pk)
@@ -324,7 +367,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
     serializer_class = MessageSerializer
 
     def get_queryset(self):
-        return self.conversation.messages.order_by("id")
+        return self.conversation.messages.select_related("author", "persona").order_by("id")
 
     def get_serializer_context(self) -> dict[str, Any]:
         return {**super().get_serializer_context(), "costs": self._costs}
@@ -374,13 +417,23 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         # Validation, rate limits and the budget reservation: a refusal raises here, before
         # anything is sent upstream, and nothing is saved (the client still has its text).
         try:
-            pending = await database_sync_to_async(services.reply_start)(
+            post = await database_sync_to_async(rooms.message_post)(
                 actor=self.actor, conversation_id=self.conversation.pk, content=content
             )
         except BaseException:  # refused before any work (or the client left): a retry runs
             if record is not None:
                 await asyncio.shield(_abandon(record))
             raise
+        if self.conversation.is_room:
+            # The people on the room's socket see it at once, as if typed there.
+            await database_sync_to_async(streaming.announce)(
+                project_id=self.conversation.project_id,
+                conversation_id=self.conversation.pk,
+                payload={"type": "message", "message": post.message},
+            )
+        if post.pending is None:
+            return await self._plain(post, record)
+        pending = post.pending
         events: asyncio.Queue = asyncio.Queue()
         task = streaming.start_reply(pending, listener=events)
         if stream:
@@ -402,6 +455,23 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         saved = run_detached(self._when_saved(task, pending, record))
         status_code, body = await asyncio.shield(saved)
         return Response(body, status=status_code, headers=_failure_headers(status_code, body))
+
+    async def _plain(self, post: rooms.RoomPost, record: IdempotentRequest | None) -> Response:
+        """A room message that called no persona: saved and shown to the room, nothing more
+        (no model, no bill). ``X-Room-Notice`` says when its @tag named no persona."""
+        body = await database_sync_to_async(self._user_message_by_id)(post.message["id"])
+        if record is not None:
+            await database_sync_to_async(idempotency.idempotency_finish)(
+                record=record, status=201, body=json.loads(JSONRenderer().render(body))
+            )
+        headers = {"X-Room-Notice": post.notice} if post.notice else None
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+
+    def _user_message_by_id(self, message_id: int) -> dict[str, Any]:
+        message = selectors.get_message(conversation=self.conversation, pk=message_id)
+        if message is None:
+            raise Http404("The conversation was deleted meanwhile.")
+        return _serialize_messages([message])[0]
 
     async def _when_saved(
         self, task: asyncio.Task, pending: services.PendingReply, record: IdempotentRequest | None
@@ -524,3 +594,170 @@ class ConversationStopView(ConversationEndpoint, AsyncProjectEndpoint):
         if message is None:
             raise Http404("The conversation was deleted meanwhile.")
         return message
+
+
+# --- rooms -------------------------------------------------------------------------------------
+
+
+class RoomSerializer(ConversationSerializer):
+    owner = serializers.SerializerMethodField(help_text="Who made the room (and may change it).")
+    members = serializers.SerializerMethodField(help_text="Everyone who can open the room.")
+
+    class Meta(ConversationSerializer.Meta):
+        fields = [*ConversationSerializer.Meta.fields, "owner", "members"]
+        read_only_fields = fields
+
+    @extend_schema_field(PersonRefSerializer)
+    def get_owner(self, room: Conversation) -> dict[str, Any]:
+        return {"id": room.owner_id, "name": selectors.speaker_name(room.owner)}
+
+    @extend_schema_field(PersonRefSerializer(many=True))
+    def get_members(self, room: Conversation) -> list[dict[str, Any]]:
+        return [
+            {"id": person.pk, "name": selectors.speaker_name(person)}
+            for person in rooms.members_of(room)
+        ]
+
+
+SHARING_HELP = (
+    "'project': everyone in the project; 'members': the people in 'members' and the maker; "
+    "'private' (changing an existing room only): a private chat again."
+)
+
+
+# A new room is shared (never private); named in the schema by SPECTACULAR_SETTINGS.
+NEW_ROOM_SHARING = [
+    (Conversation.Sharing.PROJECT.value, Conversation.Sharing.PROJECT.label),
+    (Conversation.Sharing.MEMBERS.value, Conversation.Sharing.MEMBERS.label),
+]
+
+
+class RoomCreateSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    sharing = serializers.ChoiceField(
+        choices=NEW_ROOM_SHARING, default="project", help_text=SHARING_HELP
+    )
+    members = serializers.ListField(
+        child=serializers.IntegerField(), required=False, default=list, help_text="User ids."
+    )
+    model = serializers.CharField(
+        max_length=200, required=False, help_text="Default: the project's default model."
+    )
+
+
+class RoomUpdateSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    sharing = serializers.ChoiceField(
+        choices=Conversation.Sharing.choices, required=False, help_text=SHARING_HELP
+    )
+    members = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        help_text="User ids to add (with sharing 'members').",
+    )
+
+
+class MembersAddSerializer(serializers.Serializer):
+    members = serializers.ListField(child=serializers.IntegerField(), help_text="User ids.")
+
+
+class RoomEndpoint(ActorEndpoint):
+    """A room of the project the caller is in; any other id (a private chat too) is a 404.
+    API keys reach no rooms: rooms are people's, as a person's own chats are."""
+
+    room: Conversation
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        conversation = selectors.get_actor_conversation_or_404(
+            actor=self.actor, project=self.project, pk=kwargs["room_id"]
+        )
+        if not conversation.is_room:
+            raise Http404("No such room.")
+        self.room = conversation
+
+
+@extend_schema(tags=["Rooms"])
+class RoomListView(ListModelMixin, ActorEndpoint):
+    """The project's rooms the caller is in (none for an API key), and new ones."""
+
+    serializer_class = RoomSerializer
+
+    def get_queryset(self):
+        if self.actor.user is None:
+            return Conversation.objects.none()
+        return selectors.rooms_for_user(user=self.actor.user, project=self.project)
+
+    def get(self, request: Request, project_id: int) -> Response:
+        return self.list(request)
+
+    @extend_schema(request=RoomCreateSerializer, responses={201: RoomSerializer, 403: OPENAI_ERROR})
+    def post(self, request: Request, project_id: int) -> Response:
+        form = RoomCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        room = rooms.room_create(
+            actor=self.actor,
+            project=self.project,
+            title=data.get("title", ""),
+            sharing=data["sharing"],
+            member_ids=data["members"],
+            model=data.get("model"),
+        )
+        return Response(RoomSerializer(room).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["Rooms"])
+class RoomDetailView(RoomEndpoint):
+    @extend_schema(responses=RoomSerializer)
+    def get(self, request: Request, project_id: int, room_id: int) -> Response:
+        return Response(RoomSerializer(self.room).data)
+
+    @extend_schema(request=RoomUpdateSerializer, responses={200: RoomSerializer, 403: OPENAI_ERROR})
+    def patch(self, request: Request, project_id: int, room_id: int) -> Response:
+        form = RoomUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        rooms.check_maker(actor=self.actor, conversation=self.room)
+        room = self.room
+        if "sharing" in data or "members" in data:
+            room = rooms.room_share(
+                actor=self.actor,
+                conversation_id=room.pk,
+                sharing=data.get("sharing", room.sharing),
+                member_ids=data.get("members", []),
+            )
+        if "title" in data:
+            room = services.conversation_rename(conversation=room, title=data["title"])
+        return Response(RoomSerializer(room).data)
+
+
+@extend_schema(tags=["Rooms"])
+class RoomMemberListView(RoomEndpoint):
+    @extend_schema(responses=PersonRefSerializer(many=True))
+    def get(self, request: Request, project_id: int, room_id: int) -> Response:
+        return Response(RoomSerializer(self.room).data["members"])
+
+    @extend_schema(
+        request=MembersAddSerializer,
+        responses={200: PersonRefSerializer(many=True), 403: OPENAI_ERROR},
+    )
+    def post(self, request: Request, project_id: int, room_id: int) -> Response:
+        form = MembersAddSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        rooms.room_add_members(
+            actor=self.actor,
+            conversation_id=self.room.pk,
+            member_ids=form.validated_data["members"],
+        )
+        return Response(RoomSerializer(self.room).data["members"])
+
+
+@extend_schema(tags=["Rooms"])
+class RoomMemberDetailView(RoomEndpoint):
+    @extend_schema(responses={204: None, 403: OPENAI_ERROR, 404: OPENAI_ERROR})
+    def delete(self, request: Request, project_id: int, room_id: int, user_id: int) -> Response:
+        """The maker removes someone; anyone removes themselves (leaves). Their open sockets
+        on the room close at once."""
+        rooms.room_remove_member(actor=self.actor, conversation_id=self.room.pk, user_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)

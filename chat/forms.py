@@ -3,6 +3,10 @@
 from typing import Any, cast
 
 from django import forms
+from django.db.models import QuerySet
+
+from .models import Persona
+from .personas import SAMPLING_PRESETS, sampling_preset_of
 
 
 class StopSequencesField(forms.CharField):
@@ -56,6 +60,13 @@ class ConversationSettingsForm(forms.Form):
         label="JSON mode",
         help_text="Answers are a JSON object; say so in the system prompt too.",
     )
+    history_limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Keep the last N messages",
+        help_text="Send at most this many earlier messages (and the summary of older ones); "
+        "empty: all that fit.",
+    )
 
     def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +99,157 @@ class RoomForm(forms.Form):
         help_text="For a room shared with chosen members: who, besides you.",
     )
 
-    def __init__(self, *args: Any, people: list[tuple[int, str]], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, people: list[tuple[int, str]], existing: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.TypedMultipleChoiceField, self.fields["members"]).choices = people
+        if existing:  # an existing room can become a private chat again
+            cast(forms.ChoiceField, self.fields["sharing"]).choices = [
+                *SHARING_CHOICES,
+                ("private", "Only me (a private chat again)"),
+            ]
+
+
+# --- personas ---------------------------------------------------------------------------------
+
+
+class SamplingSelect(forms.Select):
+    """The sampling presets, each option carrying its numbers: personas.js fills them in."""
+
+    def create_option(
+        self,
+        name: str,
+        value: Any,
+        label: int | str,
+        selected: bool,
+        index: int,
+        subindex: int | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        preset = SAMPLING_PRESETS.get(str(value))
+        if preset is not None:
+            option["attrs"]["data-temperature"] = preset.temperature
+            option["attrs"]["data-top-p"] = preset.top_p
+        return option
+
+
+SAMPLING_CHOICES = [
+    ("", "Custom: the numbers below"),
+    *((p.key, f"{p.label} ({p.help.rstrip('.')})") for p in SAMPLING_PRESETS.values()),
+]
+
+
+class PersonaForm(forms.Form):
+    """A persona, new or edited. Only types are checked here; ``chat.personas`` checks the
+    rest (tags, ranges, the model), and its refusals are shown on the field they name."""
+
+    name = forms.CharField(max_length=80)
+    tag = forms.CharField(
+        max_length=100,
+        help_text="Called as @tag in rooms: letters, digits, _ or - in any script (요약 works); "
+        "case does not matter.",
+    )
+    avatar = forms.CharField(max_length=8, required=False, help_text="An emoji, such as 🤖.")
+    color = forms.CharField(
+        max_length=7, initial="#4f46e5", widget=forms.TextInput(attrs={"type": "color"})
+    )
+    description = forms.CharField(
+        max_length=300, required=False, help_text="One line: what people call it for."
+    )
+    system_prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}), required=False, label="System prompt"
+    )
+    model = forms.ChoiceField(choices=(), required=False)
+    sampling = forms.ChoiceField(
+        choices=SAMPLING_CHOICES,
+        required=False,
+        widget=SamplingSelect,
+        label="Sampling preset",
+        help_text="A preset sets temperature and top p; pick Custom to set them yourself.",
+    )
+    temperature = forms.FloatField(
+        required=False, min_value=0, max_value=2, help_text="0 to 2; empty for the default."
+    )
+    top_p = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Top p",
+        help_text="0 to 1; empty for the default.",
+    )
+    presence_penalty = forms.FloatField(
+        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
+    )
+    frequency_penalty = forms.FloatField(
+        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
+    )
+    max_tokens = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Max tokens",
+        help_text="Longest reply; empty: as long as the model may write (and budgets allow).",
+    )
+    json_mode = forms.BooleanField(
+        required=False,
+        label="JSON mode",
+        help_text="Answers are a JSON object (on models that support it); say so in the prompt.",
+    )
+    enabled = forms.BooleanField(
+        required=False, initial=True, help_text="Off: nobody can call it or start a chat with it."
+    )
+
+    def __init__(
+        self, *args: Any, models: list[str], persona: Persona | None = None, **kwargs: Any
+    ) -> None:
+        if persona is not None:
+            preset = sampling_preset_of(persona)
+            initial = {n: getattr(persona, n) for n in self.base_fields if n != "sampling"}
+            kwargs.setdefault("initial", {**initial, "sampling": preset.key if preset else ""})
+        super().__init__(*args, **kwargs)
+        choices = [("", "The project's default model"), *((m, m) for m in models)]
+        if persona is not None and persona.model and persona.model not in models:
+            choices.append((persona.model, f"{persona.model} (no longer available)"))
+        cast(forms.ChoiceField, self.fields["model"]).choices = choices
+
+    def changes(self, *, only_changed: bool) -> dict[str, Any]:
+        """What to save: every field (a new persona) or those changed (an edit, so a model the
+        project has since dropped does not block fixing a typo). A preset counts only when it
+        was picked here, and then it sets temperature and top p."""
+        data = dict(self.cleaned_data)
+        sampling = data.pop("sampling", "")
+        if only_changed:
+            data = {name: value for name, value in data.items() if name in self.changed_data}
+        if sampling and "sampling" in self.changed_data:
+            data.pop("temperature", None)
+            data.pop("top_p", None)
+            data["sampling"] = sampling
+        return data
+
+
+# --- the project's chat settings ---------------------------------------------------------------
+
+
+class ChatSettingsForm(forms.Form):
+    """When long conversations are summarized, and by whom (``chat.summaries``)."""
+
+    summarize_after_tokens = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Summarize after (tokens)",
+        help_text="Fold the oldest turns into a summary once a conversation's history passes "
+        "this many tokens; empty: only when it no longer fits the model's window.",
+    )
+    summary_persona = forms.ModelChoiceField(
+        queryset=Persona.objects.none(),
+        required=False,
+        label="Summary persona",
+        empty_label="The project's @summary persona",
+        help_text="Who writes summaries, on its own model (pick a cheap one) or else the "
+        "project's default model.",
+    )
+
+    def __init__(self, *args: Any, personas: QuerySet[Persona], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ModelChoiceField, self.fields["summary_persona"]).queryset = personas

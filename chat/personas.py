@@ -302,6 +302,14 @@ def personas_for(project: Project, *, enabled_only: bool = False) -> list[Person
     return list(qs.order_by("tag"))
 
 
+def sampling_preset_of(persona: Persona) -> SamplingPreset | None:
+    """The sampling preset a persona's temperature and top p match, if any."""
+    for preset in SAMPLING_PRESETS.values():
+        if (persona.temperature, persona.top_p) == (preset.temperature, preset.top_p):
+            return preset
+    return None
+
+
 # --- writing --------------------------------------------------------------------------------
 
 # What a manager may set, over the page or REST.

@@ -1,4 +1,5 @@
-"""Build the prompt: the system prompt plus as many recent turns as fit the context window."""
+"""Build the prompt: the system prompt, the running summary of the turns folded into it (see
+``chat.summaries``), and as many of the recent turns as fit the context window."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from providers.llm.tokens import count_message_tokens, count_text_tokens
 # margin so an estimate that runs short never overflows the real window.
 SAFETY_MARGIN = 0.9
 PER_MESSAGE_OVERHEAD = 4
+SUMMARY_HEADING = "Summary of the earlier conversation:"
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class Prompt:
     messages: list[dict[str, Any]]
     omitted: int  # older messages left out
     prompt_tokens: int  # our estimate
+    summarized: bool = False  # the running summary was sent (in place of the turns it folds)
 
 
 class PromptTooLong(Exception):
@@ -36,14 +39,23 @@ def build_prompt(
     history_count: int,
     context_window: int,
     reply_tokens: int,
+    summary: str = "",
 ) -> Prompt:
     """``latest`` is always sent; older (role, content) pairs are added newest first while they
-    fit, and the rest are counted as omitted."""
+    fit, and the rest are counted as omitted. ``summary``, the running summary of the turns
+    before ``history_newest_first``, goes right after the system prompt, in their place; it is
+    left out only when the message would not fit with it."""
     budget = int(context_window * SAFETY_MARGIN) - reply_tokens
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     used = count_message_tokens([*head, latest])
     if used > budget:
         raise PromptTooLong(used, max(budget, 0))
+    summarized = False
+    if summary:
+        note = {"role": "system", "content": f"{SUMMARY_HEADING}\n{summary}"}
+        with_summary = count_message_tokens([*head, note, latest])
+        if with_summary <= budget:
+            head, used, summarized = [*head, note], with_summary, True
 
     kept: list[dict[str, Any]] = []
     for role, content in history_newest_first:
@@ -54,5 +66,8 @@ def build_prompt(
         kept.append({"role": role, "content": content})
     kept.reverse()
     return Prompt(
-        messages=[*head, *kept, latest], omitted=history_count - len(kept), prompt_tokens=used
+        messages=[*head, *kept, latest],
+        omitted=history_count - len(kept),
+        prompt_tokens=used,
+        summarized=summarized,
     )

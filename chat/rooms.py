@@ -73,6 +73,14 @@ def _project_people(project: Project, user_ids: Iterable[object]) -> list[User]:
     return people
 
 
+def check_maker(*, actor: Actor, conversation: Conversation) -> None:
+    """In a room only its maker renames it, changes its settings or deletes it."""
+    if conversation.is_room and (actor.user is None or conversation.owner_id != actor.user_id):
+        raise ServiceError(
+            "Only the person who made this room can change or delete it.", code="not_room_owner"
+        )
+
+
 def _own_room(*, actor: Actor, conversation_id: int) -> Conversation:
     conversation = services._resolve(actor=actor, conversation_id=conversation_id)
     if actor.user is None or conversation.owner_id != actor.user_id:
@@ -217,7 +225,8 @@ def _cut_off(conversation: Conversation, user_id: int) -> None:
 def _mention_rest(content: str) -> str:
     """The message without its leading @tag: what the persona is asked."""
     _, _, rest = content.lstrip().partition(" ")
-    return rest.strip() or content
+    # "@summary" alone: the persona works on the room so far (its prompt says how).
+    return rest.strip() or "(Called without a message: do your task on the conversation so far.)"
 
 
 @transaction.atomic

@@ -103,7 +103,8 @@ def message_window(
     """The latest ``size`` messages (before message id ``before``), oldest first, and whether
     older ones exist. Two queries however long the conversation is."""
     size = size or settings.CHAT_PAGE_SIZE
-    qs = conversation.messages.all()
+    # Rooms show each message's author and each reply's persona: joined, not one query each.
+    qs = conversation.messages.select_related("author", "persona")
     if before is not None:
         qs = qs.filter(pk__lt=before)
     newest_first = list(qs.order_by("-id")[: size + 1])
@@ -124,15 +125,21 @@ def streaming_message(conversation: Conversation) -> Message | None:
     return conversation.messages.filter(state=Message.State.STREAMING).order_by("-id").first()
 
 
-def history_for_prompt(conversation: Conversation, *, before: int) -> QuerySet[Message]:
-    """Earlier messages that can go into a prompt, newest first (read lazily, in chunks)."""
-    return (
-        conversation.messages.filter(pk__lt=before, role__in=["user", "assistant"])
-        .exclude(content="")
-        .order_by("-id")
+def history_for_prompt(conversation: Conversation, *, before: int | None) -> QuerySet[Message]:
+    """Earlier messages that can go into a prompt, newest first (read lazily, in chunks): those
+    after the running summary (it is sent in their place), at most ``history_limit`` of them
+    when the conversation keeps only its last N. ``before=None``: up to the latest."""
+    qs = conversation.messages.filter(role__in=["user", "assistant"]).exclude(content="")
+    if before is not None:
+        qs = qs.filter(pk__lt=before)
+    if conversation.summary_through is not None:
+        qs = qs.filter(pk__gt=conversation.summary_through)
+    qs = (
+        qs.order_by("-id")
         .select_related("author")
         .only("id", "role", "content", "author__name", "author__email")
     )
+    return qs[: conversation.history_limit] if conversation.history_limit else qs
 
 
 def message_costs(message_ids: list[int]) -> dict[int, Decimal]:

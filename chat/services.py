@@ -29,7 +29,7 @@ from providers.llm.tokens import count_text_tokens
 from providers.models import ConnectionModel
 from providers.specs import spec_for
 
-from . import selectors
+from . import selectors, summaries
 from .actors import Actor
 from .models import Conversation, Message, Persona
 from .prompt import PromptTooLong, build_prompt
@@ -57,6 +57,7 @@ class PendingReply:
     omitted: int
     truncate_from: int | None = None  # messages with this id or later were replaced
     persona: dict[str, Any] | None = None  # serialized, when a persona answers
+    caller: dict[str, Any] | None = None  # {"id", "name"} of the person who asked (and pays)
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -109,24 +110,78 @@ def _resolve(*, actor: Actor, conversation_id: int) -> Conversation:
 # --- conversations ---------------------------------------------------------------------------
 
 
+def _check_persona(project: Project, persona: Persona) -> None:
+    if persona.project_id != project.pk:
+        raise ServiceError("No such persona.", code="not_found", param="persona")
+    if not persona.enabled:
+        raise ServiceError(
+            f"@{persona.tag} is turned off in this project; ask an admin to turn it on.",
+            code="persona_disabled",
+            param="persona",
+        )
+
+
 @transaction.atomic
 def conversation_create(
-    *, actor: Actor, project: Project, model: str | None = None
+    *,
+    actor: Actor,
+    project: Project,
+    model: str | None = None,
+    persona: Persona | None = None,
 ) -> Conversation:
+    """A new conversation on ``model``, else the persona's model (when the project allows it),
+    else the project's default. A persona's system prompt and sampling settings are copied, so
+    later changes to the persona leave the conversation as it started."""
+    if persona is not None:
+        _check_persona(project, persona)
+        # A persona whose model the project no longer allows still starts a chat, on the
+        # default model: its prompt is what people pick it for.
+        if (
+            model is None
+            and persona.model
+            and provider_selectors.resolve_model(project, persona.model) is not None
+        ):
+            model = persona.model
     model = model or selectors.default_model(project)
     if model is None:
         raise ServiceError(
             "This project has no model to chat with: an admin needs to add a connection.",
             code="no_models",
         )
-    check_model_allowed(project=project, model=model)
-    return Conversation.objects.create(
+    connection_model = provider_selectors.resolve_model(project, model)
+    if connection_model is None:
+        raise ServiceError(
+            f"The model {model!r} is not available in this project.", code="model_not_found"
+        )
+    conversation = Conversation(
         project=project,
         owner=actor.user,
         api_key=actor.api_key,
         model=model,
         system_prompt=project.default_system_prompt,
     )
+    if persona is not None:
+        _take_persona(conversation, persona, connection_model)
+    conversation.save()
+    return conversation
+
+
+def _take_persona(
+    conversation: Conversation, persona: Persona, connection_model: ConnectionModel
+) -> None:
+    """Copy what a persona answers with; what the model cannot take is left out rather than
+    refused (its longest reply caps max tokens; JSON mode needs a model that has it)."""
+    conversation.persona = persona
+    conversation.system_prompt = persona.system_prompt
+    conversation.temperature = persona.temperature
+    conversation.top_p = persona.top_p
+    conversation.presence_penalty = persona.presence_penalty
+    conversation.frequency_penalty = persona.frequency_penalty
+    longest = connection_model.max_output_tokens or connection_model.context_window - 1
+    conversation.max_tokens = (
+        None if persona.max_tokens is None else max(1, min(persona.max_tokens, longest))
+    )
+    conversation.json_mode = persona.json_mode and connection_model.supports_json
 
 
 @transaction.atomic
@@ -242,7 +297,22 @@ def conversation_update(*, conversation: Conversation, changes: dict[str, Any]) 
     if "archived" in changes and changes["archived"] != conversation.archived:
         conversation.archived = changes["archived"]
         conversation.save(update_fields=["archived", "updated_at"])
+    if "history_limit" in changes:
+        conversation.history_limit = check_history_limit(changes["history_limit"])
+        conversation.save(update_fields=["history_limit", "updated_at"])
     return conversation
+
+
+def check_history_limit(value: object) -> int | None:
+    """How many earlier messages a prompt keeps at most: at least 1, or None (all that fit)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ServiceError(
+            "Keep at least 1 message, or leave it empty to keep all that fit.",
+            param="history_limit",
+        )
+    return value
 
 
 @transaction.atomic
@@ -391,6 +461,7 @@ def _begin_reply(
             history_count=history.count(),
             context_window=spec.context_window,
             reply_tokens=reply_room,
+            summary=conversation.summary,
         )
     except PromptTooLong as error:
         raise ServiceError(
@@ -452,6 +523,9 @@ def _begin_reply(
         omitted=prompt.omitted,
         truncate_from=truncate_from,
         persona=None if persona is None else persona_card(persona),
+        caller=None
+        if actor.user is None
+        else {"id": actor.user.pk, "name": selectors.speaker_name(actor.user)},
     )
 
 
@@ -480,6 +554,7 @@ def reply_regenerate(*, actor: Actor, conversation_id: int) -> PendingReply:
     if last_user is None:
         raise ServiceError("There is nothing to regenerate yet.", code="nothing_to_regenerate")
     conversation.messages.filter(pk__gt=last_user.pk).delete()
+    summaries.summary_forget(conversation=conversation, from_id=last_user.pk + 1)
     return _begin_reply(
         conversation=conversation,
         actor=actor,
@@ -508,6 +583,7 @@ def reply_edit(
     message.content = content
     message.save(update_fields=["content", "updated_at"])
     conversation.messages.filter(pk__gt=message.pk).delete()
+    summaries.summary_forget(conversation=conversation, from_id=message.pk)
     return _begin_reply(
         conversation=conversation,
         actor=actor,
@@ -573,10 +649,16 @@ def reply_finish(
     conversation = message.conversation
     conversation.last_message_at = timezone.now()
     conversation.save(update_fields=["last_message_at", "updated_at"])
-    if state == Message.State.COMPLETE and not conversation.title:
+    # Rooms are named by people (an untitled one stays "New room"): a title call would bill its
+    # maker for a reply someone else asked for.
+    if state == Message.State.COMPLETE and not conversation.title and not conversation.is_room:
         from .tasks import title_conversation
 
         transaction.on_commit(partial(title_conversation.delay, conversation.pk))
+    if state == Message.State.COMPLETE:
+        summaries.summary_queue_if_due(
+            conversation=conversation, pending=pending, completion_tokens=record.completion_tokens
+        )
     return message
 
 

@@ -22,6 +22,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.utils import timezone
 
 from billing import metering
 from core.detached import run_detached
@@ -55,6 +56,15 @@ def announce_title(*, project_id: int, conversation_id: int, title: str) -> None
     async_to_sync(get_channel_layer().group_send)(
         conversation_group(project_id=project_id, conversation_id=conversation_id),
         event({"type": "title", "conversation_id": conversation_id, "title": title}),
+    )
+
+
+def announce(*, project_id: int, conversation_id: int, payload: dict[str, Any]) -> None:
+    """Send an event to every open tab of a conversation, from sync code (a room message
+    posted over REST reaches the people on the room's socket)."""
+    async_to_sync(get_channel_layer().group_send)(
+        conversation_group(project_id=project_id, conversation_id=conversation_id),
+        event(payload),
     )
 
 
@@ -123,6 +133,8 @@ class ReplyRunner:
                     "id": self.message_id,
                     "model": self.pending.call.request.model,
                     "persona": self.pending.persona,
+                    "author": self.pending.caller,
+                    "created_at": timezone.now().isoformat(),
                 },
                 "omitted_messages": self.pending.omitted,
             }

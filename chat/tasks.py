@@ -1,4 +1,5 @@
-"""Work after a reply, off the request path: the conversation is titled (one metered call)."""
+"""Work after a reply, off the request path: the conversation is titled, and a long one
+summarized (one metered call each)."""
 
 import asyncio
 import logging
@@ -14,7 +15,7 @@ from providers.llm.base import ChatRequest, Completion, ProviderError
 from providers.models import ProviderConnection
 from providers.specs import build_provider, spec_for
 
-from . import services
+from . import services, summaries
 from .models import Conversation, Message
 from .streaming import announce_title
 
@@ -99,3 +100,27 @@ async def _ask(call: metering.MeteredCall, outcome: metering.Outcome) -> Complet
         return await metering.complete_capped(call, provider, outcome)
     finally:
         await provider.aclose()
+
+
+@shared_task(ignore_result=True)
+def summarize_conversation(
+    conversation_id: int,
+    user_id: int | None = None,
+    api_key_id: int | None = None,
+    trigger: str = summaries.ASKED,
+) -> None:
+    """Fold a long conversation's oldest turns into its running summary, billed to the person
+    (or key) whose message or click asked for it. Safe to run twice: a fold that is not due,
+    or that another fold beat, does nothing."""
+    if trigger not in (summaries.WINDOW, summaries.THRESHOLD, summaries.ASKED):
+        logger.warning("summary of conversation %s: unknown trigger %r", conversation_id, trigger)
+        return
+    try:
+        summaries.summary_fold(
+            conversation_id=conversation_id,
+            user_id=user_id,
+            api_key_id=api_key_id,
+            trigger=trigger,  # narrowed to a Trigger just above
+        )
+    except Exception:  # the task boundary: a reply's commit must never see a summary's bug
+        logger.exception("summarizing conversation %s failed", conversation_id)

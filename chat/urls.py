@@ -17,9 +17,25 @@ urlpatterns = [
     path(conversation + "rename/", views.conversation_rename, name="conversation_rename"),
     path(conversation + "delete/", views.conversation_delete, name="conversation_delete"),
     path(conversation + "settings/", views.conversation_settings, name="conversation_settings"),
+    path(conversation + "summarize/", views.conversation_summarize, name="conversation_summarize"),
+    path(project + "settings/", views.chat_settings, name="chat_settings"),
     path(
         conversation + "export.<str:fmt>",
         views.conversation_export,
         name="conversation_export",
+    ),
+    # The project's personas: everyone sees them, owners and admins change them.
+    path(project + "personas/", views.persona_list, name="personas"),
+    path(project + "personas/new/", views.persona_new, name="persona_new"),
+    path(project + "personas/<int:persona_id>/", views.persona_edit, name="persona_edit"),
+    path(
+        project + "personas/<int:persona_id>/enabled/",
+        views.persona_set_enabled,
+        name="persona_set_enabled",
+    ),
+    path(
+        project + "personas/<int:persona_id>/delete/",
+        views.persona_delete,
+        name="persona_delete",
     ),
 ]

@@ -8,15 +8,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.decorators import AuthenticatedHttpRequest, project_view
+from accounts.decorators import AuthenticatedHttpRequest, project_view, require_manager
 from accounts.models import Membership, Project
 from core.errors import ServiceError
 
-from . import exports, rooms, selectors, services
+from . import exports, personas, rooms, selectors, services, summaries
 from .actors import Actor
-from .forms import ConversationSettingsForm, RenameForm, RoomForm
+from .forms import ChatSettingsForm, ConversationSettingsForm, PersonaForm, RenameForm, RoomForm
 from .markdown import render_markdown
-from .models import Conversation
+from .models import Conversation, Message, Persona
 
 
 def _conversation_url(project: Project, pk: int) -> str:
@@ -36,6 +36,7 @@ def _chat_context(request: HttpRequest, membership: Membership, project: Project
         ),
         "conversation": None,
         "rooms": selectors.rooms_for_user(user=request.user, project=project)[:50],
+        "new_chat_personas": personas.personas_for(project, enabled_only=True),
         **extra,
     }
 
@@ -73,9 +74,15 @@ def chat_home(
 def conversation_new(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project
 ) -> HttpResponse:
+    persona_id = request.POST.get("persona")
     try:
         conversation = services.conversation_create(
-            actor=Actor(user=request.user), project=project, model=request.POST.get("model") or None
+            actor=Actor(user=request.user),
+            project=project,
+            model=request.POST.get("model") or None,
+            persona=personas.get_persona_or_404(project=project, persona_id=persona_id)
+            if persona_id
+            else None,
         )
     except ServiceError as error:
         messages.error(request, error.message)
@@ -113,11 +120,12 @@ def conversation_detail(
             models=models,
             initial={
                 name: getattr(conversation, name)
-                for name in ("model", "system_prompt", *services.SAMPLING_FIELDS)
+                for name in ("model", "system_prompt", *services.SAMPLING_FIELDS, "history_limit")
             },
         ),
         socket_path=f"/ws/conversations/{conversation.pk}/",
         total_cost=selectors.conversation_cost(conversation),
+        summary=_summary_marker(conversation, window),
     )
     if conversation.is_room:
         room_total, shares = selectors.room_shares(conversation)
@@ -128,6 +136,7 @@ def conversation_detail(
             persona_tags=selectors.persona_tags(project),
             room_form=RoomForm(
                 people=_people(project, request.user),
+                existing=True,
                 initial={
                     "title": conversation.title,
                     "sharing": conversation.sharing,
@@ -169,7 +178,7 @@ def room_share(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
 ) -> HttpResponse:
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
-    form = RoomForm(request.POST, people=_people(project, request.user))
+    form = RoomForm(request.POST, people=_people(project, request.user), existing=True)
     if not form.is_valid():
         messages.error(request, "Choose who is in the room: everyone in the project, or members.")
         return redirect(_conversation_url(project, conversation.pk))
@@ -262,7 +271,7 @@ def conversation_settings(
             messages.error(request, f"{field.replace('_', ' ').capitalize()}: {problems}")
     else:
         try:
-            services.conversation_update_settings(conversation=conversation, **form.cleaned_data)
+            services.conversation_update(conversation=conversation, changes=form.cleaned_data)
         except ServiceError as error:
             messages.error(request, error.message)
         else:
@@ -289,3 +298,209 @@ def conversation_export(
         raise Http404("Unknown export format.")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+# --- personas --------------------------------------------------------------------------------
+# Everyone in the project sees them; owners and admins add, change, switch off and delete them.
+
+
+def _personas_url(project: Project) -> str:
+    return reverse("personas", args=[project.organization.slug, project.slug])
+
+
+def _persona_context(membership: Membership, project: Project, **extra: Any) -> dict[str, Any]:
+    return {
+        "project": project,
+        "organization": project.organization,
+        "membership": membership,
+        **extra,
+    }
+
+
+@project_view
+def persona_list(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    rows = [(p, personas.sampling_preset_of(p)) for p in personas.personas_for(project)]
+    return render(request, "chat/personas.html", _persona_context(membership, project, rows=rows))
+
+
+def _persona_form_page(
+    request: AuthenticatedHttpRequest,
+    membership: Membership,
+    project: Project,
+    persona: Persona | None,
+) -> HttpResponse:
+    """The new and edit pages: what was typed comes back with the refusal next to its field."""
+    form = PersonaForm(
+        request.POST if request.method == "POST" else None,
+        models=selectors.allowed_models(project),
+        persona=persona,
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            if persona is None:
+                saved = personas.persona_create(
+                    project=project, changes=form.changes(only_changed=False)
+                )
+            else:
+                saved = personas.persona_update(
+                    persona=persona, changes=form.changes(only_changed=True)
+                )
+        except ServiceError as error:
+            form.add_error(error.param if error.param in form.fields else None, error.message)
+            if persona is not None:
+                persona.refresh_from_db()  # the page names it as it is saved, not as typed
+        else:
+            messages.success(request, f"Saved {saved.name} (@{saved.tag}).")
+            return redirect(_personas_url(project))
+    return render(
+        request,
+        "chat/persona_form.html",
+        _persona_context(membership, project, form=form, persona=persona),
+        status=400 if form.errors else 200,
+    )
+
+
+@project_view
+def persona_new(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    require_manager(membership)
+    return _persona_form_page(request, membership, project, None)
+
+
+@project_view
+def persona_edit(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, persona_id: int
+) -> HttpResponse:
+    require_manager(membership)
+    persona = personas.get_persona_or_404(project=project, persona_id=persona_id)
+    return _persona_form_page(request, membership, project, persona)
+
+
+@require_POST
+@project_view
+def persona_set_enabled(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, persona_id: int
+) -> HttpResponse:
+    require_manager(membership)
+    persona = personas.get_persona_or_404(project=project, persona_id=persona_id)
+    enabled = request.POST.get("enabled") == "1"
+    personas.persona_update(persona=persona, changes={"enabled": enabled})
+    if enabled:
+        messages.success(request, f"@{persona.tag} is on: people can call it again.")
+    else:
+        messages.success(request, f"@{persona.tag} is off: nobody can call it until it is on.")
+    return redirect(_personas_url(project))
+
+
+@project_view
+def persona_delete(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, persona_id: int
+) -> HttpResponse:
+    require_manager(membership)
+    persona = personas.get_persona_or_404(project=project, persona_id=persona_id)
+    if request.method == "POST":
+        personas.persona_delete(persona=persona)
+        messages.success(request, f"Deleted {persona.name} (@{persona.tag}).")
+        return redirect(_personas_url(project))
+    return render(
+        request,
+        "chat/persona_delete.html",
+        _persona_context(
+            membership,
+            project,
+            persona=persona,
+            conversation_count=persona.conversations.count(),
+            reply_count=persona.messages.count(),
+        ),
+    )
+
+
+# --- summaries and the project's chat settings ------------------------------------------------
+
+
+def _summary_marker(conversation: Conversation, window: list[Message]) -> dict[str, Any]:
+    """Where the transcript says "earlier messages are summarized": before the first message
+    of the page that the summary does not cover (``at_end``: the page is all summarized)."""
+    at, at_end = None, False
+    if conversation.summary and conversation.summary_through is not None:
+        at = next((m.pk for m in window if m.pk > conversation.summary_through), None)
+        at_end = at is None
+    return {
+        "at": at,
+        "at_end": at_end,
+        "html": render_markdown(conversation.summary) if conversation.summary else "",
+        "error": conversation.summary_error,
+        "updated_at": conversation.summary_updated_at,
+    }
+
+
+@require_POST
+@project_view
+def conversation_summarize(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    """Summarize now: the earlier messages are folded in the background, billed to whoever
+    asks (in a room too: like calling @summary)."""
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    before = conversation.summary_updated_at
+    try:
+        summaries.summary_request(actor=Actor(user=request.user), conversation=conversation)
+    except ServiceError as error:
+        messages.info(request, error.message)
+        return redirect(_conversation_url(project, conversation.pk))
+    conversation.refresh_from_db(fields=["summary_updated_at", "summary_error"])
+    if conversation.summary_updated_at != before:
+        messages.success(request, "Summarized: the earlier messages are folded into the summary.")
+    elif conversation.summary_error:
+        messages.error(request, f"The summary failed: {conversation.summary_error}")
+    else:
+        messages.success(request, "Summarizing the earlier messages; reload in a moment.")
+    return redirect(_conversation_url(project, conversation.pk))
+
+
+@project_view
+def chat_settings(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    """When long conversations are summarized, and by whom: everyone in the project reads it,
+    owners and admins change it."""
+    if request.method == "POST":
+        require_manager(membership)
+    current = summaries.chat_settings_for(project)
+    form = ChatSettingsForm(
+        request.POST if request.method == "POST" else None,
+        personas=Persona.objects.for_project(project).order_by("tag"),
+        initial={
+            "summarize_after_tokens": current.summarize_after_tokens,
+            "summary_persona": current.summary_persona_id,
+        },
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            summaries.chat_settings_update(actor=membership, project=project, **form.cleaned_data)
+        except ServiceError as error:
+            form.add_error(error.param if error.param in form.fields else None, error.message)
+        else:
+            messages.success(request, "Chat settings saved.")
+            return redirect(
+                "chat_settings", org_slug=project.organization.slug, project_slug=project.slug
+            )
+    persona, model = summaries.describe_writer(project)
+    return render(
+        request,
+        "chat/chat_settings.html",
+        {
+            "project": project,
+            "organization": project.organization,
+            "membership": membership,
+            "form": form,
+            "current": current,
+            "writer_persona": persona,
+            "writer_model": model,
+            "keep_recent": summaries.KEEP_RECENT,
+        },
+        status=400 if form.errors else 200,
+    )

@@ -95,6 +95,13 @@ ERRORS: dict[str, ErrorKind] = {
     "not_a_room": ErrorKind(
         400, "invalid_request_error", "never", "This conversation is not shared: it is no room."
     ),
+    # Summaries.
+    "nothing_to_summarize": ErrorKind(
+        409,
+        "conflict_error",
+        "never",
+        "Nothing to summarize yet: everything before the last exchange is summarized already.",
+    ),
     # The model: what the project allows, what fits.
     "model_not_found": ErrorKind(
         404,

@@ -78,6 +78,9 @@ def _aim_at_the_world(case, world: ApiWorld, index: int) -> None:
         params["conversation_id"] = world.conversation.pk
     if "key_id" in params:
         params["key_id"] = world.api_key.pk
+    if "persona_id" in params and index % 4:
+        # One of the personas every project starts with (the key may read, never write them).
+        params["persona_id"] = world.project.personas.order_by("tag").first().pk
     if "model" in params and index % 2:
         params["model"] = "fake-gpt"
     if isinstance(case.body, dict) and "model" in case.body and index % 2:
@@ -171,7 +174,44 @@ def test_the_schema_has_the_rest_api_and_the_openai_endpoints(api_world: ApiWorl
     assert "/v1/models" in paths
     assert "/v1/models/{model}" in paths
     assert "/api/v1/projects/{project_id}/conversations/{conversation_id}/messages/" in paths
+    assert "/api/v1/projects/{project_id}/personas/" in paths
+    assert "/api/v1/projects/{project_id}/personas/{persona_id}/" in paths
+    summary = "/api/v1/projects/{project_id}/conversations/{conversation_id}/summary/"
+    assert set(document["paths"][summary]) == {"get", "post"}
+    assert {"202", "409"} <= set(document["paths"][summary]["post"]["responses"])
     assert document["components"]["securitySchemes"]["projectKey"]["scheme"] == "bearer"
+
+
+def test_a_summary_answers_as_documented(api_world: ApiWorld):
+    """Generated cases meet a conversation with little to fold: here one that has plenty, so
+    the 202 of "summarize now" (the fold runs in-process) and the 200 after it are checked."""
+    from chat.models import Message
+
+    Message.objects.bulk_create(
+        Message(
+            conversation=api_world.conversation,
+            role="user" if n % 2 == 0 else "assistant",
+            content=f"turn {n}: we talked about Jeju",
+        )
+        for n in range(8)
+    )
+    loaded = schemathesis.openapi.from_url(f"{api_world.base_url}/api/schema/")
+    label = "/api/v1/projects/{project_id}/conversations/{conversation_id}/summary/"
+    where = {"project_id": api_world.project.pk, "conversation_id": api_world.conversation.pk}
+    statuses = []
+    for method in ("POST", "GET", "POST"):
+        case = loaded.find_operation_by_label(f"{method} {label}").Case(path_parameters=where)
+        response = case.call_and_validate(
+            base_url=api_world.base_url,
+            headers={"Authorization": f"Bearer {api_world.key}"},
+            checks=CHECKS,
+            timeout=30,
+        )
+        statuses.append(response.status_code)
+
+    assert statuses == [202, 200, 409]  # the second ask finds nothing left to fold
+    api_world.conversation.refresh_from_db()
+    assert api_world.conversation.summary
 
 
 def test_the_docs_page_works_offline(api_world: ApiWorld):

@@ -52,7 +52,17 @@ TENANT_ROUTES: dict[str, Callable] = {
     "conversation_rename": lambda w: {**_project(w), "pk": w.conversation.pk},
     "conversation_delete": lambda w: {**_project(w), "pk": w.conversation.pk},
     "conversation_settings": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_summarize": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "chat_settings": _project,
     "conversation_export": lambda w: {**_project(w), "pk": w.conversation.pk, "fmt": "json"},
+    "personas": _project,
+    "persona_new": _project,
+    "persona_edit": lambda w: {**_project(w), "persona_id": w.persona.pk},
+    "persona_set_enabled": lambda w: {**_project(w), "persona_id": w.persona.pk},
+    "persona_delete": lambda w: {**_project(w), "persona_id": w.persona.pk},
+    "room_list": _project,
+    "room_share": lambda w: {**_project(w), "pk": w.room.pk},
+    "room_remove": lambda w: {**_project(w), "pk": w.room.pk, "user_id": w.room_member.pk},
     "connections": _project,
     "connection_new": _project,
     "connection_edit": lambda w: {**_project(w), "pk": w.connection.pk},
@@ -89,6 +99,17 @@ API_ROUTES: dict[str, Callable] = {
     "api-conversation": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-messages": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-stop": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-summary": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-rooms": _api_project,
+    "api-room": lambda w: {**_api_project(w), "room_id": w.room.pk},
+    "api-room-members": lambda w: {**_api_project(w), "room_id": w.room.pk},
+    "api-room-member": lambda w: {
+        **_api_project(w),
+        "room_id": w.room.pk,
+        "user_id": w.room_member.pk,
+    },
+    "api-personas": _api_project,
+    "api-persona": lambda w: {**_api_project(w), "persona_id": w.persona.pk},
     "api-usage": _api_project,
     "api-keys": _api_project,
     "api-key": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
@@ -161,7 +182,7 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
     from accounts.api_keys import api_key_create
     from accounts.models import Invitation, Membership, hash_token
     from billing.models import Statement
-    from chat.models import Conversation
+    from chat.models import Conversation, Persona
     from providers.models import ConnectionModel, ProviderConnection
 
     class World:
@@ -177,6 +198,14 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
         expires_at="2999-01-01T00:00:00Z",
     )
     w.conversation = Conversation.objects.create(project=project_a, owner=alice, model="fake-gpt")
+    # One of the personas every project starts with.
+    w.persona = Persona.objects.for_project(project_a).get(tag="chatbot")
+    # A room Alice shares with Bob: Charlie, in another organization, must never reach it.
+    w.room = Conversation.objects.create(
+        project=project_a, owner=alice, model="fake-gpt", sharing=Conversation.Sharing.MEMBERS
+    )
+    w.room.room_members.create(user=bob)
+    w.room_member = bob
     # Unreachable on purpose (a closed port): the owner's GETs must not wait on a network.
     w.connection = ProviderConnection.objects.create(
         organization=org_a,

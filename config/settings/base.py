@@ -235,6 +235,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets share the field name "sharing": name each.
+    "ENUM_NAME_OVERRIDES": {
+        "SharingEnum": "chat.models.Conversation.Sharing",
+        "NewRoomSharingEnum": "chat.api.NEW_ROOM_SHARING",
+    },
     "SCHEMA_PATH_PREFIX": r"/(api/v1|v1)",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -105,7 +105,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -117,6 +117,7 @@ from providers.llm.tokens import count_message_tokens
 MODELS = ("fake-gpt", "fake-gpt-mini")
 BAD_KEY = "sk-bad"
 HANG_SECONDS = 300.0
+REQUESTS_KEPT = 200  # request bodies kept for tests to read (see `FakeUpstream.requests`)
 _LOREM = (
     "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
     "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
@@ -335,12 +336,20 @@ class _Server(ThreadingHTTPServer):
         self._open_sockets: set[socket.socket] = set()
         self._handlers: set[threading.Thread] = set()
         self._next_id = 0
+        # The latest request bodies, so tests can read what was sent (the prompt, the cap).
+        self.bodies: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)
 
-    def count(self, model: str) -> int:
+    def count(self, model: str, body: dict[str, Any] | None = None) -> int:
         with self._lock:
             self.request_counts[model] += 1
             self._next_id += 1
+            if body is not None:
+                self.bodies.append(body)
             return self._next_id
+
+    def recorded(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.bodies)
 
     def snapshot(self) -> Counter[str]:
         with self._lock:
@@ -349,6 +358,7 @@ class _Server(ThreadingHTTPServer):
     def reset(self) -> None:
         with self._lock:
             self.request_counts.clear()
+            self.bodies.clear()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # As ThreadingMixIn does, but every handler thread is kept so that stop() can join it:
@@ -436,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
                 400, _error_body(f"Invalid request: {exc}", "invalid_request_error", None)
             )
             return
-        request_number = self.server.count(model)
+        request_number = self.server.count(model, body)
         if not self._authorized():
             return
         try:
@@ -778,6 +788,12 @@ class FakeUpstream:
     def request_counts(self) -> Counter[str]:
         """Chat-completion requests received per model name (markers included)."""
         return self.server.snapshot()
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The bodies of the latest chat-completion requests (at most `REQUESTS_KEPT`),
+        oldest first."""
+        return self.server.recorded()
 
     def reset(self) -> None:
         self.server.reset()

@@ -11,10 +11,17 @@
   if (!chat) return; // the empty state: no conversation open
   const transcript = document.getElementById("transcript");
   const modelSelect = document.getElementById("chat-model");
+  // A room: people talk, personas answer their @tag; messages show who wrote them and when.
+  const room = chat.dataset.room === "1";
+  const me = Number(chat.dataset.me);
   addCopyButtons(transcript);
+  localTimes(transcript);
   transcript.addEventListener("click", onCopyClick);
-  // Picking a model saves it at once (without JavaScript, an Apply button does).
-  modelSelect.addEventListener("change", () => modelSelect.form.requestSubmit());
+  // Picking a model saves it at once (without JavaScript, an Apply button does). In a room only
+  // its maker has the picker.
+  if (modelSelect) {
+    modelSelect.addEventListener("change", () => modelSelect.form.requestSubmit());
+  }
   for (const details of chat.querySelectorAll("details.dropdown")) {
     details.addEventListener("toggle", closeOtherDropdowns);
   }
@@ -49,6 +56,8 @@
   let pending = null;
   // Events that arrive while the transcript is re-read from the server, applied after it.
   let heldEvents = null;
+  // Set when we were removed from the room: no reconnecting.
+  let removed = false;
 
   chat.classList.add("is-live");
   document.getElementById("composer-fields").disabled = false;
@@ -90,6 +99,12 @@
       if (socket !== ws) return;
       socket = null;
       pending = null; // an answer to it, if any, went with the socket
+      if (room) clearPresence();
+      if (removed) {
+        setStatus("offline", "Removed");
+        updateControls();
+        return;
+      }
       // Exponential backoff with jitter, so that many tabs do not come back at the same moment.
       const delay = Math.min(MAX_RETRY_MS, 1000 * 2 ** retries) * (0.75 + Math.random() / 2);
       retries += 1;
@@ -126,6 +141,10 @@
     done: (event) => finishReply(event.message),
     error: onError,
     title: onTitle,
+    notice: onNotice,
+    typing: onTyping,
+    presence: onPresence,
+    removed: onRemoved,
   };
 
   function onTitle(event) {
@@ -149,6 +168,7 @@
 
   function onMessage({ message }) {
     if (!findMessage(message.id)) list.append(buildUserMessage(message));
+    if (room && message.author) typingStopped(message.author.id);
     if (pending && pending.kind === "message" && pending.content === message.content) {
       // Only now is the text safe with the server (a refusal keeps it in the composer); and
       // what was typed since it was sent stays.
@@ -177,6 +197,7 @@
     const stale = streamingNode();
     const node = assistantNode(event.message.id);
     node.querySelector(".msg-usage").textContent = event.message.model;
+    showSpeaker(node, event.message);
     setOmitted(node, event.omitted_messages);
     if (stale && stale !== node) refreshTranscript();
   }
@@ -251,7 +272,57 @@
     node.dataset.id = message.id;
     node.dataset.state = message.state;
     node.querySelector(".msg-body").textContent = message.content;
+    if (room && message.author) {
+      const mine = message.author.id === me;
+      node.classList.toggle("msg--mine", mine);
+      node.dataset.author = message.author.id;
+      node.querySelector(".msg-author").textContent = mine ? "You" : message.author.name;
+      node.querySelector(".avatar").textContent = initial(message.author.name);
+      setTime(node.querySelector(".msg-time"), message.created_at);
+    }
     return node;
+  }
+
+  // Who answered (a persona: its avatar and name), who asked for it, and when.
+  function showSpeaker(node, message) {
+    if (message.persona) {
+      const avatar = node.querySelector(".avatar--persona");
+      if (avatar) {
+        avatar.textContent = message.persona.avatar || "🤖";
+        avatar.style.setProperty("--persona", message.persona.color || "");
+        avatar.hidden = false;
+      }
+      const name = node.querySelector(".msg-author");
+      name.textContent = `${message.persona.name} `;
+      const tag = document.createElement("span");
+      tag.className = "muted small";
+      tag.textContent = `@${message.persona.tag}`;
+      name.append(tag);
+    }
+    const caller = node.querySelector(".msg-caller");
+    if (caller && message.author) {
+      caller.textContent = `asked by ${message.author.id === me ? "you" : message.author.name}`;
+    }
+    const time = node.querySelector(".msg-time");
+    if (time && !time.dateTime) setTime(time, message.created_at);
+  }
+
+  function setTime(node, iso) {
+    if (!node || !iso) return;
+    node.dateTime = iso;
+    node.textContent = new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    node.title = new Date(iso).toLocaleString();
+  }
+
+  // The server writes times in UTC; show them in the reader's own time zone.
+  function localTimes(root) {
+    for (const node of root.querySelectorAll("time.msg-time[datetime]")) {
+      setTime(node, node.getAttribute("datetime"));
+    }
+  }
+
+  function initial(name) {
+    return (Array.from(name || "?")[0] || "?").toUpperCase();
   }
 
   // The bubble of a reply, created (empty, streaming) if we missed its start.
@@ -270,6 +341,7 @@
   function finishReply(message) {
     const node = assistantNode(message.id);
     received.delete(message.id);
+    showSpeaker(node, message);
     if (alertBox.dataset.code === "busy") hideAlert(); // no longer true
     node.dataset.state = message.state;
     node.querySelector(".msg-status").textContent = STATE_LABELS[message.state] || message.state;
@@ -287,6 +359,8 @@
     const total = document.getElementById("chat-cost");
     if (total && message.conversation_cost != null) {
       total.textContent = formatUsd(message.conversation_cost);
+      const roomTotal = document.getElementById("room-total"); // the room's People panel
+      if (roomTotal) roomTotal.textContent = formatUsd(message.conversation_cost);
     }
   }
 
@@ -340,6 +414,7 @@
           list.replaceChildren(...fresh.childNodes);
           readOffsets();
           addCopyButtons(list);
+          localTimes(list);
           if (follow) scrollToBottom();
         }
       }
@@ -368,6 +443,7 @@
     event.preventDefault();
     if (pending) return; // the previous request has not been answered yet
     hideAlert();
+    if (room) hideSuggestions();
     const content = input.value;
     if (!request({ type: "message", content }, { kind: "message", content })) return;
     input.focus();
@@ -446,6 +522,7 @@
 
   function hideAlert() {
     alertBox.hidden = true;
+    if (noticeBox) noticeBox.hidden = true;
   }
 
   // Stop while a reply streams; Regenerate/Retry/Edit only when none does (the CSS reads
@@ -463,6 +540,188 @@
   function autosize() {
     input.style.height = "auto";
     input.style.height = `${input.scrollHeight}px`;
+  }
+
+  // --- rooms ---------------------------------------------------------------------------------
+
+  const TYPING_SEND_MS = 2000; // the server passes on one "typing" per person every 2 s
+  const TYPING_SHOW_MS = 5000; // …and we show it a little longer than that
+  const typingLine = document.getElementById("typing");
+  const noticeBox = document.getElementById("composer-notice");
+  const suggest = document.getElementById("tag-suggest");
+  const typists = new Map(); // user id -> {name, timer}
+  const here = new Map(); // user id -> {name, sockets}
+  let tags = [];
+  let lastTypingSent = 0;
+  let activeSuggestion = -1;
+  if (room) setUpRoom();
+
+  function setUpRoom() {
+    const data = document.getElementById("persona-tags");
+    tags = data ? JSON.parse(data.textContent) : [];
+    input.addEventListener("input", onRoomInput);
+    input.addEventListener("keydown", onSuggestKeydown, true);
+    input.addEventListener("blur", () => setTimeout(hideSuggestions, 150));
+    suggest.addEventListener("mousedown", (event) => {
+      const option = event.target.closest("[data-tag]");
+      if (!option) return;
+      event.preventDefault(); // keep the focus in the composer
+      pickTag(option.dataset.tag);
+    });
+  }
+
+  function onRoomInput() {
+    const now = Date.now();
+    if (input.value.trim() && now - lastTypingSent >= TYPING_SEND_MS) {
+      lastTypingSent = now;
+      send({ type: "typing" });
+    }
+    showSuggestions();
+  }
+
+  function onNotice(event) {
+    noticeBox.textContent = event.message;
+    noticeBox.hidden = false;
+  }
+
+  function onTyping({ user }) {
+    if (user.id === me) return;
+    const known = typists.get(user.id);
+    if (known) clearTimeout(known.timer);
+    typists.set(user.id, {
+      name: user.name,
+      timer: setTimeout(() => typingStopped(user.id), TYPING_SHOW_MS),
+    });
+    renderTyping();
+  }
+
+  function typingStopped(id) {
+    const known = typists.get(id);
+    if (!known) return;
+    clearTimeout(known.timer);
+    typists.delete(id);
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const names = [...typists.values()].map((t) => t.name);
+    typingLine.textContent =
+      names.length === 0
+        ? ""
+        : names.length === 1
+          ? `${names[0]} is typing…`
+          : names.length === 2
+            ? `${names[0]} and ${names[1]} are typing…`
+            : `${names.length} people are typing…`;
+  }
+
+  // Everyone on the room's socket: one entry per person, counted by their open tabs.
+  function onPresence({ user, here: isHere }) {
+    const known = here.get(user.id) || { name: user.name, sockets: 0 };
+    known.sockets = Math.max(0, known.sockets + (isHere ? 1 : -1));
+    if (known.sockets) here.set(user.id, known);
+    else {
+      here.delete(user.id);
+      typingStopped(user.id);
+    }
+    renderPresence();
+  }
+
+  function clearPresence() {
+    here.clear();
+    renderPresence();
+  }
+
+  function renderPresence() {
+    const count = document.getElementById("here-count");
+    // Ourselves included: the server tells the others, not us, that we arrived.
+    const present = new Set([...here.keys(), ...(isOpen() ? [me] : [])]);
+    if (count) count.textContent = `· ${present.size} here`;
+    for (const row of document.querySelectorAll("#people-list [data-user]")) {
+      const on = present.has(Number(row.dataset.user));
+      row.classList.toggle("is-here", on);
+      row.querySelector(".presence-text").textContent = on ? "(here now)" : "(away)";
+    }
+  }
+
+  function onRemoved(event) {
+    removed = true;
+    showAlert(event.message, "removed");
+    document.getElementById("composer-fields").disabled = true;
+  }
+
+  // @tag suggestions: while the message is only "@" and the start of a tag.
+  function showSuggestions() {
+    const match = input.value.match(/^@([\p{L}\p{N}_-]*)$/u);
+    if (!match || !tags.length) return hideSuggestions();
+    const start = match[1].toLowerCase();
+    const found = tags.filter((t) => t.tag.startsWith(start)).slice(0, 8);
+    if (!found.length) return hideSuggestions();
+    suggest.replaceChildren(
+      ...found.map((t, index) => {
+        const option = document.createElement("li");
+        option.setAttribute("role", "option");
+        option.id = `tag-option-${index}`;
+        option.dataset.tag = t.tag;
+        const avatar = document.createElement("span");
+        avatar.className = "avatar avatar--persona";
+        avatar.textContent = t.avatar || "🤖";
+        const label = document.createElement("span");
+        label.textContent = `@${t.tag}`;
+        label.className = "tag";
+        const about = document.createElement("span");
+        about.className = "muted small";
+        about.textContent = `${t.name}${t.description ? ` · ${t.description}` : ""}`;
+        option.append(avatar, label, about);
+        return option;
+      }),
+    );
+    activeSuggestion = 0;
+    markSuggestion();
+    suggest.hidden = false;
+    input.setAttribute("aria-expanded", "true");
+  }
+
+  function hideSuggestions() {
+    if (!suggest || suggest.hidden) return;
+    suggest.hidden = true;
+    activeSuggestion = -1;
+    input.setAttribute("aria-expanded", "false");
+    input.removeAttribute("aria-activedescendant");
+  }
+
+  function markSuggestion() {
+    const options = suggest.querySelectorAll("[role=option]");
+    options.forEach((option, index) => {
+      option.setAttribute("aria-selected", String(index === activeSuggestion));
+    });
+    if (options[activeSuggestion]) {
+      input.setAttribute("aria-activedescendant", options[activeSuggestion].id);
+    }
+  }
+
+  function onSuggestKeydown(event) {
+    if (suggest.hidden) return;
+    const options = suggest.querySelectorAll("[role=option]");
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      const step = event.key === "ArrowDown" ? 1 : -1;
+      activeSuggestion = (activeSuggestion + step + options.length) % options.length;
+      markSuggestion();
+    } else if ((event.key === "Enter" || event.key === "Tab") && !event.isComposing) {
+      event.preventDefault();
+      event.stopImmediatePropagation(); // not a send: it picks the tag
+      pickTag(options[activeSuggestion].dataset.tag);
+    } else if (event.key === "Escape") {
+      hideSuggestions();
+    }
+  }
+
+  function pickTag(tag) {
+    input.value = `@${tag} `;
+    hideSuggestions();
+    input.focus();
+    autosize();
   }
 
   // --- scrolling -----------------------------------------------------------------------------
