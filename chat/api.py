@@ -107,6 +107,7 @@ class ConversationSerializer(serializers.ModelSerializer):
             "history_limit",
             "archived",
             "sharing",
+            "persona",
             "started_with",
             "created_at",
             "updated_at",
@@ -159,6 +160,11 @@ class ConversationWriteSerializer(serializers.Serializer[Any]):
         "null: all that fit.",
     )
     archived = serializers.BooleanField(required=False)
+    persona = serializers.IntegerField(
+        required=False,
+        help_text="On creation only: start as this persona of the project (its system prompt, "
+        "model and sampling settings are copied; the fields above still win).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # A field the API does not know is refused, not silently dropped: a client that sets
@@ -228,6 +234,11 @@ class ConversationDetailView(ConversationEndpoint):
         rooms.check_maker(actor=self.actor, conversation=self.conversation)
         form = ConversationWriteSerializer(data=request.data, partial=True)
         form.is_valid(raise_exception=True)
+        if "persona" in form.validated_data:
+            raise ServiceError(
+                "A conversation's persona is chosen when it starts; start a new one.",
+                param="persona",
+            )
         conversation = services.conversation_update(
             conversation=self.conversation, changes=form.validated_data
         )

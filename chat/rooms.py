@@ -250,6 +250,11 @@ def room_post(*, actor: Actor, conversation_id: int, content: object) -> RoomPos
         )
     else:
         services._check_not_busy(conversation)
+        rate_take(
+            bucket=f"persona-calls:project:{conversation.project_id}:user:{actor.user_id}",
+            allowed=settings.CHAT_MEMBER_PERSONA_CALLS_PER_MINUTE,
+            what="Persona calls per person",
+        )
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content, author=actor.user
     )

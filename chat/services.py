@@ -318,8 +318,17 @@ def check_history_limit(value: object) -> int | None:
 @transaction.atomic
 def conversation_start(*, actor: Actor, project: Project, changes: dict[str, Any]) -> Conversation:
     """A new conversation with its settings and title in one go (the REST API's POST)."""
-    conversation = conversation_create(actor=actor, project=project, model=changes.get("model"))
-    rest = {name: value for name, value in changes.items() if name != "model"}
+    persona = None
+    if "persona" in changes:
+        persona = Persona.objects.for_project(project).filter(pk=changes["persona"]).first()
+        if persona is None:  # another project's persona reads as unknown
+            raise ServiceError(
+                "No such persona in this project.", code="not_found", param="persona"
+            )
+    conversation = conversation_create(
+        actor=actor, project=project, model=changes.get("model"), persona=persona
+    )
+    rest = {name: value for name, value in changes.items() if name not in ("model", "persona")}
     return conversation_update(conversation=conversation, changes=rest) if rest else conversation
 
 

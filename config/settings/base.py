@@ -177,6 +177,9 @@ CHAT_ORPHAN_GRACE = env.float("CHAT_ORPHAN_GRACE", default=3.0)
 # Plain messages one person may post to one room per minute (bot calls have the project's
 # rate limits and budgets): a flood is refused, not stored.
 CHAT_ROOM_MESSAGES_PER_MINUTE = env.int("CHAT_ROOM_MESSAGES_PER_MINUTE", default=30)
+# Persona calls one member may make in a project's rooms per minute, on top of the project's
+# (and their own budget's) limits: one person cannot spend the room's share of the rate limit.
+CHAT_MEMBER_PERSONA_CALLS_PER_MINUTE = env.int("CHAT_MEMBER_PERSONA_CALLS_PER_MINUTE", default=10)
 # Messages shown per page of a conversation; older ones are a link away.
 CHAT_PAGE_SIZE = 50
 

@@ -769,3 +769,29 @@ def test_an_outsider_gets_404_over_rest(client_for, charlie, project_a):
     ):
         assert response.status_code == 404
         assert error_of(response)["code"] == "not_found"
+
+
+def test_a_conversation_started_over_rest_copies_its_persona(
+    client_for, alice, project_a, project_b, fake_upstream
+):
+    serve(project_a, fake_upstream)
+    pirate = persona(project_a, "pirate")
+    url = f"/api/v1/projects/{project_a.pk}/conversations/"
+    client = client_for(alice)
+
+    made = client.post(url, {"persona": pirate.pk}, content_type="application/json")
+
+    assert made.status_code == 201, made.json()
+    body = made.json()
+    assert body["persona"] == pirate.pk
+    assert body["system_prompt"] == pirate.system_prompt
+    assert body["temperature"] == pirate.temperature
+    other = persona(project_b, "pirate")
+    refused = client.post(url, {"persona": other.pk}, content_type="application/json")
+    assert refused.status_code == 404
+    assert refused.json()["error"]["param"] == "persona"
+    changed = client.patch(
+        f"{url}{body['id']}/", {"persona": pirate.pk}, content_type="application/json"
+    )
+    assert changed.status_code == 400
+    assert changed.json()["error"]["param"] == "persona"

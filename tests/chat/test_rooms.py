@@ -257,6 +257,23 @@ async def test_a_flood_of_plain_messages_is_throttled(
     assert await saved(room) == []
 
 
+async def test_persona_calls_have_a_per_member_limit(
+    open_socket, alice, bob, project_a, fake_upstream, settings
+):
+    settings.CHAT_MEMBER_PERSONA_CALLS_PER_MINUTE = 0
+    room = await a_room(alice, project_a, fake_upstream, members=[bob])
+    _, socket = await open_socket(bob, room.pk)
+    calls_before = sum(fake_upstream.request_counts.values())
+
+    await socket.send(type="message", content="@chatbot hi")
+
+    error = (await socket.until("error"))[-1]
+    assert error["code"] == "rate_limit_exceeded"
+    assert "Persona calls per person" in error["message"]
+    assert await ledger(room) == []
+    assert sum(fake_upstream.request_counts.values()) == calls_before
+
+
 def test_the_room_throttle_counts_per_minute(db):
     minute = 1_800_000_000.0  # a fixed clock: the test does not depend on when it runs
     for _ in range(3):
