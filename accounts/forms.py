@@ -6,19 +6,27 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 
-from .models import Role, User
+from .models import Role, User, normalize_address
+
+
+class AddressField(forms.EmailField):
+    """An e-mail address, normalized before it is validated: a full-width or mixed-case
+    variant of an address is that address (``normalize_address``)."""
+
+    def to_python(self, value: Any) -> str:
+        return normalize_address(super().to_python(value))
 
 
 class SignUpForm(forms.Form):
     name = forms.CharField(max_length=150, required=False, label="Your name")
-    email = forms.EmailField(label="E-mail")
+    email = AddressField(label="E-mail")
     password = forms.CharField(
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text=password_validation.password_validators_help_text_html(),
     )
 
     def clean_email(self) -> str:
-        email = User.objects.normalize_email(self.cleaned_data["email"]).lower()
+        email = normalize_address(self.cleaned_data["email"])
         if User.objects.filter(email__iexact=email).exists():
             raise forms.ValidationError(
                 "An account with this e-mail address already exists. Log in instead, or reset "
@@ -40,7 +48,7 @@ class SignUpForm(forms.Form):
 
 
 class EmailAuthenticationForm(AuthenticationForm):
-    username = forms.EmailField(
+    username = AddressField(
         label="E-mail", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
     )
 
@@ -60,7 +68,7 @@ class ProjectForm(forms.Form):
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField(label="E-mail")
+    email = AddressField(label="E-mail")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
 

@@ -7,6 +7,7 @@ another tenant's row answers 404 exactly like a missing one.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from typing import ClassVar
 
 from django.conf import settings
@@ -17,13 +18,20 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 
+def normalize_address(raw: str) -> str:
+    """The one stored and compared form of an e-mail address: Unicode NFKC (full-width letters,
+    U+FF21 and on, are plain ones), no surrounding space, lower case. Login, sign-up, invitations
+    and the lockout all use it, so case or Unicode variants of an address are that address."""
+    return unicodedata.normalize("NFKC", raw or "").strip().lower()
+
+
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
     def _create_user(self, email: str, password: str | None, **extra) -> User:
         if not email:
             raise ValueError("An e-mail address is required.")
-        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user = self.model(email=normalize_address(email), **extra)
         user.set_password(password)
         user.save(using=self._db)
         return user
@@ -39,8 +47,8 @@ class UserManager(BaseUserManager["User"]):
         return self._create_user(email, password, **extra)
 
     def get_by_natural_key(self, username: str | None) -> User:
-        # E-mail addresses are compared case-insensitively at login.
-        return self.get(email__iexact=username)
+        # E-mail addresses are compared in their normalized form at login.
+        return self.get(email__iexact=normalize_address(username or ""))
 
 
 class User(AbstractBaseUser, PermissionsMixin):
@@ -68,7 +76,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def clean(self) -> None:
         super().clean()
-        self.email = self.__class__.objects.normalize_email(self.email).lower()
+        self.email = normalize_address(self.email)
 
     def get_full_name(self) -> str:
         return self.name or self.email

@@ -29,6 +29,7 @@ from .models import (
     Role,
     User,
     hash_token,
+    normalize_address,
 )
 from .selectors import owner_count
 from .tasks import send_email
@@ -93,7 +94,7 @@ def _check_not_last_owner(membership: Membership) -> None:
 @transaction.atomic
 def user_sign_up(*, email: str, password: str, name: str = "") -> User:
     """Create the account with its personal organization and a default project."""
-    email = User.objects.normalize_email(email).lower()
+    email = normalize_address(email)
     if User.objects.filter(email__iexact=email).exists():
         raise ServiceError("An account with this e-mail address already exists.", code="taken")
     try:
@@ -196,7 +197,7 @@ def member_invite(*, actor: Membership, email: str, role: str, site_url: str) ->
     if role == Role.OWNER and actor.role != Role.OWNER:
         raise ServiceError("Only an owner can invite another owner.", code="forbidden")
     organization = actor.organization
-    email = User.objects.normalize_email(email).lower()
+    email = normalize_address(email)
     inviter = actor.user.get_full_name()
 
     user = User.objects.filter(email__iexact=email).first()

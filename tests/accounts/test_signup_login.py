@@ -102,3 +102,47 @@ def test_it_logs_out_with_post(client_for, alice):
 
     assert response.status_code == 302
     assert client.get(reverse("home")).status_code == 302  # back to the login page
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "FRANK@example.com",
+        "Frank@Example.COM",
+        " frank@example.com ",
+        "\uff46\uff52\uff41\uff4e\uff4b@example.com",
+    ],
+)
+def test_the_lockout_counts_every_variant_of_an_address_as_one(client, settings, variant):
+    UserFactory(email="frank@example.com")
+    spellings = ["frank@example.com", variant]
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        client.post(reverse("login"), {"username": spellings[attempt % 2], "password": "wrong"})
+
+    # Locked out, whichever way the address is typed, even with the right password.
+    for spelling in spellings:
+        response = client.post(reverse("login"), {"username": spelling, "password": PASSWORD})
+        assert response.status_code == 429, spelling
+
+
+def test_a_unicode_variant_of_a_taken_address_cannot_sign_up(client):
+    UserFactory(email="gail@example.com")
+
+    response = client.post(
+        reverse("signup"),
+        {"email": "\uff27\uff21\uff29\uff2c@Example.com", "name": "Gail", "password": STRONG},
+    )
+
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    assert User.objects.filter(email__iexact="gail@example.com").count() == 1
+
+
+def test_a_full_width_address_logs_in_as_its_normal_form(client):
+    UserFactory(email="hana@example.com")
+
+    response = client.post(
+        reverse("login"), {"username": "\uff28\uff21\uff2e\uff21@example.com", "password": PASSWORD}
+    )
+
+    assert response.status_code == 302
