@@ -14,7 +14,7 @@ class AddressField(forms.EmailField):
     variant of an address is that address (``normalize_address``)."""
 
     def to_python(self, value: Any) -> str:
-        return normalize_address(super().to_python(value))
+        return normalize_address(super().to_python(value) or "")
 
 
 class SignUpForm(forms.Form):

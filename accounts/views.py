@@ -15,6 +15,7 @@ from .decorators import (
     organization_view,
     project_view,
     raise_if_forbidden,
+    require_manager,
 )
 from .forms import InviteForm, NameForm, ProjectForm, RoleForm, SignUpForm
 from .models import Membership, Project, Role
@@ -251,6 +252,7 @@ def project_detail(
 def project_settings(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project
 ) -> HttpResponse:
+    require_manager(membership)  # a member is refused the page itself, not only the save
     initial = {"name": project.name, "default_system_prompt": project.default_system_prompt}
     form = ProjectForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -280,6 +282,7 @@ def project_settings(
 def project_delete(
     request: AuthenticatedHttpRequest, membership: Membership, project: Project
 ) -> HttpResponse:
+    require_manager(membership)
     if request.method == "POST":
         try:
             services.project_delete(actor=membership, project=project)

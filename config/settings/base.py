@@ -136,6 +136,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 
+LOGGING_FILTERS = {"refusals_without_traceback": {"()": "core.logging.RefusalsWithoutTraceback"}}
+# Expected refusals (401/403/404/429) are one line without a traceback (core.logging).
+DJANGO_REQUEST_LOGGER = {"level": "WARNING", "filters": ["refusals_without_traceback"]}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -145,9 +148,10 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
+    "filters": LOGGING_FILTERS,
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
-        "django.request": {"level": "WARNING"},
+        "django.request": DJANGO_REQUEST_LOGGER,
     },
 }
 

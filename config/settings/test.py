@@ -36,7 +36,13 @@ CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_URL = "memory://"
 
-LOGGING = {"version": 1, "disable_existing_loggers": False}
+# No console output of our own; Django's request logger keeps its filter, as in production.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": LOGGING_FILTERS,  # noqa: F405
+    "loggers": {"django.request": DJANGO_REQUEST_LOGGER},  # noqa: F405
+}
 
 # Serve static files from the source folders: tests never run collectstatic.
 WHITENOISE_USE_FINDERS = True

@@ -85,3 +85,36 @@ def test_home_lists_only_my_organizations_and_projects(
     assert "Project A" in body
     assert "Org B" not in body
     assert "Project B" not in body
+
+
+@pytest.mark.parametrize("name", ["project_settings", "project_delete"])
+def test_a_member_is_refused_a_managers_page_even_to_look(client_for, bob, project_a, name):
+    url = reverse(name, args=[project_a.organization.slug, project_a.slug])
+
+    assert client_for(bob).get(url).status_code == 403
+
+
+def test_an_expected_refusal_is_one_log_line_without_a_traceback(client_for, bob, project_a):
+    import logging
+
+    from core.logging import RefusalsWithoutTraceback
+
+    url = reverse("project_settings", args=[project_a.organization.slug, project_a.slug])
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("django.request")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        client_for(bob).get(url)
+    finally:
+        logger.removeHandler(handler)
+
+    [record] = [r for r in records if getattr(r, "status_code", None) == 403]
+    assert record.exc_info is None  # the logger's filter took the traceback off
+    assert any(isinstance(f, RefusalsWithoutTraceback) for f in logger.filters)
+    assert "Forbidden" in record.getMessage()
