@@ -59,6 +59,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     )
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    # When the person proved they receive mail at ``email`` (the link sent at sign-up, or an
+    # invitation's link); None until then.
+    email_verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = UserManager()
 
@@ -77,6 +80,10 @@ class User(AbstractBaseUser, PermissionsMixin):
     def clean(self) -> None:
         super().clean()
         self.email = normalize_address(self.email)
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
     def get_full_name(self) -> str:
         return self.name or self.email
@@ -205,9 +212,15 @@ class InvitationQuerySet(models.QuerySet["Invitation"]):
     def pending(self) -> InvitationQuerySet:
         return self.filter(accepted_at__isnull=True, expires_at__gt=timezone.now())
 
+    def open(self) -> InvitationQuerySet:
+        """Not accepted yet, expired or not (admins see both, and may send an expired one
+        again)."""
+        return self.filter(accepted_at__isnull=True)
+
 
 class Invitation(models.Model):
-    """An invitation for an e-mail address that has no account yet."""
+    """An invitation for an e-mail address, accepted only through the link sent to it (by whoever
+    reads that mailbox, with an account already or not)."""
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="invitations"

@@ -17,6 +17,7 @@ from .models import (
     Organization,
     Project,
     User,
+    normalize_address,
 )
 
 
@@ -87,7 +88,18 @@ def get_member_or_404(*, organization: Organization, membership_id: int) -> Memb
 
 
 def pending_invitations_of(organization: Organization) -> QuerySet[Invitation]:
-    return Invitation.objects.for_organization(organization).pending()
+    """Invitations not accepted yet, expired ones too (an admin may send them again)."""
+    return Invitation.objects.for_organization(organization).open().order_by("-expires_at")
+
+
+def invitation_proves(invitation: Invitation, email: str) -> bool:
+    """Whether signing up with ``email`` by this invitation's link proves the address: the link
+    was mailed to it, and is still usable."""
+    return (
+        invitation.accepted_at is None
+        and not invitation.is_expired
+        and normalize_address(invitation.email) == normalize_address(email)
+    )
 
 
 def get_invitation_or_404(*, organization: Organization, invitation_id: int) -> Invitation:

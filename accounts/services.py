@@ -12,6 +12,7 @@ from datetime import datetime
 from functools import partial
 
 from django.conf import settings
+from django.core import signing
 from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.urls import reverse
@@ -92,19 +93,77 @@ def _check_not_last_owner(membership: Membership) -> None:
 
 
 @transaction.atomic
-def user_sign_up(*, email: str, password: str, name: str = "") -> User:
-    """Create the account with its personal organization and a default project."""
+def user_sign_up(*, email: str, password: str, name: str = "", verified: bool = False) -> User:
+    """Create the account with its personal organization and a default project. ``verified``:
+    the address is already proven (the person came by an invitation link sent to it)."""
     email = normalize_address(email)
     if User.objects.filter(email__iexact=email).exists():
         raise ServiceError("An account with this e-mail address already exists.", code="taken")
     try:
-        user = User.objects.create_user(email=email, password=password, name=name)
+        user = User.objects.create_user(
+            email=email,
+            password=password,
+            name=name,
+            email_verified_at=timezone.now() if verified else None,
+        )
     except IntegrityError:  # lost a race with a concurrent sign-up for the same address
         raise ServiceError(
             "An account with this e-mail address already exists.", code="taken"
         ) from None
     label = name.strip() or email.split("@")[0]
     organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
+    return user
+
+
+# --- e-mail verification ----------------------------------------------------------------------
+
+# A signed, expiring token naming the account and the address it proves: nothing is stored,
+# and a link sent before the address changed proves nothing about the new one.
+VERIFICATION_SALT = "accounts.email-verification"
+
+
+def email_verification_token(user: User) -> str:
+    return signing.dumps({"user": user.pk, "email": user.email}, salt=VERIFICATION_SALT)
+
+
+def email_verification_send(*, user: User, site_url: str) -> None:
+    """Mail the person a link that proves they read mail at their address."""
+    if user.email_verified:
+        return
+    link = site_url.rstrip("/") + reverse("email_verify", args=[email_verification_token(user)])
+    days = settings.EMAIL_VERIFICATION_TTL.days
+    _send_email_on_commit(
+        subject="Confirm your e-mail address",
+        body=(
+            f"Confirm that {user.email} is yours: {link}\n\n"
+            f"The link works for {days} day{'s' if days != 1 else ''}. If you did not sign up, "
+            "ignore this message."
+        ),
+        to=[user.email],
+    )
+
+
+def _mark_verified(user: User) -> None:
+    if not user.email_verified:
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+
+
+@transaction.atomic
+def email_verify(*, token: str) -> User:
+    """The account a verification link names, now verified."""
+    try:
+        data = signing.loads(token, salt=VERIFICATION_SALT, max_age=settings.EMAIL_VERIFICATION_TTL)
+    except signing.SignatureExpired:
+        raise ServiceError(
+            "This link has expired. Log in and ask for a new one.", code="verification_expired"
+        ) from None
+    except signing.BadSignature:
+        raise ServiceError("This link is not valid.", code="invalid_verification") from None
+    user = User.objects.filter(pk=data.get("user"), email=data.get("email"), is_active=True).first()
+    if user is None:  # the account is gone, or its address changed since the link was sent
+        raise ServiceError("This link is not valid.", code="invalid_verification")
+    _mark_verified(user)
     return user
 
 
@@ -181,13 +240,14 @@ def project_delete(*, actor: Membership, project: Project) -> None:
 
 @dataclass(frozen=True)
 class InviteResult:
-    membership: Membership | None = None  # an existing user was added at once
-    invitation: Invitation | None = None  # a new address got a link
+    invitation: Invitation  # the address got a link; only its reader can accept it
 
 
 @transaction.atomic
 def member_invite(*, actor: Membership, email: str, role: str, site_url: str) -> InviteResult:
-    """Add an existing user at once, or e-mail a new address an invitation link that expires.
+    """E-mail the address an invitation link that expires. Whoever can read that mailbox joins
+    by the link, with an account or by signing up; an account that merely claims the address is
+    never added (anyone may sign up with any address).
 
     ``site_url`` is the absolute root (``https://host/``) the links in the e-mail start with.
     """
@@ -200,42 +260,48 @@ def member_invite(*, actor: Membership, email: str, role: str, site_url: str) ->
     email = normalize_address(email)
     inviter = actor.user.get_full_name()
 
-    user = User.objects.filter(email__iexact=email).first()
-    if user is not None:
-        if Membership.objects.filter(user=user, organization=organization).exists():
-            raise ServiceError(f"{email} is already a member of {organization.name}.")
-        membership = Membership.objects.create(user=user, organization=organization, role=role)
-        _send_email_on_commit(
-            subject=f"You were added to {organization.name}",
-            body=f"{inviter} added you to {organization.name} as {role}.\n\n{site_url}",
-            to=[email],
-        )
-        return InviteResult(membership=membership)
+    if Membership.objects.filter(user__email__iexact=email, organization=organization).exists():
+        raise ServiceError(f"{email} is already a member of {organization.name}.")
 
     # A new invitation replaces any earlier one for the same address.
     Invitation.objects.for_organization(organization).filter(
         email=email, accepted_at__isnull=True
     ).delete()
-    token = secrets.token_urlsafe(32)
-    invitation = Invitation.objects.create(
-        organization=organization,
-        email=email,
-        role=role,
-        token_digest=hash_token(token),
-        invited_by=actor.user,
-        expires_at=timezone.now() + settings.INVITATION_TTL,
+    invitation = Invitation(
+        organization=organization, email=email, role=role, invited_by=actor.user
     )
+    _send_invitation(invitation, inviter=inviter, site_url=site_url)
+    return InviteResult(invitation=invitation)
+
+
+def _send_invitation(invitation: Invitation, *, inviter: str, site_url: str) -> None:
+    """Give the invitation a fresh token and expiry, save it, and mail its link."""
+    token = secrets.token_urlsafe(32)
+    invitation.token_digest = hash_token(token)
+    invitation.expires_at = timezone.now() + settings.INVITATION_TTL
+    invitation.save()
+    organization = invitation.organization
     link = site_url.rstrip("/") + reverse("invitation_accept", args=[token])
     _send_email_on_commit(
         subject=f"{inviter} invited you to {organization.name}",
         body=(
-            f"{inviter} invited you to join {organization.name} as {role}.\n\n"
+            f"{inviter} invited you to join {organization.name} as {invitation.role}.\n\n"
             f"Accept the invitation: {link}\n\n"
             f"The link expires on {_format(invitation.expires_at)}."
         ),
-        to=[email],
+        to=[invitation.email],
     )
-    return InviteResult(invitation=invitation)
+
+
+@transaction.atomic
+def invitation_resend(*, actor: Membership, invitation: Invitation, site_url: str) -> Invitation:
+    """Mail the invitation again with a new link (the old one stops working) and a new expiry:
+    for one that expired, or whose mail went astray."""
+    check_can_manage(actor)
+    if invitation.accepted_at is not None:
+        raise ServiceError(f"{invitation.email} has already accepted this invitation.")
+    _send_invitation(invitation, inviter=actor.user.get_full_name(), site_url=site_url)
+    return invitation
 
 
 def _format(when: datetime) -> str:
@@ -260,7 +326,7 @@ def check_invitation_usable(*, invitation: Invitation | None, user: User | None 
             f"This invitation expired on {_format(invitation.expires_at)}. Ask for a new one.",
             code="invitation_expired",
         )
-    if user is not None and user.email.lower() != invitation.email.lower():
+    if user is not None and normalize_address(user.email) != normalize_address(invitation.email):
         raise ServiceError(
             f"This invitation is for {invitation.email}, but you are logged in as "
             f"{user.email}. Log out and sign up or log in with that address.",
@@ -276,6 +342,8 @@ def invitation_accept(*, token: str, user: User) -> Membership:
     membership, _ = Membership.objects.get_or_create(
         user=user, organization=invitation.organization, defaults={"role": invitation.role}
     )
+    # The link was mailed to this address: following it proves the person reads that mail.
+    _mark_verified(user)
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
     return membership

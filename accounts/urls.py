@@ -22,6 +22,8 @@ urlpatterns = [
     # logout, password_change and the password_reset_* views, with Django's own templates names.
     path("", include("django.contrib.auth.urls")),
     path("invitations/<str:token>/", views.invitation_accept, name="invitation_accept"),
+    path("verify-email/resend/", views.email_verification_resend, name="email_verification_resend"),
+    path("verify-email/<str:token>/", views.email_verify, name="email_verify"),
     path("orgs/new/", views.organization_create, name="organization_create"),
     path(org, views.organization_settings, name="organization_settings"),
     path(org + "rename/", views.organization_rename, name="organization_rename"),
@@ -29,6 +31,7 @@ urlpatterns = [
     path(org + "members/<int:pk>/role/", views.member_change_role, name="member_change_role"),
     path(org + "members/<int:pk>/remove/", views.member_remove, name="member_remove"),
     path(org + "invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
+    path(org + "invitations/<int:pk>/resend/", views.invitation_resend, name="invitation_resend"),
     path(org + "projects/new/", views.project_create, name="project_create"),
     path(project, views.project_detail, name="project_detail"),
     path(project + "settings/", views.project_settings, name="project_settings"),

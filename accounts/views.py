@@ -29,19 +29,31 @@ def signup(request: HttpRequest) -> HttpResponse:
     initial = {"email": invitation.email} if invitation else {}
     form = SignUpForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"]
+        # Who came by a usable invitation link and signs up with its address has proven it.
+        invited = invitation is not None and selectors.invitation_proves(invitation, email)
         try:
             user = services.user_sign_up(
-                email=form.cleaned_data["email"],
+                email=email,
                 password=form.cleaned_data["password"],
                 name=form.cleaned_data["name"],
+                verified=invited,
             )
         except ServiceError as error:
             form.add_error("email", error.message)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            if not invited:
+                services.email_verification_send(
+                    user=user, site_url=request.build_absolute_uri("/")
+                )
             if token:
                 return redirect("invitation_accept", token=token)
-            messages.success(request, "Welcome! Your workspace is ready.")
+            messages.success(
+                request,
+                f"Welcome! Your workspace is ready. We sent a link to {user.email}: open it to "
+                "confirm your address.",
+            )
             return redirect("home")
     return render(request, "accounts/signup.html", {"form": form, "invitation": invitation})
 
@@ -130,10 +142,11 @@ def member_invite(request: AuthenticatedHttpRequest, membership: Membership) -> 
         raise_if_forbidden(error)
         messages.error(request, error.message)
     else:
-        if result.membership:
-            messages.success(request, f"{email} already had an account and was added.")
-        else:
-            messages.success(request, f"Invitation sent to {email}.")
+        messages.success(
+            request,
+            f"Invitation sent to {result.invitation.email}: they join by its link, which "
+            "works once.",
+        )
     return _back_to_settings(membership)
 
 
@@ -195,6 +208,44 @@ def invitation_revoke(
     else:
         messages.success(request, f"Invitation for {invitation.email} revoked.")
     return _back_to_settings(membership)
+
+
+@require_POST
+@organization_view
+def invitation_resend(
+    request: AuthenticatedHttpRequest, membership: Membership, pk: int
+) -> HttpResponse:
+    invitation = selectors.get_invitation_or_404(
+        organization=membership.organization, invitation_id=pk
+    )
+    try:
+        services.invitation_resend(
+            actor=membership, invitation=invitation, site_url=request.build_absolute_uri("/")
+        )
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Invitation sent to {invitation.email} again, with a new link.")
+    return _back_to_settings(membership)
+
+
+def email_verify(request: HttpRequest, token: str) -> HttpResponse:
+    """The link from the confirmation e-mail."""
+    try:
+        user = services.email_verify(token=token)
+    except ServiceError as error:
+        return render(request, "accounts/verify_email.html", {"error": error.message}, status=400)
+    messages.success(request, f"Thank you: {user.email} is confirmed.")
+    return redirect("home")
+
+
+@require_POST
+@login_required
+def email_verification_resend(request: AuthenticatedHttpRequest) -> HttpResponse:
+    services.email_verification_send(user=request.user, site_url=request.build_absolute_uri("/"))
+    messages.success(request, f"We sent a new link to {request.user.email}.")
+    return redirect(request.POST.get("next") or "home")
 
 
 def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:

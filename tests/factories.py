@@ -1,6 +1,7 @@
 """factory_boy factories of users, organizations, projects and memberships."""
 
 import factory
+from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import Membership, Organization, Project, Role, User
@@ -16,6 +17,9 @@ class UserFactory(factory.django.DjangoModelFactory):
     email = factory.Sequence(lambda n: f"user{n}@example.com")
     name = factory.Sequence(lambda n: f"User {n}")  # not Faker: the same names every run
     password = factory.django.Password(PASSWORD)
+    # Verified, as the accounts of a real instance mostly are; the tests of verification make
+    # their own unverified ones.
+    email_verified_at = factory.LazyFunction(timezone.now)
 
 
 class OrganizationFactory(factory.django.DjangoModelFactory):

@@ -21,6 +21,7 @@ NOT_TENANT_SCOPED = {
     "admin:*": "staff only",
     "password_reset_confirm": "a signed one-time token, not an object id",
     "invitation_accept": "a secret one-time token; tested in tests/accounts/test_members.py",
+    "email_verify": "a signed token naming the account; tested in tests/accounts/test_verification.py",
     "openai_api:model": "a model name looked up in the calling key's own project (the key is "
     "the tenant); tested in tests/gateway/test_openai_api.py",
 }
@@ -42,6 +43,7 @@ TENANT_ROUTES: dict[str, Callable] = {
     "member_change_role": lambda w: {**_org(w), "pk": w.bob_membership.pk},
     "member_remove": lambda w: {**_org(w), "pk": w.bob_membership.pk},
     "invitation_revoke": lambda w: {**_org(w), "pk": w.invitation.pk},
+    "invitation_resend": lambda w: {**_org(w), "pk": w.invitation.pk},
     "project_create": _org,
     "project_detail": _project,
     "project_settings": _project,

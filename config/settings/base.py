@@ -129,6 +129,8 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Gateway <noreply
 
 # How long an invitation link to an organization stays valid.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+# How long the link that confirms a new account's e-mail address works.
+EMAIL_VERIFICATION_TTL = timedelta(days=env.int("EMAIL_VERIFICATION_TTL_DAYS", default=3))
 
 # Celery: tasks are enqueued with transaction.on_commit so a worker never sees a rolled-back row.
 CELERY_TASK_IGNORE_RESULT = True

@@ -120,13 +120,77 @@ def test_it_lets_an_owner_remove_a_member_and_a_member_leave(client_for, alice, 
     ) == ["alice@example.com"]
 
 
-def test_it_adds_an_existing_user_at_once(invite, alice, org_a, charlie):
+def test_an_existing_account_is_invited_by_link_not_added(
+    client_for, invite, alice, org_a, charlie
+):
     response = invite(alice, org_a, "Charlie@example.com", "member", follow=True)
 
-    assert "already had an account and was added" in response.content.decode()
+    assert "Invitation sent to charlie@example.com" in response.content.decode()
+    # Claiming the address (anyone may sign up with any) is not enough: only the link is.
+    assert not Membership.objects.filter(user=charlie, organization=org_a).exists()
+    [message] = mail.outbox
+    assert message.to == ["charlie@example.com"]
+    response = client_for(charlie).post(invitation_link(message))
+    assert response.status_code == 302
     assert membership(charlie, org_a).role == Role.MEMBER
-    assert mail.outbox[0].to == ["charlie@example.com"]
-    assert not Invitation.objects.exists()
+
+
+def test_whoever_registered_the_address_first_gets_nothing_without_the_link(
+    client_for, invite, alice, org_a
+):
+    squatter = UserFactory(email="victim@example.com", email_verified_at=None)
+
+    invite(alice, org_a, "victim@example.com", "admin")
+
+    assert not Membership.objects.filter(user=squatter, organization=org_a).exists()
+    # The squatter does not have the link; guessing at the accept URL finds nothing.
+    response = client_for(squatter).post(reverse("invitation_accept", args=["guess"]))
+    assert response.status_code == 404
+
+
+def test_accepting_by_the_link_confirms_the_address(client_for, invite, alice, org_a):
+    newcomer = UserFactory(email="kim@example.com", email_verified_at=None)
+    invite(alice, org_a, "kim@example.com", "member")
+
+    client_for(newcomer).post(invitation_link(mail.outbox[0]))
+
+    newcomer.refresh_from_db()
+    assert newcomer.email_verified
+    assert membership(newcomer, org_a).role == Role.MEMBER
+
+
+def test_an_admin_sees_an_expired_invitation_and_sends_it_again(
+    client_for, invite, alice, org_a, django_capture_on_commit_callbacks
+):
+    invite(alice, org_a, "late@example.com", "member")
+    old_link = invitation_link(mail.outbox[0])
+    Invitation.objects.update(expires_at=timezone.now() - timedelta(minutes=1))
+    page = client_for(alice).get(reverse("organization_settings", args=[org_a.slug]))
+    assert "late@example.com" in page.content.decode()
+    assert "expired" in page.content.decode()
+
+    invitation = Invitation.objects.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        client_for(alice).post(reverse("invitation_resend", args=[org_a.slug, invitation.pk]))
+
+    new_link = invitation_link(mail.outbox[1])
+    assert new_link != old_link
+    invitation.refresh_from_db()
+    assert not invitation.is_expired
+    late = UserFactory(email="late@example.com")
+    assert client_for(late).post(old_link).status_code == 404  # the old link stopped working
+    assert client_for(late).post(new_link).status_code == 302
+    assert membership(late, org_a).role == Role.MEMBER
+
+
+def test_a_member_cannot_send_an_invitation_again(client_for, invite, alice, bob, org_a):
+    invite(alice, org_a, "x@example.com", "member")
+    invitation = Invitation.objects.get()
+
+    response = client_for(bob).post(reverse("invitation_resend", args=[org_a.slug, invitation.pk]))
+
+    assert response.status_code == 403
+    assert len(mail.outbox) == 1
 
 
 def test_it_refuses_to_invite_someone_twice(invite, alice, bob, org_a):

@@ -6,6 +6,7 @@ Idempotent: running it again keeps the same rows and resets the demo password.
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import Membership, Organization, Project, Role, User
 
@@ -36,6 +37,8 @@ class Command(BaseCommand):
             )
             user.set_password(password)
             user.is_active = True
+            # A local demo login: there is no mailbox to confirm it with.
+            user.email_verified_at = user.email_verified_at or timezone.now()
             user.save()
             organization, _ = Organization.objects.get_or_create(
                 slug=DEMO_ORG_SLUG, defaults={"name": "Demo Organization"}
