@@ -21,7 +21,8 @@ NOT_TENANT_SCOPED = {
     "admin:*": "staff only",
     "password_reset_confirm": "a signed one-time token, not an object id",
     "invitation_accept": "a secret one-time token; tested in tests/accounts/test_members.py",
-    "email_verify": "a signed token naming the account; tested in tests/accounts/test_verification.py",
+    "email_verify": "a signed token naming the account; tested in "
+    "tests/accounts/test_verification.py",
     "openai_api:model": "a model name looked up in the calling key's own project (the key is "
     "the tenant); tested in tests/gateway/test_openai_api.py",
 }
