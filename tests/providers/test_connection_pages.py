@@ -621,10 +621,11 @@ def test_a_member_can_view_the_models_page(client_for, bob, alice, project_a, fa
 
 
 def test_a_member_sees_only_the_models_link(client_for, bob, project_a):
-    for page in ("project_detail", "project_settings"):
-        body = client_for(bob).get(url(page, project_a)).content.decode()
-        assert url("project_models", project_a) in body, page
-        assert url("connections", project_a) not in body, page
+    body = client_for(bob).get(url("project_detail", project_a)).content.decode()
+    assert url("project_models", project_a) in body
+    assert url("connections", project_a) not in body
+    # The project's settings page is a manager's: a member is refused it outright.
+    assert client_for(bob).get(url("project_settings", project_a)).status_code == 403
 
 
 def test_a_manager_sees_both_links(client_for, alice, project_a):
