@@ -21,11 +21,13 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 
 from core.api import AsyncAPIView
+from core.errors import ServiceError
 
 from .api_auth import api_key_of
 from .api_keys import INVALID_KEY_MESSAGE
 from .models import ApiKey, Membership, Project, User
 from .selectors import membership_for, projects_for_user
+from .two_factor import two_factor_satisfied
 
 
 def projects_for_request(request: Request) -> QuerySet[Project]:
@@ -58,6 +60,12 @@ class ProjectEndpoint(GenericAPIView):
             if self.api_key is not None
             else membership_for(user=request.user, organization=self.project.organization)
         )
+        # A key is the project's, not a person's: an organization's two-factor requirement
+        # is about the people who sign in.
+        if self.api_key is None and not two_factor_satisfied(
+            user=request.user, organization=self.project.organization
+        ):
+            raise ServiceError(code="two_factor_required")
 
     @staticmethod
     def _resolve_project(request: Request, project_id: Any) -> Project:

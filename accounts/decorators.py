@@ -13,11 +13,13 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.shortcuts import render
 
 from core.errors import ServiceError
 
-from .models import Membership, User
+from .models import Membership, Organization, User
 from .selectors import get_membership_or_404, get_project_for_user_or_404
+from .two_factor import two_factor_satisfied
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -34,6 +36,8 @@ def organization_view(view: Callable[..., HttpResponseBase]) -> Callable[..., Ht
     @wraps(view)
     def wrapper(request: HttpRequest, org_slug: str, **kwargs: Any) -> HttpResponseBase:
         membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
+        if not two_factor_satisfied(user=request.user, organization=membership.organization):
+            return two_factor_required_page(request, membership.organization)
         return view(request, membership, **kwargs)
 
     return wrapper
@@ -51,9 +55,19 @@ def project_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRes
             user=request.user, organization_slug=org_slug, project_slug=project_slug
         )
         membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
+        if not two_factor_satisfied(user=request.user, organization=project.organization):
+            return two_factor_required_page(request, project.organization)
         return view(request, membership, project, **kwargs)
 
     return wrapper
+
+
+def two_factor_required_page(request: HttpRequest, organization: Organization) -> HttpResponseBase:
+    """403 for a member of an organization that requires two-factor authentication who has not
+    turned it on: what to do, and where (after tenancy: an outsider still gets 404)."""
+    return render(
+        request, "accounts/two_factor_required.html", {"organization": organization}, status=403
+    )
 
 
 def raise_if_forbidden(error: ServiceError) -> None:

@@ -74,3 +74,21 @@ class InviteForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
+
+
+class TwoFactorCodeForm(forms.Form):
+    """A code from the authenticator app (or, where the page says so, a recovery code)."""
+
+    token = forms.CharField(
+        label="Code",
+        max_length=40,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "one-time-code", "autofocus": True, "spellcheck": "false"}
+        ),
+    )
+
+
+class TwoFactorRequirementForm(forms.Form):
+    require_two_factor = forms.BooleanField(
+        required=False, label="Require two-factor authentication for members"
+    )

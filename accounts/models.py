@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -16,6 +16,9 @@ from django.contrib.auth.models import AnonymousUser, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django_otp.models import Device
 
 
 def normalize_address(raw: str) -> str:
@@ -64,6 +67,10 @@ class User(AbstractBaseUser, PermissionsMixin):
     email_verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = UserManager()
+
+    # Not a column: set on each request by django-otp's OTPMiddleware (and on sockets by
+    # accounts.two_factor.socket_user) to the device that verified the session, or None.
+    otp_device: Device | None
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -119,6 +126,14 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=60, unique=True)
     is_personal = models.BooleanField(
         default=False, help_text="Created at sign-up for a single user."
+    )
+    # Members without two-factor authentication are refused the organization's pages, REST
+    # (by session) and sockets until they turn it on; its projects' API keys are not people
+    # and are not affected.
+    require_two_factor = models.BooleanField(
+        "require two-factor authentication",
+        default=False,
+        help_text="Members must turn on two-factor authentication to reach this organization.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(

@@ -34,6 +34,7 @@ from .models import (
 )
 from .selectors import owner_count
 from .tasks import send_email
+from .two_factor import has_two_factor
 
 DEFAULT_PROJECT_NAME = "Default"
 
@@ -193,6 +194,22 @@ def organization_rename(*, actor: Membership, name: str) -> Organization:
     organization = actor.organization
     organization.name = name
     organization.save(update_fields=["name"])
+    return organization
+
+
+@transaction.atomic
+def organization_set_two_factor_requirement(*, actor: Membership, required: bool) -> Organization:
+    """Require two-factor authentication of every member (or stop requiring it). Who turns it
+    on must have it: otherwise the first person it shut out would be themselves."""
+    check_can_manage(actor)
+    if required and not has_two_factor(actor.user):
+        raise ServiceError(
+            "Turn on two-factor authentication for your own account first.",
+            code="two_factor_required",
+        )
+    organization = actor.organization
+    organization.require_two_factor = required
+    organization.save(update_fields=["require_two_factor"])
     return organization
 
 

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from . import key_views, views
+from . import key_views, two_factor_views, views
 from .forms import EmailAuthenticationForm
 
 org = "orgs/<slug:org_slug>/"
@@ -19,6 +19,20 @@ urlpatterns = [
         ),
         name="login",
     ),
+    # The second step of logging in, for people with two-factor authentication.
+    path("login/two-factor/", two_factor_views.two_factor_verify, name="two_factor_verify"),
+    path("account/two-factor/", two_factor_views.two_factor_status, name="two_factor"),
+    path("account/two-factor/setup/", two_factor_views.two_factor_setup, name="two_factor_setup"),
+    path(
+        "account/two-factor/recovery-codes/",
+        two_factor_views.two_factor_recovery_codes,
+        name="two_factor_recovery_codes",
+    ),
+    path(
+        "account/two-factor/disable/",
+        two_factor_views.two_factor_disable,
+        name="two_factor_disable",
+    ),
     # logout, password_change and the password_reset_* views, with Django's own templates names.
     path("", include("django.contrib.auth.urls")),
     path("invitations/<str:token>/", views.invitation_accept, name="invitation_accept"),
@@ -27,6 +41,7 @@ urlpatterns = [
     path("orgs/new/", views.organization_create, name="organization_create"),
     path(org, views.organization_settings, name="organization_settings"),
     path(org + "rename/", views.organization_rename, name="organization_rename"),
+    path(org + "two-factor/", views.organization_two_factor, name="organization_two_factor"),
     path(org + "members/invite/", views.member_invite, name="member_invite"),
     path(org + "members/<int:pk>/role/", views.member_change_role, name="member_change_role"),
     path(org + "members/<int:pk>/remove/", views.member_remove, name="member_remove"),

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 
 from core.errors import ServiceError
 
-from . import selectors, services
+from . import selectors, services, two_factor
 from .decorators import (
     AuthenticatedHttpRequest,
     organization_view,
@@ -17,7 +17,14 @@ from .decorators import (
     raise_if_forbidden,
     require_manager,
 )
-from .forms import InviteForm, NameForm, ProjectForm, RoleForm, SignUpForm
+from .forms import (
+    InviteForm,
+    NameForm,
+    ProjectForm,
+    RoleForm,
+    SignUpForm,
+    TwoFactorRequirementForm,
+)
 from .models import Membership, Project, Role
 
 
@@ -91,11 +98,14 @@ def organization_settings(
         {
             "membership": membership,
             "organization": organization,
-            "members": selectors.members_of(organization),
+            "members": two_factor.with_two_factor(selectors.members_of(organization)),
             "invitations": selectors.pending_invitations_of(organization),
             "projects": selectors.projects_for_user(request.user, organization=organization),
             "rename_form": NameForm(initial={"name": organization.name}),
             "invite_form": InviteForm(),
+            "two_factor_form": TwoFactorRequirementForm(
+                initial={"require_two_factor": organization.require_two_factor}
+            ),
             "roles": Role.choices,
         },
     )
@@ -119,6 +129,30 @@ def organization_rename(request: AuthenticatedHttpRequest, membership: Membershi
         messages.error(request, error.message)
     else:
         messages.success(request, "Organization renamed.")
+    return _back_to_settings(membership)
+
+
+@require_POST
+@organization_view
+def organization_two_factor(
+    request: AuthenticatedHttpRequest, membership: Membership
+) -> HttpResponse:
+    require_manager(membership)
+    form = TwoFactorRequirementForm(request.POST)
+    form.is_valid()  # a lone checkbox: absent is False, never invalid
+    required = bool(form.cleaned_data.get("require_two_factor"))
+    try:
+        services.organization_set_two_factor_requirement(actor=membership, required=required)
+    except ServiceError as error:
+        raise_if_forbidden(error)
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request,
+            "Members now need two-factor authentication to reach this organization."
+            if required
+            else "Two-factor authentication is no longer required of members.",
+        )
     return _back_to_settings(membership)
 
 

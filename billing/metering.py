@@ -211,6 +211,7 @@ UPSTREAM_FAILURES: dict[ErrorCode, tuple[str, str | None]] = {
     ErrorCode.UPSTREAM_UNAVAILABLE: ("upstream_error", None),
     ErrorCode.TIMEOUT: ("upstream_timeout", None),
     ErrorCode.MODEL_NOT_FOUND: ("model_not_found", "The provider does not know this model."),
+    ErrorCode.ADDRESS_REFUSED: ("upstream_address_refused", None),
 }
 
 
@@ -219,6 +220,8 @@ def upstream_failure(exc: ProviderError, *, partial: bool = False) -> ServiceErr
     code, status, type and retry rule, and a message a person can act on (never a secret)."""
     code, message = UPSTREAM_FAILURES.get(exc.code, ("upstream_error", None))
     text = message or kind_of(code).message
+    if exc.code == ErrorCode.ADDRESS_REFUSED:  # names the host and what it is: says more
+        text = exc.message
     if exc.code in (
         ErrorCode.BAD_REQUEST,
         ErrorCode.MODEL_NOT_FOUND,

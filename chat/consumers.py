@@ -43,6 +43,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from accounts.two_factor import two_factor_satisfied
 from core.errors import ServiceError, public_code, retryable
 
 from . import rooms, selectors, services
@@ -60,6 +61,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             conversation = await database_sync_to_async(selectors.get_conversation_for_user)(
                 user=user, pk=int(self.scope["url_route"]["kwargs"]["conversation_id"])
             )
+        if conversation is not None and not two_factor_satisfied(
+            user=user, organization=conversation.project.organization
+        ):
+            conversation = None  # the organization requires two-factor authentication of them
         if conversation is None:
             await self.close()  # before accept: the handshake is refused
             return

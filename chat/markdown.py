@@ -2,12 +2,15 @@
 
 markdown-it-py renders with raw HTML disabled (so the model's own tags come out as text), and
 nh3 then keeps only a small allow-list of tags, attributes and URL schemes as a second wall.
+A table column's alignment comes out as a class, not a style="" attribute, which the
+Content-Security-Policy would refuse.
 """
 
 from functools import lru_cache
 
 import nh3
 from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 
 ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "s", "del", "code", "pre", "blockquote",
@@ -18,16 +21,29 @@ ALLOWED_ATTRIBUTES = {
     "a": {"href", "title"},
     "code": {"class"},  # language-xxx from fenced blocks, for the copy button's label
     "ol": {"start"},
-    "th": {"style"},
-    "td": {"style"},
 }
+ALIGNMENTS = {"left", "center", "right"}
+# Only the classes _alignment_as_class sets; the model's text cannot add others (raw HTML is off).
+ALLOWED_CLASSES = {cell: {f"align-{side}" for side in ALIGNMENTS} for cell in ("th", "td")}
+
+
+def _alignment_as_class(state: StateCore) -> None:
+    # markdown-it writes a column's alignment as style="text-align:…" on each cell.
+    for token in state.tokens:
+        if token.type in ("th_open", "td_open"):
+            style = token.attrs.pop("style", None)
+            side = str(style).removeprefix("text-align:") if style else ""
+            if side in ALIGNMENTS:
+                token.attrSet("class", f"align-{side}")
 
 
 @lru_cache(maxsize=1)
 def _parser() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(
+    parser = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(
         ["table", "strikethrough"]
     )
+    parser.core.ruler.push("alignment_as_class", _alignment_as_class)
+    return parser
 
 
 def render_markdown(text: str) -> str:
@@ -39,5 +55,5 @@ def render_markdown(text: str) -> str:
         attributes=ALLOWED_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
-        filter_style_properties={"text-align"},
+        allowed_classes=ALLOWED_CLASSES,
     )

@@ -1,13 +1,36 @@
 """The REST API, mounted at ``/api/``: ``v1/`` resources, the OpenAPI schema and its docs page."""
 
+from csp.constants import NONCE
+from csp.decorators import csp_update
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 from accounts import api as accounts_api
 from billing import api as billing_api
 from chat import api as chat_api
 from chat import api_personas as chat_api_personas
 from chat import api_summaries as chat_api_summaries
+
+# The Redoc page alone loosens the policy (config/settings/base.py), only as far as Redoc needs;
+# its scripts still come from our origin only.
+# - style-src: the style elements Redoc's styled-components create carry this request's nonce
+#   (templates/drf_spectacular/redoc.html hands it to Redoc). The one its bundle adds on loading,
+#   perfect-scrollbar's, comes before any nonce is known: it is let in by its hash (and that of
+#   the empty element it starts as), computed from the bundle of drf-spectacular-sidecar
+#   2026.10.1; after an upgrade, open /api/redoc/ in a browser and update them from the console.
+# - worker-src blob: Redoc's search runs in a worker built from a blob.
+REDOC_CSP = {
+    "style-src": [
+        NONCE,
+        "'sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc='",
+        "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",
+    ],
+    "worker-src": ["'self'", "blob:"],
+}
 
 PROJECT = "v1/projects/<int:project_id>/"
 CONVERSATION = PROJECT + "conversations/<int:conversation_id>/"
@@ -53,6 +76,11 @@ urlpatterns = [
         name="api-key-revoke",
     ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    # The split view serves Swagger UI's start-up script as a file (?script): no inline script.
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    path(
+        "redoc/",
+        csp_update(REDOC_CSP)(SpectacularRedocView.as_view(url_name="api-schema")),
+        name="api-redoc",
+    ),
 ]

@@ -48,6 +48,17 @@ ERRORS: dict[str, ErrorKind] = {
         403, "permission_error", "never", "Only the organization's owners and admins can do this."
     ),
     "not_found": ErrorKind(404, "not_found_error", "never", "No such object."),
+    # Two-factor authentication: an organization that requires it, and wrong codes.
+    "two_factor_required": ErrorKind(
+        403,
+        "permission_error",
+        "never",
+        "This organization requires two-factor authentication: turn it on in your account "
+        "(/account/two-factor/) first.",
+    ),
+    "two_factor_locked": ErrorKind(
+        429, "requests", "after", "Too many wrong codes. Wait a little and try again."
+    ),
     # Our own limits: nothing was sent upstream.
     "budget_exceeded": ErrorKind(
         429, "insufficient_quota", "never", "A budget would be exceeded; the call was not made."
@@ -134,6 +145,14 @@ ERRORS: dict[str, ErrorKind] = {
         "The model provider rejected our credentials. An admin needs to check the API key.",
     ),
     "upstream_timeout": ErrorKind(504, "api_error", "maybe", "The model took too long to answer."),
+    "upstream_address_refused": ErrorKind(
+        403,
+        "permission_error",
+        "never",
+        "The server's address policy does not allow requests to this provider's address "
+        "(loopback, private, link-local or metadata). An operator can allow its network with "
+        "UPSTREAM_ALLOWED_NETWORKS.",
+    ),
     "upstream_error": ErrorKind(
         502, "api_error", "maybe", "The model provider failed or is unavailable right now."
     ),

@@ -4,8 +4,10 @@ each project allows. Global connections (no organization) are kept here."""
 from django import forms
 from django.contrib import admin
 
+from .addresses import AddressRefused
 from .crypto import encrypt, key_hint
 from .models import ConnectionModel, ProjectModel, ProviderConnection
+from .specs import address_policy
 
 
 class ProviderConnectionForm(forms.ModelForm[ProviderConnection]):
@@ -24,6 +26,15 @@ class ProviderConnectionForm(forms.ModelForm[ProviderConnection]):
             "organization", "project", "kind", "name", "base_url", "openai_organization",
             "openai_project", "timeout", "max_retries",
         ]  # fmt: skip
+
+    def clean_base_url(self) -> str:
+        base_url: str = self.cleaned_data["base_url"]
+        if base_url:
+            try:  # as on the project's pages: every request is checked again anyway
+                address_policy().check_url(base_url)
+            except AddressRefused as refused:
+                raise forms.ValidationError(refused.message) from None
+        return base_url
 
     def save(self, commit: bool = True) -> ProviderConnection:
         connection = super().save(commit=False)

@@ -3,6 +3,8 @@
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
 from django.db.models.signals import post_migrate
 
 
@@ -10,6 +12,17 @@ def _ensure_default_connections(sender: AppConfig, **kwargs: Any) -> None:
     from .services import connections_ensure_defaults
 
     connections_ensure_defaults()
+
+
+def _check_allowed_networks(app_configs: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A typo in UPSTREAM_ALLOWED_NETWORKS is told at start, not at the first provider call."""
+    from .addresses import parse_networks
+
+    try:
+        parse_networks(settings.UPSTREAM_ALLOWED_NETWORKS)
+    except ValueError as exc:
+        return [checks.Error(str(exc), id="providers.E001")]
+    return []
 
 
 class ProvidersConfig(AppConfig):
@@ -20,3 +33,4 @@ class ProvidersConfig(AppConfig):
         # Every install has the built-in local model (and the server's OpenAI key, if any) as
         # soon as its tables exist: after migrate, and after a test flush.
         post_migrate.connect(_ensure_default_connections, sender=self)
+        checks.register(_check_allowed_networks)

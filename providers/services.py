@@ -19,13 +19,14 @@ from accounts.services import check_can_manage
 from core.errors import ServiceError
 
 from . import selectors
+from .addresses import AddressRefused
 from .crypto import encrypt, key_hint, rotate
 from .llm.base import ErrorCode, ProviderError
 from .llm.catalog import LOCAL_MODEL_NAME, capabilities
 from .llm.catalog import context_window as guess_window
 from .llm.catalog import max_output_tokens as guess_max_output
 from .models import ConnectionModel, ProjectModel, ProviderConnection
-from .specs import build_provider, spec_for_connection
+from .specs import address_policy, build_provider, spec_for_connection
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,28 @@ def _check_fields(*, kind: str, base_url: str, has_key: bool) -> None:
         raise ServiceError("OpenAI needs an API key.", code="api_key_required")
 
 
+def _check_address(base_url: str) -> None:
+    """Refuse, as it is saved, a base URL the address policy forbids: a forbidden literal, or
+    a name resolving to a forbidden address now. A name that does not resolve yet passes (a
+    compose service may not be up); every request is checked again anyway."""
+    if not base_url.strip():
+        return
+    try:
+        address_policy().check_url(base_url.strip())
+    except AddressRefused as refused:
+        raise ServiceError(
+            refused.message, code="upstream_address_refused", param="base_url"
+        ) from None
+
+
 def _set_key(connection: ProviderConnection, api_key: str) -> None:
     api_key = api_key.strip()
     connection.api_key_encrypted = encrypt(api_key) if api_key else ""
     connection.api_key_hint = key_hint(api_key) if api_key else ""
 
 
-@transaction.atomic
+# Not @transaction.atomic, unlike the other writes: the address check may wait for DNS, and
+# no transaction (on SQLite, the write lock) should wait with it. The one save is atomic.
 def connection_create(
     *,
     actor: Membership,
@@ -80,6 +96,7 @@ def connection_create(
     """A connection for one project, or (``project=None``) shared by the organization's."""
     check_can_manage(actor)
     _check_fields(kind=kind, base_url=base_url, has_key=bool(api_key.strip()))
+    _check_address(base_url)
     connection = ProviderConnection(
         organization=actor.organization,
         project=project,
@@ -97,8 +114,7 @@ def connection_create(
     return connection
 
 
-@transaction.atomic
-def connection_update(
+def connection_update(  # not atomic: see connection_create
     *,
     actor: Membership,
     connection: ProviderConnection,
@@ -117,6 +133,7 @@ def connection_update(
         base_url=base_url,
         has_key=bool(api_key.strip() or connection.api_key_encrypted),
     )
+    _check_address(base_url)
     connection.name = name.strip() or connection.name
     connection.base_url = base_url.strip()
     connection.openai_organization = openai_organization.strip()
@@ -200,7 +217,7 @@ def connection_model_remove(*, actor: Membership, model: ConnectionModel) -> Non
 class ConnectionCheck:
     """The outcome of "test connection", specific enough to act on."""
 
-    status: str  # ok, bad_key, unreachable, timeout, not_openai, error
+    status: str  # ok, bad_key, unreachable, timeout, not_openai, refused, redirect, error
     message: str
     models: tuple[str, ...] = ()
 
@@ -234,7 +251,10 @@ def connection_check(connection: ProviderConnection) -> ConnectionCheck:
             ErrorCode.TIMEOUT: "timeout",
             ErrorCode.MODEL_NOT_FOUND: "not_openai",
             ErrorCode.BAD_REQUEST: "not_openai",
+            ErrorCode.ADDRESS_REFUSED: "refused",
         }.get(error.code)
+        if error.status is not None and 300 <= error.status < 400:
+            status = "redirect"
         if status is None and error.code == ErrorCode.UPSTREAM_UNAVAILABLE:
             status = "unreachable" if error.status is None else "not_openai"
         messages = {

@@ -8,13 +8,16 @@ the event loop without touching the ORM.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from accounts.models import Project
 from core.errors import ServiceError
 
 from . import selectors
+from .addresses import AddressPolicy
 from .crypto import DecryptionError, decrypt
 from .llm.base import ChatRequest, Provider
 from .llm.openai_provider import OpenAIProvider
@@ -90,6 +93,20 @@ def unsupported_param(spec: ProviderSpec, request: ChatRequest) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4)
+def _policy(networks: tuple[str, ...]) -> AddressPolicy:
+    try:
+        return AddressPolicy.allowing(networks)
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def address_policy() -> AddressPolicy:
+    """Where the server may send requests for a tenant: public addresses, and the networks of
+    the UPSTREAM_ALLOWED_NETWORKS setting."""
+    return _policy(tuple(settings.UPSTREAM_ALLOWED_NETWORKS))
+
+
 def build_provider(spec: ProviderSpec) -> Provider:
     if spec.kind == ProviderConnection.Kind.LOCAL:
         from .llm.local_provider import LocalProvider  # loads llama.cpp only when used
@@ -106,4 +123,5 @@ def build_provider(spec: ProviderSpec) -> Provider:
         max_retries=spec.max_retries,
         organization=spec.organization,
         project=spec.project,
+        address_policy=address_policy(),
     )

@@ -141,6 +141,7 @@ EDITABLE_FIELDS = (
 FIELD_OF_ERROR = {
     "invalid_kind": "kind",
     "base_url_required": "base_url",
+    "upstream_address_refused": "base_url",
     "api_key_required": "api_key",
     "invalid_model": "name",
 }

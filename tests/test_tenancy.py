@@ -40,6 +40,7 @@ def _project(w) -> dict:
 TENANT_ROUTES: dict[str, Callable] = {
     "organization_settings": _org,
     "organization_rename": _org,
+    "organization_two_factor": _org,
     "member_invite": _org,
     "member_change_role": lambda w: {**_org(w), "pk": w.bob_membership.pk},
     "member_remove": lambda w: {**_org(w), "pk": w.bob_membership.pk},

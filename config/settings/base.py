@@ -39,6 +39,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    # Two-factor authentication: TOTP apps and recovery codes (accounts/two_factor.py).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "csp",
     # The project's apps, in the order of their layers (each imports only those above it).
     "core",
     "accounts",
@@ -51,15 +56,41 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.otp_device: the device that verified this session (None until one did);
+    # then a session of someone with a device counts only once it is verified.
+    "django_otp.middleware.OTPMiddleware",
+    "accounts.middleware.TwoFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a lockout signalled by the backend into a response.
     "axes.middleware.AxesMiddleware",
 ]
+
+# Content-Security-Policy: everything from our own origin, and no inline script or style
+# ('unsafe-inline' / 'unsafe-eval' would let an injected tag run). Pages keep every script and
+# style in static files; data for scripts travels in json_script blocks or data-* attributes,
+# which the browser never executes (tests/test_csp.py walks the templates to keep it so).
+# connect-src 'self' covers the chat socket too (CSP3: 'self' matches ws:/wss: on our host).
+# img-src allows data: for the icon placeholder and the Swagger UI's inline SVG icons.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -111,6 +142,16 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_USERNAME_FORM_FIELD = "username"
 AXES_USERNAME_CALLABLE = "accounts.lockout.lockout_username"
 AXES_VERBOSE = False
+
+# Two-factor authentication (django-otp). The issuer names us in authenticator apps. A wrong
+# code locks the device for factor * 2^(failures - 1) seconds (1, 2, 4 … 512 s after ten), so
+# guessing six digits is hopeless; a right code resets the count.
+OTP_TOTP_ISSUER = "LLM Gateway"
+OTP_TOTP_THROTTLE_FACTOR = 1
+OTP_STATIC_THROTTLE_FACTOR = 1
+# Staff see who has which device in the admin, never a TOTP secret or its QR code (whoever has
+# it can make the person's codes) nor the recovery code digests.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -165,6 +206,11 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 # The embedded local model: llama.cpp threads and context (0: the model's own, 8,192).
 LOCAL_MODEL_THREADS = env.int("LOCAL_MODEL_THREADS", default=0)
 LOCAL_MODEL_CONTEXT = env.int("LOCAL_MODEL_CONTEXT", default=0)
+# The address policy (providers/addresses.py): requests made for a tenant (provider
+# connections; later tool servers, webhooks) go to public addresses only, plus these networks
+# (comma-separated CIDRs, e.g. 10.0.0.0/8,::1/128). Loopback, private, link-local, multicast
+# and cloud metadata addresses are refused unless listed here.
+UPSTREAM_ALLOWED_NETWORKS = env.list("UPSTREAM_ALLOWED_NETWORKS", default=[])
 
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
 # Tokens closer together than this (seconds) go to the browser in one frame (0: every token).

@@ -11,6 +11,11 @@ from .base import VAR_DIR, env
 
 DEBUG = env.bool("DEBUG", default=True)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+# A model server on this machine (Ollama on localhost:11434) is what the embedded profile is
+# for; private networks still need listing.
+UPSTREAM_ALLOWED_NETWORKS = env.list(
+    "UPSTREAM_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"]
+)
 
 VAR_DIR.mkdir(exist_ok=True)
 

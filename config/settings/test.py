@@ -50,5 +50,7 @@ WHITENOISE_AUTOREFRESH = True
 
 # A fixed test key (never used anywhere else); tests that rotate keys override it.
 FIELD_ENCRYPTION_KEYS = ["3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc="]
+# The fake upstream listens on 127.0.0.1; the address policy's tests set their own networks.
+UPSTREAM_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
 CHAT_FLUSH_INTERVAL = 0.05
 CHAT_DELTA_INTERVAL = 0  # every token its own frame, so tests can follow the stream exactly

@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     TIMEOUT = "timeout"
     MODEL_NOT_FOUND = "model_not_found"
+    # The address policy refused the connection's host: nothing was sent.
+    ADDRESS_REFUSED = "upstream_address_refused"
 
 
 # Only these can succeed when asked again later; quota, auth and request errors cannot.

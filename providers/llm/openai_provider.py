@@ -5,7 +5,8 @@ timeouts; honouring Retry-After); this module picks explicit limits, shapes requ
 `ChatRequest`, and turns SDK exceptions into `ProviderError`s whose messages never carry the
 key. One exception to the SDK's retry policy: a 429 whose error is `insufficient_quota` means
 the account has no credit, which retrying cannot fix, so it is not retried (see
-`_refuse_quota_retries`).
+`_refuse_quota_retries`). Every request goes through the address policy
+(`providers.addresses`): to an address it checked, redirects not followed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
+from providers.addresses import AddressPolicy, AddressRefused, PinnedTransport
 from providers.llm.base import (
     ChatRequest,
     Completion,
@@ -129,7 +131,9 @@ class OpenAIProvider:
         max_retries: int = 2,
         organization: str | None = None,
         project: str | None = None,
+        address_policy: AddressPolicy | None = None,
     ) -> None:
+        """``address_policy``: where requests may go (None: public addresses only)."""
         self._api_key = api_key
         self._client = openai.AsyncOpenAI(
             # Explicit default: the OPENAI_BASE_URL of the server's environment must not
@@ -142,7 +146,13 @@ class OpenAIProvider:
             timeout=timeout,
             max_retries=max_retries,
             http_client=openai.DefaultAsyncHttpxClient(
-                event_hooks={"response": [_refuse_quota_retries]}
+                # Every request to an address the policy checked; a redirect is an answer, not
+                # a second request to an address nobody checked.
+                transport=PinnedTransport(
+                    address_policy or AddressPolicy(), limits=openai.DEFAULT_CONNECTION_LIMITS
+                ),
+                follow_redirects=False,
+                event_hooks={"response": [_refuse_quota_retries]},
             ),
         )
         # The SDK falls back to OPENAI_ORG_ID / OPENAI_PROJECT_ID when these are None; a
@@ -177,7 +187,7 @@ class OpenAIProvider:
                         for event in _tool_call_deltas(choice.delta.tool_calls):
                             yield event
                     finish_reason = choice.finish_reason or finish_reason
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, AddressRefused) as exc:
             raise self._error(exc) from exc
         if finish_reason is None:
             # A clean end of body without a finish_reason is a truncated reply all the same.
@@ -190,7 +200,7 @@ class OpenAIProvider:
     async def complete(self, request: ChatRequest) -> Completion:
         try:
             response = await self._client.chat.completions.create(**self._params(request))
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, AddressRefused) as exc:
             raise self._error(exc) from exc
         choice = response.choices[0] if response.choices else None
         logprobs = choice.logprobs if choice else None
@@ -211,7 +221,7 @@ class OpenAIProvider:
     async def list_models(self) -> list[str]:
         try:
             return [model.id async for model in self._client.models.list()]
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, AddressRefused) as exc:
             raise self._error(exc) from exc
 
     async def aclose(self) -> None:
@@ -238,7 +248,13 @@ class OpenAIProvider:
             message = message.replace(self._api_key, "***")
         return " " + message[:_MAX_DETAIL]
 
-    def _error(self, exc: openai.OpenAIError) -> ProviderError:
+    def _error(self, exc: openai.OpenAIError | AddressRefused) -> ProviderError:
+        # The SDK lets a transport's own exception through unwrapped and unretried (it wraps
+        # and retries only httpx2's); should a later version wrap it, its cause still tells.
+        if isinstance(exc, AddressRefused):
+            return ProviderError(ErrorCode.ADDRESS_REFUSED, exc.message)
+        if isinstance(exc.__cause__, AddressRefused):
+            return ProviderError(ErrorCode.ADDRESS_REFUSED, exc.__cause__.message)
         # Order matters: APITimeoutError is an APIConnectionError, and the status classes
         # below are all APIErrors.
         if isinstance(exc, openai.APITimeoutError):
@@ -268,6 +284,17 @@ class OpenAIProvider:
 
     def _status_error(self, exc: openai.APIStatusError) -> ProviderError:
         status = exc.status_code
+        if 300 <= status < 400:  # not followed (see __init__): the answer is the failure
+            location = exc.response.headers.get("location", "")[:_MAX_DETAIL]
+            if self._api_key:
+                location = location.replace(self._api_key, "***")
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"The provider answered with a redirect ({status}) to {location or 'nowhere'},"
+                " which is not followed: set the connection's base URL to the final address.",
+                retryable=False,
+                status=status,
+            )
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             # Never pass the upstream text on: OpenAI's own 401 message quotes part of the key.
             return ProviderError(

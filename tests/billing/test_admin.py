@@ -180,7 +180,7 @@ def test_the_list_shows_spent_reserved_limit_bar_and_remaining(staff_client, org
     assert "$0.25" in body
     assert "$10.00" in body
     assert "$1.25" in body  # remaining: 10 - 8.5 - 0.25
-    assert "width:85%" in body
+    assert 'width="85%"' in body
     assert "85%" in body
 
 
@@ -263,10 +263,10 @@ def test_organization_and_project_pages_show_their_budgets(staff_client, org_a, 
     org_body = org_page.content.decode()
     assert "$20.00" in org_body
     assert "$5.00" in org_body
-    assert "width:25%" in org_body
+    assert 'width="25%"' in org_body
     assert "$4.00" in org_body
     assert "$2.00" in org_body
-    assert "width:25%" in org_body
+    assert 'width="25%"' in org_body
     project_body = project_page.content.decode()
     assert "$4.00" in project_body
     assert "$1.00" in project_body

@@ -4,10 +4,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from providers.addresses import LOOPBACK_NETWORKS, AddressPolicy
 from providers.llm.fake_upstream import FakeUpstream
 from providers.llm.openai_provider import OpenAIProvider
 
 API_KEY = "sk-test-5f3a9c0e1b7d"  # distinctive, so a leak into any message would be caught
+# The fake upstream listens on 127.0.0.1, which the default policy refuses.
+LOOPBACK = AddressPolicy.allowing(LOOPBACK_NETWORKS)
 
 MakeProvider = Callable[..., OpenAIProvider]
 
@@ -24,6 +27,7 @@ async def make_provider(fake_upstream: FakeUpstream) -> AsyncIterator[MakeProvid
             api_key=api_key,
             timeout=timeout,
             max_retries=max_retries,
+            address_policy=LOOPBACK,
         )
         providers.append(provider)
         return provider

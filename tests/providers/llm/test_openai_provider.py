@@ -24,7 +24,7 @@ from providers.llm.base import (
 from providers.llm.fake_upstream import FakeUpstream, argument_fragments, tool_call
 from providers.llm.openai_provider import OpenAIProvider
 from providers.llm.tokens import count_message_tokens
-from tests.providers.llm.conftest import API_KEY, MakeProvider
+from tests.providers.llm.conftest import API_KEY, LOOPBACK, MakeProvider
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -568,7 +568,13 @@ def logprobs_upstream() -> Iterator[str]:
 
 
 async def test_streamed_logprobs_come_with_their_text(logprobs_upstream):
-    provider = OpenAIProvider(base_url=logprobs_upstream, api_key=API_KEY, max_retries=0, timeout=2)
+    provider = OpenAIProvider(
+        base_url=logprobs_upstream,
+        api_key=API_KEY,
+        max_retries=0,
+        timeout=2,
+        address_policy=LOOPBACK,
+    )
     try:
         _, events, error = await consume(provider, chat("any", logprobs=True, top_logprobs=2))
     finally:
@@ -583,7 +589,13 @@ async def test_streamed_logprobs_come_with_their_text(logprobs_upstream):
 
 
 async def test_a_completion_carries_its_logprobs(logprobs_upstream):
-    provider = OpenAIProvider(base_url=logprobs_upstream, api_key=API_KEY, max_retries=0, timeout=2)
+    provider = OpenAIProvider(
+        base_url=logprobs_upstream,
+        api_key=API_KEY,
+        max_retries=0,
+        timeout=2,
+        address_policy=LOOPBACK,
+    )
     try:
         completion = await provider.complete(chat("any", logprobs=True))
     finally:
