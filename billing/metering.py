@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
@@ -53,7 +54,7 @@ from providers.llm.base import (
 from providers.llm.catalog import takes_max_completion_tokens
 from providers.llm.tokens import count_message_tokens, count_text_tokens
 from providers.models import ProviderConnection
-from providers.specs import ProviderSpec
+from providers.specs import ProviderSpec, build_provider
 
 from . import pricing
 from .models import UsageRecord
@@ -333,6 +334,25 @@ async def complete_capped(call: MeteredCall, provider: Provider, outcome: Outcom
     outcome.finish_reason = completion.finish_reason
     outcome.status = UsageRecord.Status.OK
     return replace(completion, usage=outcome.usage)
+
+
+def complete_blocking(call: MeteredCall) -> Completion:
+    """A whole metered call from sync code with no event loop of its own (a Celery task: a
+    title, a summary): on a provider of its own, capped, and settled once whatever happens."""
+    outcome = Outcome()
+    started = time.monotonic()
+    try:
+        return asyncio.run(_complete_on_own_provider(call, outcome))
+    finally:
+        settle(call=call, outcome=outcome, latency_ms=int((time.monotonic() - started) * 1000))
+
+
+async def _complete_on_own_provider(call: MeteredCall, outcome: Outcome) -> Completion:
+    provider = build_provider(call.spec)
+    try:
+        return await complete_capped(call, provider, outcome)
+    finally:
+        await provider.aclose()
 
 
 # --- settle ------------------------------------------------------------------------------------

@@ -27,9 +27,7 @@ all, and the save is a conditional update on the ``summary_through`` the fold st
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,10 +48,10 @@ from billing.services import CallContext
 from core.errors import ServiceError
 from core.text import storable
 from providers import selectors as provider_selectors
-from providers.llm.base import ChatRequest, Completion, ProviderError
+from providers.llm.base import ChatRequest, ProviderError
 from providers.llm.tokens import count_message_tokens, count_text_tokens
 from providers.models import ProviderConnection
-from providers.specs import build_provider, spec_for
+from providers.specs import spec_for
 
 from . import selectors
 from .actors import Actor
@@ -374,26 +372,10 @@ def _write(*, conversation: Conversation, actor: Actor, writer: Writer, fold: Fo
         spec=spec,
         asked=writer.max_tokens,
     )
-    outcome = metering.Outcome()
-    started = time.monotonic()
-    try:
-        completion = asyncio.run(_ask(call, outcome))
-    finally:
-        metering.settle(
-            call=call, outcome=outcome, latency_ms=int((time.monotonic() - started) * 1000)
-        )
-    text = storable(completion.text.strip())
+    text = storable(metering.complete_blocking(call).text.strip())
     if not text:
         raise FoldFailed(EMPTY)
     return text
-
-
-async def _ask(call: metering.MeteredCall, outcome: metering.Outcome) -> Completion:
-    provider = build_provider(call.spec)
-    try:
-        return await metering.complete_capped(call, provider, outcome)
-    finally:
-        await provider.aclose()
 
 
 # --- folding ---------------------------------------------------------------------------------

@@ -1,9 +1,7 @@
 """Work after a reply, off the request path: the conversation is titled, and a long one
 summarized (one metered call each)."""
 
-import asyncio
 import logging
-import time
 
 from celery import shared_task
 
@@ -11,9 +9,9 @@ from billing import metering
 from billing.models import UsageRecord
 from billing.services import CallContext
 from core.errors import ServiceError
-from providers.llm.base import ChatRequest, Completion, ProviderError
+from providers.llm.base import ChatRequest, ProviderError
 from providers.models import ProviderConnection
-from providers.specs import build_provider, spec_for
+from providers.specs import spec_for
 
 from . import services, summaries
 from .models import Conversation, Message
@@ -83,23 +81,7 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
         spec=spec,
         asked=TITLE_MAX_TOKENS,
     )
-    outcome = metering.Outcome()
-    started = time.monotonic()
-    try:
-        completion = asyncio.run(_ask(call, outcome))
-    finally:
-        metering.settle(
-            call=call, outcome=outcome, latency_ms=int((time.monotonic() - started) * 1000)
-        )
-    return services.clean_title(completion.text)
-
-
-async def _ask(call: metering.MeteredCall, outcome: metering.Outcome) -> Completion:
-    provider = build_provider(call.spec)
-    try:
-        return await metering.complete_capped(call, provider, outcome)
-    finally:
-        await provider.aclose()
+    return services.clean_title(metering.complete_blocking(call).text)
 
 
 @shared_task(ignore_result=True)
