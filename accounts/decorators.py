@@ -17,7 +17,7 @@ from django.shortcuts import render
 
 from core.errors import ServiceError
 
-from .models import Membership, Organization, User
+from .models import Membership, User
 from .selectors import get_membership_or_404, get_project_for_user_or_404
 from .two_factor import two_factor_satisfied
 
@@ -31,13 +31,28 @@ class AuthenticatedHttpRequest(HttpRequest):
 
 def organization_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """``view(request, membership, **kwargs)`` with ``org_slug`` resolved to a Membership."""
+    return _organization_view(view, two_factor=True)
 
+
+def organization_view_before_two_factor(
+    view: Callable[..., HttpResponseBase],
+) -> Callable[..., HttpResponseBase]:
+    """As ``organization_view``, but for a member its two-factor requirement refuses too: the
+    view itself decides (leaving the organization needs no second factor)."""
+    return _organization_view(view, two_factor=False)
+
+
+def _organization_view(
+    view: Callable[..., HttpResponseBase], *, two_factor: bool
+) -> Callable[..., HttpResponseBase]:
     @login_required
     @wraps(view)
     def wrapper(request: HttpRequest, org_slug: str, **kwargs: Any) -> HttpResponseBase:
         membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
-        if not two_factor_satisfied(user=request.user, organization=membership.organization):
-            return two_factor_required_page(request, membership.organization)
+        if two_factor and not two_factor_satisfied(
+            user=request.user, organization=membership.organization
+        ):
+            return two_factor_required_page(request, membership)
         return view(request, membership, **kwargs)
 
     return wrapper
@@ -56,17 +71,21 @@ def project_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRes
         )
         membership = get_membership_or_404(user=request.user, organization_slug=org_slug)
         if not two_factor_satisfied(user=request.user, organization=project.organization):
-            return two_factor_required_page(request, project.organization)
+            return two_factor_required_page(request, membership)
         return view(request, membership, project, **kwargs)
 
     return wrapper
 
 
-def two_factor_required_page(request: HttpRequest, organization: Organization) -> HttpResponseBase:
+def two_factor_required_page(request: HttpRequest, membership: Membership) -> HttpResponseBase:
     """403 for a member of an organization that requires two-factor authentication who has not
-    turned it on: what to do, and where (after tenancy: an outsider still gets 404)."""
+    turned it on: what to do, and where, or how to leave it (after tenancy: an outsider still
+    gets 404)."""
     return render(
-        request, "accounts/two_factor_required.html", {"organization": organization}, status=403
+        request,
+        "accounts/two_factor_required.html",
+        {"organization": membership.organization, "membership": membership},
+        status=403,
     )
 
 

@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -13,9 +14,11 @@ from . import selectors, services, two_factor
 from .decorators import (
     AuthenticatedHttpRequest,
     organization_view,
+    organization_view_before_two_factor,
     project_view,
     raise_if_forbidden,
     require_manager,
+    two_factor_required_page,
 )
 from .forms import (
     InviteForm,
@@ -207,12 +210,17 @@ def member_change_role(
 
 
 @require_POST
-@organization_view
+@organization_view_before_two_factor
 def member_remove(
     request: AuthenticatedHttpRequest, membership: Membership, pk: int
-) -> HttpResponse:
+) -> HttpResponseBase:
     target = selectors.get_member_or_404(organization=membership.organization, membership_id=pk)
     leaving = target.pk == membership.pk
+    # Leaving needs no second factor; removing someone else does, as every other action.
+    if not leaving and not two_factor.two_factor_satisfied(
+        user=request.user, organization=membership.organization
+    ):
+        return two_factor_required_page(request, membership)
     try:
         services.membership_remove(actor=membership, membership=target)
     except ServiceError as error:

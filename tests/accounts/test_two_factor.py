@@ -25,7 +25,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import two_factor
 from accounts.api_keys import api_key_create
-from accounts.models import Organization, User
+from accounts.models import Membership, Organization, User
 from chat.models import Conversation
 from tests.conftest import ORIGIN, membership
 from tests.factories import PASSWORD, UserFactory
@@ -359,6 +359,26 @@ def test_a_member_without_two_factor_is_refused_the_organizations_pages_and_rest
     assert bob_2fa.get(reverse("api-project", args=[project_a.pk])).status_code == 200
     messages = bob_2fa.get(reverse("api-messages", args=[project_a.pk, conversation.pk]))
     assert messages.status_code == 200
+
+
+def test_a_member_refused_for_two_factor_can_still_leave_but_not_remove_others(
+    client_for, alice, bob, org_a
+):
+    from tests.factories import MembershipFactory
+
+    require_two_factor(org_a)
+    other = MembershipFactory(organization=org_a)
+    mine = Membership.objects.get(user=bob, organization=org_a)
+    client = client_for(bob)
+    page = client.get(reverse("organization_settings", args=[org_a.slug])).content.decode()
+    leave = reverse("member_remove", args=[org_a.slug, mine.pk])
+    assert f'action="{leave}"' in page  # the refusal page offers the way out
+
+    assert client.post(reverse("member_remove", args=[org_a.slug, other.pk])).status_code == 403
+    assert Membership.objects.filter(pk=other.pk).exists()
+    response = client.post(leave)
+    assert response.status_code == 302
+    assert not Membership.objects.filter(pk=mine.pk).exists()
 
 
 def test_the_requirement_does_not_touch_api_keys(client, alice, org_a, project_a):
