@@ -39,7 +39,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from core.errors import ServiceError
 
-from .models import AnyUser, Membership, Organization, User
+from .models import AnyUser, Membership, Organization, Project, User
 
 RECOVERY_CODE_COUNT = 10
 APP_DEVICE_NAME = "Authenticator app"
@@ -86,6 +86,14 @@ def with_two_factor(memberships: QuerySet[Membership]) -> QuerySet[Membership]:
     """Memberships annotated ``has_two_factor`` (one subquery, not one query a row)."""
     devices = TOTPDevice.objects.filter(user=OuterRef("user"), confirmed=True)
     return memberships.annotate(has_two_factor=Exists(devices))
+
+
+def projects_let_in(user: AnyUser, projects: QuerySet[Project]) -> QuerySet[Project]:
+    """``projects`` without those of organizations whose two-factor requirement this session
+    does not meet: not even their names are listed until it does."""
+    if is_verified(user):
+        return projects
+    return projects.exclude(organization__require_two_factor=True)
 
 
 def organizations_requiring(user: User) -> QuerySet[Organization]:

@@ -71,7 +71,14 @@ def signup(request: HttpRequest) -> HttpResponse:
 @login_required
 def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     organizations = selectors.organizations_with_projects_for_user(request.user)
-    return render(request, "accounts/home.html", {"organizations": organizations})
+    # Organizations whose two-factor requirement this session does not meet: named, with the
+    # way in, but their projects unlisted.
+    locked = {
+        org.pk
+        for org in organizations
+        if not two_factor.two_factor_satisfied(user=request.user, organization=org)
+    }
+    return render(request, "accounts/home.html", {"organizations": organizations, "locked": locked})
 
 
 @login_required

@@ -381,6 +381,40 @@ def test_a_member_refused_for_two_factor_can_still_leave_but_not_remove_others(
     assert not Membership.objects.filter(pk=mine.pk).exists()
 
 
+def test_a_refused_member_is_not_shown_the_organizations_projects(
+    client_for, alice, bob, org_a, project_a
+):
+    require_two_factor(org_a)
+    client = client_for(bob)
+
+    home = client.get(reverse("home")).content.decode()
+    listed = client.get(reverse("api-projects")).json()["results"]
+
+    assert project_a.name not in home
+    assert "requires two-factor authentication" in home
+    assert project_a.pk not in [p["id"] for p in listed]
+    turn_on(bob)
+    assert project_a.pk in [
+        p["id"] for p in verified_client(bob).get(reverse("api-projects")).json()["results"]
+    ]
+
+
+def test_a_key_still_lists_its_project_when_the_organization_requires_two_factor(
+    client, alice, org_a, project_a
+):
+    require_two_factor(org_a)
+    key = api_key_create(
+        actor=Membership.objects.get(user=alice, organization=org_a),
+        project=project_a,
+        name="bot",
+        scopes=["read"],
+    ).plaintext
+
+    listed = client.get(reverse("api-projects"), HTTP_AUTHORIZATION=f"Bearer {key}").json()
+
+    assert [p["id"] for p in listed["results"]] == [project_a.pk]
+
+
 def test_the_requirement_does_not_touch_api_keys(client, alice, org_a, project_a):
     require_two_factor(org_a)
     key = api_key_create(
