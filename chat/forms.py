@@ -22,11 +22,10 @@ class StopSequencesField(forms.CharField):
         return "\n".join(value) if isinstance(value, list) else value
 
 
-class ConversationSettingsForm(forms.Form):
-    model = forms.ChoiceField(choices=())
-    system_prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4}), required=False, label="System prompt"
-    )
+class SamplingFields(forms.Form):
+    """The sampling settings a conversation and a persona both have, with the same ranges.
+    Subclasses place them with ``field_order``."""
+
     temperature = forms.FloatField(
         required=False, min_value=0, max_value=2, help_text="0 to 2; empty for the default."
     )
@@ -48,6 +47,18 @@ class ConversationSettingsForm(forms.Form):
         min_value=1,
         label="Max tokens",
         help_text="Longest reply; empty: as long as the model may write (and budgets allow).",
+    )
+
+
+class ConversationSettingsForm(SamplingFields):
+    field_order = [
+        "model", "system_prompt", "temperature", "top_p", "presence_penalty",
+        "frequency_penalty", "max_tokens", "stop", "seed", "json_mode", "history_limit",
+    ]  # fmt: skip
+
+    model = forms.ChoiceField(choices=())
+    system_prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}), required=False, label="System prompt"
     )
     stop = StopSequencesField(
         required=False, label="Stop sequences", help_text="One per line, at most 4."
@@ -141,9 +152,15 @@ SAMPLING_CHOICES = [
 ]
 
 
-class PersonaForm(forms.Form):
+class PersonaForm(SamplingFields):
     """A persona, new or edited. Only types are checked here; ``chat.personas`` checks the
     rest (tags, ranges, the model), and its refusals are shown on the field they name."""
+
+    field_order = [
+        "name", "tag", "avatar", "color", "description", "system_prompt", "model", "sampling",
+        "temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens",
+        "json_mode", "enabled",
+    ]  # fmt: skip
 
     name = forms.CharField(max_length=80)
     tag = forms.CharField(
@@ -168,28 +185,6 @@ class PersonaForm(forms.Form):
         widget=SamplingSelect,
         label="Sampling preset",
         help_text="A preset sets temperature and top p; pick Custom to set them yourself.",
-    )
-    temperature = forms.FloatField(
-        required=False, min_value=0, max_value=2, help_text="0 to 2; empty for the default."
-    )
-    top_p = forms.FloatField(
-        required=False,
-        min_value=0,
-        max_value=1,
-        label="Top p",
-        help_text="0 to 1; empty for the default.",
-    )
-    presence_penalty = forms.FloatField(
-        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
-    )
-    frequency_penalty = forms.FloatField(
-        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
-    )
-    max_tokens = forms.IntegerField(
-        required=False,
-        min_value=1,
-        label="Max tokens",
-        help_text="Longest reply; empty: as long as the model may write (and budgets allow).",
     )
     json_mode = forms.BooleanField(
         required=False,
