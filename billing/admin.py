@@ -43,6 +43,7 @@ from django.utils.safestring import SafeString
 
 from accounts.admin import OrganizationAdmin, ProjectAdmin
 from accounts.models import Membership, Organization, Project
+from core import config_cache
 
 from .models import (
     MONEY,
@@ -457,6 +458,7 @@ class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin[Budget]):
     def disable(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
         budgets = list(queryset.filter(enabled=True))
         Budget.objects.filter(pk__in=[b.pk for b in budgets]).update(enabled=False)
+        config_cache.invalidate()  # update() sends no signal: calls must stop seeing them now
         for budget in budgets:
             self.log_change(request, budget, "Disabled.")
         self.message_user(request, f"Disabled {len(budgets)} budget(s).")

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from core.db import db_sync_to_async
 from core.detached import run_detached
 from core.errors import ServiceError, kind_of
 from providers.llm.base import (
@@ -405,9 +404,8 @@ async def settle_shielded(
     call: MeteredCall, outcome: Outcome, *, latency_ms: int | None, detached: bool = False
 ) -> UsageRecord:
     """``settle`` from async code; it finishes even if the caller is cancelled meanwhile.
-    ``detached``: called from a task that outlives its request, whose thread is gone by then,
-    so the ORM runs in channels' worker thread (which closes stale connections around it)."""
-    run = database_sync_to_async(settle) if detached else sync_to_async(settle)
+    ``detached``: called from a task that outlives its request (``core.db``)."""
+    run = db_sync_to_async(settle, detached=detached)
     task = run_detached(
         run(call=call, outcome=outcome, latency_ms=latency_ms), same_context=not detached
     )

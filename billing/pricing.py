@@ -8,7 +8,21 @@ from decimal import Decimal
 from django.db.models import BigIntegerField, F, Sum, Value
 from django.db.models.functions import Cast, Round
 
+from core.config_cache import cached
+
 from .models import MONEY, PER_MILLION, ModelPrice
+
+
+def price_table() -> list[ModelPrice]:
+    """Every price row, newest first: read once, kept until a price changes."""
+    return cached(("prices",), lambda: list(ModelPrice.objects.order_by("-effective_from", "-pk")))
+
+
+def price_by_id(pk: int) -> ModelPrice | None:
+    for price in price_table():
+        if price.pk == pk:
+            return price
+    return ModelPrice.objects.filter(pk=pk).first()  # changed a moment ago: the row itself
 
 
 def price_for(model: str, *, on: date) -> ModelPrice | None:
@@ -16,8 +30,9 @@ def price_for(model: str, *, on: date) -> ModelPrice | None:
     base = model.split("@", 1)[0]
     candidates = [
         p
-        for p in ModelPrice.objects.filter(effective_from__lte=on).order_by("-effective_from")
-        if p.model == base or (p.is_prefix and base.startswith(p.model[:-1]))
+        for p in price_table()
+        if p.effective_from <= on
+        and (p.model == base or (p.is_prefix and base.startswith(p.model[:-1])))
     ]
     if not candidates:
         return None

@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core.config_cache import cached
 from core.errors import ServiceError
 
 from . import pricing
@@ -116,7 +117,15 @@ def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None
 def applicable_budgets(context: CallContext) -> list[Budget]:
     """Enabled budgets of the organization, the project, the member and the API key — in id
     order, the order every transaction locks them in, so two calls never wait on each other in
-    a cycle."""
+    a cycle. Kept in memory until a budget changes (``core.config_cache``)."""
+    return cached(
+        ("budgets", context.organization_id, context.project_id, context.user_id,
+         context.api_key_id),
+        partial(_applicable_budgets, context),
+    )  # fmt: skip
+
+
+def _applicable_budgets(context: CallContext) -> list[Budget]:
     scope = Q(scope=Budget.Scope.ORGANIZATION)
     if context.project_id is not None:
         scope |= Q(scope=Budget.Scope.PROJECT, project_id=context.project_id)
@@ -172,14 +181,45 @@ def _locked_period(budget: Budget, now: datetime) -> tuple[BudgetPeriod, bool]:
     return BudgetPeriod.objects.select_for_update().get(budget=budget, start=start), created
 
 
-def _release_expired(period: BudgetPeriod, now: datetime) -> None:
-    expired = list(period.holds.filter(expires_at__lt=now))
-    if expired:
-        total = sum((h.amount for h in expired), Decimal(0))
-        Hold.objects.filter(pk__in=[h.pk for h in expired]).delete()
-        BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") - total)
-        period.refresh_from_db(fields=["reserved"])
-        logger.warning("released %s expired hold(s) on budget %s", len(expired), period.budget_id)
+def _locked_periods(budgets: list[Budget], now: datetime) -> dict[int, tuple[BudgetPeriod, bool]]:
+    """The current period of each budget, locked, and whether it was just created: one
+    statement for the periods that exist (the usual case), in budget id order — the order
+    every transaction locks them in, so two calls never wait on each other in a cycle."""
+    starts = {budget.pk: period_bounds(budget.period, now)[0] for budget in budgets}
+    if not starts:
+        return {}
+    found = {
+        period.budget_id: period
+        for period in BudgetPeriod.objects.select_for_update()
+        .filter(budget_id__in=starts, start__in=set(starts.values()))
+        .order_by("budget_id")  # no join: only the period rows are locked (see above)
+        if period.start == starts[period.budget_id]
+    }
+    periods = {}
+    for budget in sorted(budgets, key=lambda b: b.pk):
+        period = found.get(budget.pk)
+        periods[budget.pk] = (period, False) if period else _locked_period(budget, now)
+    return periods
+
+
+def _release_expired(periods: list[BudgetPeriod], now: datetime) -> None:
+    """Free the expired holds on ``periods`` (locked), in the rows and in memory."""
+    expired = list(
+        Hold.objects.filter(period__in=[p.pk for p in periods], expires_at__lt=now).values_list(
+            "pk", "period_id", "amount"
+        )
+    )
+    if not expired:
+        return
+    Hold.objects.filter(pk__in=[pk for pk, _, _ in expired]).delete()
+    for period in periods:
+        total = sum(
+            (amount for _, period_id, amount in expired if period_id == period.pk), Decimal(0)
+        )
+        if total:
+            BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") - total)
+            period.reserved -= total
+            logger.warning("released expired holds (%s USD) on budget %s", total, period.budget_id)
 
 
 # --- rate limits -----------------------------------------------------------------------------
@@ -221,7 +261,14 @@ def rate_take(*, bucket: str, allowed: int, what: str, now: float | None = None)
 
 
 def _limits(context: CallContext) -> list[tuple[str, str, int | None, int | None]]:
-    """(who, cache key, requests/min, tokens/min) of the project and, for REST calls, the key."""
+    """(who, cache key, requests/min, tokens/min) of the project and, for REST calls, the key;
+    kept in memory until a limit changes (``core.config_cache``)."""
+    return cached(
+        ("limits", context.project_id, context.api_key_id), partial(_read_limits, context)
+    )
+
+
+def _read_limits(context: CallContext) -> list[tuple[str, str, int | None, int | None]]:
     limits = []
     if context.project_id is not None:
         project = RateLimit.objects.filter(project_id=context.project_id).first()
@@ -361,11 +408,12 @@ def quota_reserve(
         )
     # Every period locked (in budget id order) before any is read for the cap: what each can
     # still pay cannot change until this transaction ends.
-    periods = []
+    locked = _locked_periods(budgets, now)
+    periods = [period for period, _ in locked.values()]
+    _release_expired(periods, now)
     cap = wanted
     for budget in budgets:
-        period, _ = _locked_period(budget, now)
-        _release_expired(period, now)
+        period, _ = locked[budget.pk]
         afford = _affordable(budget, period, cast(ModelPrice, price), prompt_tokens)
         afford = cap_within(afford, margin=margin) if afford >= 0 else -1
         if afford < (1 if max_tokens is None else max_tokens):
@@ -373,19 +421,19 @@ def quota_reserve(
                 _over_budget(budget, period, now, afford=afford), code="budget_exceeded"
             )
         cap = min(cap, afford)
-        periods.append(period)
     check_rate_limits(context, tokens=prompt_tokens + cap)
     held_reply = reply_hold(cap, margin=margin)
     amount = pricing.worst_case(price, prompt_tokens=prompt_tokens, max_tokens=held_reply)
     request_id = uuid.uuid4()
     expires_at = now + timedelta(seconds=settings.BILLING_HOLD_SECONDS)
-    holds = []
-    for period in periods:
-        BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") + amount)
-        holds.append(
-            Hold.objects.create(
-                period=period, request_id=request_id, amount=amount, expires_at=expires_at
-            ).pk
+    holds: list[Hold] = []
+    if periods:
+        BudgetPeriod.objects.filter(pk__in=[p.pk for p in periods]).update(
+            reserved=F("reserved") + amount
+        )
+        holds = Hold.objects.bulk_create(
+            Hold(period=period, request_id=request_id, amount=amount, expires_at=expires_at)
+            for period in periods
         )
     return Reservation(
         request_id=request_id,
@@ -395,7 +443,7 @@ def quota_reserve(
         prompt_tokens_estimate=prompt_tokens,
         cap=cap,
         held_reply=held_reply,
-        hold_ids=tuple(holds),
+        hold_ids=tuple(h.pk for h in holds if h.pk is not None),
     )
 
 
@@ -421,11 +469,7 @@ def quota_settle(
         return existing
     now = timezone.now()
     context = reservation.context
-    price = (
-        None
-        if reservation.price_id is None
-        else ModelPrice.objects.filter(pk=reservation.price_id).first()
-    )
+    price = None if reservation.price_id is None else pricing.price_by_id(reservation.price_id)
     cost = pricing.cost_of(
         price,
         prompt_tokens=prompt_tokens,
@@ -437,11 +481,19 @@ def quota_settle(
     over_hold = reservation.cap > 0 and (
         completion_tokens > reservation.held_reply or cost > reservation.amount
     )
-    held_budget_ids = set()
-    for hold in Hold.objects.select_related("period").filter(request_id=reservation.request_id):
-        BudgetPeriod.objects.filter(pk=hold.period_id).update(reserved=F("reserved") - hold.amount)
-        held_budget_ids.add(hold.period.budget_id)
-        hold.delete()
+    # The holds still there (one that expired was released by whoever found it expired).
+    holds = list(
+        Hold.objects.filter(request_id=reservation.request_id).values_list(
+            "pk", "period_id", "amount", "period__budget_id"
+        )
+    )
+    held_budget_ids = {budget_id for _, _, _, budget_id in holds}
+    if holds:
+        Hold.objects.filter(pk__in=[pk for pk, _, _, _ in holds]).delete()
+        for amount in {amount for _, _, amount, _ in holds}:  # one amount per call, as held
+            BudgetPeriod.objects.filter(
+                pk__in=[period_id for _, period_id, held, _ in holds if held == amount]
+            ).update(reserved=F("reserved") - amount)
     record = UsageRecord.objects.create(
         request_id=reservation.request_id,
         organization_id=context.organization_id,
@@ -478,15 +530,14 @@ def quota_settle(
     missing = held_budget_ids - budgets.keys()
     if missing:
         budgets.update(Budget.objects.in_bulk(missing))
-    for budget in sorted(budgets.values(), key=lambda b: b.pk):
-        period, created = _locked_period(budget, now)
-        if created:  # started from the ledger, this row included
-            before = period.spent - cost
-        else:
-            before = period.spent
-            if cost:
-                BudgetPeriod.objects.filter(pk=period.pk).update(spent=F("spent") + cost)
-        _alert_on_crossing(budget, period, before=before, after=before + cost)
+    locked = _locked_periods(list(budgets.values()), now)
+    charged = [period.pk for period, created in locked.values() if not created]
+    if cost and charged:
+        BudgetPeriod.objects.filter(pk__in=charged).update(spent=F("spent") + cost)
+    for budget_id, (period, created) in locked.items():
+        # A period just created started from the ledger, this row included.
+        before = period.spent - cost if created else period.spent
+        _alert_on_crossing(budgets[budget_id], period, before=before, after=before + cost)
     return record
 
 
@@ -517,6 +568,6 @@ def holds_expire(now: datetime | None = None) -> int:
         with transaction.atomic():
             period = BudgetPeriod.objects.select_for_update().get(pk=period_id)
             before = period.holds.count()
-            _release_expired(period, now)
+            _release_expired([period], now)
             released += before - period.holds.count()
     return released

@@ -28,7 +28,7 @@ from billing import metering
 from core.detached import run_detached
 from core.errors import ServiceError, retryable
 from providers.llm.base import ProviderError, TextDelta, Waiting
-from providers.specs import build_provider
+from providers.pool import leased_provider
 
 from . import services
 from .models import Message
@@ -170,10 +170,9 @@ class ReplyRunner:
             await self.layer.group_discard(self.control_group, control)
 
     async def stream(self, started: float) -> None:
-        provider = build_provider(self.pending.call.spec)
         last_flush = time.monotonic()
-        events = metering.stream_capped(self.pending.call, provider, self.outcome)
-        try:
+        async with leased_provider(self.pending.call.spec) as provider:
+            events = metering.stream_capped(self.pending.call, provider, self.outcome)
             # aclosing: a cancelled or failed reply closes the stream at once, which is what
             # frees the local model for the next request (a dropped generator would not).
             async with contextlib.aclosing(events) as stream:
@@ -186,8 +185,6 @@ class ReplyRunner:
                         await database_sync_to_async(services.reply_flush)(
                             message_id=self.message_id, content="".join(self.text)
                         )
-        finally:
-            await provider.aclose()
 
     async def handle(self, item: object, started: float) -> None:
         if isinstance(item, Waiting):

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP goes to Django, WebSockets through session auth and an Origin check."""
+"""ASGI entry point: static files first (config.static), other HTTP to Django, WebSockets through
+session auth and an Origin check."""
 
 import os
 
@@ -14,10 +15,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from accounts.middleware import TwoFactorSocketMiddleware  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
+from config.static import StaticFilesASGI  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": StaticFilesASGI(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             # A session still owing its second factor is nobody on a socket, as on a page.
             AuthMiddlewareStack(TwoFactorSocketMiddleware(URLRouter(websocket_urlpatterns)))

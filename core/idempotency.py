@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
+
+from core.db import db_sync_to_async
 
 from .errors import ServiceError, invalid_request
 from .models import IdempotentRequest
@@ -139,11 +140,11 @@ async def recorded_stream(
         whole = True
     finally:
         if whole and (completed is None or completed()):
-            await sync_to_async(idempotency_finish)(
+            await db_sync_to_async(idempotency_finish)(
                 record=record, status=status, stream=b"".join(sent).decode()
             )
         elif whole or on_left is None:
-            await sync_to_async(idempotency_abandon)(record=record)
+            await db_sync_to_async(idempotency_abandon)(record=record)
         else:
             on_left()
 
@@ -166,7 +167,7 @@ async def remember(
         return response
     if not isinstance(response, HttpResponse):
         raise TypeError(f"Cannot keep a {type(response).__name__} for an Idempotency-Key.")
-    await sync_to_async(idempotency_finish)(
+    await db_sync_to_async(idempotency_finish)(
         record=record, status=response.status_code, body=json.loads(response.content)
     )
     return response

@@ -45,7 +45,8 @@ from providers.llm.base import (
     ToolCallDelta,
     Usage,
 )
-from providers.specs import ProviderSpec, build_provider, spec_for, unsupported_param
+from providers.pool import leased_provider
+from providers.specs import ProviderSpec, spec_for, unsupported_param
 
 from .params import ParsedChat, parse_chat_body
 
@@ -231,18 +232,15 @@ def _choice_json(completion: Completion) -> tuple[dict[str, Any], Any]:
 
 async def complete(call: GatewayCall) -> dict[str, Any]:
     """One non-streaming call upstream, settled exactly once; the ``chat.completion`` JSON."""
-    provider = build_provider(call.metered.spec)
     outcome = Outcome()
     started = time.monotonic()
     try:
-        completion = await metering.complete_capped(call.metered, provider, outcome)
+        async with leased_provider(call.metered.spec) as provider:
+            completion = await metering.complete_capped(call.metered, provider, outcome)
     except ProviderError as exc:
         raise metering.upstream_failure(exc) from None
     finally:
-        try:
-            await metering.settle_shielded(call.metered, outcome, latency_ms=_elapsed_ms(started))
-        finally:
-            await provider.aclose()
+        await metering.settle_shielded(call.metered, outcome, latency_ms=_elapsed_ms(started))
     message, logprobs = _choice_json(completion)
     return {
         "id": call.id,
@@ -319,13 +317,16 @@ class GatewayStream:
             logger.exception("the upstream side of %s failed", self.call.id)
 
     async def _produce(self) -> None:
-        provider = build_provider(self.call.metered.spec)
         outcome = Outcome()
         started = time.monotonic()
         failure: ServiceError | None = None
-        events = metering.stream_capped(self.call.metered, provider, outcome)
         try:
-            async with contextlib.aclosing(events) as stream:
+            async with (
+                leased_provider(self.call.metered.spec) as provider,
+                contextlib.aclosing(
+                    metering.stream_capped(self.call.metered, provider, outcome)
+                ) as stream,
+            ):
                 async for event in stream:
                     if isinstance(event, StreamEnd):
                         # The usage chunk tells the charged figures (counted if none came).
@@ -346,7 +347,6 @@ class GatewayStream:
             finally:
                 if failure is not None:
                     self._events.put_nowait(_Failed(failure))
-                await provider.aclose()
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         payload = {

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -22,6 +21,7 @@ from rest_framework.request import Request
 from accounts.models import ApiKey
 from core import idempotency
 from core.api import AsyncAPIView
+from core.db import db_sync_to_async
 from core.errors import ServiceError
 from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR
 
@@ -68,7 +68,7 @@ class ModelListView(OpenAIEndpoint):
     )
     async def get(self, request: Request) -> HttpResponse:
         try:
-            listing = await sync_to_async(gateway_services.models_list)(
+            listing = await db_sync_to_async(gateway_services.models_list)(
                 authorization=request.headers.get("Authorization")
             )
         except ServiceError as error:
@@ -85,7 +85,7 @@ class ModelDetailView(OpenAIEndpoint):
     )
     async def get(self, request: Request, model: str) -> HttpResponse:
         try:
-            entry = await sync_to_async(gateway_services.model_get)(
+            entry = await db_sync_to_async(gateway_services.model_get)(
                 authorization=request.headers.get("Authorization"), model=model
             )
         except ServiceError as error:
@@ -108,7 +108,7 @@ class ChatCompletionsView(OpenAIEndpoint):
     )
     async def post(self, request: Request) -> HttpResponseBase:
         try:
-            api_key = await sync_to_async(gateway_services.gateway_authenticate)(
+            api_key = await db_sync_to_async(gateway_services.gateway_authenticate)(
                 authorization=request.headers.get("Authorization"), scopes=("chat",)
             )
         except ServiceError as error:
@@ -119,7 +119,7 @@ class ChatCompletionsView(OpenAIEndpoint):
             response, _ = await _chat_completions(body, api_key)
             return response
         try:
-            started = await sync_to_async(idempotency.idempotency_begin)(
+            started = await db_sync_to_async(idempotency.idempotency_begin)(
                 caller=api_key, key=idempotency_key, fingerprint=body
             )
         except ServiceError as error:
@@ -129,7 +129,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         try:
             response, completed = await _chat_completions(body, api_key)
         except BaseException:  # the client left: nothing to replay, a retry runs again
-            await asyncio.shield(sync_to_async(idempotency.idempotency_abandon)(record=started))
+            await asyncio.shield(db_sync_to_async(idempotency.idempotency_abandon)(record=started))
             raise
         return await idempotency.remember(started, response, completed=completed)
 
@@ -143,7 +143,7 @@ async def _chat_completions(
 ) -> tuple[HttpResponseBase, Callable[[], bool]]:
     """The answer, and whether it completed (for a stream: known once it has been sent)."""
     try:
-        call: GatewayCall = await sync_to_async(gateway_services.chat_prepare)(
+        call: GatewayCall = await db_sync_to_async(gateway_services.chat_prepare)(
             key=api_key, body=body
         )
         if not call.stream:

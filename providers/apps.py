@@ -34,3 +34,10 @@ class ProvidersConfig(AppConfig):
         # soon as its tables exist: after migrate, and after a test flush.
         post_migrate.connect(_ensure_default_connections, sender=self)
         checks.register(_check_allowed_networks)
+        from accounts.models import Project
+        from core.config_cache import invalidate_on_change
+
+        from .models import ConnectionModel, ProjectModel, ProviderConnection
+
+        # Which connection serves a project's model (specs.spec_for), kept until these change.
+        invalidate_on_change(ProviderConnection, ConnectionModel, ProjectModel, Project)

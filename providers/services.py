@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounts.models import Membership, Project
 from accounts.services import check_can_manage
+from core import config_cache
 from core.errors import ServiceError
 
 from . import selectors
@@ -373,4 +374,5 @@ def connections_rotate_keys() -> int:
                 api_key_encrypted=rotate(connection.api_key_encrypted)
             )
         rotated += 1
+    config_cache.invalidate()  # update() sends no signal
     return rotated

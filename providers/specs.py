@@ -8,12 +8,13 @@ the event loop without touching the ORM.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from accounts.models import Project
+from core.config_cache import cached
 from core.errors import ServiceError
 
 from . import selectors
@@ -70,7 +71,12 @@ def spec_for_connection(
 
 
 def spec_for(*, project: Project, model: str) -> ProviderSpec:
-    """The provider serving ``model`` in ``project``; refuses a model the project does not allow."""
+    """The provider serving ``model`` in ``project``; refuses a model the project does not allow.
+    Kept in memory until a connection, its models or the project's models change."""
+    return cached(("spec", project.pk, model), partial(_spec_for, project, model))
+
+
+def _spec_for(project: Project, model: str) -> ProviderSpec:
     connection_model = selectors.resolve_model(project, model)
     if connection_model is None:
         raise ServiceError(

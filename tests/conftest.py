@@ -22,6 +22,7 @@ from django.db import connection
 from django.test import Client
 
 from accounts.models import Membership, Organization, Project, Role, User
+from core import config_cache
 from core.detached import wait_for_detached
 from providers.llm.fake_upstream import FakeUpstream
 from tests.factories import MembershipFactory, OrganizationFactory, ProjectFactory, UserFactory
@@ -54,6 +55,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not any(_flushes_the_database(item) for item in local):
         others = [item for item in items if item not in set(local)]
         items[:] = local + others
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config_cache() -> None:
+    """Each test starts with nothing kept in memory from another test's rows (which a rolled
+    back transaction removed without a signal, and whose ids the next test reuses)."""
+    config_cache.clear()
 
 
 @pytest.fixture

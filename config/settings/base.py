@@ -55,7 +55,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Static files are served before Django, in config/asgi.py (config.static).
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -240,6 +240,14 @@ CHAT_PAGE_SIZE = 50
 # How long money stays set aside for a call in flight before it is given back (a process that
 # died mid-call cannot hold a budget forever).
 BILLING_HOLD_SECONDS = env.int("BILLING_HOLD_SECONDS", default=15 * 60)
+# Prices, budgets, rate limits and model routes are kept in each process's memory between
+# changes (core.config_cache): other processes see a change within CONFIG_CACHE_CHECK_SECONDS
+# (through the shared cache), and nothing is kept longer than CONFIG_CACHE_SECONDS.
+# Threads that run the gateway's database work and keep their connections (core.db); 0: each
+# request's own thread, as Django does.
+DB_THREADS = env.int("DB_THREADS", default=8)
+CONFIG_CACHE_SECONDS = env.float("CONFIG_CACHE_SECONDS", default=30.0)
+CONFIG_CACHE_CHECK_SECONDS = env.float("CONFIG_CACHE_CHECK_SECONDS", default=1.0)
 # Links in e-mails sent from tasks, which have no request to build them from.
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000/")
 

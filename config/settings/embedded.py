@@ -35,7 +35,7 @@ SECRET_KEY = env.str("SECRET_KEY", default="") or _development_secret_key()
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "db.sqlite3",
+        "NAME": env.str("SQLITE_PATH", default="") or VAR_DIR / "db.sqlite3",
         "OPTIONS": {
             # WAL lets readers run while a writer writes; IMMEDIATE makes write transactions
             # queue for the lock up front instead of failing half-way with "database is locked".
@@ -46,16 +46,20 @@ DATABASES = {
     }
 }
 
+# One thread for the gateway's database work: SQLite has one writer at a time, and queueing
+# the writes in order here beats each waiting in SQLite's busy handler (core.db).
+DB_THREADS = env.int("DB_THREADS", default=1)
+
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
-# Daphne serves static files through WhiteNoise straight from the source folders: no
+# Daphne serves static files through ServeStatic straight from the source folders: no
 # collectstatic step for the embedded profile.
-WHITENOISE_USE_FINDERS = True
-WHITENOISE_AUTOREFRESH = DEBUG
+SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_AUTOREFRESH = DEBUG
 
 _broker_dir = VAR_DIR / "celery-broker"
 for _sub in ("out", "processed", "control"):

@@ -3,7 +3,7 @@
 import os
 
 from .base import *  # noqa: F403
-from .base import BASE_DIR, VAR_DIR
+from .base import BASE_DIR, VAR_DIR, env
 
 VAR_DIR.mkdir(exist_ok=True)
 
@@ -45,8 +45,8 @@ LOGGING = {
 }
 
 # Serve static files from the source folders: tests never run collectstatic.
-WHITENOISE_USE_FINDERS = True
-WHITENOISE_AUTOREFRESH = True
+SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_AUTOREFRESH = True
 
 # A fixed test key (never used anywhere else); tests that rotate keys override it.
 FIELD_ENCRYPTION_KEYS = ["3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc="]
@@ -54,3 +54,9 @@ FIELD_ENCRYPTION_KEYS = ["3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc="]
 UPSTREAM_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
 CHAT_FLUSH_INTERVAL = 0.05
 CHAT_DELTA_INTERVAL = 0  # every token its own frame, so tests can follow the stream exactly
+
+# Tests run in one process: a change is seen at once (core.config_cache).
+CONFIG_CACHE_CHECK_SECONDS = 0.0
+# A test's transaction lives on its own connection: database work stays on the request's
+# thread, where the test client runs it (core.db; the tests that need the threads set them).
+DB_THREADS = env.int("DB_THREADS", default=0)
