@@ -56,6 +56,7 @@ from .models import (
     Statement,
     StatementLine,
     UsageRecord,
+    UsageRollup,
 )
 from .services import period_bounds
 
@@ -634,6 +635,30 @@ BUDGET_SEARCH = [
     "budget__organization__name", "budget__project__name", "budget__user__email",
     "budget__api_key__name",
 ]  # fmt: skip
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin[UsageRollup]):
+    """The ledger summed per day and group, for the dashboards: derived, so view only (see
+    ``manage.py rebuild_usage_rollups``)."""
+
+    list_display = [
+        "day", "organization", "project", "user", "api_key", "model", "calls", "tokens",
+        "cost_display",
+    ]  # fmt: skip
+    list_filter = ["day", "model"]
+    list_select_related = ["organization", "project", "user", "api_key"]
+    search_fields = ["organization__name", "organization__slug", "project__name", "user__email",
+                     "model"]  # fmt: skip
+    date_hierarchy = "day"
+
+    @admin.display(description="tokens (in / cached / out)")
+    def tokens(self, rollup: UsageRollup) -> str:
+        return f"{rollup.prompt_tokens:,} / {rollup.cached_tokens:,} / {rollup.completion_tokens:,}"
+
+    @admin.display(description="cost", ordering="cost_units")
+    def cost_display(self, rollup: UsageRollup) -> str:
+        return format_html('<span title="{}">{}</span>', rollup.cost, usd(rollup.cost))
 
 
 @admin.register(BudgetPeriod)

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypedDict, cast
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 
 from accounts.models import ApiKey, Organization, Project
 
@@ -147,6 +148,81 @@ class UsageRecord(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("The usage ledger is append-only.")
+
+
+class UsageRollupQuerySet(models.QuerySet["UsageRollup"]):
+    def for_organization(self, organization: Organization) -> UsageRollupQuerySet:
+        return self.filter(organization=organization)
+
+
+class UsageRollup(models.Model):
+    """One UTC day of the ledger for one group (organization, project, user, API key, model),
+    summed: what the usage dashboard reads instead of the rows themselves.
+
+    Derived data, kept exactly in step with the ledger: ``billing.rollups.rollup_add`` adds each
+    row in the transaction that writes it, and the deletion of a project, user or key merges
+    its rollups into the "none" group, as SET_NULL does to the ledger's rows
+    (``rollups_merge_away``). ``manage.py rebuild_usage_rollups`` recomputes them all.
+
+    Cost is kept in integer units of 1e-12 USD (the ledger's 12 decimal places), not in a
+    DecimalField: SQLite stores those as floating point, and a day's sum would drift.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    day = models.DateField(help_text="The UTC day of the calls.")
+    model = models.CharField(max_length=200)
+    # SET_NULL as on the ledger; the deletion merges these rows first (see the docstring).
+    project = models.ForeignKey(
+        Project, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    calls = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost_units = models.BigIntegerField(default=0, help_text="The cost in units of 1e-12 USD.")
+
+    objects = UsageRollupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-day", "id"]
+        constraints = [
+            # NULLs never conflict in a unique index (SQLite and PostgreSQL alike): the
+            # nullable columns take part as COALESCE(…, 0), which ids never are. The upsert's
+            # ON CONFLICT names these same expressions (billing/rollups.py).
+            models.UniqueConstraint(
+                "organization",
+                "day",
+                "model",
+                Coalesce("project", 0, output_field=models.BigIntegerField()),
+                Coalesce("user", 0, output_field=models.BigIntegerField()),
+                Coalesce("api_key", 0, output_field=models.BigIntegerField()),
+                name="billing_rollup_group",
+            ),
+        ]
+        # The organization's range scans use the unique index (organization, day, …).
+        indexes = [
+            models.Index(fields=["project", "day"], name="billing_rollup_project_idx"),
+            models.Index(fields=["user", "day"], name="billing_rollup_user_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model}: {self.calls} calls, {self.cost} USD"
+
+    @property
+    def cost(self) -> Decimal:
+        return Decimal(self.cost_units).scaleb(-MONEY["decimal_places"])
 
 
 class Budget(models.Model):

@@ -40,6 +40,7 @@ from .models import (
     RateLimit,
     UsageRecord,
 )
+from .rollups import rollup_add
 
 logger = logging.getLogger(__name__)
 
@@ -515,6 +516,7 @@ def quota_settle(
         over_hold=over_hold,
         latency_ms=latency_ms,
     )
+    rollup_add(record)
     if over_hold:
         logger.error(
             "call %s used more than it held: %s reply tokens (cap %s, %s held), %s USD (%s held)",

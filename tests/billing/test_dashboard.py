@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import Project
 from billing.models import Budget, BudgetAlert, BudgetPeriod, UsageRecord
+from billing.rollups import rollup_add, rollups_rebuild
 from billing.selectors import DateRange, UsageScope, current_budget_banners, usage_dashboard
 from billing.services import period_bounds
 from tests.factories import ProjectFactory
@@ -24,9 +25,10 @@ OCTOBER = {"start": "2026-10-01", "end": "2026-10-31"}
 
 
 def charge(project, user, *, at: datetime, cost: str, model: str = "gpt-4o", **fields):
-    """A ledger row written at ``at`` (created_at is auto_now_add: the clock is what sets it)."""
+    """A ledger row written at ``at`` (created_at is auto_now_add: the clock is what sets it),
+    added to its daily rollup as the quota service adds it."""
     with patch("django.utils.timezone.now", return_value=at):
-        return UsageRecord.objects.create(
+        record = UsageRecord.objects.create(
             organization=project.organization,
             project=project,
             user=user,
@@ -35,6 +37,8 @@ def charge(project, user, *, at: datetime, cost: str, model: str = "gpt-4o", **f
             status=UsageRecord.Status.OK,
             **fields,
         )
+    rollup_add(record)
+    return record
 
 
 def oct_(day: int, hour: int = 12, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
@@ -174,6 +178,7 @@ def test_the_totals_stay_exact_where_sqlite_sums_floats(client_for, alice, proje
             )
             for _ in range(500)
         )
+    rollups_rebuild()  # bulk_create adds no rollups (only the benchmark writes rows this way)
 
     dashboard = get_usage(client_for(alice), **OCTOBER).context["dashboard"]
 
