@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
@@ -29,7 +29,7 @@ from django.utils import timezone
 from core.config_cache import cached
 from core.errors import ServiceError
 
-from . import pricing
+from . import ledger_sql, pricing
 from .models import (
     PER_MILLION,
     Budget,
@@ -89,7 +89,6 @@ class Reservation:
     prompt_tokens_estimate: int
     cap: int = 0  # the reply cap to send upstream (0: nothing held, an orphan's settle)
     held_reply: int = 0  # reply tokens the hold covers: ``reply_hold(cap)``
-    hold_ids: tuple[int, ...] = field(default=())
 
 
 class QuotaExceeded(ServiceError):
@@ -203,15 +202,16 @@ def _locked_periods(budgets: list[Budget], now: datetime) -> dict[int, tuple[Bud
     return periods
 
 
-def _release_expired(periods: list[BudgetPeriod], now: datetime) -> None:
-    """Free the expired holds on ``periods`` (locked), in the rows and in memory."""
+def _release_expired(periods: list[BudgetPeriod], now: datetime) -> bool:
+    """Free the expired holds on ``periods`` (locked), in the rows and in memory; whether
+    there were any."""
     expired = list(
         Hold.objects.filter(period__in=[p.pk for p in periods], expires_at__lt=now).values_list(
             "pk", "period_id", "amount"
         )
     )
     if not expired:
-        return
+        return False
     Hold.objects.filter(pk__in=[pk for pk, _, _ in expired]).delete()
     for period in periods:
         total = sum(
@@ -221,6 +221,7 @@ def _release_expired(periods: list[BudgetPeriod], now: datetime) -> None:
             BudgetPeriod.objects.filter(pk=period.pk).update(reserved=F("reserved") - total)
             period.reserved -= total
             logger.warning("released expired holds (%s USD) on budget %s", total, period.budget_id)
+    return True
 
 
 # --- rate limits -----------------------------------------------------------------------------
@@ -411,30 +412,38 @@ def quota_reserve(
     # still pay cannot change until this transaction ends.
     locked = _locked_periods(budgets, now)
     periods = [period for period, _ in locked.values()]
-    _release_expired(periods, now)
-    cap = wanted
-    for budget in budgets:
-        period, _ = locked[budget.pk]
-        afford = _affordable(budget, period, cast(ModelPrice, price), prompt_tokens)
-        afford = cap_within(afford, margin=margin) if afford >= 0 else -1
-        if afford < (1 if max_tokens is None else max_tokens):
-            raise QuotaExceeded(
-                _over_budget(budget, period, now, afford=afford), code="budget_exceeded"
-            )
-        cap = min(cap, afford)
+
+    def capped() -> tuple[int, QuotaExceeded | None]:
+        cap = wanted
+        for budget in budgets:
+            period, _ = locked[budget.pk]
+            afford = _affordable(budget, period, cast(ModelPrice, price), prompt_tokens)
+            afford = cap_within(afford, margin=margin) if afford >= 0 else -1
+            if afford < (1 if max_tokens is None else max_tokens):
+                message = _over_budget(budget, period, now, afford=afford)
+                return cap, QuotaExceeded(message, code="budget_exceeded")
+            cap = min(cap, afford)
+        return cap, None
+
+    cap, refusal = capped()
+    # Holds of calls whose process died expire (Celery beat sweeps them): one never refuses or
+    # caps a call, so a budget that would is looked at again without them.
+    if (refusal or cap < wanted) and _release_expired(periods, now):
+        cap, refusal = capped()
+    if refusal is not None:
+        raise refusal
     check_rate_limits(context, tokens=prompt_tokens + cap)
     held_reply = reply_hold(cap, margin=margin)
     amount = pricing.worst_case(price, prompt_tokens=prompt_tokens, max_tokens=held_reply)
     request_id = uuid.uuid4()
-    expires_at = now + timedelta(seconds=settings.BILLING_HOLD_SECONDS)
-    holds: list[Hold] = []
     if periods:
-        BudgetPeriod.objects.filter(pk__in=[p.pk for p in periods]).update(
-            reserved=F("reserved") + amount
-        )
-        holds = Hold.objects.bulk_create(
-            Hold(period=period, request_id=request_id, amount=amount, expires_at=expires_at)
-            for period in periods
+        ledger_sql.periods_add([p.pk for p in periods], reserved=amount)
+        ledger_sql.holds_insert(
+            [p.pk for p in periods],
+            request_id=request_id,
+            amount=amount,
+            expires_at=now + timedelta(seconds=settings.BILLING_HOLD_SECONDS),
+            now=now,
         )
     return Reservation(
         request_id=request_id,
@@ -444,7 +453,6 @@ def quota_reserve(
         prompt_tokens_estimate=prompt_tokens,
         cap=cap,
         held_reply=held_reply,
-        hold_ids=tuple(h.pk for h in holds if h.pk is not None),
     )
 
 
@@ -465,9 +473,6 @@ def quota_settle(
 
     Idempotent per call: a reply closed as orphaned whose process turns out to finish after all
     keeps the row written first."""
-    existing = UsageRecord.objects.filter(request_id=reservation.request_id).first()
-    if existing is not None:
-        return existing
     now = timezone.now()
     context = reservation.context
     price = None if reservation.price_id is None else pricing.price_by_id(reservation.price_id)
@@ -482,20 +487,7 @@ def quota_settle(
     over_hold = reservation.cap > 0 and (
         completion_tokens > reservation.held_reply or cost > reservation.amount
     )
-    # The holds still there (one that expired was released by whoever found it expired).
-    holds = list(
-        Hold.objects.filter(request_id=reservation.request_id).values_list(
-            "pk", "period_id", "amount", "period__budget_id"
-        )
-    )
-    held_budget_ids = {budget_id for _, _, _, budget_id in holds}
-    if holds:
-        Hold.objects.filter(pk__in=[pk for pk, _, _, _ in holds]).delete()
-        for amount in {amount for _, _, amount, _ in holds}:  # one amount per call, as held
-            BudgetPeriod.objects.filter(
-                pk__in=[period_id for _, period_id, held, _ in holds if held == amount]
-            ).update(reserved=F("reserved") - amount)
-    record = UsageRecord.objects.create(
+    record = UsageRecord(
         request_id=reservation.request_id,
         organization_id=context.organization_id,
         project_id=context.project_id,
@@ -515,8 +507,13 @@ def quota_settle(
         estimated=estimated,
         over_hold=over_hold,
         latency_ms=latency_ms,
+        created_at=now,
     )
+    if not ledger_sql.record_insert(record):  # settled already: the first row stands
+        return UsageRecord.objects.get(request_id=reservation.request_id)
     rollup_add(record)
+    # The holds still there (one that expired was released by whoever found it expired).
+    held = ledger_sql.holds_take(reservation.request_id)
     if over_hold:
         logger.error(
             "call %s used more than it held: %s reply tokens (cap %s, %s held), %s USD (%s held)",
@@ -529,18 +526,43 @@ def quota_settle(
     # Every budget that covers the call is charged: those that apply now, and those it was held
     # against even if disabled meanwhile, so no budget's counter drifts from the ledger.
     budgets = {b.pk: b for b in applicable_budgets(context)}
-    missing = held_budget_ids - budgets.keys()
-    if missing:
-        budgets.update(Budget.objects.in_bulk(missing))
     locked = _locked_periods(list(budgets.values()), now)
-    charged = [period.pk for period, created in locked.values() if not created]
-    if cost and charged:
-        BudgetPeriod.objects.filter(pk__in=charged).update(spent=F("spent") + cost)
+    stray = {period_id for period_id, _ in held} - {p.pk for p, _ in locked.values()}
+    if stray:  # held on a budget that no longer applies, or on a period that has ended
+        held_budgets = BudgetPeriod.objects.filter(pk__in=stray).values_list("budget", flat=True)
+        missing = set(held_budgets) - budgets.keys()
+        if missing:
+            budgets.update(Budget.objects.in_bulk(missing))
+            locked.update(_locked_periods([budgets[pk] for pk in sorted(missing)], now))
+    _release_and_charge(held, locked, cost)
     for budget_id, (period, created) in locked.items():
         # A period just created started from the ledger, this row included.
         before = period.spent - cost if created else period.spent
         _alert_on_crossing(budgets[budget_id], period, before=before, after=before + cost)
     return record
+
+
+def _release_and_charge(
+    held: list[tuple[int, Decimal]],
+    locked: dict[int, tuple[BudgetPeriod, bool]],
+    cost: Decimal,
+) -> None:
+    """Release the holds and charge ``cost`` to the current periods (not to one just created
+    from the ledger, which counts the call already): in one statement when, as usual, the call
+    was held on exactly the periods it is charged to."""
+    release = sorted({period_id for period_id, _ in held})
+    charge = sorted(period.pk for period, created in locked.values() if not created)
+    amounts = {amount for _, amount in held}  # one amount per call, as held
+    if len(amounts) == 1 and release == charge:
+        ledger_sql.periods_add(release, reserved=-amounts.pop(), spent=cost)
+        return
+    for amount in amounts:
+        ledger_sql.periods_add(
+            sorted(period_id for period_id, held_amount in held if held_amount == amount),
+            reserved=-amount,
+        )
+    if cost:
+        ledger_sql.periods_add(charge, spent=cost)
 
 
 def _alert_on_crossing(

@@ -58,7 +58,7 @@ def test_stopping_an_orphan_meters_it_too(orphan, alice, settings):
 
 
 def test_a_late_finish_of_an_orphan_keeps_one_row(orphan, alice):
-    from billing.services import Reservation, quota_settle
+    from billing.services import CallContext, Reservation, quota_settle
 
     Message.objects.filter(pk=orphan.pk).update(updated_at=timezone.now() - timedelta(hours=1))
     services.streams_expire_stale()
@@ -67,7 +67,13 @@ def test_a_late_finish_of_an_orphan_keeps_one_row(orphan, alice):
     again = quota_settle(
         reservation=Reservation(
             request_id=orphan.request_id,
-            context=None,
+            # As the reply's own process has it when it finishes after all.
+            context=CallContext(
+                organization_id=first.organization_id,
+                project_id=first.project_id,
+                user_id=first.user_id,
+                model=first.model,
+            ),
             amount=Decimal(0),
             price_id=None,
             prompt_tokens_estimate=0,
