@@ -263,7 +263,13 @@ def live_daphne(transactional_db) -> Iterator[str]:
     The port is taken here and handed over as a listening socket: no other process (another
     test worker's server) can take it between choosing it and serving on it. Its log goes to
     a file, which never fills up and blocks the server as a pipe nobody reads would."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": django_settings.SETTINGS_MODULE}
+    # The gateway's database work on one long-lived thread, as on the embedded profile
+    # (core.db): the server has its own connections, which see the committed rows.
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": django_settings.SETTINGS_MODULE,
+        "DB_THREADS": "1",
+    }
     with (
         socket.socket() as listener,
         tempfile.TemporaryFile() as log,
