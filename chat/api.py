@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db.models import Model
 from django.http import Http404, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -34,6 +34,7 @@ from rest_framework.response import Response
 
 from accounts.api_base import AsyncProjectEndpoint, ProjectEndpoint
 from core import idempotency
+from core.db import db_async
 from core.detached import run_detached
 from core.errors import ServiceError
 from core.models import IdempotentRequest
@@ -370,7 +371,7 @@ def _failure_headers(status_code: int, body: dict[str, Any]) -> dict[str, str] |
 
 
 async def _abandon(record: IdempotentRequest) -> None:
-    await database_sync_to_async(idempotency.idempotency_abandon)(record=record)
+    await db_async(idempotency.idempotency_abandon)(record=record)
 
 
 @extend_schema(tags=["Messages"])
@@ -413,8 +414,8 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         key = request.headers.get(idempotency.HEADER)
         if key is None:
             return await self._create(form.validated_data["content"], stream=stream, record=None)
-        started = await database_sync_to_async(idempotency.idempotency_begin)(
-            caller=self.api_key or request.user,
+        started = await db_async(idempotency.idempotency_begin)(
+            caller=cast(Model, self.api_key or request.user),  # signed in: a key or a user
             key=key,
             fingerprint=f"{request.get_full_path()}\n{form.validated_data['content']}".encode(),
         )
@@ -428,7 +429,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         # Validation, rate limits and the budget reservation: a refusal raises here, before
         # anything is sent upstream, and nothing is saved (the client still has its text).
         try:
-            post = await database_sync_to_async(rooms.message_post)(
+            post = await db_async(rooms.message_post)(
                 actor=self.actor, conversation_id=self.conversation.pk, content=content
             )
         except BaseException:  # refused before any work (or the client left): a retry runs
@@ -437,7 +438,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
             raise
         if self.conversation.is_room:
             # The people on the room's socket see it at once, as if typed there.
-            await database_sync_to_async(streaming.announce)(
+            await db_async(streaming.announce)(
                 project_id=self.conversation.project_id,
                 conversation_id=self.conversation.pk,
                 payload={"type": "message", "message": post.message},
@@ -470,9 +471,9 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
     async def _plain(self, post: rooms.RoomPost, record: IdempotentRequest | None) -> Response:
         """A room message that called no persona: saved and shown to the room, nothing more
         (no model, no bill). ``X-Room-Notice`` says when its @tag named no persona."""
-        body = await database_sync_to_async(self._user_message_by_id)(post.message["id"])
+        body = await db_async(self._user_message_by_id)(post.message["id"])
         if record is not None:
-            await database_sync_to_async(idempotency.idempotency_finish)(
+            await db_async(idempotency.idempotency_finish)(
                 record=record, status=201, body=json.loads(JSONRenderer().render(body))
             )
         headers = {"X-Room-Notice": post.notice} if post.notice else None
@@ -489,7 +490,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
     ) -> tuple[int, dict[str, Any]]:
         await asyncio.shield(task)
         try:
-            status_code, body = await database_sync_to_async(_reply_body)(
+            status_code, body = await db_async(_reply_body)(
                 self.conversation, pending.assistant_message_id
             )
         except BaseException:  # the conversation was deleted meanwhile: nothing to replay
@@ -497,7 +498,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
                 await _abandon(record)
             raise
         if record is not None:
-            await database_sync_to_async(idempotency.idempotency_finish)(
+            await db_async(idempotency.idempotency_finish)(
                 record=record, status=status_code, body=json.loads(JSONRenderer().render(body))
             )
         return status_code, body
@@ -518,11 +519,11 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
     ) -> None:
         await asyncio.shield(task)
         try:
-            events = await database_sync_to_async(self._replay_events)(pending)
+            events = await db_async(self._replay_events)(pending)
         except BaseException:
             await _abandon(record)
             raise
-        await database_sync_to_async(idempotency.idempotency_finish)(
+        await db_async(idempotency.idempotency_finish)(
             record=record, status=200, stream=b"".join(events).decode()
         )
 
@@ -548,9 +549,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         """The reply's events as SSE; ``done`` or ``error`` carries the saved message. The
         reply goes on if the client leaves."""
         if pending.user_message is not None:
-            yield sse_event(
-                "user_message", await database_sync_to_async(self._user_message)(pending)
-            )
+            yield sse_event("user_message", await db_async(self._user_message)(pending))
         while (payload := await events.get()) is not None:
             kind = payload["type"]
             if kind == "assistant.started":
@@ -560,7 +559,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
             elif kind == "delta":
                 yield sse_event("delta", {"offset": payload["offset"], "text": payload["text"]})
             elif kind in ("done", "error"):
-                status_code, body = await database_sync_to_async(_reply_body)(
+                status_code, body = await db_async(_reply_body)(
                     self.conversation, pending.assistant_message_id
                 )
                 if status_code == status.HTTP_201_CREATED:
@@ -576,7 +575,7 @@ class ConversationStopView(ConversationEndpoint, AsyncProjectEndpoint):
 
     @extend_schema(request=None, responses={200: MessageSerializer, 409: OPENAI_ERROR})
     async def post(self, request: Request, project_id: int, conversation_id: int) -> Response:
-        message = await database_sync_to_async(selectors.streaming_message)(self.conversation)
+        message = await db_async(selectors.streaming_message)(self.conversation)
         if message is None:
             raise ServiceError("No reply is being written in this conversation.", code="not_busy")
         await get_channel_layer().group_send(
@@ -589,19 +588,17 @@ class ConversationStopView(ConversationEndpoint, AsyncProjectEndpoint):
         deadline = loop.time() + settings.CHAT_ORPHAN_GRACE
         while (current := await self._reload(message.pk)).state == Message.State.STREAMING:
             if loop.time() > deadline:
-                await database_sync_to_async(services.reply_close_orphan)(
+                await db_async(services.reply_close_orphan)(
                     actor=self.actor, conversation_id=conversation_id
                 )
                 current = await self._reload(message.pk)
                 break
             await asyncio.sleep(0.05)
-        [data] = await database_sync_to_async(_serialize_messages)([current])
+        [data] = await db_async(_serialize_messages)([current])
         return Response(data)
 
     async def _reload(self, pk: int) -> Message:
-        message = await database_sync_to_async(selectors.get_message)(
-            conversation=self.conversation, pk=pk
-        )
+        message = await db_async(selectors.get_message)(conversation=self.conversation, pk=pk)
         if message is None:
             raise Http404("The conversation was deleted meanwhile.")
         return message

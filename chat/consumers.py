@@ -39,11 +39,11 @@ import json
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.two_factor import two_factor_satisfied
+from core.db import db_async
 from core.errors import ServiceError, public_code, retryable
 
 from . import rooms, selectors, services
@@ -58,7 +58,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         conversation = None
         if user is not None and user.is_authenticated:
-            conversation = await database_sync_to_async(selectors.get_conversation_for_user)(
+            conversation = await db_async(selectors.get_conversation_for_user)(
                 user=user, pk=int(self.scope["url_route"]["kwargs"]["conversation_id"])
             )
         if conversation is not None and not two_factor_satisfied(
@@ -84,8 +84,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_send(
                 self.group, {"type": "chat.who", "reply_to": self.channel_name}
             )
-        await database_sync_to_async(services.streams_expire_stale)(conversation=conversation)
-        if await database_sync_to_async(selectors.streaming_message)(conversation):
+        await db_async(services.streams_expire_stale)(conversation=conversation)
+        if await db_async(selectors.streaming_message)(conversation):
             await self.request_sync()
 
     async def disconnect(self, code: int) -> None:
@@ -119,7 +119,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         try:
-            post = await database_sync_to_async(rooms.message_post)(
+            post = await db_async(rooms.message_post)(
                 actor=self.actor, conversation_id=self.conversation_id, content=frame.get("content")
             )
         except ServiceError as error:
@@ -178,11 +178,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def close_orphan_later(self) -> None:
         await asyncio.sleep(settings.CHAT_ORPHAN_GRACE)
-        orphan = await database_sync_to_async(services.reply_close_orphan)(
+        orphan = await db_async(services.reply_close_orphan)(
             actor=self.actor, conversation_id=self.conversation_id
         )
         if orphan is not None:
-            message = await database_sync_to_async(services.serialize_message)(orphan)
+            message = await db_async(services.serialize_message)(orphan)
             await self.broadcast({"type": "done", "message": message})
 
     async def on_sync(self, frame: dict[str, Any]) -> None:
@@ -196,7 +196,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def begin(self, service, **kwargs: Any) -> None:
         """Run a reply_* service; on success broadcast the turn and start the reply's task."""
         try:
-            pending = await database_sync_to_async(service)(**kwargs)
+            pending = await db_async(service)(**kwargs)
         except ServiceError as error:
             # A rate limit says when to come back; a budget refusal names its reset in words.
             await self.send_error(

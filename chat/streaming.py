@@ -19,12 +19,12 @@ import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
 from billing import metering
+from core.db import db_async
 from core.detached import run_detached
 from core.errors import ServiceError, retryable
 from providers.llm.base import ProviderError, TextDelta, Waiting
@@ -182,7 +182,7 @@ class ReplyRunner:
                         time.monotonic() - last_flush >= settings.CHAT_FLUSH_INTERVAL
                     ):
                         last_flush = time.monotonic()
-                        await database_sync_to_async(services.reply_flush)(
+                        await db_async(services.reply_flush)(
                             message_id=self.message_id, content="".join(self.text)
                         )
 
@@ -233,7 +233,7 @@ class ReplyRunner:
         a reply that stops being written is known to have lost its process."""
         while True:
             await asyncio.sleep(settings.CHAT_HEARTBEAT_INTERVAL)
-            await database_sync_to_async(services.reply_flush)(
+            await db_async(services.reply_flush)(
                 message_id=self.message_id, content="".join(self.text)
             )
 
@@ -266,7 +266,7 @@ class ReplyRunner:
         await self.send_delta(force=True)  # the tail, before done/error
         content = "".join(self.text)
         try:
-            message = await database_sync_to_async(services.reply_finish)(
+            message = await db_async(services.reply_finish)(
                 pending=self.pending,
                 outcome=self.outcome,
                 content=content,
@@ -284,7 +284,7 @@ class ReplyRunner:
             message = await self.close_after_failure()
         if message is None:  # the conversation was deleted meanwhile
             return
-        serialized = await database_sync_to_async(services.serialize_message)(message)
+        serialized = await db_async(services.serialize_message)(message)
         if failure is not None:
             await self.broadcast(
                 {
@@ -302,9 +302,7 @@ class ReplyRunner:
 
     async def close_after_failure(self) -> Message | None:
         try:
-            return await database_sync_to_async(services.reply_close_failed)(
-                message_id=self.message_id
-            )
+            return await db_async(services.reply_close_failed)(message_id=self.message_id)
         except Exception:
             logger.exception("reply %s could not be closed either", self.message_id)
             return None

@@ -59,9 +59,9 @@ def db_sync_to_async(
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """``fn`` as a coroutine function whose body runs on the database threads.
 
-    Without them: on the request's own thread, or for a task that outlives its request
-    (``detached``: that thread is gone by then) on channels' worker thread, which closes stale
-    connections around it."""
+    Without them: on the request's own thread, or, for code that is not on one (``detached``:
+    a socket's consumer, a reply's task, a task that outlives its request), through channels'
+    ``database_sync_to_async``, which closes stale connections around each call."""
     threads = settings.DB_THREADS
     if not threads:
         wrapped = database_sync_to_async(fn) if detached else sync_to_async(fn)
@@ -75,3 +75,9 @@ def db_sync_to_async(
         return await call(*args, **kwargs)
 
     return run
+
+
+def db_async(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``db_sync_to_async`` for code that is not on a request's thread: a socket's consumer,
+    a reply's task."""
+    return db_sync_to_async(fn, detached=True)
