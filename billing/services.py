@@ -125,7 +125,8 @@ def applicable_budgets(context: CallContext) -> list[Budget]:
     )  # fmt: skip
 
 
-def _applicable_budgets(context: CallContext) -> list[Budget]:
+def _applicable_budgets(context: CallContext, *, described: bool = True) -> list[Budget]:
+    """``described``: with what ``Budget.describe()`` names (for a refusal's message)."""
     scope = Q(scope=Budget.Scope.ORGANIZATION)
     if context.project_id is not None:
         scope |= Q(scope=Budget.Scope.PROJECT, project_id=context.project_id)
@@ -135,11 +136,10 @@ def _applicable_budgets(context: CallContext) -> list[Budget]:
             )
     if context.api_key_id is not None:
         scope |= Q(scope=Budget.Scope.API_KEY, api_key_id=context.api_key_id)
-    return list(
-        Budget.objects.filter(scope, organization_id=context.organization_id, enabled=True)
-        .select_related("project", "user", "organization", "api_key")
-        .order_by("id")
-    )
+    budgets = Budget.objects.filter(scope, organization_id=context.organization_id, enabled=True)
+    if described:
+        budgets = budgets.select_related("project", "user", "organization", "api_key")
+    return list(budgets.order_by("id"))
 
 
 def ledger_spend(budget: Budget, start: datetime, end: datetime | None) -> Decimal:
@@ -524,8 +524,10 @@ def quota_settle(
 
         transaction.on_commit(partial(alert_over_hold.delay, record.pk))
     # Every budget that covers the call is charged: those that apply now, and those it was held
-    # against even if disabled meanwhile, so no budget's counter drifts from the ledger.
-    budgets = {b.pk: b for b in applicable_budgets(context)}
+    # against even if disabled meanwhile, so no budget's counter drifts from the ledger. Read
+    # here, not from the cache: a budget another process added a moment ago (its counter
+    # started from the ledger without this row) must be charged too.
+    budgets = {b.pk: b for b in _applicable_budgets(context, described=False)}
     locked = _locked_periods(list(budgets.values()), now)
     stray = {period_id for period_id, _ in held} - {p.pk for p, _ in locked.values()}
     if stray:  # held on a budget that no longer applies, or on a period that has ended
