@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core import config_cache
 from core.config_cache import cached
 from core.errors import ServiceError
 
@@ -195,10 +196,21 @@ def _locked_periods(budgets: list[Budget], now: datetime) -> dict[int, tuple[Bud
         .order_by("budget_id")  # no join: only the period rows are locked (see above)
         if period.start == starts[period.budget_id]
     }
+    unstarted = [budget.pk for budget in budgets if budget.pk not in found]
+    still_there: set[int] = set()
+    if unstarted:
+        # A period is about to start (once per budget and period): only for a budget that is
+        # still there — the in-memory copy of another process may be a moment behind.
+        still_there = set(Budget.objects.filter(pk__in=unstarted).values_list("pk", flat=True))
+        if len(still_there) < len(unstarted):
+            config_cache.invalidate()
     periods = {}
     for budget in sorted(budgets, key=lambda b: b.pk):
         period = found.get(budget.pk)
-        periods[budget.pk] = (period, False) if period else _locked_period(budget, now)
+        if period is not None:
+            periods[budget.pk] = (period, False)
+        elif budget.pk in still_there:
+            periods[budget.pk] = _locked_period(budget, now)
     return periods
 
 
@@ -411,6 +423,7 @@ def quota_reserve(
     # Every period locked (in budget id order) before any is read for the cap: what each can
     # still pay cannot change until this transaction ends.
     locked = _locked_periods(budgets, now)
+    budgets = [budget for budget in budgets if budget.pk in locked]  # not one deleted meanwhile
     periods = [period for period, _ in locked.values()]
 
     def capped() -> tuple[int, QuotaExceeded | None]:

@@ -1,6 +1,5 @@
-"""ASGI entry point: static files first (config.static), /v1 to a handler with the middleware a
-keyed API call needs (config.gateway_handler), other HTTP to Django, WebSockets through session
-auth and an Origin check."""
+"""ASGI entry point: static files and /v1 to Django handlers with only the middleware they need
+(config.handlers), other HTTP to Django, WebSockets through session auth and an Origin check."""
 
 import os
 
@@ -15,13 +14,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from accounts.middleware import TwoFactorSocketMiddleware  # noqa: E402
-from config.gateway_handler import RouteGateway  # noqa: E402
+from config.handlers import RouteByPath  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
-from config.static import StaticFilesASGI  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": StaticFilesASGI(RouteGateway(django_asgi_app)),
+        "http": RouteByPath(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             # A session still owing its second factor is nobody on a socket, as on a page.
             AuthMiddlewareStack(TwoFactorSocketMiddleware(URLRouter(websocket_urlpatterns)))

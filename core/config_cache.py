@@ -37,6 +37,7 @@ _entries: dict[Hashable, tuple[float, Any]] = {}
 class _State:
     version: object = None  # the shared version this process's copy belongs to
     checked_at = 0.0  # time.monotonic() of the last look at it
+    generation = 0  # how many times this copy was emptied
 
 
 _state = _State()
@@ -50,6 +51,7 @@ def _sync(now: float) -> None:
     with _lock:
         if version != _state.version:
             _entries.clear()
+            _state.generation += 1
             _state.version = version
         _state.checked_at = now
 
@@ -62,9 +64,13 @@ def cached(key: Hashable, compute: Callable[[], T]) -> T:
     entry = _entries.get(key)
     if entry is not None and now - entry[0] < settings.CONFIG_CACHE_SECONDS:
         return entry[1]  # type: ignore[no-any-return]
+    generation = _state.generation
     value = compute()
     with _lock:
-        _entries[key] = (now, value)
+        # Kept only if nothing changed while it was read: a value read before a change that
+        # another thread saw meanwhile would otherwise outlive it.
+        if _state.generation == generation:
+            _entries[key] = (now, value)
     return value
 
 
@@ -72,6 +78,7 @@ def clear() -> None:
     """Forget this process's copy (tests start from a clean one)."""
     with _lock:
         _entries.clear()
+        _state.generation += 1
         _state.checked_at = 0.0
 
 

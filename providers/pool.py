@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
@@ -86,9 +85,9 @@ class ProviderPool:
             entry = None
         if entry is None:
             entry = self._entries[identity] = _Entry(build_provider(spec), fingerprint)
-            self._evict()
         self._entries.move_to_end(identity)
-        entry.leases += 1
+        entry.leases += 1  # before evicting: a provider in use is never evicted
+        self._evict()
         return entry
 
     def _retire(self, identity: Hashable) -> None:
@@ -124,17 +123,20 @@ class ProviderPool:
         return len(self._entries)
 
 
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProviderPool] = (
-    weakref.WeakKeyDictionary()
-)
+_POOL_ATTRIBUTE = "_llm_gateway_provider_pool"
 
 
 def provider_pool() -> ProviderPool:
-    """The running event loop's pool."""
+    """The running event loop's pool.
+
+    Kept on the loop itself, not in a registry: its providers' connections refer to the loop,
+    so a registry entry would keep a finished loop (``asyncio.run``, ``async_to_sync``) and its
+    open connections alive for good; on the loop, they are garbage together."""
     loop = asyncio.get_running_loop()
-    pool = _pools.get(loop)
+    pool: ProviderPool | None = getattr(loop, _POOL_ATTRIBUTE, None)
     if pool is None:
-        pool = _pools[loop] = ProviderPool()
+        pool = ProviderPool()
+        setattr(loop, _POOL_ATTRIBUTE, pool)
     return pool
 
 

@@ -269,6 +269,9 @@ def live_daphne(transactional_db) -> Iterator[str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": django_settings.SETTINGS_MODULE,
         "DB_THREADS": "1",
+        # The server's cache is its own (local memory): it could not hear of the test's
+        # changes, so it keeps nothing in memory between calls (core.config_cache).
+        "CONFIG_CACHE_SECONDS": "0",
     }
     with (
         socket.socket() as listener,
