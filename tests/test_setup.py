@@ -83,7 +83,7 @@ def test_the_embedded_profile_needs_no_environment():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "django.db.backends.sqlite3",
-        "channels.layers.InMemoryChannelLayer",
+        "core.channel_layers.InMemoryChannelLayer",
         "django.core.mail.backends.console.EmailBackend",
         "True",
     ]

@@ -50,7 +50,7 @@ DATABASES = {
 # the writes in order here beats each waiting in SQLite's busy handler (core.db).
 DB_THREADS = env.int("DB_THREADS", default=1)
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+CHANNEL_LAYERS = {"default": {"BACKEND": "core.channel_layers.InMemoryChannelLayer"}}
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
