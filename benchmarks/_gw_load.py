@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 RESULT = "RESULT "
 TIMEOUT = 300.0  # an HTTP request
-WS_TIMEOUT = 900.0  # a socket reply: 500 at once may take minutes on a busy machine
+WS_TIMEOUT = 300.0  # a socket reply: 500 at once take a minute or two on a busy machine
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -841,7 +841,9 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     args = parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
-    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C too, explicitly: a shell's background job starts with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     started = time.monotonic()
     try:
@@ -849,6 +851,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("\nInterrupted: cleaning up.", file=sys.stderr)
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up
         CLEANUP.run()
         if args.keep_temp:
             print(f"Logs kept in {tmp}")

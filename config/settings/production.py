@@ -12,7 +12,11 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS")
 
 DATABASES = {"default": env.db("DATABASE_URL")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# 0: under ASGI each request's sync code runs on a thread of its own, and a connection kept by
+# each of those threads ran PostgreSQL out of connection slots under load (benchmarks/gateway.py).
+# The gateway's and the chat's database work keeps its DB_THREADS connections (core.db); put a
+# pooler (PgBouncer) in front for the rest.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 REDIS_URL = env.str("REDIS_URL")
