@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.db.models import (
     OuterRef,
@@ -106,18 +106,15 @@ class DateRange:
         return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
 
 
+M = TypeVar("M", UsageRecord, UsageRollup)
+
+
 def ledger_rows(scope: UsageScope, date_range: DateRange) -> QuerySet[UsageRecord]:
     """The ledger rows a scope may see in a range: the one path every usage read starts from."""
     rows = UsageRecord.objects.for_organization(scope.organization).filter(
         created_at__gte=date_range.start_at, created_at__lt=date_range.end_at
     )
-    if scope.user_id is not None:
-        rows = rows.filter(user_id=scope.user_id)
-    if scope.project_id is not None:
-        rows = rows.filter(project_id=scope.project_id)
-    if scope.api_keys_only:
-        rows = rows.filter(api_key__isnull=False)
-    return rows
+    return _within(scope, rows)
 
 
 def rollup_rows(scope: UsageScope, date_range: DateRange) -> QuerySet[UsageRollup]:
@@ -126,6 +123,12 @@ def rollup_rows(scope: UsageScope, date_range: DateRange) -> QuerySet[UsageRollu
     rows = UsageRollup.objects.for_organization(scope.organization).filter(
         day__gte=date_range.start, day__lte=date_range.end
     )
+    return _within(scope, rows)
+
+
+def _within(scope: UsageScope, rows: QuerySet[M]) -> QuerySet[M]:
+    """``rows`` (ledger rows or rollups, already of the scope's organization) narrowed to the
+    member, the project or the API keys the scope is limited to."""
     if scope.user_id is not None:
         rows = rows.filter(user_id=scope.user_id)
     if scope.project_id is not None:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from django.db import connection
 from django.test import Client
 
 from accounts.models import Membership, Organization, Project, Role, User
+from billing.models import ModelPrice
 from core import config_cache
 from core.detached import wait_for_detached
 from providers.llm.fake_upstream import FakeUpstream
@@ -62,6 +64,18 @@ def _fresh_config_cache() -> None:
     """Each test starts with nothing kept in memory from another test's rows (which a rolled
     back transaction removed without a signal, and whose ids the next test reuses)."""
     config_cache.clear()
+
+
+@pytest.fixture
+def fake_price(db) -> ModelPrice:
+    """fake-gpt* at $1,000 / $2,000 per 1M tokens: a token costs $0.001 in, $0.002 out."""
+    return ModelPrice.objects.create(
+        model="fake-gpt*",
+        input_per_million=Decimal("1000"),
+        cached_input_per_million=Decimal("500"),
+        output_per_million=Decimal("2000"),
+        effective_from="2024-01-01",
+    )
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from django.urls import reverse
 
 from accounts import api_keys
 from accounts.models import ApiKey
-from billing.models import Budget, BudgetPeriod, ModelPrice, RateLimit, UsageRecord
+from billing.models import Budget, BudgetPeriod, RateLimit, UsageRecord
 from core.config_cache import VERSION_KEY, cached, invalidate
 from providers.llm.fake_upstream import FakeUpstream
 from providers.models import ConnectionModel, ProviderConnection
@@ -49,19 +49,7 @@ def error_code(answer) -> str:
 
 
 @pytest.fixture
-def price(db) -> ModelPrice:
-    """fake-gpt* at $1,000 / $2,000 per 1M tokens: a token costs $0.001 in, $0.002 out."""
-    return ModelPrice.objects.create(
-        model="fake-gpt*",
-        input_per_million=Decimal("1000"),
-        cached_input_per_million=Decimal("500"),
-        output_per_million=Decimal("2000"),
-        effective_from="2024-01-01",
-    )
-
-
-@pytest.fixture
-def key(alice, org_a, project_a, fake_upstream, price) -> str:
+def key(alice, org_a, project_a, fake_upstream, fake_price) -> str:
     """A chat key of project A, whose fake-gpt is served by the fake upstream and priced."""
     serve(project_a, fake_upstream)
     return make_key(alice, org_a, project_a)
@@ -161,11 +149,11 @@ def test_the_admins_disable_action_is_seen_at_once(key, org_a):
 # --- prices ----------------------------------------------------------------------------------
 
 
-def test_a_changed_price_is_charged_from_the_next_call(key, price):
+def test_a_changed_price_is_charged_from_the_next_call(key, fake_price):
     assert chat(key).status_code == 200
 
-    price.output_per_million = Decimal("4000")  # was 2000: a reply token costs $0.004
-    price.save()
+    fake_price.output_per_million = Decimal("4000")  # was 2000: a reply token costs $0.004
+    fake_price.save()
     assert chat(key).status_code == 200
 
     before, after = UsageRecord.objects.order_by("id")
@@ -181,7 +169,7 @@ def test_a_changed_price_is_charged_from_the_next_call(key, price):
 
 
 def test_a_model_taken_off_the_project_is_not_found_on_the_next_call(
-    alice, org_a, project_a, fake_upstream, price
+    alice, org_a, project_a, fake_upstream, fake_price
 ):
     serve(project_a, fake_upstream, "fake-gpt", "fake-gpt-mini")
     gpt, mini = (ConnectionModel.objects.get(name=n) for n in ("fake-gpt", "fake-gpt-mini"))
