@@ -831,7 +831,18 @@ def parse_args() -> argparse.Namespace:
         "--debug-off", action="store_true", help="embedded profile with DEBUG=0 (default: on)"
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep the logs and SQLite file")
-    return parser.parse_args()
+    parser.add_argument(
+        "--only",
+        metavar="KEYS",
+        help="comma-separated scenario keys to run (a, b, c, d, e1, e100, e500); default all",
+    )
+    args = parser.parse_args()
+    if args.only:
+        known = {s.key for s in scenarios(quick=False)}
+        unknown = set(args.only.split(",")) - known
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return args
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -863,6 +874,8 @@ def main() -> None:
 
 def run_all(args: argparse.Namespace, rounds: int, tmp: Path) -> None:
     plan = scenarios(args.quick)
+    if args.only:
+        plan = [s for s in plan if s.key in args.only.split(",")]
     upstream, upstream_base_url = start_upstream(tmp)
     litellm, callbacks = start_litellm(tmp, upstream_base_url)
     profiles = ["embedded", "production"] if args.profile == "both" else [args.profile]

@@ -94,6 +94,12 @@ CONTENT_SECURITY_POLICY = {
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
+# The channel layer over Redis (production, and the tests marked ``redis``). Redis pub/sub, not
+# channels_redis' list-based core layer: with hundreds of replies streaming at once the core
+# layer's per-channel capacity (100) silently dropped deltas ("channels over capacity") and its
+# blocking reads timed out on a busy event loop (benchmarks/gateway.py, 100 and 500
+# conversations); a group send here is one PUBLISH, and delivery within the process is a queue.
+REDIS_CHANNEL_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
 WSGI_APPLICATION = None
 
 TEMPLATES = [

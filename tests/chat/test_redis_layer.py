@@ -3,7 +3,8 @@
 In production several Daphne processes share one Redis: the socket (or REST call) that asks
 for a stop or a snapshot may live in another process than the reply's task. Here the reply
 runs on this process's layer and the "other process" is a second RedisChannelLayer with its
-own connections: what it sends reaches the task only through Redis. `make test` starts the
+own connections: what it sends reaches the task only through Redis. Both are the layer production
+runs (``settings.REDIS_CHANNEL_LAYER``). `make test` starts the
 Redis (scripts/redis.sh) and passes REDIS_URL.
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
 
 from chat import services, streaming
 from chat.actors import Actor
@@ -34,9 +37,10 @@ def redis_url(settings) -> str:
     if not url:
         pytest.fail("REDIS_URL is not set: `make test` starts Redis with scripts/redis.sh")
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+        "default": {"BACKEND": settings.REDIS_CHANNEL_LAYER, "CONFIG": {"hosts": [url]}}
     }
-    assert isinstance(get_channel_layer(), RedisChannelLayer)  # what the reply task will use
+    # What the reply task will use.
+    assert isinstance(get_channel_layer(), import_string(settings.REDIS_CHANNEL_LAYER))
     return url
 
 
@@ -48,7 +52,7 @@ class Streaming:
     pending: PendingReply
     ids: dict
     task: asyncio.Task
-    other: RedisChannelLayer
+    other: Any  # a second layer of the production kind, with its own connections
     tab: str
 
 
@@ -60,7 +64,7 @@ async def stream_seen_from_another_process(
         actor=Actor(user=alice), conversation_id=conversation.pk, content=WORDS
     )
     ids = {"project_id": project_a.pk, "conversation_id": conversation.pk}
-    other = RedisChannelLayer(hosts=[redis_url])
+    other = import_string(django_settings.REDIS_CHANNEL_LAYER)(hosts=[redis_url])
     tab = await other.new_channel()
     await other.group_add(streaming.conversation_group(**ids), tab)
     task = streaming.start_reply(pending)
@@ -68,7 +72,7 @@ async def stream_seen_from_another_process(
     return Streaming(pending, ids, task, other, tab)
 
 
-async def receive_until(layer: RedisChannelLayer, channel: str, kind: str) -> list[dict]:
+async def receive_until(layer: Any, channel: str, kind: str) -> list[dict]:
     events = []
     async with asyncio.timeout(15):
         while True:
