@@ -10,6 +10,8 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count
 from django_stubs_ext import WithAnnotations
 
+from core import config_cache
+
 from .models import ApiKey, Invitation, Membership, Organization, Project, User
 
 
@@ -149,3 +151,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
         from django.utils import timezone
 
         queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        config_cache.invalidate()  # update() sends no signal: keys are kept in memory

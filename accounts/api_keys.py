@@ -18,7 +18,9 @@ from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
+from core import config_cache
 from core.errors import ServiceError
 
 from .models import ApiKey, Membership, Project
@@ -36,7 +38,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 def _base62(number: int, length: int) -> str:
     digits = []
-    for _ in range(length):
+    for _digit in range(length):
         number, rest = divmod(number, 62)
         digits.append(ALPHABET[rest])
     return "".join(reversed(digits))
@@ -74,7 +76,7 @@ class CreatedKey:
 def check_scopes(scopes: list[str]) -> list[str]:
     valid = set(ApiKey.Scope.values)
     if not scopes or any(s not in valid for s in scopes):
-        raise ServiceError("Choose at least one scope: chat, read.", code="invalid_scopes")
+        raise ServiceError(_("Choose at least one scope: chat, read."), code="invalid_scopes")
     return sorted(set(scopes))
 
 
@@ -91,19 +93,19 @@ def api_key_create(
 ) -> CreatedKey:
     check_can_manage(actor)
     if project.organization_id != actor.organization_id:
-        raise ServiceError("No such project.", code="forbidden")
+        raise ServiceError(_("No such project."), code="forbidden")
     name = name.strip()
     if not name:
-        raise ServiceError("Give the key a name, e.g. what will use it.", code="invalid_name")
+        raise ServiceError(_("Give the key a name, e.g. what will use it."), code="invalid_name")
     if expires_at is not None and expires_at <= timezone.now():
-        raise ServiceError("The expiry date must be in the future.", code="invalid_expiry")
+        raise ServiceError(_("The expiry date must be in the future."), code="invalid_expiry")
     for field, limit in (
         ("requests_per_minute", requests_per_minute),
         ("tokens_per_minute", tokens_per_minute),
     ):
         if limit is not None and limit < 1:
             raise ServiceError(
-                "A limit is a whole number from 1 up; leave it empty for none.",
+                _("A limit is a whole number from 1 up; leave it empty for none."),
                 code=f"invalid_{field}",
             )
     plaintext = generate_key()
@@ -126,7 +128,7 @@ def api_key_create(
 def api_key_revoke(*, actor: Membership, key: ApiKey) -> ApiKey:
     check_can_manage(actor)
     if key.project.organization_id != actor.organization_id:
-        raise ServiceError("No such key.", code="forbidden")
+        raise ServiceError(_("No such key."), code="forbidden")
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
@@ -155,16 +157,25 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
     expired keys, so an answer says nothing about which."""
     if not is_well_formed(raw):
         return None
-    key = (
-        ApiKey.objects.usable()
-        .select_related("project__organization")
-        .filter(digest=digest_of(raw))
-        .first()
+    digest = digest_of(raw)
+    # Kept in memory between changes like the other per-call settings (core.config_cache): a
+    # revoke saves the key, which empties this process's copy at once and every other
+    # process's within CONFIG_CACHE_CHECK_SECONDS. Misses are not kept: anyone can make up keys.
+    key = config_cache.cached(
+        ("api-key", digest),
+        lambda: (
+            ApiKey.objects.usable()
+            .select_related("project__organization")
+            .filter(digest=digest)
+            .first()
+        ),
+        keep=lambda found: found is not None,
     )
-    if key is None:
-        return None
     now = timezone.now()
+    if key is None or not key.is_active:  # it may have expired since it was read
+        return None
     if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
         # A conditional write, at most once a minute per key however busy it is.
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now  # the kept copy too, or every call would write again
     return key

@@ -56,9 +56,13 @@ def _sync(now: float) -> None:
         _state.checked_at = now
 
 
-def cached(key: Hashable, compute: Callable[[], T]) -> T:
+def cached(
+    key: Hashable, compute: Callable[[], T], *, keep: Callable[[T], bool] | None = None
+) -> T:
     """The value kept under ``key``, computed (and kept) if there is none or it is too old.
-    Callers treat what they get as read-only: it is shared by every thread of the process."""
+    Callers treat what they get as read-only: it is shared by every thread of the process.
+    ``keep``: which computed values to keep (e.g. not a miss for a key anyone can make up:
+    entries are few because settings are few, and must stay so)."""
     now = time.monotonic()
     _sync(now)
     entry = _entries.get(key)
@@ -69,7 +73,7 @@ def cached(key: Hashable, compute: Callable[[], T]) -> T:
     with _lock:
         # Kept only if nothing changed while it was read: a value read before a change that
         # another thread saw meanwhile would otherwise outlive it.
-        if _state.generation == generation:
+        if _state.generation == generation and (keep is None or keep(value)):
             _entries[key] = (now, value)
     return value
 

@@ -18,7 +18,6 @@ from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingH
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 
-from accounts.models import ApiKey
 from core import idempotency
 from core.api import AsyncAPIView
 from core.db import db_sync_to_async
@@ -107,17 +106,26 @@ class ChatCompletionsView(OpenAIEndpoint):
         tags=["OpenAI-compatible"],
     )
     async def post(self, request: Request) -> HttpResponseBase:
-        try:
-            api_key = await db_sync_to_async(gateway_services.gateway_authenticate)(
-                authorization=request.headers.get("Authorization"), scopes=("chat",)
-            )
-        except ServiceError as error:
-            return error_response(error)
+        authorization = request.headers.get("Authorization")
         body = request.body
         idempotency_key = request.headers.get(idempotency.HEADER)
         if idempotency_key is None:
-            response, _ = await _chat_completions(body, api_key)
+            # The key check and the reserve in one trip to the database thread: each trip is
+            # a thread hop, a tenth of a call's CPU (BENCHMARKS.md).
+            def prepare() -> GatewayCall:
+                key = gateway_services.gateway_authenticate(
+                    authorization=authorization, scopes=("chat",)
+                )
+                return gateway_services.chat_prepare(key=key, body=body)
+
+            response, _ = await _chat_completions(prepare)
             return response
+        try:
+            api_key = await db_sync_to_async(gateway_services.gateway_authenticate)(
+                authorization=authorization, scopes=("chat",)
+            )
+        except ServiceError as error:
+            return error_response(error)
         try:
             started = await db_sync_to_async(idempotency.idempotency_begin)(
                 caller=api_key, key=idempotency_key, fingerprint=body
@@ -127,7 +135,9 @@ class ChatCompletionsView(OpenAIEndpoint):
         if isinstance(started, idempotency.Replay):
             return started.response()
         try:
-            response, completed = await _chat_completions(body, api_key)
+            response, completed = await _chat_completions(
+                lambda: gateway_services.chat_prepare(key=api_key, body=body)
+            )
         except BaseException:  # the client left: nothing to replay, a retry runs again
             await asyncio.shield(db_sync_to_async(idempotency.idempotency_abandon)(record=started))
             raise
@@ -139,13 +149,13 @@ def _never() -> bool:
 
 
 async def _chat_completions(
-    body: bytes, api_key: ApiKey
+    prepare: Callable[[], GatewayCall],
 ) -> tuple[HttpResponseBase, Callable[[], bool]]:
-    """The answer, and whether it completed (for a stream: known once it has been sent)."""
+    """The answer, and whether it completed (for a stream: known once it has been sent).
+    ``prepare``: the database work before the upstream call (``chat_prepare``), run on the
+    database thread."""
     try:
-        call: GatewayCall = await db_sync_to_async(gateway_services.chat_prepare)(
-            key=api_key, body=body
-        )
+        call = await db_sync_to_async(prepare)()
         if not call.stream:
             return JsonResponse(await gateway_services.complete(call)), _never
         stream = GatewayStream(call)
