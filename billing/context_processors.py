@@ -1,4 +1,4 @@
-"""The budget banner of organization pages."""
+"""The budget banner: on the home page and on the pages of an organization."""
 
 from __future__ import annotations
 
@@ -7,20 +7,31 @@ from typing import Any
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
+from accounts.two_factor import is_verified
+
 from .selectors import current_budget_banners
+
+# Pages outside any organization that show the banners of all the user's organizations.
+PAGES_OF_ALL_ORGANIZATIONS = frozenset({"home"})
 
 
 def budget_alerts(request: HttpRequest) -> dict[str, Any]:
-    """``budget_alerts`` on pages of an organization (URLs with ``org_slug``): the budgets that
-    crossed a threshold this period. One query, run only if a template reads it; nothing at
-    all on other pages. Membership is part of that query, so an outsider gets an empty list."""
+    """``budget_alerts``: the budgets that crossed a threshold this period — of the organization
+    on its pages (URLs with ``org_slug``), of every organization of the user on the home page.
+    One query, run only if a template reads it; nothing at all on other pages. Membership is
+    part of that query, so an outsider gets an empty list."""
     match = getattr(request, "resolver_match", None)
-    slug = match.kwargs.get("org_slug") if match is not None else None
-    if not slug or not request.user.is_authenticated:
+    if match is None or not request.user.is_authenticated:
+        return {}
+    slug = match.kwargs.get("org_slug")
+    if not slug and match.url_name not in PAGES_OF_ALL_ORGANIZATIONS:
         return {}
     user_id = request.user.pk
+    verified = is_verified(request.user)
     return {
         "budget_alerts": SimpleLazyObject(
-            lambda: current_budget_banners(user_id=user_id, organization_slug=slug)
+            lambda: current_budget_banners(
+                user_id=user_id, organization_slug=slug or None, two_factor_verified=verified
+            )
         )
     }
