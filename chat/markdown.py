@@ -4,18 +4,30 @@ markdown-it-py renders with raw HTML disabled (so the model's own tags come out 
 nh3 then keeps only a small allow-list of tags, attributes and URL schemes as a second wall.
 A table column's alignment comes out as a class, not a style="" attribute, which the
 Content-Security-Policy would refuse.
+
+Fenced code with a language Pygments knows is highlighted here, on the server, as spans with
+Pygments' short token classes (``<span class="k">``); static/css/chat.css colours them with a
+light and a dark palette. Classes, never Pygments' inline styles: the CSP refuses style="". The
+sanitizer still runs over the result and keeps only those classes on spans.
 """
 
+import re
 from functools import lru_cache
 
 import nh3
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
+from pygments.lexers import get_lexer_by_name
+from pygments.token import STANDARD_TYPES
+from pygments.util import ClassNotFound
 
 ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "s", "del", "code", "pre", "blockquote",
     "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
-    "table", "thead", "tbody", "tr", "th", "td",
+    "table", "thead", "tbody", "tr", "th", "td", "span",
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {
     "a": {"href", "title"},
@@ -25,6 +37,37 @@ ALLOWED_ATTRIBUTES = {
 ALIGNMENTS = {"left", "center", "right"}
 # Only the classes _alignment_as_class sets; the model's text cannot add others (raw HTML is off).
 ALLOWED_CLASSES = {cell: {f"align-{side}" for side in ALIGNMENTS} for cell in ("th", "td")}
+# Every class Pygments' HTML formatter gives a token ("k" keyword, "s2" string…); a span can
+# carry nothing else.
+HIGHLIGHT_CLASSES = {name for name in STANDARD_TYPES.values() if name}
+ALLOWED_CLASSES["span"] = HIGHLIGHT_CLASSES
+
+# A language name as people write them (python, c++, objective-c, c#, shell-session); anything
+# else, and names Pygments does not know, stay plain text.
+LANGUAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+#.-]{0,39}")
+# Longer blocks stay plain: highlighting is done on every page view, and a lexer's time grows
+# with its input.
+MAX_HIGHLIGHT_CHARS = 20_000
+_FORMATTER = HtmlFormatter(nowrap=True)  # bare spans: markdown-it writes the <pre><code>
+
+
+@lru_cache(maxsize=256)
+def _lexer(language: str) -> Lexer | None:
+    if not LANGUAGE.fullmatch(language):
+        return None
+    try:
+        # stripnl/ensurenl off: the code comes out exactly as the model wrote it.
+        return get_lexer_by_name(language.lower(), stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return None
+
+
+def _highlight(code: str, language: str, _attrs: str) -> str:
+    """Highlighted HTML for a fenced block, or "" to let markdown-it escape it as plain text."""
+    lexer = _lexer(language) if language and len(code) <= MAX_HIGHLIGHT_CHARS else None
+    if lexer is None:
+        return ""
+    return str(highlight(code, lexer, _FORMATTER))
 
 
 def _alignment_as_class(state: StateCore) -> None:
@@ -39,9 +82,9 @@ def _alignment_as_class(state: StateCore) -> None:
 
 @lru_cache(maxsize=1)
 def _parser() -> MarkdownIt:
-    parser = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(
-        ["table", "strikethrough"]
-    )
+    parser = MarkdownIt(
+        "commonmark", {"html": False, "breaks": True, "highlight": _highlight}
+    ).enable(["table", "strikethrough"])
     parser.core.ruler.push("alignment_as_class", _alignment_as_class)
     return parser
 
