@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from .models import ChatSettings, Conversation, Message, Persona, RoomMember
+from .models import ChatSettings, Conversation, Folder, Message, Persona, RoomMember
 
 
 @admin.register(Conversation)
@@ -14,8 +14,19 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ["sharing", "archived", "model", "last_message_at"]
     list_select_related = ["project__organization", "owner", "api_key"]
     search_fields = ["title", "owner__email", "project__name", "project__organization__name"]
-    raw_id_fields = ["project", "owner", "api_key"]
+    raw_id_fields = ["project", "owner", "api_key", "folder"]
     readonly_fields = ["created_at", "updated_at"]
+
+
+@admin.register(Folder)
+class FolderAdmin(admin.ModelAdmin):
+    """A person's sidebar folders (their chats point at them)."""
+
+    list_display = ["name", "owner", "project", "created_at"]
+    list_select_related = ["owner", "project__organization"]
+    search_fields = ["name", "owner__email", "project__name"]
+    raw_id_fields = ["project", "owner"]
+    readonly_fields = ["created_at"]
 
 
 @admin.register(Message)
@@ -27,7 +38,8 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ["role", "state", "model", "created_at"]
     list_select_related = ["conversation"]
     search_fields = ["content", "conversation__title", "conversation__owner__email"]
-    raw_id_fields = ["conversation", "author", "persona"]
+    # parent: a select of every message would be the whole table.
+    raw_id_fields = ["conversation", "parent", "author", "persona"]
     readonly_fields = ["created_at", "updated_at"]
 
 

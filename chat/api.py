@@ -44,7 +44,7 @@ from providers import selectors as provider_selectors
 
 from . import rooms, selectors, services, streaming
 from .actors import Actor
-from .models import Conversation, Message
+from .models import Conversation, Folder, Message
 
 
 class ActorEndpoint(ProjectEndpoint):
@@ -85,6 +85,9 @@ class ModelListView(ProjectEndpoint):
 
 class ConversationSerializer(serializers.ModelSerializer):
     project = serializers.IntegerField(source="project_id", read_only=True)
+    folder = serializers.IntegerField(
+        source="folder_id", read_only=True, allow_null=True, help_text="One of your folders."
+    )
     started_with = serializers.SerializerMethodField(
         help_text="'session' (a person's own) or 'api_key' (the project's API conversations)."
     )
@@ -107,6 +110,8 @@ class ConversationSerializer(serializers.ModelSerializer):
             "json_mode",
             "history_limit",
             "archived",
+            "pinned",
+            "folder",
             "sharing",
             "persona",
             "started_with",
@@ -161,6 +166,14 @@ class ConversationWriteSerializer(serializers.Serializer[Any]):
         "null: all that fit.",
     )
     archived = serializers.BooleanField(required=False)
+    pinned = serializers.BooleanField(
+        required=False, help_text="Your private chats only: listed first in the sidebar."
+    )
+    folder = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Your private chats only: one of your folders of the project, or null.",
+    )
     persona = serializers.IntegerField(
         required=False,
         help_text="On creation only: start as this persona of the project (its system prompt, "
@@ -202,7 +215,10 @@ class ConversationListView(ListModelMixin, ActorEndpoint):
     def get(self, request: Request, project_id: int) -> Response:
         return self.list(request)
 
-    @extend_schema(request=ConversationWriteSerializer, responses={201: ConversationSerializer})
+    @extend_schema(
+        request=ConversationWriteSerializer,
+        responses={201: ConversationSerializer, 403: OPENAI_ERROR, 409: OPENAI_ERROR},
+    )
     def post(self, request: Request, project_id: int) -> Response:
         form = ConversationWriteSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -230,7 +246,10 @@ class ConversationDetailView(ConversationEndpoint):
     def get(self, request: Request, project_id: int, conversation_id: int) -> Response:
         return Response(ConversationSerializer(self.conversation).data)
 
-    @extend_schema(request=ConversationWriteSerializer, responses=ConversationSerializer)
+    @extend_schema(
+        request=ConversationWriteSerializer,
+        responses={200: ConversationSerializer, 403: OPENAI_ERROR, 409: OPENAI_ERROR},
+    )
     def patch(self, request: Request, project_id: int, conversation_id: int) -> Response:
         rooms.check_maker(actor=self.actor, conversation=self.conversation)
         form = ConversationWriteSerializer(data=request.data, partial=True)
@@ -240,8 +259,8 @@ class ConversationDetailView(ConversationEndpoint):
                 "A conversation's persona is chosen when it starts; start a new one.",
                 param="persona",
             )
-        conversation = services.conversation_update(
-            conversation=self.conversation, changes=form.validated_data
+        conversation = services.conversation_edit(
+            actor=self.actor, conversation=self.conversation, changes=form.validated_data
         )
         return Response(ConversationSerializer(conversation).data)
 
@@ -268,6 +287,13 @@ class PersonaRefSerializer(serializers.Serializer):
     color = serializers.CharField()
 
 
+class VersionsSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Which version this is, from 1 (oldest first).")
+    count = serializers.IntegerField()
+    previous = serializers.IntegerField(allow_null=True, help_text="The version before it.")
+    next = serializers.IntegerField(allow_null=True, help_text="The version after it.")
+
+
 class MessageSerializer(serializers.ModelSerializer):
     cost = serializers.SerializerMethodField(
         help_text="USD, as a decimal string: what this reply cost (null for a user message)."
@@ -277,11 +303,22 @@ class MessageSerializer(serializers.ModelSerializer):
         "for the API side's messages."
     )
     persona = serializers.SerializerMethodField(help_text="The persona that wrote a reply.")
+    versions = serializers.SerializerMethodField(
+        help_text="When this turn has several versions (a regenerated reply, an edited "
+        "message): which one this is, from 1, of how many, and the ids either side of it; "
+        "null when it is the only one. GET …/messages/<id>/versions/ lists them, POST "
+        "…/messages/<id>/select/ shows another."
+    )
 
     class Meta:
         model = Message
+        extra_kwargs = {
+            "parent": {"help_text": "The message this one follows (null: the first one)."}
+        }
         fields = [
             "id",
+            "parent",
+            "versions",
             "role",
             "content",
             "state",
@@ -315,6 +352,11 @@ class MessageSerializer(serializers.ModelSerializer):
         cost = self.context.get("costs", {}).get(message.pk)
         return None if cost is None else f"{cost:f}"  # fixed-point, never "0E-12"
 
+    @extend_schema_field(VersionsSerializer(allow_null=True))
+    def get_versions(self, message: Message) -> dict[str, Any] | None:
+        versions = self.context.get("versions", {}).get(message.pk)
+        return None if versions is None else versions.as_dict()
+
 
 class MessageCreateSerializer(serializers.Serializer):
     content = serializers.CharField(
@@ -345,7 +387,10 @@ FAILED_REPLY = inline_serializer(
 
 def _serialize_messages(messages: list[Message]) -> list[dict[str, Any]]:
     costs = selectors.message_costs([m.pk for m in messages if m.role == Message.Role.ASSISTANT])
-    return list(MessageSerializer(messages, many=True, context={"costs": costs}).data)
+    versions = selectors.versions_of(messages)
+    return list(
+        MessageSerializer(messages, many=True, context={"costs": costs, "versions": versions}).data
+    )
 
 
 def _reply_body(conversation: Conversation, message_id: int) -> tuple[int, dict[str, Any]]:
@@ -379,14 +424,24 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
     serializer_class = MessageSerializer
 
     def get_queryset(self):
-        return self.conversation.messages.select_related("author", "persona").order_by("id")
+        # The current branch: the versions of a turn not shown are under …/versions/.
+        return (
+            self.conversation.messages.on_branch()
+            .select_related("author", "persona")
+            .order_by("id")
+        )
 
     def get_serializer_context(self) -> dict[str, Any]:
-        return {**super().get_serializer_context(), "costs": self._costs}
+        return {
+            **super().get_serializer_context(),
+            "costs": self._costs,
+            "versions": self._versions,
+        }
 
     def paginate_queryset(self, queryset):
         page = super().paginate_queryset(queryset)
         self._costs = selectors.message_costs([m.pk for m in page or []])
+        self._versions = selectors.versions_of(page or [])
         return page
 
     async def get(self, request: Request, project_id: int, conversation_id: int) -> Response:
@@ -602,6 +657,168 @@ class ConversationStopView(ConversationEndpoint, AsyncProjectEndpoint):
         if message is None:
             raise Http404("The conversation was deleted meanwhile.")
         return message
+
+
+# --- versions of a turn -------------------------------------------------------------------------
+
+
+class MessageEndpoint(ConversationEndpoint):
+    """A message of the conversation (any version, shown or not); another id is a 404."""
+
+    message: Message
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        message = selectors.get_message(conversation=self.conversation, pk=kwargs["message_id"])
+        if message is None:
+            raise Http404("No such message.")
+        self.message = message
+
+
+class VersionSerializer(MessageSerializer):
+    selected = serializers.BooleanField(
+        help_text="The version shown (on the conversation's current branch, if its turn is)."
+    )
+
+    class Meta(MessageSerializer.Meta):
+        fields = [*MessageSerializer.Meta.fields, "selected"]
+        read_only_fields = fields
+
+
+@extend_schema(tags=["Messages"])
+class MessageVersionListView(MessageEndpoint):
+    """Every version of this message's turn, oldest first: the replies a regenerate made, or
+    the texts an edit made (a short list: not paginated)."""
+
+    pagination_class = None
+
+    @extend_schema(responses=VersionSerializer(many=True))
+    def get(
+        self, request: Request, project_id: int, conversation_id: int, message_id: int
+    ) -> Response:
+        versions = selectors.message_versions(self.conversation, self.message)
+        costs = selectors.message_costs([m.pk for m in versions])
+        context = {"costs": costs, "versions": selectors.versions_of(versions)}
+        return Response(VersionSerializer(versions, many=True, context=context).data)
+
+
+class BranchChangeSerializer(serializers.Serializer):
+    message_id = serializers.IntegerField(help_text="The version now shown.")
+    changed_from = serializers.IntegerField(
+        allow_null=True,
+        help_text="The first message of the transcript that reads differently now; null when "
+        "this version was shown already.",
+    )
+
+
+@extend_schema(tags=["Messages"])
+class MessageSelectView(MessageEndpoint):
+    """Show this version of its turn: the conversation's branch goes through it (and on
+    through the versions last shown after it), and later replies are prompted with that branch.
+    Refused (409 ``busy``) while a reply is being written."""
+
+    @extend_schema(request=None, responses={200: BranchChangeSerializer, 409: OPENAI_ERROR})
+    def post(
+        self, request: Request, project_id: int, conversation_id: int, message_id: int
+    ) -> Response:
+        change = services.message_select(
+            actor=self.actor, conversation_id=self.conversation.pk, message_id=self.message.pk
+        )
+        if change.changed_from is not None:
+            # Open tabs read the transcript again, as after a click on a version arrow.
+            streaming.announce(
+                project_id=self.project.pk,
+                conversation_id=self.conversation.pk,
+                payload={
+                    "type": "branch",
+                    "message_id": change.message_id,
+                    "from": change.changed_from,
+                },
+            )
+        return Response({"message_id": change.message_id, "changed_from": change.changed_from})
+
+
+# --- folders ------------------------------------------------------------------------------------
+
+
+class FolderSerializer(serializers.ModelSerializer):
+    project = serializers.IntegerField(source="project_id", read_only=True)
+
+    class Meta:
+        model = Folder
+        fields = ["id", "project", "name", "created_at"]
+        read_only_fields = ["id", "project", "created_at"]
+
+
+class FolderWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, help_text="At most 80 characters.")
+
+
+class FolderEndpoint(ActorEndpoint):
+    """Folders are a person's own sidebar: an API key has none (403 ``keys_not_allowed``)."""
+
+    allow_keys = False
+
+    def folders(self):
+        if self.actor.user is None:  # never: keys are refused before
+            return Folder.objects.none()
+        return selectors.folders_for_user(user=self.actor.user, project=self.project)
+
+
+@extend_schema(tags=["Folders"])
+class FolderListView(ListModelMixin, FolderEndpoint):
+    """Your folders in this project; move a chat into one with PATCH on the conversation
+    (``folder``)."""
+
+    serializer_class = FolderSerializer
+
+    def get_queryset(self):
+        return self.folders()
+
+    def get(self, request: Request, project_id: int) -> Response:
+        return self.list(request)
+
+    @extend_schema(
+        request=FolderWriteSerializer, responses={201: FolderSerializer, 409: OPENAI_ERROR}
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        form = FolderWriteSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        folder = services.folder_create(
+            actor=self.actor, project=self.project, name=form.validated_data["name"]
+        )
+        return Response(FolderSerializer(folder).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["Folders"])
+class FolderDetailView(FolderEndpoint):
+    folder: Folder
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        folder = self.folders().filter(pk=kwargs["folder_id"]).first()
+        if folder is None:
+            raise Http404("No such folder.")
+        self.folder = folder
+
+    @extend_schema(responses=FolderSerializer)
+    def get(self, request: Request, project_id: int, folder_id: int) -> Response:
+        return Response(FolderSerializer(self.folder).data)
+
+    @extend_schema(
+        request=FolderWriteSerializer, responses={200: FolderSerializer, 409: OPENAI_ERROR}
+    )
+    def patch(self, request: Request, project_id: int, folder_id: int) -> Response:
+        form = FolderWriteSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        folder = services.folder_rename(folder=self.folder, name=form.validated_data["name"])
+        return Response(FolderSerializer(folder).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, project_id: int, folder_id: int) -> Response:
+        """The folder goes; its chats stay, in no folder."""
+        services.folder_delete(folder=self.folder)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- rooms -------------------------------------------------------------------------------------

@@ -10,14 +10,28 @@ Client → server (JSON objects):
                                                           persona's @tag)
   ``{"type": "typing"}``                                  in a room: I am typing
   ``{"type": "stop"}``                                    cut the reply short
-  ``{"type": "regenerate"}``                              answer the last message again
-  ``{"type": "edit", "message_id": 12, "content": "…"}``  change a message; later turns go
+  ``{"type": "regenerate", "message_id": 13}``            a new version of this reply (any
+                                                          reply on the current branch; without
+                                                          an id, the last one)
+  ``{"type": "edit", "message_id": 12, "content": "…"}``  a new version of this message of
+                                                          mine, answered again
+  ``{"type": "select", "message_id": 14}``                show this version of its turn (the
+                                                          branch, and later prompts, follow it)
+  ``{"type": "model", "model": "gpt-4o"}``                answer with this model from now on
   ``{"type": "sync"}``                                    send me the reply so far again
+
+A regenerate or an edit keeps the version it replaces, and the turns after it, on their own
+branch: ``message.versions`` (``{"index", "count", "previous", "next"}``, on the new version)
+says which version is shown, and ``select`` browses them.
 
 Server → client (to every socket on the conversation unless noted):
   ``message``            ``{"message": {...}}`` the user's message, saved (with its id)
-  ``truncate``           ``{"from": id}`` messages with this id or later were replaced
-  ``assistant.started``  ``{"message": {"id", "model"}, "omitted_messages": n}``
+  ``truncate``           ``{"from": id}`` messages with this id or later left the branch
+                         shown (a regenerate or an edit: the new version follows)
+  ``branch``             ``{"message_id", "from"}`` another version was selected: the
+                         transcript reads differently from message ``from`` on (read it again)
+  ``model``              ``{"model"}`` the conversation now answers with this model
+  ``assistant.started``  ``{"message": {"id", "model", "versions"}, "omitted_messages": n}``
   ``waiting``            ``{"message_id", "position"}`` queued behind ``position`` replies
                          for the local model (sent again as it moves up)
   ``delta``              ``{"message_id", "offset", "text"}``; offset counts characters
@@ -54,6 +68,19 @@ TYPING_EVERY = 2.0  # seconds between two "typing" events of one socket
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
+    # Frame type -> handler. tests/test_tenancy.py walks it: a new frame that names an object
+    # fails there until an outsider's attempt at it is covered.
+    FRAMES = {
+        "message": "on_message",
+        "stop": "on_stop",
+        "regenerate": "on_regenerate",
+        "edit": "on_edit",
+        "select": "on_select",
+        "model": "on_model",
+        "sync": "on_sync",
+        "typing": "on_typing",
+    }
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         conversation = None
@@ -104,18 +131,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             await self.send_error("bad_frame", 'A frame is a JSON object with a "type".')
             return
-        handler = {
-            "message": self.on_message,
-            "stop": self.on_stop,
-            "regenerate": self.on_regenerate,
-            "edit": self.on_edit,
-            "sync": self.on_sync,
-            "typing": self.on_typing,
-        }.get(frame["type"])
-        if handler is None:
+        name = self.FRAMES.get(frame["type"])
+        if name is None:
             await self.send_error("bad_frame", f"Unknown frame type {frame['type']!r}.")
             return
-        await handler(frame)
+        await getattr(self, name)(frame)
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         try:
@@ -155,8 +175,36 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         await self.begin(
-            services.reply_regenerate, actor=self.actor, conversation_id=self.conversation_id
+            services.reply_regenerate,
+            actor=self.actor,
+            conversation_id=self.conversation_id,
+            message_id=frame.get("message_id"),
         )
+
+    async def on_select(self, frame: dict[str, Any]) -> None:
+        try:
+            change = await db_async(services.message_select)(
+                actor=self.actor,
+                conversation_id=self.conversation_id,
+                message_id=frame.get("message_id"),
+            )
+        except ServiceError as error:
+            await self.send_error(error.code, error.message)
+            return
+        if change.changed_from is not None:
+            await self.broadcast(
+                {"type": "branch", "message_id": change.message_id, "from": change.changed_from}
+            )
+
+    async def on_model(self, frame: dict[str, Any]) -> None:
+        try:
+            conversation = await db_async(services.conversation_switch_model)(
+                actor=self.actor, conversation_id=self.conversation_id, model=frame.get("model")
+            )
+        except ServiceError as error:
+            await self.send_error(error.code, error.message)
+            return
+        await self.broadcast({"type": "model", "model": conversation.model})
 
     async def on_edit(self, frame: dict[str, Any]) -> None:
         await self.begin(

@@ -1,4 +1,4 @@
-"""A conversation as Markdown or JSON, for download."""
+"""A conversation as Markdown or JSON, for download: its current branch, as the page shows it."""
 
 from typing import Any
 
@@ -28,7 +28,7 @@ def as_dict(conversation: Conversation) -> dict[str, Any]:
                 "finish_reason": m.finish_reason or None,
                 "created_at": m.created_at.isoformat(),
             }
-            for m in conversation.messages.order_by("id").iterator(chunk_size=500)
+            for m in conversation.messages.on_branch().order_by("id").iterator(chunk_size=500)
         ],
     }
 
@@ -37,7 +37,7 @@ def as_markdown(conversation: Conversation) -> str:
     lines = [f"# {conversation.display_title}", "", f"Model: {conversation.model}", ""]
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt, ""]
-    for m in conversation.messages.order_by("id").iterator(chunk_size=500):
+    for m in conversation.messages.on_branch().order_by("id").iterator(chunk_size=500):
         label = ROLE_LABELS.get(m.role, m.role)
         note = "" if m.state == "complete" else f" ({m.state})"
         lines += [f"## {label}{note}", "", m.content, ""]

@@ -4,6 +4,7 @@ from typing import Any, cast
 
 from django import forms
 from django.db.models import QuerySet
+from django.utils.translation import gettext_lazy as _
 
 from .models import Persona
 from .personas import SAMPLING_PRESETS, sampling_preset_of
@@ -87,6 +88,19 @@ class ConversationSettingsForm(SamplingFields):
 
 class RenameForm(forms.Form):
     title = forms.CharField(max_length=200, required=False)
+
+
+class MoveForm(forms.Form):
+    """Which of the person's folders a chat is in (empty: none)."""
+
+    folder = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, label=_("Folder"))
+
+    def __init__(self, *args: Any, folders: list[tuple[int, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.TypedChoiceField, self.fields["folder"]).choices = [
+            ("", _("No folder")),
+            *folders,
+        ]
 
 
 SHARING_CHOICES = [

@@ -2,12 +2,21 @@
 
 Conversations are reached only through ``Conversation.objects.for_user`` (a person's own
 conversations and the rooms they are in) or ``for_api_key`` (a project's API conversations);
-personas through ``Persona.objects.for_project``.
+personas through ``Persona.objects.for_project``; a person's sidebar folders through
+``Folder.objects.for_user``.
+
+Messages form a tree: each follows its ``parent`` (the message before it), and regenerating a
+reply or editing a message adds a sibling, a new *version* of that turn, instead of overwriting
+it. Among siblings one is ``selected``; the conversation's current branch is the chain of
+selected messages from the first one down, marked ``on_path`` (kept in step by
+``chat.services``), which is what the page shows and the model is sent. Along a branch ids only
+grow (a message is always created after its parent), so a branch ordered by id is in order.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
@@ -15,6 +24,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import AnyUser, ApiKey, Project
+
+if TYPE_CHECKING:
+    from .selectors import Versions
 
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
@@ -97,6 +109,41 @@ class Persona(models.Model):
         return f"@{self.tag} ({self.name})"
 
 
+class FolderQuerySet(models.QuerySet["Folder"]):
+    def for_user(self, user: AnyUser) -> FolderQuerySet:
+        """The user's own folders, in projects of organizations they still belong to."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(owner=user, project__organization__memberships__user=user)
+
+    def for_project(self, project: Project) -> FolderQuerySet:
+        return self.filter(project=project)
+
+
+class Folder(models.Model):
+    """A person's folder of their own chats in a project (the sidebar groups them by it)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="chat_folders")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_folders"
+    )
+    name = models.CharField(max_length=80)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = FolderQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "owner", "name"], name="chat_folder_name_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Conversation(models.Model):
     class Sharing(models.TextChoices):
         PRIVATE = "private", "Only me"
@@ -140,6 +187,15 @@ class Conversation(models.Model):
         default=False, help_text="Ask for a JSON object (response_format json_object)."
     )
     archived = models.BooleanField(default=False)
+    # The owner's sidebar: pinned chats come first; a chat may sit in one of their folders.
+    pinned = models.BooleanField(default=False)
+    folder = models.ForeignKey(
+        Folder,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conversations",
+    )
     # A private conversation answers every message; a room (shared with chosen members or the
     # whole project) answers only messages that start with a persona's @tag.
     sharing = models.CharField(max_length=10, choices=Sharing.choices, default=Sharing.PRIVATE)
@@ -213,6 +269,12 @@ class RoomMember(models.Model):
         return f"{self.user} in {self.conversation}"
 
 
+class MessageQuerySet(models.QuerySet["Message"]):
+    def on_branch(self) -> MessageQuerySet:
+        """The current branch of a conversation: what its page shows and its model is sent."""
+        return self.filter(on_path=True)
+
+
 class Message(models.Model):
     class Role(models.TextChoices):
         SYSTEM = "system", "System"
@@ -230,6 +292,16 @@ class Message(models.Model):
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
+    # The message this one follows (None: the first of its conversation, or a version of it).
+    # DO_NOTHING: a conversation's messages go with it in one delete; a cascade here would walk
+    # a long conversation one message at a time.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.DO_NOTHING, related_name="children"
+    )
+    # The version of its turn shown among its siblings (those with the same parent).
+    selected = models.BooleanField(default=True)
+    # On the conversation's current branch: it and every message before it are selected.
+    on_path = models.BooleanField(default=True)
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.TextField(blank=True)
     # Who wrote a user message, or who called for an assistant reply (and pays for it): rooms
@@ -272,11 +344,16 @@ class Message(models.Model):
     cost: Decimal | None
     conversation_cost: Decimal | None
     html: str
+    versions: Versions | None  # which version of its turn it is, when there are several
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
         indexes = [
             models.Index(fields=["conversation", "id"], name="chat_msg_conv_idx"),
+            # The transcript and the prompt's history: the current branch, in order.
+            models.Index(fields=["conversation", "on_path", "id"], name="chat_msg_path_idx"),
             models.Index(fields=["state", "updated_at"], name="chat_msg_state_idx"),
         ]
 

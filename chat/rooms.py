@@ -256,7 +256,11 @@ def room_post(*, actor: Actor, conversation_id: int, content: object) -> RoomPos
             what="Persona calls per person",
         )
     message = Message.objects.create(
-        conversation=conversation, role=Message.Role.USER, content=content, author=actor.user
+        conversation=conversation,
+        parent=services.branch_leaf(conversation),  # a room is one branch: no versions
+        role=Message.Role.USER,
+        content=content,
+        author=actor.user,
     )
     if persona is None:
         conversation.last_message_at = timezone.now()

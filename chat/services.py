@@ -7,6 +7,7 @@ what was generated with its final state. The streaming in between lives in ``cha
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -15,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from accounts.models import Project
 from billing import metering
@@ -22,6 +24,7 @@ from billing.metering import MeteredCall, Outcome
 from billing.models import UsageRecord
 from billing.services import CallContext
 from core.errors import ServiceError
+from core.money import decimal_text
 from core.text import storable
 from providers import selectors as provider_selectors
 from providers.llm.base import ChatRequest
@@ -31,7 +34,7 @@ from providers.specs import spec_for
 
 from . import selectors, summaries
 from .actors import Actor
-from .models import Conversation, Message, Persona
+from .models import Conversation, Folder, Message, Persona
 from .prompt import PromptTooLong, build_prompt
 
 TITLE_MAX_CHARS = 80
@@ -58,6 +61,8 @@ class PendingReply:
     truncate_from: int | None = None  # messages with this id or later were replaced
     persona: dict[str, Any] | None = None  # serialized, when a persona answers
     caller: dict[str, Any] | None = None  # {"id", "name"} of the person who asked (and pays)
+    # Which version of its turn the reply is, when it is not the only one (a regenerate).
+    versions: dict[str, Any] | None = None
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -329,7 +334,143 @@ def conversation_start(*, actor: Actor, project: Project, changes: dict[str, Any
         actor=actor, project=project, model=changes.get("model"), persona=persona
     )
     rest = {name: value for name, value in changes.items() if name not in ("model", "persona")}
-    return conversation_update(conversation=conversation, changes=rest) if rest else conversation
+    return conversation_edit(actor=actor, conversation=conversation, changes=rest)
+
+
+SIDEBAR_FIELDS = ("pinned", "folder")
+
+
+@transaction.atomic
+def conversation_edit(
+    *, actor: Actor, conversation: Conversation, changes: dict[str, Any]
+) -> Conversation:
+    """``conversation_update``, and where the actor files the chat (``pinned``, ``folder``: a
+    folder id or None), all or nothing."""
+    settings_changes = {k: v for k, v in changes.items() if k not in SIDEBAR_FIELDS}
+    if settings_changes:
+        conversation = conversation_update(conversation=conversation, changes=settings_changes)
+    if "pinned" in changes:
+        conversation = conversation_pin(
+            actor=actor, conversation_id=conversation.pk, pinned=bool(changes["pinned"])
+        )
+    if "folder" in changes:
+        conversation = conversation_move(
+            actor=actor, conversation_id=conversation.pk, folder_id=changes["folder"]
+        )
+    return conversation
+
+
+@transaction.atomic
+def conversation_switch_model(*, actor: Actor, conversation_id: int, model: object) -> Conversation:
+    """Answer with another model from the next reply on (the page's model picker, over the
+    socket). Checked as a settings save is: the settings must suit the new model."""
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
+    if conversation.is_room and (actor.user is None or conversation.owner_id != actor.user_id):
+        raise ServiceError(code="not_room_owner")
+    if not isinstance(model, str) or not model:
+        raise ServiceError(_("Pick a model."), code="model_not_found", param="model")
+    if model == conversation.model:
+        return conversation
+    return conversation_update(conversation=conversation, changes={"model": model})
+
+
+# --- the sidebar: pins, the archive, folders ---------------------------------------------------
+
+
+def _own_chat(*, actor: Actor, conversation_id: int) -> Conversation:
+    """A private chat of the actor's: only those are pinned, archived or filed in folders (a
+    room is everyone's in it, and folders are one person's)."""
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
+    if actor.user is None:
+        raise ServiceError(code="keys_not_allowed")
+    if conversation.is_room or conversation.owner_id != actor.user_id:
+        raise ServiceError(
+            _("Only your own private chats can be pinned, archived or put in folders."),
+            code="not_in_rooms",
+        )
+    return conversation
+
+
+@transaction.atomic
+def conversation_pin(*, actor: Actor, conversation_id: int, pinned: bool) -> Conversation:
+    conversation = _own_chat(actor=actor, conversation_id=conversation_id)
+    conversation.pinned = pinned
+    conversation.save(update_fields=["pinned", "updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_archive(*, actor: Actor, conversation_id: int, archived: bool) -> Conversation:
+    conversation = _own_chat(actor=actor, conversation_id=conversation_id)
+    conversation.archived = archived
+    conversation.save(update_fields=["archived", "updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def conversation_move(*, actor: Actor, conversation_id: int, folder_id: object) -> Conversation:
+    """Put the chat in one of the actor's folders of its project (None: in no folder)."""
+    conversation = _own_chat(actor=actor, conversation_id=conversation_id)
+    folder = None
+    if folder_id is not None and actor.user is not None:  # _own_chat: a person's
+        folder = (
+            Folder.objects.for_user(actor.user).for_project(conversation.project)
+            .filter(pk=folder_id).first()
+            if isinstance(folder_id, int) and not isinstance(folder_id, bool)
+            else None
+        )  # fmt: skip
+        if folder is None:  # another person's folder reads as unknown
+            raise ServiceError(_("No such folder."), code="not_found", param="folder")
+    conversation.folder = folder
+    conversation.save(update_fields=["folder", "updated_at"])
+    return conversation
+
+
+FOLDER_NAME_MAX = 80
+
+
+def _check_folder_name(*, owner: Any, project: Project, name: object, exclude: int | None) -> str:
+    cleaned = " ".join(name.split()) if isinstance(name, str) else ""
+    if not cleaned:
+        raise ServiceError(_("Give the folder a name."), param="name")
+    if len(cleaned) > FOLDER_NAME_MAX:
+        raise ServiceError(
+            _("A folder name has at most %(max)d characters.") % {"max": FOLDER_NAME_MAX},
+            param="name",
+        )
+    taken = Folder.objects.filter(project=project, owner=owner, name=cleaned)
+    if exclude is not None:
+        taken = taken.exclude(pk=exclude)
+    if taken.exists():
+        raise ServiceError(
+            _("You already have a folder called “%(name)s”.") % {"name": cleaned},
+            code="conflict",
+            param="name",
+        )
+    return cleaned
+
+
+@transaction.atomic
+def folder_create(*, actor: Actor, project: Project, name: object) -> Folder:
+    if actor.user is None:
+        raise ServiceError(code="keys_not_allowed")
+    cleaned = _check_folder_name(owner=actor.user, project=project, name=name, exclude=None)
+    return Folder.objects.create(project=project, owner=actor.user, name=cleaned)
+
+
+@transaction.atomic
+def folder_rename(*, folder: Folder, name: object) -> Folder:
+    folder.name = _check_folder_name(
+        owner=folder.owner_id, project=folder.project, name=name, exclude=folder.pk
+    )
+    folder.save(update_fields=["name"])
+    return folder
+
+
+@transaction.atomic
+def folder_delete(*, folder: Folder) -> None:
+    """The folder goes; its chats stay, in no folder."""
+    folder.delete()
 
 
 # --- replies ---------------------------------------------------------------------------------
@@ -354,11 +495,17 @@ def _check_not_room(conversation: Conversation) -> None:
         )
 
 
-def serialize_message(message: Message) -> dict[str, Any]:
+def serialize_message(
+    message: Message, *, versions: selectors.Versions | None = None
+) -> dict[str, Any]:
+    """A message as the socket sends it; ``versions`` when it is one of several versions of its
+    turn (the page then shows "2/3" with arrows)."""
     from .markdown import render_markdown
 
     return {
         "id": message.pk,
+        "parent": message.parent_id,
+        "versions": None if versions is None else versions.as_dict(),
         "role": message.role,
         "content": message.content,
         # Rooms show who wrote what, when, and which persona answered.
@@ -378,10 +525,8 @@ def serialize_message(message: Message) -> dict[str, Any]:
         "omitted_messages": message.omitted_messages,
         "usage_estimated": message.usage_estimated,
         # Strings: JSON has no Decimal, and a float would not be the ledger's amount.
-        "cost": None if getattr(message, "cost", None) is None else str(message.cost),
-        "conversation_cost": None
-        if getattr(message, "conversation_cost", None) is None
-        else str(message.conversation_cost),
+        "cost": decimal_text(getattr(message, "cost", None)),
+        "conversation_cost": decimal_text(getattr(message, "conversation_cost", None)),
     }
 
 
@@ -446,9 +591,11 @@ def _begin_reply(
     truncate_from: int | None = None,
     persona: Persona | None = None,
     asked: str | None = None,
+    user_versions: selectors.Versions | None = None,
 ) -> PendingReply:
     """``asked``: the text the model answers, when it differs from the stored message (a room
-    message without the @tag that called the persona)."""
+    message without the @tag that called the persona). The reply follows ``user_message`` on
+    the current branch; ``user_versions``, when that message is a new version of its turn."""
     voice = Voice.of(conversation, persona)
     model = voice.model
     room = conversation.is_room
@@ -511,6 +658,7 @@ def _begin_reply(
     )
     assistant = Message.objects.create(
         conversation=conversation,
+        parent=user_message,
         role=Message.Role.ASSISTANT,
         state=Message.State.STREAMING,
         author=actor.user,  # who called for it, and pays
@@ -522,12 +670,18 @@ def _begin_reply(
     )
     conversation.last_message_at = timezone.now()
     conversation.save(update_fields=["last_message_at", "updated_at"])
+    # Only a reply that joins earlier ones (a regenerate) has versions to show.
+    versions = (
+        selectors.versions_of([assistant]).get(assistant.pk)
+        if truncate_from is not None and not added
+        else None
+    )
     return PendingReply(
         conversation_id=conversation.pk,
         project_id=conversation.project_id,
         user_id=actor.user_id,
         assistant_message_id=assistant.pk,
-        user_message=serialize_message(user_message) if added else None,
+        user_message=serialize_message(user_message, versions=user_versions) if added else None,
         call=call,
         omitted=prompt.omitted,
         truncate_from=truncate_from,
@@ -535,7 +689,31 @@ def _begin_reply(
         caller=None
         if actor.user is None
         else {"id": actor.user.pk, "name": selectors.speaker_name(actor.user)},
+        versions=None if versions is None else versions.as_dict(),
     )
+
+
+def branch_leaf(conversation: Conversation) -> Message | None:
+    """The last message of the conversation's current branch: what a new message follows."""
+    return conversation.messages.on_branch().order_by("-id").first()
+
+
+def _on_branch(conversation: Conversation, message_id: object, *, role: str) -> Message | None:
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        return None
+    return conversation.messages.on_branch().filter(role=role, pk=message_id).first()
+
+
+def _leave_branch(conversation: Conversation, *, replaced: Message) -> None:
+    """``replaced`` and every message after it leave the current branch (they stay saved, a
+    version behind); the new version added next is the selected one of its turn."""
+    conversation.messages.filter(parent_id=replaced.parent_id).update(selected=False)
+    # updated_at moves with it: a summary being written from these messages meanwhile sees
+    # that they changed and is not kept (``summaries._store``).
+    conversation.messages.on_branch().filter(pk__gte=replaced.pk).update(
+        on_path=False, updated_at=timezone.now()
+    )
+    summaries.summary_forget(conversation=conversation, from_id=replaced.pk)
 
 
 @transaction.atomic
@@ -546,7 +724,11 @@ def reply_start(*, actor: Actor, conversation_id: int, content: object) -> Pendi
     _check_not_room(conversation)  # a room answers only @tags: rooms.room_post
     _check_not_busy(conversation)
     user_message = Message.objects.create(
-        conversation=conversation, role=Message.Role.USER, content=content, author=actor.user
+        conversation=conversation,
+        parent=branch_leaf(conversation),
+        role=Message.Role.USER,
+        content=content,
+        author=actor.user,
     )
     return _begin_reply(
         conversation=conversation, actor=actor, user_message=user_message, added=True
@@ -554,22 +736,40 @@ def reply_start(*, actor: Actor, conversation_id: int, content: object) -> Pendi
 
 
 @transaction.atomic
-def reply_regenerate(*, actor: Actor, conversation_id: int) -> PendingReply:
-    """Answer the last user message again; the replies after it are replaced."""
+def reply_regenerate(
+    *, actor: Actor, conversation_id: int, message_id: object = None
+) -> PendingReply:
+    """Answer a message again: a new version of the reply ``message_id`` (any reply on the
+    current branch; by default the reply to its last message). The old version, and the turns
+    that followed it, stay on their branch: the page browses them version by version."""
     conversation = _resolve(actor=actor, conversation_id=conversation_id)
     _check_not_room(conversation)
     _check_not_busy(conversation)
-    last_user = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
-    if last_user is None:
-        raise ServiceError("There is nothing to regenerate yet.", code="nothing_to_regenerate")
-    conversation.messages.filter(pk__gt=last_user.pk).delete()
-    summaries.summary_forget(conversation=conversation, from_id=last_user.pk + 1)
+    if message_id is None:
+        asked = (
+            conversation.messages.on_branch().filter(role=Message.Role.USER).order_by("-id").first()
+        )
+        if asked is None:
+            raise ServiceError(
+                _("There is nothing to regenerate yet."), code="nothing_to_regenerate"
+            )
+        replaced = conversation.messages.on_branch().filter(parent=asked).first()
+    else:
+        replaced = _on_branch(conversation, message_id, role=Message.Role.ASSISTANT)
+        asked = replaced.parent if replaced is not None else None
+        if asked is None or asked.role != Message.Role.USER:
+            raise ServiceError(
+                _("Pick a reply on this conversation's current branch to regenerate."),
+                code="invalid_message",
+            )
+    if replaced is not None:
+        _leave_branch(conversation, replaced=replaced)
     return _begin_reply(
         conversation=conversation,
         actor=actor,
-        user_message=last_user,
+        user_message=asked,
         added=False,
-        truncate_from=last_user.pk + 1,
+        truncate_from=None if replaced is None else replaced.pk,
     )
 
 
@@ -577,29 +777,99 @@ def reply_regenerate(*, actor: Actor, conversation_id: int) -> PendingReply:
 def reply_edit(
     *, actor: Actor, conversation_id: int, message_id: object, content: object
 ) -> PendingReply:
-    """Change an earlier message of the user's and answer it again; later turns are replaced."""
+    """A new version of an earlier message of the user's, answered again. The old version and
+    the turns after it stay on their branch, browsable version by version."""
     content = check_content(content)
     conversation = _resolve(actor=actor, conversation_id=conversation_id)
     _check_not_room(conversation)
     _check_not_busy(conversation)
-    message = (
-        conversation.messages.filter(role=Message.Role.USER, pk=message_id).first()
-        if isinstance(message_id, int)
-        else None
+    original = _on_branch(conversation, message_id, role=Message.Role.USER)
+    if original is None:
+        raise ServiceError(_("You can only edit your own messages."), code="invalid_message")
+    _leave_branch(conversation, replaced=original)
+    version = Message.objects.create(
+        conversation=conversation,
+        parent_id=original.parent_id,
+        role=Message.Role.USER,
+        content=content,
+        author=actor.user,
     )
-    if message is None:
-        raise ServiceError("You can only edit your own messages.", code="invalid_message")
-    message.content = content
-    message.save(update_fields=["content", "updated_at"])
-    conversation.messages.filter(pk__gt=message.pk).delete()
-    summaries.summary_forget(conversation=conversation, from_id=message.pk)
     return _begin_reply(
         conversation=conversation,
         actor=actor,
-        user_message=message,
+        user_message=version,
         added=True,
-        truncate_from=message.pk,
+        truncate_from=original.pk,
+        user_versions=selectors.versions_of([version]).get(version.pk),
     )
+
+
+@dataclass(frozen=True)
+class BranchChange:
+    """What selecting a version changed: the message now shown, and the first message of the
+    transcript that reads differently (None: that version was shown already)."""
+
+    message_id: int
+    changed_from: int | None
+
+
+@transaction.atomic
+def message_select(*, actor: Actor, conversation_id: int, message_id: object) -> BranchChange:
+    """Show another version of a turn: the branch goes through ``message_id`` and on through
+    the versions last selected after it. Later turns, and the prompts of later replies,
+    follow that branch."""
+    conversation = _resolve(actor=actor, conversation_id=conversation_id)
+    chosen = (
+        conversation.messages.filter(pk=message_id).only("id", "on_path").first()
+        if isinstance(message_id, int) and not isinstance(message_id, bool)
+        else None
+    )
+    if chosen is None:
+        raise ServiceError(_("No such message in this conversation."), code="not_found")
+    if chosen.on_path:
+        return BranchChange(message_id=chosen.pk, changed_from=None)
+    _check_not_busy(conversation)  # the reply being written would leave the page mid-stream
+
+    rows = conversation.messages.values_list("id", "parent_id", "selected", "on_path")
+    parent_of: dict[int, int | None] = {}
+    children: defaultdict[int | None, list[int]] = defaultdict(list)
+    selected: set[int] = set()
+    was_on: set[int] = set()
+    for pk, parent_id, is_selected, on_path in rows.order_by("id"):
+        parent_of[pk] = parent_id
+        children[parent_id].append(pk)
+        if is_selected:
+            selected.add(pk)
+        if on_path:
+            was_on.add(pk)
+    now_selected = set(selected)
+    node: int | None = chosen.pk
+    while node is not None:  # the chosen version, and each message before it, in its turn
+        siblings = children[parent_of[node]]
+        now_selected.difference_update(siblings)
+        now_selected.add(node)
+        node = parent_of[node]
+    now_on: set[int] = set()
+    turn = children[None]
+    while turn:
+        # The version selected in each turn (the newest, should none be).
+        pick = next((pk for pk in turn if pk in now_selected), turn[-1])
+        now_on.add(pick)
+        turn = children[pick]
+
+    messages = conversation.messages
+    if gained := now_selected - selected:
+        messages.filter(pk__in=gained).update(selected=True)
+    if lost := selected - now_selected:
+        messages.filter(pk__in=lost).update(selected=False)
+    moment = timezone.now()
+    if joined := now_on - was_on:
+        messages.filter(pk__in=joined).update(on_path=True, updated_at=moment)
+    if left := was_on - now_on:
+        messages.filter(pk__in=left).update(on_path=False, updated_at=moment)
+    changed_from = min(joined | left)
+    summaries.summary_forget(conversation=conversation, from_id=changed_from)
+    return BranchChange(message_id=chosen.pk, changed_from=changed_from)
 
 
 def reply_flush(*, message_id: int, content: str) -> None:

@@ -135,6 +135,8 @@ class ReplyRunner:
                     "persona": self.pending.persona,
                     "author": self.pending.caller,
                     "created_at": timezone.now().isoformat(),
+                    # A regenerate's reply is one version of several: the page shows which.
+                    "versions": self.pending.versions,
                 },
                 "omitted_messages": self.pending.omitted,
             }

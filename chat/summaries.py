@@ -220,7 +220,8 @@ def _unsummarized(conversation: Conversation) -> QuerySet[Message]:
     """Messages a fold may take: said, not folded yet, and older than any reply still being
     written (its text is not final)."""
     said = [Message.Role.USER, Message.Role.ASSISTANT]
-    qs = conversation.messages.filter(role__in=said).exclude(content="")
+    # The current branch only: the other versions of a turn are not what the model is sent.
+    qs = conversation.messages.on_branch().filter(role__in=said).exclude(content="")
     if conversation.summary_through is not None:
         qs = qs.filter(pk__gt=conversation.summary_through)
     writing = (

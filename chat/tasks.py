@@ -34,7 +34,7 @@ def title_conversation(conversation_id: int) -> None:
     )
     if conversation is None:
         return
-    first = conversation.messages.filter(role=Message.Role.USER).order_by("id").first()
+    first = conversation.messages.on_branch().filter(role=Message.Role.USER).order_by("id").first()
     if first is None:
         return
     title = ""

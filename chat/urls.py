@@ -18,6 +18,14 @@ urlpatterns = [
     path(conversation + "delete/", views.conversation_delete, name="conversation_delete"),
     path(conversation + "settings/", views.conversation_settings, name="conversation_settings"),
     path(conversation + "summarize/", views.conversation_summarize, name="conversation_summarize"),
+    # The sidebar: pin, archive, file in a folder; the person's folders; the archive.
+    path(conversation + "pin/", views.conversation_pin, name="conversation_pin"),
+    path(conversation + "archive/", views.conversation_archive, name="conversation_archive"),
+    path(conversation + "move/", views.conversation_move, name="conversation_move"),
+    path(project + "archived/", views.chat_archived, name="chat_archived"),
+    path(project + "folders/", views.folder_create, name="folder_create"),
+    path(project + "folders/<int:folder_id>/rename/", views.folder_rename, name="folder_rename"),
+    path(project + "folders/<int:folder_id>/delete/", views.folder_delete, name="folder_delete"),
     path(project + "settings/", views.chat_settings, name="chat_settings"),
     path(
         conversation + "export.<str:fmt>",

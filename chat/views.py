@@ -6,6 +6,8 @@ from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from accounts.decorators import AuthenticatedHttpRequest, project_view, require_manager
@@ -14,7 +16,14 @@ from core.errors import ServiceError
 
 from . import exports, personas, rooms, selectors, services, summaries
 from .actors import Actor
-from .forms import ChatSettingsForm, ConversationSettingsForm, PersonaForm, RenameForm, RoomForm
+from .forms import (
+    ChatSettingsForm,
+    ConversationSettingsForm,
+    MoveForm,
+    PersonaForm,
+    RenameForm,
+    RoomForm,
+)
 from .markdown import render_markdown
 from .models import Conversation, Message, Persona
 
@@ -24,16 +33,24 @@ def _conversation_url(project: Project, pk: int) -> str:
 
 
 def _chat_context(request: HttpRequest, membership: Membership, project: Project, **extra) -> dict:
-    """What every chat page shows: the project and the sidebar (searched by ``?q=``)."""
+    """What every chat page shows: the project and the sidebar (pinned chats, folders, the rest
+    by date), or the chats that match ``?q=``."""
     query = request.GET.get("q", "").strip()
+    if query:
+        sidebar = None
+        conversations = list(
+            selectors.sidebar_conversations(user=request.user, project=project, query=query)
+        )
+    else:
+        sidebar = selectors.sidebar(user=request.user, project=project)
+        conversations = sidebar.chats
     return {
         "project": project,
         "organization": project.organization,
         "membership": membership,
         "query": query,
-        "conversations": selectors.sidebar_conversations(
-            user=request.user, project=project, query=query
-        ),
+        "sidebar": sidebar,
+        "conversations": conversations,
         "conversation": None,
         "rooms": selectors.rooms_for_user(user=request.user, project=project)[:50],
         "new_chat_personas": personas.personas_for(project, enabled_only=True),
@@ -100,13 +117,16 @@ def conversation_detail(
         conversation, before=int(before) if before and before.isdigit() else None
     )
     costs = selectors.message_costs([m.pk for m in window if m.role == "assistant"])
+    versions = selectors.versions_of(window)
     for message in window:
+        message.versions = versions.get(message.pk)
         if message.role == "assistant":
             message.html = render_markdown(message.content)
             message.cost = costs.get(message.pk)
     # A model the project no longer allows is not offered: the picker falls back to the first
     # allowed one and the page says why, so saving the settings never fails on the model.
-    models = selectors.allowed_models(project)
+    model_options = selectors.model_options(project)
+    models = [option.name for option in model_options]
     context = _chat_context(
         request,
         membership,
@@ -116,6 +136,7 @@ def conversation_detail(
         has_older=has_older,
         oldest_id=window[0].pk if window else None,
         models=models,
+        model_options=model_options,
         settings_form=ConversationSettingsForm(
             models=models,
             initial={
@@ -126,6 +147,13 @@ def conversation_detail(
         socket_path=f"/ws/conversations/{conversation.pk}/",
         total_cost=selectors.conversation_cost(conversation),
         summary=_summary_marker(conversation, window),
+    )
+    sidebar = context["sidebar"]
+    context["move_form"] = MoveForm(
+        folders=[(g.folder.pk, g.label) for g in sidebar.folders if g.folder]
+        if sidebar is not None
+        else context_folders(request, project),
+        initial={"folder": conversation.folder_id},
     )
     if conversation.is_room:
         room_total, shares = selectors.room_shares(conversation)
@@ -298,6 +326,136 @@ def conversation_export(
         raise Http404("Unknown export format.")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+# --- the sidebar: pins, the archive, folders ------------------------------------------------
+
+
+def context_folders(request: HttpRequest, project: Project) -> list[tuple[int, str]]:
+    return [(f.pk, f.name) for f in selectors.folders_for_user(user=request.user, project=project)]
+
+
+def _back(request: HttpRequest, fallback: str) -> HttpResponse:
+    """Back to the page the form was on (``next``, same site only), else ``fallback``."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(target)
+    return redirect(fallback)
+
+
+def _chat_home_url(project: Project) -> str:
+    return reverse("chat_home", args=[project.organization.slug, project.slug])
+
+
+def _sidebar_write(
+    request: AuthenticatedHttpRequest, project: Project, pk: int, service: Any, **kwargs: Any
+) -> HttpResponse:
+    conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    try:
+        service(actor=Actor(user=request.user), conversation_id=conversation.pk, **kwargs)
+    except ServiceError as error:
+        messages.error(request, error.message)
+    return _back(request, _conversation_url(project, conversation.pk))
+
+
+@require_POST
+@project_view
+def conversation_pin(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    return _sidebar_write(
+        request, project, pk, services.conversation_pin, pinned=request.POST.get("pinned") == "1"
+    )
+
+
+@require_POST
+@project_view
+def conversation_archive(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    archived = request.POST.get("archived") == "1"
+    response = _sidebar_write(
+        request, project, pk, services.conversation_archive, archived=archived
+    )
+    if archived and not request.POST.get("next"):
+        # The chat left the sidebar: go on with the latest one.
+        messages.success(
+            request, _("Archived. Archived chats are under “Archived” in the sidebar.")
+        )
+        return redirect(_chat_home_url(project))
+    return response
+
+
+@require_POST
+@project_view
+def conversation_move(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, pk: int
+) -> HttpResponse:
+    selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
+    form = MoveForm(request.POST, folders=context_folders(request, project))
+    if not form.is_valid():
+        # An id that is not one of the user's folders: the same 404 as a missing one.
+        raise Http404("No such folder.")
+    return _sidebar_write(
+        request, project, pk, services.conversation_move, folder_id=form.cleaned_data["folder"]
+    )
+
+
+@project_view
+def chat_archived(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    """The user's archived chats of the project, to open or bring back."""
+    archived = selectors.sidebar_conversations(
+        user=request.user, project=project, archived=True, limit=500
+    )
+    context = _chat_context(
+        request, membership, project, archived_page=True, archived=list(archived)
+    )
+    return render(request, "chat/archived.html", context)
+
+
+@require_POST
+@project_view
+def folder_create(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project
+) -> HttpResponse:
+    try:
+        services.folder_create(
+            actor=Actor(user=request.user), project=project, name=request.POST.get("name", "")
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+    return _back(request, _chat_home_url(project))
+
+
+@require_POST
+@project_view
+def folder_rename(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, folder_id: int
+) -> HttpResponse:
+    folder = selectors.get_folder_or_404(user=request.user, project=project, pk=folder_id)
+    try:
+        services.folder_rename(folder=folder, name=request.POST.get("name", ""))
+    except ServiceError as error:
+        messages.error(request, error.message)
+    return _back(request, _chat_home_url(project))
+
+
+@require_POST
+@project_view
+def folder_delete(
+    request: AuthenticatedHttpRequest, membership: Membership, project: Project, folder_id: int
+) -> HttpResponse:
+    folder = selectors.get_folder_or_404(user=request.user, project=project, pk=folder_id)
+    services.folder_delete(folder=folder)
+    messages.success(
+        request,
+        _("Deleted the folder “%(name)s”; its chats are still here.") % {"name": folder.name},
+    )
+    return _back(request, _chat_home_url(project))
 
 
 # --- personas --------------------------------------------------------------------------------

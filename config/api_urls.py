@@ -49,6 +49,20 @@ urlpatterns = [
     path(CONVERSATION + "messages/", chat_api.MessageListView.as_view(), name="api-messages"),
     path(CONVERSATION + "stop/", chat_api.ConversationStopView.as_view(), name="api-stop"),
     path(
+        CONVERSATION + "messages/<int:message_id>/versions/",
+        chat_api.MessageVersionListView.as_view(),
+        name="api-message-versions",
+    ),
+    path(
+        CONVERSATION + "messages/<int:message_id>/select/",
+        chat_api.MessageSelectView.as_view(),
+        name="api-message-select",
+    ),
+    path(PROJECT + "folders/", chat_api.FolderListView.as_view(), name="api-folders"),
+    path(
+        PROJECT + "folders/<int:folder_id>/", chat_api.FolderDetailView.as_view(), name="api-folder"
+    ),
+    path(
         CONVERSATION + "summary/",
         chat_api_summaries.ConversationSummaryView.as_view(),
         name="api-summary",

@@ -74,6 +74,9 @@ def _aim_at_the_world(case, world: ApiWorld, index: int) -> None:
     params = case.path_parameters or {}
     if "project_id" in params:
         params["project_id"] = world.project.pk
+    if "organization_id" in params:
+        # The key's own organization: budgets refuse keys (403), any other is no key (401).
+        params["organization_id"] = world.project.organization_id
     if "conversation_id" in params and index % 4:
         params["conversation_id"] = world.conversation.pk
     if "key_id" in params:
@@ -176,6 +179,10 @@ def test_the_schema_has_the_rest_api_and_the_openai_endpoints(api_world: ApiWorl
     assert "/api/v1/projects/{project_id}/conversations/{conversation_id}/messages/" in paths
     assert "/api/v1/projects/{project_id}/personas/" in paths
     assert "/api/v1/projects/{project_id}/personas/{persona_id}/" in paths
+    budgets = "/api/v1/organizations/{organization_id}/budgets/{budget_id}/"
+    assert set(document["paths"][budgets]) == {"get", "patch", "delete"}
+    assert "/api/v1/projects/{project_id}/rate-limits/" in paths
+    assert "/api/v1/projects/{project_id}/keys/{key_id}/rate-limits/" in paths
     summary = "/api/v1/projects/{project_id}/conversations/{conversation_id}/summary/"
     assert set(document["paths"][summary]) == {"get", "post"}
     assert {"202", "409"} <= set(document["paths"][summary]["post"]["responses"])

@@ -57,6 +57,13 @@ TENANT_ROUTES: dict[str, Callable] = {
     "conversation_delete": lambda w: {**_project(w), "pk": w.conversation.pk},
     "conversation_settings": lambda w: {**_project(w), "pk": w.conversation.pk},
     "conversation_summarize": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_pin": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_archive": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "conversation_move": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "chat_archived": _project,
+    "folder_create": _project,
+    "folder_rename": lambda w: {**_project(w), "folder_id": w.folder.pk},
+    "folder_delete": lambda w: {**_project(w), "folder_id": w.folder.pk},
     "chat_settings": _project,
     "conversation_export": lambda w: {**_project(w), "pk": w.conversation.pk, "fmt": "json"},
     "personas": _project,
@@ -87,6 +94,11 @@ TENANT_ROUTES: dict[str, Callable] = {
     "statement_list": _org,
     "statement_detail": lambda w: {**_org(w), "pk": w.statement.pk},
     "statement_export": lambda w: {**_org(w), "pk": w.statement.pk},
+    "budgets": _org,
+    "budget_edit": lambda w: {**_org(w), "pk": w.budget.pk},
+    "budget_delete": lambda w: {**_org(w), "pk": w.budget.pk},
+    "project_limits": _project,
+    "api_key_limits": lambda w: {**_project(w), "pk": w.api_key.pk},
 }
 
 
@@ -103,6 +115,18 @@ API_ROUTES: dict[str, Callable] = {
     "api-conversation": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-messages": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-stop": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-message-versions": lambda w: {
+        **_api_project(w),
+        "conversation_id": w.conversation.pk,
+        "message_id": w.message.pk,
+    },
+    "api-message-select": lambda w: {
+        **_api_project(w),
+        "conversation_id": w.conversation.pk,
+        "message_id": w.message.pk,
+    },
+    "api-folders": _api_project,
+    "api-folder": lambda w: {**_api_project(w), "folder_id": w.folder.pk},
     "api-summary": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
     "api-rooms": _api_project,
     "api-room": lambda w: {**_api_project(w), "room_id": w.room.pk},
@@ -118,17 +142,34 @@ API_ROUTES: dict[str, Callable] = {
     "api-keys": _api_project,
     "api-key": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
     "api-key-revoke": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
+    "api-budgets": lambda w: {"organization_id": w.org_a.pk},
+    "api-budget": lambda w: {"organization_id": w.org_a.pk, "budget_id": w.budget.pk},
+    "api-rate-limits": _api_project,
+    "api-key-rate-limits": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
 }
 
-# Conversations belong to one person: other members of the same organization get 404 too.
-PRIVATE_TO_OWNER = {name for name in TENANT_ROUTES if name.startswith("conversation_")} - {
-    "conversation_new"
-}
+# Conversations and folders belong to one person: other members of the same organization get
+# 404 too.
+PRIVATE_TO_OWNER = {
+    name for name in TENANT_ROUTES if name.startswith(("conversation_", "folder_"))
+} - {"conversation_new", "folder_create"}
 
 # WebSocket route name -> the kwargs that point at org A's objects.
 TENANT_SOCKETS: dict[str, Callable] = {
     "ws_conversation": lambda w: {"conversation_id": w.conversation.pk},
 }
+
+# Frames of the conversation socket (chat.consumers.ConversationConsumer.FRAMES) -> what an
+# outsider sends on a socket of their own to reach org A's objects through it. Each is refused
+# with an ``error`` event and changes nothing.
+TENANT_SOCKET_FRAMES: dict[str, Callable] = {
+    "regenerate": lambda w: {"message_id": w.reply.pk},
+    "edit": lambda w: {"message_id": w.message.pk, "content": "mine now"},
+    "select": lambda w: {"message_id": w.reply.pk},
+    "model": lambda w: {"model": w.connection_model.name},  # a model only A's project has
+}
+# Frames that name nothing but the socket's own conversation (checked before accept()).
+SOCKET_FRAMES_WITHOUT_OBJECTS = {"message", "stop", "sync", "typing"}
 
 
 def walk(patterns, prefix: str = "", namespace: str = "") -> Iterator[tuple[str, str, set]]:
@@ -185,8 +226,8 @@ def test_every_socket_route_with_arguments_is_covered():
 def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
     from accounts.api_keys import api_key_create
     from accounts.models import Invitation, Membership, hash_token
-    from billing.models import Statement
-    from chat.models import Conversation, Persona
+    from billing.models import Budget, Statement
+    from chat.models import Conversation, Folder, Message, Persona
     from providers.models import ConnectionModel, ProviderConnection
 
     class World:
@@ -202,6 +243,12 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
         expires_at="2999-01-01T00:00:00Z",
     )
     w.conversation = Conversation.objects.create(project=project_a, owner=alice, model="fake-gpt")
+    w.message = Message.objects.create(conversation=w.conversation, role="user", content="hi")
+    w.reply = Message.objects.create(
+        conversation=w.conversation, parent=w.message, role="assistant", content="hello"
+    )
+    # Alice's own folder: Bob, in her organization, must not reach it either.
+    w.folder = Folder.objects.create(project=project_a, owner=alice, name="Trips")
     # One of the personas every project starts with.
     w.persona = Persona.objects.for_project(project_a).get(tag="chatbot")
     # A room Alice shares with Bob: Charlie, in another organization, must never reach it.
@@ -232,6 +279,7 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
         period_end="2026-11-01T00:00:00Z",
         total_cost="12.5",
     )
+    w.budget = Budget.objects.create(organization=org_a, scope="organization", limit_usd="10")
     return w
 
 
@@ -290,6 +338,45 @@ async def test_an_outsider_cannot_open_the_socket(name, world, open_socket, alic
         assert not connected, outsider
     connected, _ = await open_socket(alice, kwargs["conversation_id"])
     assert connected
+
+
+def test_every_socket_frame_is_covered():
+    from chat.consumers import ConversationConsumer
+
+    covered = set(TENANT_SOCKET_FRAMES) | SOCKET_FRAMES_WITHOUT_OBJECTS
+    missing = set(ConversationConsumer.FRAMES) - covered
+    assert not missing, f"add these socket frames to TENANT_SOCKET_FRAMES: {missing}"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("frame", sorted(TENANT_SOCKET_FRAMES))
+async def test_an_outsider_cannot_reach_a_message_through_their_own_socket(
+    frame, world, open_socket, charlie, project_b
+):
+    from channels.db import database_sync_to_async
+
+    from chat.models import Conversation, Message
+
+    def snapshot():
+        return list(
+            Message.objects.filter(conversation=world.conversation)
+            .order_by("id")
+            .values_list("id", "content", "selected", "on_path")
+        ), Conversation.objects.filter(pk=world.conversation.pk).values_list("model", flat=True)[0]
+
+    own = await database_sync_to_async(Conversation.objects.create)(
+        project=project_b, owner=charlie, model="fake-gpt"
+    )
+    before = await database_sync_to_async(snapshot)()
+    connected, socket = await open_socket(charlie, own.pk)
+    assert connected
+
+    await socket.send(type=frame, **TENANT_SOCKET_FRAMES[frame](world))
+    answer = await socket.receive()
+
+    assert answer["type"] == "error"
+    assert answer["code"] in ("not_found", "invalid_message", "model_not_found")
+    assert await database_sync_to_async(snapshot)() == before
 
 
 def test_the_walker_sees_a_new_route():

@@ -1,6 +1,11 @@
 // The chat page. The server renders the transcript (it reads without JavaScript); this file adds
-// copy buttons to code blocks and, on the latest page of a conversation, the live part: one
-// WebSocket per conversation, following the protocol in chat/consumers.py.
+// copy buttons (code blocks, whole replies) and, on the latest page of a conversation, the live
+// part: one WebSocket per conversation, following the protocol in chat/consumers.py, and a
+// transcript that follows the reply as it grows unless the reader scrolled up.
+//
+// Regenerating a reply or editing a message makes a new version of that turn; the server keeps
+// the others, and ‹ 2/3 › on a message asks it to show another one (``select``): the transcript
+// is then read again from the server, which knows the branch.
 //
 // While a reply streams it is shown as plain text (textContent, never HTML); when it ends the
 // server sends it again as sanitized HTML, the only model text that goes into innerHTML.
@@ -14,13 +19,20 @@
   // A room: people talk, personas answer their @tag; messages show who wrote them and when.
   const room = chat.dataset.room === "1";
   const me = Number(chat.dataset.me);
+  chat.classList.add("has-js"); // what only works with this file (copying a reply) shows
   addCopyButtons(transcript);
   localTimes(transcript);
   transcript.addEventListener("click", onCopyClick);
-  // Picking a model saves it at once (without JavaScript, an Apply button does). In a room only
-  // its maker has the picker.
+  // Picking a model saves it at once: over the socket when it is open (no reload), else with
+  // the settings form (without JavaScript, an Apply button does). In a room only its maker has
+  // the picker.
+  let modelShown = modelSelect ? modelSelect.value : "";
+  let switchModel = null; // set below once the socket exists
   if (modelSelect) {
-    modelSelect.addEventListener("change", () => modelSelect.form.requestSubmit());
+    modelSelect.addEventListener("change", () => {
+      showModelInfo(modelSelect.value);
+      if (!switchModel || !switchModel(modelSelect.value)) modelSelect.form.requestSubmit();
+    });
   }
   for (const details of chat.querySelectorAll("details.dropdown")) {
     details.addEventListener("toggle", closeOtherDropdowns);
@@ -42,8 +54,12 @@
     incomplete: "Incomplete",
     error: "Error",
   };
-  const NEAR_BOTTOM_PX = 80;
+  // Within this of the bottom the transcript counts as read to the end, and follows the reply.
+  const NEAR_BOTTOM_PX = 48;
   const MAX_RETRY_MS = 30000;
+  const newMessagesButton = chat.querySelector("[data-new-messages]");
+  let following = true; // the transcript keeps the end of the reply in view (see "scrolling")
+  let lastScrollTop = 0;
 
   // Per streaming reply: how many characters of it we hold, counted as the server counts them
   // (code points), so that deltas can be placed by their offset.
@@ -63,8 +79,10 @@
   document.getElementById("composer-fields").disabled = false;
   readOffsets();
   updateControls();
-  scrollToBottom();
+  followStream();
   connect();
+  focusComposer();
+  switchModel = requestModel;
 
   composer.addEventListener("submit", onComposerSubmit);
   input.addEventListener("keydown", onComposerKeydown);
@@ -98,6 +116,7 @@
     ws.addEventListener("close", () => {
       if (socket !== ws) return;
       socket = null;
+      if (pending && pending.kind === "model") showModelShown(); // not switched after all
       pending = null; // an answer to it, if any, went with the socket
       if (room) clearPresence();
       if (removed) {
@@ -141,6 +160,8 @@
     done: (event) => finishReply(event.message),
     error: onError,
     title: onTitle,
+    branch: onBranch,
+    model: onModel,
     notice: onNotice,
     typing: onTyping,
     presence: onPresence,
@@ -160,14 +181,31 @@
   function applyEvent(event) {
     const handler = HANDLERS[event.type];
     if (!handler) return;
-    const follow = isNearBottom(); // measured before the change: did the user scroll up?
     handler(event);
     updateControls();
-    if (follow) scrollToBottom();
+    // Following (or not) happens as the transcript changes size: see "scrolling" below.
+  }
+
+  // Another version of a turn was selected (in this tab or another): the branch shown changed
+  // from some message on, and only the server knows what follows there.
+  function onBranch() {
+    refreshTranscript();
+  }
+
+  function onModel({ model }) {
+    if (pending && pending.kind === "model") pending = null;
+    modelShown = model;
+    if (modelSelect) {
+      modelSelect.value = model;
+      modelSelect.closest(".model-picker").removeAttribute("aria-busy");
+      showModelInfo(model);
+    }
   }
 
   function onMessage({ message }) {
-    if (!findMessage(message.id)) list.append(buildUserMessage(message));
+    const known = findMessage(message.id);
+    if (!known) list.append(buildUserMessage(message));
+    else if (message.versions) setVersions(known, message.versions);
     if (room && message.author) typingStopped(message.author.id);
     if (pending && pending.kind === "message" && pending.content === message.content) {
       // Only now is the text safe with the server (a refusal keeps it in the composer); and
@@ -197,6 +235,7 @@
     const stale = streamingNode();
     const node = assistantNode(event.message.id);
     node.querySelector(".msg-usage").textContent = event.message.model;
+    if (event.message.versions) setVersions(node, event.message.versions);
     showSpeaker(node, event.message);
     setOmitted(node, event.omitted_messages);
     if (stale && stale !== node) refreshTranscript();
@@ -237,6 +276,8 @@
 
   function onError(event) {
     if (event.message_id === undefined) {
+      // A model refused (its settings do not suit it): show the one still in use.
+      if (pending && pending.kind === "model") showModelShown();
       // Refused before anything ran (empty, too long, busy…): the typed text stays put.
       showAlert(event.message, event.code);
       if (pending && pending.form) pending.form.querySelector("[type=submit]").disabled = false;
@@ -272,6 +313,7 @@
     node.dataset.id = message.id;
     node.dataset.state = message.state;
     node.querySelector(".msg-body").textContent = message.content;
+    if (message.versions) setVersions(node, message.versions);
     if (room && message.author) {
       const mine = message.author.id === me;
       node.classList.toggle("msg--mine", mine);
@@ -345,6 +387,7 @@
     if (alertBox.dataset.code === "busy") hideAlert(); // no longer true
     node.dataset.state = message.state;
     node.querySelector(".msg-status").textContent = STATE_LABELS[message.state] || message.state;
+    if (typeof message.content === "string") node.dataset.source = message.content;
     if (typeof message.html === "string") {
       const body = node.querySelector(".msg-body");
       body.className = "msg-body markdown";
@@ -383,12 +426,47 @@
     );
   }
 
-  // As the server's |usd filter: cents, or 4 places under a dollar. Amounts come as strings
-  // (exact Decimals); rounding here is only for display.
+  // As the server's one display rule (core/money.py): half-up to the cent from a dollar up, to
+  // 4 places under it, zeros past the cent dropped. Amounts come as exact decimal strings, so
+  // the rounding is done on their digits (BigInt, units of 1e-12 USD), never on a float.
   function formatUsd(amount) {
-    const value = Number(amount);
-    const places = value >= 1 || value === 0 ? 2 : 4;
-    return `$${value.toLocaleString("en-US", { minimumFractionDigits: places, maximumFractionDigits: places })}`;
+    const match = /^(-?)(\d*)(?:\.(\d*))?$/.exec(String(amount).trim());
+    if (!match) return String(amount);
+    const units = BigInt((match[2] || "0") + (match[3] || "").padEnd(12, "0").slice(0, 12));
+    const rounded = (places) => {
+      const step = 10n ** BigInt(12 - places);
+      return (units + step / 2n) / step; // half-up on the magnitude
+    };
+    let places = 4;
+    let digits = rounded(4);
+    if (units === 0n || digits >= 10000n) {
+      places = 2;
+      digits = rounded(2);
+    }
+    const text = digits.toString().padStart(places + 1, "0");
+    let fraction = text.slice(-places);
+    while (fraction.length > 2 && fraction.endsWith("0")) fraction = fraction.slice(0, -1);
+    const whole = text.slice(0, -places).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    const sign = match[1] === "-" && digits !== 0n ? "-" : "";
+    return `${sign}$${whole}.${fraction}`;
+  }
+
+  // ‹ 2/3 ›: which version of its turn a message is, and the versions either side of it.
+  function setVersions(node, versions) {
+    const box = node.querySelector("[data-versions]");
+    if (!box) return;
+    box.hidden = !versions || versions.count < 2;
+    if (box.hidden) return;
+    box.querySelector("[data-version-label]").textContent = `${versions.index}/${versions.count}`;
+    for (const [selector, target] of [
+      ["[data-version-prev]", versions.previous],
+      ["[data-version-next]", versions.next],
+    ]) {
+      const button = box.querySelector(selector);
+      button.disabled = !target;
+      if (target) button.dataset.target = target;
+      else delete button.dataset.target;
+    }
   }
 
   // Streaming replies rendered by the server carry how much of the reply they hold.
@@ -410,12 +488,11 @@
         const page = new DOMParser().parseFromString(await response.text(), "text/html");
         const fresh = page.getElementById("msgs");
         if (fresh) {
-          const follow = isNearBottom();
           list.replaceChildren(...fresh.childNodes);
           readOffsets();
           addCopyButtons(list);
           localTimes(list);
-          if (follow) scrollToBottom();
+          if (following) scrollToBottom();
         }
       }
     } catch {
@@ -446,11 +523,50 @@
     if (room) hideSuggestions();
     const content = input.value;
     if (!request({ type: "message", content }, { kind: "message", content })) return;
+    setFollowing(true); // one's own message, and the reply to it, are read as they come
     input.focus();
   }
 
   function onStopClick() {
     if (send({ type: "stop" })) stopButton.disabled = true;
+  }
+
+  // The model picker, over the socket: the page stays as it is. False when not connected (the
+  // settings form then saves it, with a reload).
+  function requestModel(model) {
+    if (!isOpen()) return false;
+    if (pending) {
+      // Another request is on its way: the model stays as it is (picking it again works).
+      showModelShown();
+      showAlert("Wait a moment for the server, then pick the model again.");
+      return true;
+    }
+    hideAlert();
+    modelSelect.closest(".model-picker").setAttribute("aria-busy", "true");
+    return request({ type: "model", model }, { kind: "model" });
+  }
+
+  // The picker back to the model the conversation answers with.
+  function showModelShown() {
+    if (!modelSelect) return;
+    modelSelect.value = modelShown;
+    modelSelect.closest(".model-picker").removeAttribute("aria-busy");
+    showModelInfo(modelShown);
+  }
+
+  // On load, and when the skip link is followed: the message box, ready to type in. Not on
+  // touch screens, where focusing would open the keyboard over the conversation.
+  function focusComposer() {
+    const touch = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
+    if (!touch && !location.hash) input.focus({ preventScroll: true });
+    document.addEventListener("click", (event) => {
+      const link = event.target.closest && event.target.closest('a[href="#composer"]');
+      if (!link) return;
+      event.preventDefault();
+      composer.scrollIntoView({ block: "end" });
+      input.focus({ preventScroll: true });
+    });
+    if (location.hash === "#composer") input.focus({ preventScroll: true });
   }
 
   // Sends a request the server answers with a turn or a refusal, or says why it cannot.
@@ -468,9 +584,18 @@
     if (!button) return;
     const node = button.closest(".msg");
     if (button.dataset.action === "regenerate") {
+      // A new version of this reply; the others stay, a click away.
       if (!pending) {
         hideAlert();
-        request({ type: "regenerate" }, { kind: "regenerate" });
+        const frame = { type: "regenerate", message_id: Number(node.dataset.id) };
+        if (request(frame, { kind: "regenerate" })) setFollowing(true);
+      }
+    } else if (button.dataset.action === "select") {
+      if (button.dataset.target && !pending) {
+        hideAlert();
+        if (!send({ type: "select", message_id: Number(button.dataset.target) })) {
+          showAlert("Not connected to the server. Try again in a moment.");
+        }
       }
     } else if (button.dataset.action === "edit") {
       startEdit(node);
@@ -511,7 +636,10 @@
       content: form.querySelector("textarea").value,
     };
     // On success the server truncates from this message and sends it again: the form goes.
-    if (request(frame, { kind: "edit", form })) form.querySelector("[type=submit]").disabled = true;
+    if (request(frame, { kind: "edit", form })) {
+      form.querySelector("[type=submit]").disabled = true;
+      setFollowing(true);
+    }
   }
 
   function showAlert(text, code = "") {
@@ -724,23 +852,75 @@
     autosize();
   }
 
-  // --- scrolling -----------------------------------------------------------------------------
+  // --- scrolling: follow the reply unless the reader scrolled up -----------------------------
+  //
+  // Whether to follow is the reader's choice, read from how they scroll: up and away from the
+  // bottom stops it, back to the bottom (or "New messages") resumes it. It is never guessed
+  // from where the transcript happens to be when something arrives: a composer that grew with
+  // a long message, or text that came between two measures, would read as "scrolled up" and
+  // leave the reply growing out of sight. While following, any change of size (text arriving,
+  // a reply rendered as Markdown, the composer growing or shrinking, the window resized) keeps
+  // the end in view.
+
+  function followStream() {
+    transcript.addEventListener("scroll", onScroll, { passive: true });
+    window.addEventListener("scroll", onScroll, { passive: true });
+    newMessagesButton.addEventListener("click", () => {
+      setFollowing(true);
+      scrollToBottom();
+    });
+    // ``grew``: the messages changed (not only the room for them): worth a "New messages".
+    const keepUp = (grew) => {
+      if (following) scrollToBottom();
+      else if (grew && distanceFromBottom() > NEAR_BOTTOM_PX) newMessagesButton.hidden = false;
+    };
+    if (window.ResizeObserver) {
+      const observer = new ResizeObserver((entries) => {
+        keepUp(entries.some((entry) => entry.target === list));
+      });
+      observer.observe(list); // the messages grow
+      observer.observe(transcript); // the room for them changes (composer, window)
+    } else {
+      new MutationObserver(() => keepUp(true)).observe(list, {
+        childList: true,
+        subtree: true,
+        characterData: true,
+      });
+      window.addEventListener("resize", () => keepUp(false));
+    }
+    scrollToBottom();
+  }
+
+  function onScroll(event) {
+    const box = scroller();
+    // Only the element that scrolls the transcript in this layout counts.
+    if ((box === transcript) !== (event.currentTarget === transcript)) return;
+    const top = box.scrollTop;
+    if (distanceFromBottom() <= NEAR_BOTTOM_PX) setFollowing(true);
+    else if (top < lastScrollTop - 1) setFollowing(false); // the reader went up
+    lastScrollTop = top;
+  }
+
+  function setFollowing(on) {
+    following = on;
+    if (on) newMessagesButton.hidden = true;
+  }
 
   // On wide screens the transcript scrolls by itself; on narrow ones the whole page does.
   function scroller() {
-    return getComputedStyle(transcript).overflowY === "auto"
-      ? transcript
-      : document.scrollingElement;
+    const overflow = getComputedStyle(transcript).overflowY;
+    return overflow === "auto" || overflow === "scroll" ? transcript : document.scrollingElement;
   }
 
-  function isNearBottom() {
+  function distanceFromBottom() {
     const box = scroller();
-    return box.scrollHeight - box.scrollTop - box.clientHeight < NEAR_BOTTOM_PX;
+    return box.scrollHeight - box.scrollTop - box.clientHeight;
   }
 
   function scrollToBottom() {
     const box = scroller();
     box.scrollTop = box.scrollHeight;
+    lastScrollTop = box.scrollTop;
   }
 
   // --- page helpers, live or not -------------------------------------------------------------
@@ -773,19 +953,31 @@
     }
   }
 
+  // Copy a code block, or a whole reply as the Markdown the model wrote (data-source).
   async function onCopyClick(event) {
-    const button = event.target.closest(".copy-button");
+    const button = event.target.closest(".copy-button, .msg-copy");
     if (!button) return;
-    const code = button.closest(".codeblock").querySelector("pre > code");
+    const text = button.classList.contains("msg-copy")
+      ? button.closest(".msg").dataset.source || ""
+      : button.closest(".codeblock").querySelector("pre > code").textContent;
+    const label = button.dataset.label || button.textContent;
+    button.dataset.label = label;
     try {
-      await copyText(code.textContent);
+      await copyText(text);
       button.textContent = "Copied";
     } catch {
       button.textContent = "Copy failed";
     }
     setTimeout(() => {
-      button.textContent = "Copy";
+      button.textContent = label;
     }, 1500);
+  }
+
+  // What the picked model costs and takes (the server wrote one line per model).
+  function showModelInfo(model) {
+    for (const line of chat.querySelectorAll("[data-model-info]")) {
+      line.hidden = line.dataset.modelInfo !== model;
+    }
   }
 
   async function copyText(text) {

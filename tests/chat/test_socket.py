@@ -207,7 +207,14 @@ async def test_the_reply_is_flushed_at_intervals_not_per_token(
     assert (await socket.until("done"))[-1]["message"]["content"].startswith(reply.content)
 
 
-async def test_regenerate_replaces_the_last_reply(open_socket, make_conversation, alice, project_a):
+@database_sync_to_async
+def branch_of(conversation: Conversation) -> list[Message]:
+    return list(conversation.messages.on_branch().order_by("id"))
+
+
+async def test_regenerate_replaces_the_last_reply_and_keeps_it_as_a_version(
+    open_socket, make_conversation, alice, project_a
+):
     conversation = await create(make_conversation, alice, project_a)
     _, socket = await open_socket(alice, conversation.pk)
     await socket.send(type="message", content="first")
@@ -218,15 +225,16 @@ async def test_regenerate_replaces_the_last_reply(open_socket, make_conversation
     events = await socket.until("done")
 
     assert events[0] == {"type": "truncate", "from": old_reply.pk}
-    messages = await messages_of(conversation)
-    assert [(m.role, m.content) for m in messages] == [
+    shown = await branch_of(conversation)
+    assert [(m.role, m.content) for m in shown] == [
         ("user", "first"),
         ("assistant", "Echo: first"),
     ]
-    assert messages[-1].pk != old_reply.pk
+    assert shown[-1].pk != old_reply.pk
+    assert old_reply.pk in [m.pk for m in await messages_of(conversation)]  # kept, a version
 
 
-async def test_editing_an_earlier_message_replaces_the_later_turns(
+async def test_editing_an_earlier_message_replaces_the_later_turns_on_the_branch(
     open_socket, make_conversation, alice, project_a
 ):
     conversation = await create(make_conversation, alice, project_a)
@@ -242,10 +250,11 @@ async def test_editing_an_earlier_message_replaces_the_later_turns(
     assert events[0] == {"type": "truncate", "from": first.pk}
     assert events[1]["type"] == "message"
     assert events[1]["message"]["content"] == "uno"
-    assert [(m.role, m.content) for m in await messages_of(conversation)] == [
+    assert [(m.role, m.content) for m in await branch_of(conversation)] == [
         ("user", "uno"),
         ("assistant", "Echo: uno"),
     ]
+    assert len(await messages_of(conversation)) == 6  # the earlier branch is kept
 
 
 async def test_a_second_message_while_one_streams_is_refused(
