@@ -3,16 +3,24 @@
 Thin: a form in, ``accounts.api_keys`` out, ``key_selectors`` for every lookup. Keys are secrets,
 so only owners and admins see this page; members get 403. The plaintext of a new key exists in
 exactly one response — the page rendered by the create POST, marked ``no-store`` — and never in a
-URL, a redirect, a message or the session.
+URL, a redirect, a message, the session or the cache.
+
+That page is the answer to a POST, so reloading it sends the form again. Each create form
+carries a one-time token that the first POST claims: a repeat (a reload, a double click) makes
+no second key and is redirected to the list, which says the key exists and why its secret is
+not shown again. Only the token and the key's name are remembered, never the key.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import messages
+from django.core.cache import cache
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -45,6 +53,15 @@ FIELD_OF_ERROR = {
     "invalid_requests_per_minute": "requests_per_minute",
     "invalid_tokens_per_minute": "tokens_per_minute",
 }
+
+
+# How long a create form's token is remembered: a reload a day later still makes no key.
+FORM_TOKEN_SECONDS = 24 * 3600
+FORM_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def _form_token_key(request: AuthenticatedHttpRequest, project: Project, token: str) -> str:
+    return f"api-key-form:{request.user.pk}:{project.pk}:{token}"
 
 
 class ApiKeyForm(forms.Form):
@@ -112,6 +129,14 @@ def api_key_list(
     require_manager(membership)
     form = ApiKeyForm(request.POST if request.method == "POST" else None)
     created: api_keys.CreatedKey | None = None
+    claimed = ""
+    if request.method == "POST":
+        token = request.POST.get("form_token", "")
+        if FORM_TOKEN.fullmatch(token):
+            claimed = _form_token_key(request, project, token)
+            # cache.add is atomic: of two POSTs of one form, exactly one goes on.
+            if not cache.add(claimed, "", FORM_TOKEN_SECONDS):
+                return _sent_already(request, project, name=cache.get(claimed) or "")
     if request.method == "POST" and form.is_valid():
         try:
             created = api_keys.api_key_create(
@@ -127,6 +152,10 @@ def api_key_list(
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
             form = ApiKeyForm()
+            if claimed:
+                cache.set(claimed, created.key.name, FORM_TOKEN_SECONDS)
+    if claimed and created is None:
+        cache.delete(claimed)  # refused: the same form, corrected, may be sent again
     return render(
         request,
         "projects/api_keys.html",
@@ -134,11 +163,24 @@ def api_key_list(
             membership,
             project,
             form=form,
+            form_token=secrets.token_urlsafe(24),
             created=created,
             keys=key_selectors.api_keys_for_project(project),
             scope_help=[(scope.value, text) for scope, text in SCOPE_HELP.items()],
         ),
     )
+
+
+def _sent_already(
+    request: AuthenticatedHttpRequest, project: Project, *, name: str
+) -> HttpResponse:
+    what = f"The key “{name}” was created already" if name else "That form was sent already"
+    messages.info(
+        request,
+        f"{what}: sending the form again does not create another key, and a key's secret is "
+        "shown only once, when it is created.",
+    )
+    return redirect("api_keys", org_slug=project.organization.slug, project_slug=project.slug)
 
 
 @never_cache
