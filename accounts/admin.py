@@ -49,7 +49,7 @@ class UserAdmin(DjangoUserAdmin):
     list_filter = ["is_active", "is_staff", "is_superuser", "date_joined"]
     search_fields = ["email", "name"]
     fieldsets = [
-        (None, {"fields": ["email", "password", "name"]}),
+        (None, {"fields": ["email", "password", "name", "language"]}),
         (
             "Permissions",
             {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]},

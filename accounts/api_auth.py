@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.utils.translation import gettext, gettext_lazy
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -40,7 +41,7 @@ def api_key_of(request: Request) -> ApiKey | None:
 
 
 class IsSignedInOrKey(BasePermission):
-    message = "Sign in, or send a project API key as 'Authorization: Bearer lgw_...'."
+    message = gettext_lazy("Sign in, or send a project API key as 'Authorization: Bearer lgw_...'.")
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return api_key_of(request) is not None or bool(
@@ -58,14 +59,16 @@ class KeyHasScope(BasePermission):
             return True
         if not getattr(view, "allow_keys", True):
             raise exceptions.PermissionDenied(
-                "API keys cannot do this; sign in as a project admin.", code="keys_not_allowed"
+                gettext("API keys cannot do this; sign in as a project admin."),
+                code="keys_not_allowed",
             )
         needed = getattr(view, "key_scopes", {}).get(request.method) or (
             "read" if request.method in ("GET", "HEAD", "OPTIONS") else "chat"
         )
         if not key.has_scope(needed):
             raise exceptions.PermissionDenied(
-                f"This API key lacks the '{needed}' scope this call needs.",
+                gettext("This API key lacks the '%(scope)s' scope this call needs.")
+                % {"scope": needed},
                 code="insufficient_scope",
             )
         return True

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import Http404
+from django.utils.translation import gettext as _
 from rest_framework import exceptions
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
@@ -76,7 +77,7 @@ class ProjectEndpoint(GenericAPIView):
             raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE, code="invalid_api_key")
         project = projects_for_request(request).filter(pk=project_id).first()
         if project is None:
-            raise Http404("No such project.")
+            raise Http404(_("No such project."))
         return project
 
     @property

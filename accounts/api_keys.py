@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from core import config_cache
 from core.errors import ServiceError
@@ -137,7 +138,8 @@ def api_key_revoke(*, actor: Membership, key: ApiKey) -> ApiKey:
 
 # The same words for every key we do not accept (malformed, unknown, revoked, expired, another
 # project's): an answer says nothing about which case it was.
-INVALID_KEY_MESSAGE = (
+# Lazy: said in the language of the request (the REST API's caller's; /v1 speaks English only).
+INVALID_KEY_MESSAGE = gettext_lazy(
     "Incorrect API key provided. Create a project API key on the project's settings page and "
     "send it as 'Authorization: Bearer lgw_...'."
 )

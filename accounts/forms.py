@@ -3,8 +3,10 @@
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
+from django.utils.translation import gettext_lazy as _
 
 from .models import Role, User, normalize_address
 
@@ -18,9 +20,10 @@ class AddressField(forms.EmailField):
 
 
 class SignUpForm(forms.Form):
-    name = forms.CharField(max_length=150, required=False, label="Your name")
-    email = AddressField(label="E-mail")
+    name = forms.CharField(max_length=150, required=False, label=_("Your name"))
+    email = AddressField(label=_("E-mail"))
     password = forms.CharField(
+        label=_("Password"),
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text=password_validation.password_validators_help_text_html(),
     )
@@ -29,8 +32,10 @@ class SignUpForm(forms.Form):
         email = normalize_address(self.cleaned_data["email"])
         if User.objects.filter(email__iexact=email).exists():
             raise forms.ValidationError(
-                "An account with this e-mail address already exists. Log in instead, or reset "
-                "your password."
+                _(
+                    "An account with this e-mail address already exists. Log in instead, or "
+                    "reset your password."
+                )
             )
         return email
 
@@ -49,38 +54,39 @@ class SignUpForm(forms.Form):
 
 class EmailAuthenticationForm(AuthenticationForm):
     username = AddressField(
-        label="E-mail", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
+        label=_("E-mail"),
+        widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}),
     )
 
 
 class NameForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(label=_("Name"), max_length=100)
 
 
 class ProjectForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(label=_("Name"), max_length=100)
     default_system_prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),
         required=False,
-        label="Default system prompt",
-        help_text="Sent as the system message of new conversations in this project.",
+        label=_("Default system prompt"),
+        help_text=_("Sent as the system message of new conversations in this project."),
     )
 
 
 class InviteForm(forms.Form):
-    email = AddressField(label="E-mail")
-    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+    email = AddressField(label=_("E-mail"))
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices, initial=Role.MEMBER)
 
 
 class RoleForm(forms.Form):
-    role = forms.ChoiceField(choices=Role.choices)
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices)
 
 
 class TwoFactorCodeForm(forms.Form):
     """A code from the authenticator app (or, where the page says so, a recovery code)."""
 
     token = forms.CharField(
-        label="Code",
+        label=_("Code"),
         max_length=40,
         widget=forms.TextInput(
             attrs={"autocomplete": "one-time-code", "autofocus": True, "spellcheck": "false"}
@@ -90,5 +96,15 @@ class TwoFactorCodeForm(forms.Form):
 
 class TwoFactorRequirementForm(forms.Form):
     require_two_factor = forms.BooleanField(
-        required=False, label="Require two-factor authentication for members"
+        required=False, label=_("Require two-factor authentication for members")
+    )
+
+
+class LanguageForm(forms.Form):
+    """The interface's language on the account page; empty follows the browser."""
+
+    language = forms.ChoiceField(
+        label=_("Language"),
+        choices=[("", _("The browser's language")), *settings.LANGUAGES],
+        required=False,
     )

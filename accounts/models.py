@@ -16,6 +16,7 @@ from django.contrib.auth.models import AnonymousUser, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 if TYPE_CHECKING:
     from django_otp.models import Device
@@ -65,6 +66,14 @@ class User(AbstractBaseUser, PermissionsMixin):
     # When the person proved they receive mail at ``email`` (the link sent at sign-up, or an
     # invitation's link); None until then.
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    # The interface's language; empty: whatever the browser asks for (Accept-Language).
+    language = models.CharField(
+        _("language"),
+        max_length=10,
+        blank=True,
+        choices=settings.LANGUAGES,
+        help_text=_("Empty: the language your browser asks for."),
+    )
 
     objects = UserManager()
 
@@ -105,9 +114,9 @@ AnyUser = User | AnonymousUser
 
 
 class Role(models.TextChoices):
-    OWNER = "owner", "Owner"
-    ADMIN = "admin", "Admin"
-    MEMBER = "member", "Member"
+    OWNER = "owner", _("Owner")
+    ADMIN = "admin", _("Admin")
+    MEMBER = "member", _("Member")
 
 
 # Roles that may manage an organization's members, projects and settings.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
+from django.utils.translation import gettext as _
 
 from .models import (
     MANAGER_ROLES,
@@ -57,13 +58,13 @@ def membership_for(*, user: AnyUser, organization: Organization) -> Membership |
 def get_membership_or_404(*, user: AnyUser, organization_slug: str) -> Membership:
     """The user's membership in the organization with this slug, or 404."""
     if not user.is_authenticated:
-        raise Http404("No such organization.")
+        raise Http404(_("No such organization."))
     try:
         return Membership.objects.select_related("organization").get(
             user=user, organization__slug=organization_slug
         )
     except Membership.DoesNotExist:
-        raise Http404("No such organization.") from None
+        raise Http404(_("No such organization.")) from None
 
 
 def get_project_for_user_or_404(
@@ -73,7 +74,7 @@ def get_project_for_user_or_404(
     try:
         return projects_for_user(user).get(organization__slug=organization_slug, slug=project_slug)
     except Project.DoesNotExist:
-        raise Http404("No such project.") from None
+        raise Http404(_("No such project.")) from None
 
 
 def members_of(organization: Organization) -> QuerySet[Membership]:
@@ -84,7 +85,7 @@ def get_member_or_404(*, organization: Organization, membership_id: int) -> Memb
     try:
         return members_of(organization).get(pk=membership_id)
     except Membership.DoesNotExist:
-        raise Http404("No such member.") from None
+        raise Http404(_("No such member.")) from None
 
 
 def pending_invitations_of(organization: Organization) -> QuerySet[Invitation]:
@@ -106,7 +107,7 @@ def get_invitation_or_404(*, organization: Organization, invitation_id: int) -> 
     try:
         return Invitation.objects.for_organization(organization).get(pk=invitation_id)
     except Invitation.DoesNotExist:
-        raise Http404("No such invitation.") from None
+        raise Http404(_("No such invitation.")) from None
 
 
 def owner_count(organization: Organization) -> int:

@@ -16,8 +16,10 @@ from django.core import signing
 from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from core.errors import ServiceError
 
@@ -58,17 +60,19 @@ def _send_email_on_commit(*, subject: str, body: str, to: list[str]) -> None:
 def check_can_manage(actor: Membership) -> None:
     if actor.role not in MANAGER_ROLES:
         raise ServiceError(
-            "Only owners and admins of this organization can do that.", code="forbidden"
+            _("Only owners and admins of this organization can do that."), code="forbidden"
         )
 
 
 def check_role_change(*, actor: Membership, membership: Membership, role: str) -> None:
     check_can_manage(actor)
     if role not in Role.values:
-        raise ServiceError(f"Unknown role {role!r}.")
+        raise ServiceError(_("Unknown role %(role)r.") % {"role": role})
     touches_owner = Role.OWNER in (role, membership.role)
     if touches_owner and actor.role != Role.OWNER:
-        raise ServiceError("Only an owner can grant or take away the owner role.", code="forbidden")
+        raise ServiceError(
+            _("Only an owner can grant or take away the owner role."), code="forbidden"
+        )
     if membership.role == Role.OWNER and role != Role.OWNER:
         _check_not_last_owner(membership)
 
@@ -77,7 +81,7 @@ def check_removal(*, actor: Membership, membership: Membership) -> None:
     if actor.pk != membership.pk:  # anyone may leave; removing others takes a manager
         check_can_manage(actor)
         if membership.role == Role.OWNER and actor.role != Role.OWNER:
-            raise ServiceError("Only an owner can remove an owner.", code="forbidden")
+            raise ServiceError(_("Only an owner can remove an owner."), code="forbidden")
     if membership.role == Role.OWNER:
         _check_not_last_owner(membership)
 
@@ -85,7 +89,7 @@ def check_removal(*, actor: Membership, membership: Membership) -> None:
 def _check_not_last_owner(membership: Membership) -> None:
     if owner_count(membership.organization) <= 1:
         raise ServiceError(
-            "An organization must keep at least one owner: make someone else an owner first.",
+            _("An organization must keep at least one owner: make someone else an owner first."),
             code="last_owner",
         )
 
@@ -99,7 +103,7 @@ def user_sign_up(*, email: str, password: str, name: str = "", verified: bool = 
     the address is already proven (the person came by an invitation link sent to it)."""
     email = normalize_address(email)
     if User.objects.filter(email__iexact=email).exists():
-        raise ServiceError("An account with this e-mail address already exists.", code="taken")
+        raise ServiceError(_("An account with this e-mail address already exists."), code="taken")
     try:
         user = User.objects.create_user(
             email=email,
@@ -109,10 +113,22 @@ def user_sign_up(*, email: str, password: str, name: str = "", verified: bool = 
         )
     except IntegrityError:  # lost a race with a concurrent sign-up for the same address
         raise ServiceError(
-            "An account with this e-mail address already exists.", code="taken"
+            _("An account with this e-mail address already exists."), code="taken"
         ) from None
     label = name.strip() or email.split("@")[0]
-    organization_create(name=f"{label}'s workspace", owner=user, is_personal=True)
+    organization_create(
+        name=_("%(name)s's workspace") % {"name": label}, owner=user, is_personal=True
+    )
+    return user
+
+
+@transaction.atomic
+def user_set_language(*, user: User, language: str) -> User:
+    """The language of the person's pages, sockets and e-mails; empty: the browser's."""
+    if language and language not in dict(settings.LANGUAGES):
+        raise ServiceError(_("Unknown language %(language)r.") % {"language": language})
+    user.language = language
+    user.save(update_fields=["language"])
     return user
 
 
@@ -133,15 +149,19 @@ def email_verification_send(*, user: User, site_url: str) -> None:
         return
     link = site_url.rstrip("/") + reverse("email_verify", args=[email_verification_token(user)])
     days = settings.EMAIL_VERIFICATION_TTL.days
-    _send_email_on_commit(
-        subject="Confirm your e-mail address",
-        body=(
-            f"Confirm that {user.email} is yours: {link}\n\n"
-            f"The link works for {days} day{'s' if days != 1 else ''}. If you did not sign up, "
-            "ignore this message."
-        ),
-        to=[user.email],
-    )
+    with translation.override(_language_of(user)):
+        subject = _("Confirm your e-mail address")
+        body = (
+            _("Confirm that %(email)s is yours: %(link)s") % {"email": user.email, "link": link}
+            + "\n\n"
+            + ngettext(
+                "The link works for %(days)d day. If you did not sign up, ignore this message.",
+                "The link works for %(days)d days. If you did not sign up, ignore this message.",
+                days,
+            )
+            % {"days": days}
+        )
+    _send_email_on_commit(subject=subject, body=body, to=[user.email])
 
 
 def _mark_verified(user: User) -> None:
@@ -157,13 +177,13 @@ def email_verify(*, token: str) -> User:
         data = signing.loads(token, salt=VERIFICATION_SALT, max_age=settings.EMAIL_VERIFICATION_TTL)
     except signing.SignatureExpired:
         raise ServiceError(
-            "This link has expired. Log in and ask for a new one.", code="verification_expired"
+            _("This link has expired. Log in and ask for a new one."), code="verification_expired"
         ) from None
     except signing.BadSignature:
-        raise ServiceError("This link is not valid.", code="invalid_verification") from None
+        raise ServiceError(_("This link is not valid."), code="invalid_verification") from None
     user = User.objects.filter(pk=data.get("user"), email=data.get("email"), is_active=True).first()
     if user is None:  # the account is gone, or its address changed since the link was sent
-        raise ServiceError("This link is not valid.", code="invalid_verification")
+        raise ServiceError(_("This link is not valid."), code="invalid_verification")
     _mark_verified(user)
     return user
 
@@ -172,7 +192,7 @@ def email_verify(*, token: str) -> User:
 def organization_create(*, name: str, owner: User, is_personal: bool = False) -> Organization:
     name = name.strip()
     if not name:
-        raise ServiceError("The organization needs a name.")
+        raise ServiceError(_("The organization needs a name."))
     organization = Organization.objects.create(
         name=name, slug=_unique_slug(Organization, name), is_personal=is_personal
     )
@@ -190,7 +210,7 @@ def organization_rename(*, actor: Membership, name: str) -> Organization:
     check_can_manage(actor)
     name = name.strip()
     if not name:
-        raise ServiceError("The organization needs a name.")
+        raise ServiceError(_("The organization needs a name."))
     organization = actor.organization
     organization.name = name
     organization.save(update_fields=["name"])
@@ -204,7 +224,7 @@ def organization_set_two_factor_requirement(*, actor: Membership, required: bool
     check_can_manage(actor)
     if required and not has_two_factor(actor.user):
         raise ServiceError(
-            "Turn on two-factor authentication for your own account first.",
+            _("Turn on two-factor authentication for your own account first."),
             code="two_factor_required",
         )
     organization = actor.organization
@@ -221,7 +241,7 @@ def project_create(*, actor: Membership, name: str, default_system_prompt: str =
     check_can_manage(actor)
     name = name.strip()
     if not name:
-        raise ServiceError("The project needs a name.")
+        raise ServiceError(_("The project needs a name."))
     organization = actor.organization
     return Project.objects.create(
         organization=organization,
@@ -239,7 +259,7 @@ def project_update(
     check_can_manage(actor)
     name = name.strip()
     if not name:
-        raise ServiceError("The project needs a name.")
+        raise ServiceError(_("The project needs a name."))
     project.name = name
     project.default_system_prompt = default_system_prompt
     project.save(update_fields=["name", "default_system_prompt"])
@@ -270,15 +290,18 @@ def member_invite(*, actor: Membership, email: str, role: str, site_url: str) ->
     """
     check_can_manage(actor)
     if role not in Role.values:
-        raise ServiceError(f"Unknown role {role!r}.")
+        raise ServiceError(_("Unknown role %(role)r.") % {"role": role})
     if role == Role.OWNER and actor.role != Role.OWNER:
-        raise ServiceError("Only an owner can invite another owner.", code="forbidden")
+        raise ServiceError(_("Only an owner can invite another owner."), code="forbidden")
     organization = actor.organization
     email = normalize_address(email)
     inviter = actor.user.get_full_name()
 
     if Membership.objects.filter(user__email__iexact=email, organization=organization).exists():
-        raise ServiceError(f"{email} is already a member of {organization.name}.")
+        raise ServiceError(
+            _("%(email)s is already a member of %(organization)s.")
+            % {"email": email, "organization": organization.name}
+        )
 
     # A new invitation replaces any earlier one for the same address.
     Invitation.objects.for_organization(organization).filter(
@@ -299,15 +322,21 @@ def _send_invitation(invitation: Invitation, *, inviter: str, site_url: str) -> 
     invitation.save()
     organization = invitation.organization
     link = site_url.rstrip("/") + reverse("invitation_accept", args=[token])
-    _send_email_on_commit(
-        subject=f"{inviter} invited you to {organization.name}",
-        body=(
-            f"{inviter} invited you to join {organization.name} as {invitation.role}.\n\n"
-            f"Accept the invitation: {link}\n\n"
-            f"The link expires on {_format(invitation.expires_at)}."
-        ),
-        to=[invitation.email],
-    )
+    # In the language of the account the address has, if it has one; else the inviter's.
+    invitee = User.objects.filter(email__iexact=invitation.email).first()
+    language = _language_of(invitee) if invitee else translation.get_language()
+    with translation.override(language):
+        names = {"inviter": inviter, "organization": organization.name}
+        subject = _("%(inviter)s invited you to %(organization)s") % names
+        body = "\n\n".join(
+            [
+                _("%(inviter)s invited you to join %(organization)s as %(role)s.")
+                % {**names, "role": invitation.get_role_display()},
+                _("Accept the invitation: %(link)s") % {"link": link},
+                _("The link expires on %(date)s.") % {"date": _format(invitation.expires_at)},
+            ]
+        )
+    _send_email_on_commit(subject=subject, body=body, to=[invitation.email])
 
 
 @transaction.atomic
@@ -316,13 +345,20 @@ def invitation_resend(*, actor: Membership, invitation: Invitation, site_url: st
     for one that expired, or whose mail went astray."""
     check_can_manage(actor)
     if invitation.accepted_at is not None:
-        raise ServiceError(f"{invitation.email} has already accepted this invitation.")
+        raise ServiceError(
+            _("%(email)s has already accepted this invitation.") % {"email": invitation.email}
+        )
     _send_invitation(invitation, inviter=actor.user.get_full_name(), site_url=site_url)
     return invitation
 
 
 def _format(when: datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _language_of(user: User) -> str:
+    """The language to write to someone in: their choice, else the one this request speaks."""
+    return user.language or translation.get_language() or settings.LANGUAGE_CODE
 
 
 def invitation_for_token(token: str) -> Invitation | None:
@@ -335,18 +371,22 @@ def invitation_for_token(token: str) -> Invitation | None:
 
 def check_invitation_usable(*, invitation: Invitation | None, user: User | None = None) -> None:
     if invitation is None:
-        raise ServiceError("This invitation link is not valid.", code="invalid_invitation")
+        raise ServiceError(_("This invitation link is not valid."), code="invalid_invitation")
     if invitation.accepted_at is not None:
-        raise ServiceError("This invitation has already been used.", code="invitation_used")
+        raise ServiceError(_("This invitation has already been used."), code="invitation_used")
     if invitation.is_expired:
         raise ServiceError(
-            f"This invitation expired on {_format(invitation.expires_at)}. Ask for a new one.",
+            _("This invitation expired on %(date)s. Ask for a new one.")
+            % {"date": _format(invitation.expires_at)},
             code="invitation_expired",
         )
     if user is not None and normalize_address(user.email) != normalize_address(invitation.email):
         raise ServiceError(
-            f"This invitation is for {invitation.email}, but you are logged in as "
-            f"{user.email}. Log out and sign up or log in with that address.",
+            _(
+                "This invitation is for %(invited)s, but you are logged in as %(email)s. Log "
+                "out and sign up or log in with that address."
+            )
+            % {"invited": invitation.email, "email": user.email},
             code="invitation_wrong_user",
         )
 

@@ -31,6 +31,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp import verify_token as otp_verify_token
 from django_otp.models import Device
@@ -45,7 +47,7 @@ RECOVERY_CODE_COUNT = 10
 APP_DEVICE_NAME = "Authenticator app"
 RECOVERY_DEVICE_NAME = "Recovery codes"
 
-WRONG_CODE = "That code is not right. Check the time on your phone, or use a recovery code."
+WRONG_CODE = _("That code is not right. Check the time on your phone, or use a recovery code.")
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -160,8 +162,12 @@ def _check_not_locked(devices: Iterable[Device | None]) -> None:
             until = (data or {}).get("locked_until") or timezone.now()
             wait = max(1, round((until - timezone.now()).total_seconds()))
             raise ServiceError(
-                f"Too many wrong codes. Wait {wait} second{'s' if wait != 1 else ''} and try "
-                "again.",
+                ngettext(
+                    "Too many wrong codes. Wait %(wait)d second and try again.",
+                    "Too many wrong codes. Wait %(wait)d seconds and try again.",
+                    wait,
+                )
+                % {"wait": wait},
                 code="two_factor_locked",
                 retry_after=wait,
             )
@@ -190,7 +196,7 @@ def two_factor_verify(*, user: User, code: str) -> Verified:
     """The second step of logging in: a code from the app, or a recovery code (spent)."""
     app = app_device(user)
     if app is None:
-        raise ServiceError("Two-factor authentication is not turned on.", code="invalid")
+        raise ServiceError(_("Two-factor authentication is not turned on."), code="invalid")
     spare = StaticDevice.objects.filter(user=user).first()
     _check_not_locked([app, spare])
     code = "".join(code.split())
@@ -209,7 +215,7 @@ def two_factor_verify(*, user: User, code: str) -> Verified:
 def two_factor_start(*, user: User) -> TOTPDevice:
     """A new secret to set up, not yet in force: a code from it confirms it."""
     if has_two_factor(user):
-        raise ServiceError("Two-factor authentication is already on.", code="invalid")
+        raise ServiceError(_("Two-factor authentication is already on."), code="invalid")
     TOTPDevice.objects.filter(user=user, confirmed=False).delete()
     return TOTPDevice.objects.create(user=user, name=APP_DEVICE_NAME, confirmed=False)
 
@@ -239,7 +245,7 @@ def two_factor_confirm(*, user: User, token: str) -> TurnedOn:
     recovery codes."""
     device = pending_app_device(user)
     if device is None:
-        raise ServiceError("Start the setup again: there is no secret waiting for a code.")
+        raise ServiceError(_("Start the setup again: there is no secret waiting for a code."))
     _verify_app_code(user, device, token)
     with transaction.atomic():
         device.confirmed = True
@@ -255,7 +261,7 @@ def recovery_codes_regenerate(*, user: User, token: str) -> list[str]:
     borrowed session alone must not be able to mint a way past the second factor."""
     device = app_device(user)
     if device is None:
-        raise ServiceError("Two-factor authentication is not turned on.")
+        raise ServiceError(_("Two-factor authentication is not turned on."))
     _verify_app_code(user, device, token)
     with transaction.atomic():
         return _replace_recovery_codes(user)

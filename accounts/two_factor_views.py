@@ -9,6 +9,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -65,7 +67,7 @@ def two_factor_setup(request: AuthenticatedHttpRequest) -> HttpResponse:
         else:
             # The code just given proves the second factor for this session too.
             django_otp.login(request, result.device)
-            messages.success(request, "Two-factor authentication is on.")
+            messages.success(request, _("Two-factor authentication is on."))
             return _recovery_codes_page(request, result.recovery_codes, first=True)
     return render(
         request,
@@ -93,7 +95,7 @@ def two_factor_recovery_codes(request: AuthenticatedHttpRequest) -> HttpResponse
         else:
             return _recovery_codes_page(request, codes, first=False)
     else:
-        messages.error(request, "Enter a code from your authenticator app.")
+        messages.error(request, _("Enter a code from your authenticator app."))
     return redirect("two_factor")
 
 
@@ -102,14 +104,14 @@ def two_factor_recovery_codes(request: AuthenticatedHttpRequest) -> HttpResponse
 def two_factor_disable(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = TwoFactorCodeForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Enter a code from your authenticator app or a recovery code.")
+        messages.error(request, _("Enter a code from your authenticator app or a recovery code."))
         return redirect("two_factor")
     try:
         two_factor.two_factor_disable(user=request.user, token=form.cleaned_data["token"])
     except ServiceError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, "Two-factor authentication is off.")
+        messages.success(request, _("Two-factor authentication is off."))
     return redirect("two_factor")
 
 
@@ -147,8 +149,14 @@ def two_factor_verify(request: AuthenticatedHttpRequest) -> HttpResponse:
                 left = two_factor.recovery_codes_left(user)
                 messages.warning(
                     request,
-                    f"You used a recovery code; {left} left. Each works once: make new ones "
-                    "in Two-factor authentication if you are running low.",
+                    ngettext(
+                        "You used a recovery code; %(left)d left. Each works once: make new ones "
+                        "in Two-factor authentication if you are running low.",
+                        "You used a recovery code; %(left)d left. Each works once: make new ones "
+                        "in Two-factor authentication if you are running low.",
+                        left,
+                    )
+                    % {"left": left},
                 )
             return redirect(next_url or "home")
     return render(

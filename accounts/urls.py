@@ -21,6 +21,9 @@ urlpatterns = [
     ),
     # The second step of logging in, for people with two-factor authentication.
     path("login/two-factor/", two_factor_views.two_factor_verify, name="two_factor_verify"),
+    path("account/", views.account, name="account"),
+    # Django's set_language (the language cookie), which also saves a signed-in person's choice.
+    path("i18n/setlang/", views.set_language, name="set_language"),
     path("account/two-factor/", two_factor_views.two_factor_status, name="two_factor"),
     path("account/two-factor/setup/", two_factor_views.two_factor_setup, name="two_factor_setup"),
     path(

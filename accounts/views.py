@@ -1,11 +1,15 @@
 """Pages for accounts, organizations and projects. Thin: forms in, services out."""
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.views import i18n
 from django.views.decorators.http import require_POST
 
 from core.errors import ServiceError
@@ -22,6 +26,7 @@ from .decorators import (
 )
 from .forms import (
     InviteForm,
+    LanguageForm,
     NameForm,
     ProjectForm,
     RoleForm,
@@ -61,11 +66,55 @@ def signup(request: HttpRequest) -> HttpResponse:
                 return redirect("invitation_accept", token=token)
             messages.success(
                 request,
-                f"Welcome! Your workspace is ready. We sent a link to {user.email}: open it to "
-                "confirm your address.",
+                _(
+                    "Welcome! Your workspace is ready. We sent a link to %(email)s: open it to "
+                    "confirm your address."
+                )
+                % {"email": user.email},
             )
             return redirect("home")
     return render(request, "accounts/signup.html", {"form": form, "invitation": invitation})
+
+
+@login_required
+def account(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The person's own settings: the interface's language, with the way to two-factor
+    authentication and to changing the password."""
+    form = LanguageForm(request.POST or None, initial={"language": request.user.language})
+    if request.method == "POST" and form.is_valid():
+        language = form.cleaned_data["language"]
+        services.user_set_language(user=request.user, language=language)
+        response = redirect("account")
+        # The cookie too, so that the pages after logging out speak it; "the browser's" drops it.
+        if language:
+            response.set_cookie(
+                settings.LANGUAGE_COOKIE_NAME,
+                language,
+                max_age=settings.LANGUAGE_COOKIE_AGE,
+                path=settings.LANGUAGE_COOKIE_PATH,
+                domain=settings.LANGUAGE_COOKIE_DOMAIN,
+                secure=settings.LANGUAGE_COOKIE_SECURE,
+                httponly=settings.LANGUAGE_COOKIE_HTTPONLY,
+                samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+            )
+        else:
+            response.delete_cookie(settings.LANGUAGE_COOKIE_NAME)
+            request.COOKIES.pop(settings.LANGUAGE_COOKIE_NAME, None)
+        with translation.override(language or translation.get_language_from_request(request)):
+            messages.success(request, _("Your language is saved."))
+        return response
+    return render(request, "accounts/account.html", {"form": form})
+
+
+@require_POST
+def set_language(request: HttpRequest) -> HttpResponseBase:
+    """Django's ``set_language`` (the cookie, then back to ``next``), and for someone signed in
+    their saved choice too: otherwise it would win over the cookie on the next page."""
+    response = i18n.set_language(request)
+    language = request.POST.get(i18n.LANGUAGE_QUERY_PARAMETER, "")
+    if request.user.is_authenticated and language in dict(settings.LANGUAGES):
+        services.user_set_language(user=request.user, language=language)
+    return response
 
 
 @login_required
@@ -92,7 +141,7 @@ def organization_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         except ServiceError as error:
             form.add_error("name", error.message)
         else:
-            messages.success(request, f"Created {organization.name}.")
+            messages.success(request, _("Created %(name)s.") % {"name": organization.name})
             return redirect("organization_settings", org_slug=organization.slug)
     return render(request, "orgs/create.html", {"form": form})
 
@@ -130,7 +179,7 @@ def _back_to_settings(membership: Membership) -> HttpResponse:
 def organization_rename(request: AuthenticatedHttpRequest, membership: Membership) -> HttpResponse:
     form = NameForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "The organization needs a name of at most 100 characters.")
+        messages.error(request, _("The organization needs a name of at most 100 characters."))
         return _back_to_settings(membership)
     try:
         services.organization_rename(actor=membership, name=form.cleaned_data["name"])
@@ -138,7 +187,7 @@ def organization_rename(request: AuthenticatedHttpRequest, membership: Membershi
         raise_if_forbidden(error)
         messages.error(request, error.message)
     else:
-        messages.success(request, "Organization renamed.")
+        messages.success(request, _("Organization renamed."))
     return _back_to_settings(membership)
 
 
@@ -159,9 +208,9 @@ def organization_two_factor(
     else:
         messages.success(
             request,
-            "Members now need two-factor authentication to reach this organization."
+            _("Members now need two-factor authentication to reach this organization.")
             if required
-            else "Two-factor authentication is no longer required of members.",
+            else _("Two-factor authentication is no longer required of members."),
         )
     return _back_to_settings(membership)
 
@@ -188,8 +237,8 @@ def member_invite(request: AuthenticatedHttpRequest, membership: Membership) -> 
     else:
         messages.success(
             request,
-            f"Invitation sent to {result.invitation.email}: they join by its link, which "
-            "works once.",
+            _("Invitation sent to %(email)s: they join by its link, which works once.")
+            % {"email": result.invitation.email},
         )
     return _back_to_settings(membership)
 
@@ -202,7 +251,7 @@ def member_change_role(
     target = selectors.get_member_or_404(organization=membership.organization, membership_id=pk)
     form = RoleForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Choose owner, admin or member.")
+        messages.error(request, _("Choose owner, admin or member."))
         return _back_to_settings(membership)
     try:
         services.membership_change_role(
@@ -212,7 +261,11 @@ def member_change_role(
         raise_if_forbidden(error)
         messages.error(request, error.message)
     else:
-        messages.success(request, f"{target.user.email} is now {target.get_role_display()}.")
+        messages.success(
+            request,
+            _("%(email)s is now %(role)s.")
+            % {"email": target.user.email, "role": target.get_role_display()},
+        )
     return _back_to_settings(membership)
 
 
@@ -235,9 +288,9 @@ def member_remove(
         messages.error(request, error.message)
         return _back_to_settings(membership)
     if leaving:
-        messages.success(request, f"You left {membership.organization.name}.")
+        messages.success(request, _("You left %(name)s.") % {"name": membership.organization.name})
         return redirect("home")
-    messages.success(request, f"Removed {target.user.email}.")
+    messages.success(request, _("Removed %(email)s.") % {"email": target.user.email})
     return _back_to_settings(membership)
 
 
@@ -255,7 +308,9 @@ def invitation_revoke(
         raise_if_forbidden(error)
         messages.error(request, error.message)
     else:
-        messages.success(request, f"Invitation for {invitation.email} revoked.")
+        messages.success(
+            request, _("Invitation for %(email)s revoked.") % {"email": invitation.email}
+        )
     return _back_to_settings(membership)
 
 
@@ -275,7 +330,10 @@ def invitation_resend(
         raise_if_forbidden(error)
         messages.error(request, error.message)
     else:
-        messages.success(request, f"Invitation sent to {invitation.email} again, with a new link.")
+        messages.success(
+            request,
+            _("Invitation sent to %(email)s again, with a new link.") % {"email": invitation.email},
+        )
     return _back_to_settings(membership)
 
 
@@ -285,7 +343,7 @@ def email_verify(request: HttpRequest, token: str) -> HttpResponse:
         user = services.email_verify(token=token)
     except ServiceError as error:
         return render(request, "accounts/verify_email.html", {"error": error.message}, status=400)
-    messages.success(request, f"Thank you: {user.email} is confirmed.")
+    messages.success(request, _("Thank you: %(email)s is confirmed.") % {"email": user.email})
     return redirect("home")
 
 
@@ -293,7 +351,7 @@ def email_verify(request: HttpRequest, token: str) -> HttpResponse:
 @login_required
 def email_verification_resend(request: AuthenticatedHttpRequest) -> HttpResponse:
     services.email_verification_send(user=request.user, site_url=request.build_absolute_uri("/"))
-    messages.success(request, f"We sent a new link to {request.user.email}.")
+    messages.success(request, _("We sent a new link to %(email)s.") % {"email": request.user.email})
     return redirect(request.POST.get("next") or "home")
 
 
@@ -311,7 +369,9 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         )
     if request.method == "POST" and user is not None:
         membership = services.invitation_accept(token=token, user=user)
-        messages.success(request, f"You joined {membership.organization.name}.")
+        messages.success(
+            request, _("You joined %(name)s.") % {"name": membership.organization.name}
+        )
         return redirect("organization_settings", org_slug=membership.organization.slug)
     return render(request, "orgs/invitation.html", {"invitation": invitation, "token": token})
 
@@ -326,7 +386,7 @@ def project_create(request: AuthenticatedHttpRequest, membership: Membership) ->
             raise_if_forbidden(error)
             form.add_error(None, error.message)
         else:
-            messages.success(request, f"Created project {project.name}.")
+            messages.success(request, _("Created project %(name)s.") % {"name": project.name})
             return redirect(
                 "project_detail", org_slug=project.organization.slug, project_slug=project.slug
             )
@@ -362,7 +422,7 @@ def project_settings(
             raise_if_forbidden(error)
             form.add_error(None, error.message)
         else:
-            messages.success(request, "Project saved.")
+            messages.success(request, _("Project saved."))
             return redirect(
                 "project_settings", org_slug=project.organization.slug, project_slug=project.slug
             )
@@ -390,7 +450,7 @@ def project_delete(
             raise_if_forbidden(error)
             messages.error(request, error.message)
         else:
-            messages.success(request, f"Deleted project {project.name}.")
+            messages.success(request, _("Deleted project %(name)s.") % {"name": project.name})
             return redirect("organization_settings", org_slug=project.organization.slug)
     return render(
         request,

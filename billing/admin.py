@@ -44,6 +44,7 @@ from django.utils.safestring import SafeString
 from accounts.admin import OrganizationAdmin, ProjectAdmin
 from accounts.models import Membership, Organization, Project
 from core import config_cache
+from core.money import usd
 
 from .models import (
     MONEY,
@@ -145,13 +146,6 @@ def with_current_figures(
 def _total_cost(rows: QuerySet[UsageRecord]) -> Subquery:
     total = rows.order_by().values("organization_id").annotate(total=Sum("cost")).values("total")
     return Subquery(total, output_field=MONEY_FIELD)
-
-
-def usd(amount: Decimal) -> str:
-    """Half-up to the cent, or to 4 places where cents would hide a small amount."""
-    cents = amount.quantize(Decimal("0.01"), ROUND_HALF_UP)
-    four = amount.quantize(Decimal("0.0001"), ROUND_HALF_UP)
-    return f"${cents:,}" if four == cents else f"${four:,}"
 
 
 def has_figures(budget: Budget) -> TypeGuard[BudgetWithFigures]:
@@ -452,7 +446,7 @@ class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin[Budget]):
                 budget.limit_usd += amount
                 budget.save(update_fields=["limit_usd"])
                 self.log_change(request, budget, f"Raised the limit by ${amount}.")
-        self.message_user(request, f"Raised {len(budgets)} limit(s) by ${amount}.")
+        self.message_user(request, f"Raised {len(budgets)} limit(s) by {usd(amount)}.")
         return None
 
     @admin.action(description="Disable", permissions=["change"])

@@ -34,6 +34,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy
+from django_stubs_ext import StrOrPromise
 
 from core.db import db_sync_to_async
 from core.detached import run_detached
@@ -188,29 +190,32 @@ class Outcome:
         return "".join(self.parts)
 
 
-UNUSABLE = "The provider's answer was unusable."
+UNUSABLE = gettext_lazy("The provider's answer was unusable.")
 
 
 def _unusable(exc: BaseException) -> ProviderError:
     """Any failure that is not a provider's own: bytes it should not have sent, or a bug."""
     logger.warning("upstream call failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    return ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, UNUSABLE)
+    return ProviderError(ErrorCode.UPSTREAM_UNAVAILABLE, str(UNUSABLE))
 
 
 # A provider's failure, in our words: the public code and, where the table's message would
 # say too little, a message of its own.
-UPSTREAM_FAILURES: dict[ErrorCode, tuple[str, str | None]] = {
+UPSTREAM_FAILURES: dict[ErrorCode, tuple[str, StrOrPromise | None]] = {
     ErrorCode.AUTH: ("upstream_auth_failed", None),
     ErrorCode.RATE_LIMITED: (
         "rate_limit_exceeded",
-        "The model provider is rate limiting us right now.",
+        gettext_lazy("The model provider is rate limiting us right now."),
     ),
     ErrorCode.QUOTA_EXHAUSTED: ("insufficient_quota", None),
     ErrorCode.BAD_REQUEST: ("upstream_bad_request", None),
     ErrorCode.CONTEXT_TOO_LONG: ("context_length_exceeded", None),
     ErrorCode.UPSTREAM_UNAVAILABLE: ("upstream_error", None),
     ErrorCode.TIMEOUT: ("upstream_timeout", None),
-    ErrorCode.MODEL_NOT_FOUND: ("model_not_found", "The provider does not know this model."),
+    ErrorCode.MODEL_NOT_FOUND: (
+        "model_not_found",
+        gettext_lazy("The provider does not know this model."),
+    ),
     ErrorCode.ADDRESS_REFUSED: ("upstream_address_refused", None),
 }
 
@@ -219,7 +224,7 @@ def upstream_failure(exc: ProviderError, *, partial: bool = False) -> ServiceErr
     """What a client is told of a failed upstream call, on every surface: the error table's
     code, status, type and retry rule, and a message a person can act on (never a secret)."""
     code, message = UPSTREAM_FAILURES.get(exc.code, ("upstream_error", None))
-    text = message or kind_of(code).message
+    text = str(message or kind_of(code).message)
     if exc.code == ErrorCode.ADDRESS_REFUSED:  # names the host and what it is: says more
         text = exc.message
     if exc.code in (
@@ -229,9 +234,11 @@ def upstream_failure(exc: ProviderError, *, partial: bool = False) -> ServiceErr
     ):
         text += f" ({exc.message})"
     if exc.code == ErrorCode.RATE_LIMITED and exc.retry_after:
-        text += f" Try again in {max(1, round(exc.retry_after))} s."
+        text += " " + gettext("Try again in %(seconds)d s.") % {
+            "seconds": max(1, round(exc.retry_after))
+        }
     if partial:
-        text = "The reply broke off; what arrived is saved. " + text
+        text = gettext("The reply broke off; what arrived is saved.") + " " + text
     retry_after = exc.retry_after
     if exc.code == ErrorCode.RATE_LIMITED and retry_after is None:
         retry_after = 1.0

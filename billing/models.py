@@ -3,7 +3,7 @@
 Money is Decimal everywhere. The rounding rule: a call's cost is computed exactly — tokens are
 integers and prices have at most 6 decimal places per 1M tokens, so every per-token price has at
 most 12 — and stored exactly with 12 decimal places. Nothing is rounded until it is shown, where
-amounts are rounded half-up to the cent (or to 4 places in tables of small amounts). Sums of
+amounts are rounded half-up to the cent, or to 4 places under a dollar (core.money). Sums of
 exact values are exact, so the ledger and the budgets' counters agree to the last digit.
 """
 
@@ -17,8 +17,10 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext, gettext_lazy
 
 from accounts.models import ApiKey, Organization, Project
+from core import money
 
 
 class DecimalDigits(TypedDict):
@@ -230,15 +232,15 @@ class Budget(models.Model):
     a project's API keys."""
 
     class Scope(models.TextChoices):
-        ORGANIZATION = "organization", "Organization"
-        PROJECT = "project", "Project"
-        MEMBER = "member", "Member (in a project)"
-        API_KEY = "api_key", "API key (of a project)"
+        ORGANIZATION = "organization", gettext_lazy("Organization")
+        PROJECT = "project", gettext_lazy("Project")
+        MEMBER = "member", gettext_lazy("Member (in a project)")
+        API_KEY = "api_key", gettext_lazy("API key (of a project)")
 
     class Period(models.TextChoices):
-        MONTH = "month", "Calendar month (UTC)"
-        DAY = "day", "Day (UTC)"
-        LIFETIME = "lifetime", "Lifetime"
+        MONTH = "month", gettext_lazy("Calendar month (UTC)")
+        DAY = "day", gettext_lazy("Day (UTC)")
+        LIFETIME = "lifetime", gettext_lazy("Lifetime")
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="budgets")
     project = models.ForeignKey(
@@ -291,18 +293,23 @@ class Budget(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.describe()}: ${self.limit_usd:.2f} per {self.period}"
+        return f"{self.describe()}: {money.usd(self.limit_usd)} per {self.period}"
 
     def describe(self) -> str:
         if self.scope == self.Scope.ORGANIZATION:
-            return f"the {self.organization} budget"
+            return gettext("the %(organization)s budget") % {"organization": self.organization}
         # cast: project and member budgets have a project (the scope check constraint).
         if self.scope == self.Scope.PROJECT:
-            return f"the budget of project {cast(Project, self.project).name}"
+            return gettext("the budget of project %(project)s") % {
+                "project": cast(Project, self.project).name
+            }
         if self.scope == self.Scope.API_KEY:
             # The key's name and its non-secret prefix and last four, as its page shows them.
-            return f"the budget of API key {self.api_key}"
-        return f"{self.user}'s budget in project {cast(Project, self.project).name}"
+            return gettext("the budget of API key %(key)s") % {"key": self.api_key}
+        return gettext("%(person)s's budget in project %(project)s") % {
+            "person": self.user,
+            "project": cast(Project, self.project).name,
+        }
 
     def thresholds(self) -> list[int]:
         values = []

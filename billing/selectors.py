@@ -17,7 +17,7 @@ amounts pass $1,000 or rows pile up.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -32,8 +32,10 @@ from django.db.models import (
 )
 from django.http import Http404
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from accounts.models import MANAGER_ROLES, ApiKey, Membership, Organization, Project, User
+from core import money
 
 from .models import (
     Budget,
@@ -46,14 +48,8 @@ from .models import (
 from .pricing import units_to_cost
 from .services import ledger_spend, period_bounds
 
-CENT = Decimal("0.01")
 # The longest range the dashboard aggregates at once: a year, leap day included.
 MAX_RANGE_DAYS = 366
-
-
-def round_cents(amount: Decimal) -> Decimal:
-    """The display rule of billing/models.py: half-up to the cent."""
-    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 # --- scope and range ---------------------------------------------------------------------------
@@ -315,11 +311,17 @@ def budget_subject(budget: Budget) -> str:
     # cast: the other scopes have a project, and a member budget its member (the scope check
     # constraint).
     if budget.scope == Budget.Scope.PROJECT:
-        return f"Project {cast(Project, budget.project).name}"
+        return gettext("Project %(project)s") % {"project": cast(Project, budget.project).name}
     if budget.scope == Budget.Scope.API_KEY:
-        return f"API key {budget.api_key} in project {cast(Project, budget.project).name}"
+        return gettext("API key %(key)s in project %(project)s") % {
+            "key": budget.api_key,
+            "project": cast(Project, budget.project).name,
+        }
     user = cast(User, budget.user)
-    return f"{user.get_full_name()} in project {cast(Project, budget.project).name}"
+    return gettext("%(person)s in project %(project)s") % {
+        "person": user.get_full_name(),
+        "project": cast(Project, budget.project).name,
+    }
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,11 @@ class BudgetStatus:
             return "high"
         return "ok"
 
+    @property
+    def remaining(self) -> Decimal:
+        """What calls may still spend this period: the limit less spent and held, not below 0."""
+        return max(self.budget.limit_usd - self.spent - self.reserved, Decimal(0))
+
 
 def budgets_for(scope: UsageScope) -> QuerySet[Budget]:
     """Enabled budgets a reader may see: all of them for managers; for a member, those that
@@ -374,8 +381,14 @@ def budgets_for(scope: UsageScope) -> QuerySet[Budget]:
 
 def budget_statuses(scope: UsageScope, *, now: datetime | None = None) -> list[BudgetStatus]:
     """Two queries, plus one ledger sum per budget that has no counter for its period yet."""
+    return statuses_of(budgets_for(scope), now=now)
+
+
+def statuses_of(budgets: Iterable[Budget], *, now: datetime | None = None) -> list[BudgetStatus]:
+    """The current period's figures of ``budgets`` (already scoped by the caller): one query
+    for the counters, plus one ledger sum per budget that has no counter for its period yet."""
     now = now or timezone.now()
-    budgets = list(budgets_for(scope))
+    budgets = list(budgets)
     bounds = {b.pk: period_bounds(b.period, now) for b in budgets}
     counters = {
         (p.budget_id, p.start): p
@@ -472,7 +485,7 @@ def get_statement_or_404(*, organization: Organization, pk: int) -> Statement:
     try:
         return statements_for(organization).get(pk=pk)
     except Statement.DoesNotExist:
-        raise Http404("No such statement.") from None
+        raise Http404(gettext("No such statement.")) from None
 
 
 # --- the budget banner -------------------------------------------------------------------------
@@ -501,26 +514,48 @@ class BudgetBanner:
     def message(self) -> str:
         budget = self.budget
         if self.reached:
-            until = (
-                f"{self.period_end:%Y-%m-%d %H:%M} UTC"
-                if self.period_end
-                else "the limit is raised"
-            )
-            return f"{self.subject} has reached its limit: new messages are refused until {until}."
-        kinds: dict[str, str] = {Budget.Period.MONTH: "monthly ", Budget.Period.DAY: "daily "}
-        kind = kinds.get(budget.period, "")
-        limit = f"${round_cents(budget.limit_usd):,}"
-        return f"{self.subject} has used {self.alert.threshold}% of its {limit} {kind}budget."
+            if self.period_end is None:
+                return gettext(
+                    "%(subject)s has reached its limit: new messages are refused until the "
+                    "limit is raised."
+                ) % {"subject": self.subject}
+            return gettext(
+                "%(subject)s has reached its limit: new messages are refused until %(until)s UTC."
+            ) % {"subject": self.subject, "until": f"{self.period_end:%Y-%m-%d %H:%M}"}
+        kinds: dict[str, str] = {
+            Budget.Period.MONTH: gettext_noop(
+                "%(subject)s has used %(percent)s%% of its %(limit)s monthly budget."
+            ),
+            Budget.Period.DAY: gettext_noop(
+                "%(subject)s has used %(percent)s%% of its %(limit)s daily budget."
+            ),
+        }
+        sentence = kinds.get(
+            budget.period,
+            gettext_noop("%(subject)s has used %(percent)s%% of its %(limit)s budget."),
+        )
+        return gettext(sentence) % {
+            "subject": self.subject,
+            "percent": self.alert.threshold,
+            "limit": money.usd(budget.limit_usd),
+        }
 
 
 def current_budget_banners(
-    *, user_id: int, organization_slug: str, now: datetime | None = None
+    *,
+    user_id: int,
+    organization_slug: str | None,
+    two_factor_verified: bool = False,
+    now: datetime | None = None,
 ) -> list[BudgetBanner]:
-    """One query: the organization's alerts of the current periods, if the user is a member.
+    """One query: the organization's alerts of the current periods, if the user is a member
+    (``organization_slug`` None: of every organization the user is in, for the home page).
 
     Per budget only the highest threshold crossed; an alert the budget no longer bears out
-    (its limit was raised since) is left out. Member budgets show to their member and to
-    managers only; API key budgets to managers only (they limit no member's calls).
+    (its limit was raised since, or the threshold was taken off) is left out. Member budgets
+    show to their member and to managers only; API key budgets to managers only (they limit no
+    member's calls). Organizations that require two-factor authentication show nothing to a
+    session that has not given a second factor, as they show it nothing else.
     """
     now = now or timezone.now()
     current = Q()
@@ -528,11 +563,16 @@ def current_budget_banners(
     for period in Budget.Period.values:
         start, ends[period] = period_bounds(period, now)
         current |= Q(budget__period=period, period_start=start)
+    where = Q()
+    if organization_slug is not None:
+        where &= Q(budget__organization__slug=organization_slug)
+    if not two_factor_verified:
+        where &= Q(budget__organization__require_two_factor=False)
     # One filter() call, so both conditions on memberships share one join: the user's own row.
     alerts = (
         BudgetAlert.objects.filter(
             current,
-            Q(budget__organization__slug=organization_slug),
+            where,
             Q(budget__organization__memberships__user_id=user_id),
             ~Q(budget__scope__in=[Budget.Scope.MEMBER, Budget.Scope.API_KEY])
             | Q(budget__user_id=user_id)
@@ -561,5 +601,7 @@ def current_budget_banners(
         line = budget.limit_usd * alert.threshold / 100
         if alert.spent is not None and alert.spent < line:
             continue  # the limit was raised after the alert: no longer true
+        if alert.threshold not in budget.thresholds():
+            continue  # the threshold was taken off the budget since
         banners[budget.pk] = BudgetBanner(alert=alert, period_end=ends[budget.period])
     return sorted(banners.values(), key=lambda b: (-b.alert.threshold, b.subject))

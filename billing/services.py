@@ -16,7 +16,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from functools import partial
 from typing import cast
 
@@ -24,9 +24,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext, gettext_lazy, gettext_noop
 
 from core import config_cache
+from core import money as core_money
 from core.config_cache import cached
 from core.errors import ServiceError
 
@@ -268,7 +270,9 @@ def rate_take(*, bucket: str, allowed: int, what: str, now: float | None = None)
         _window_give_back(bucket, now, 1)
         retry_after = max(1.0, 60 - now % 60)
         raise QuotaExceeded(
-            f"{what} is limited to {allowed:,} per minute. Try again in {round(retry_after)} s.",
+            # ``what`` is marked by its caller (gettext_noop) and said in today's language here.
+            gettext("%(what)s is limited to %(count)s per minute. Try again in %(seconds)d s.")
+            % {"what": gettext(what), "count": _number(allowed), "seconds": round(retry_after)},
             code="rate_limit_exceeded",
             retry_after=retry_after,
         )
@@ -289,7 +293,8 @@ def _read_limits(context: CallContext) -> list[tuple[str, str, int | None, int |
         if project is not None:
             limits.append(
                 (
-                    "This project",
+                    # Kept in memory for every language: translated when a refusal says it.
+                    gettext_noop("This project"),
                     f"ratelimit:project:{context.project_id}",
                     project.requests_per_minute,
                     project.tokens_per_minute,
@@ -306,7 +311,7 @@ def _read_limits(context: CallContext) -> list[tuple[str, str, int | None, int |
         if key is not None:
             limits.append(
                 (
-                    "This API key",
+                    gettext_noop("This API key"),
                     f"ratelimit:apikey:{context.api_key_id}",
                     key["requests_per_minute"],
                     key["tokens_per_minute"],
@@ -334,8 +339,8 @@ def check_rate_limits(context: CallContext, *, tokens: int, now: float | None = 
                 _window_give_back(taken_bucket, now, taken_amount)
             retry_after = max(1.0, 60 - now % 60)
             raise QuotaExceeded(
-                f"{who} is limited to {allowed:,} {unit} per minute. "
-                f"Try again in {round(retry_after)} s.",
+                RATE_REFUSALS[unit]
+                % {"who": gettext(who), "count": _number(allowed), "seconds": round(retry_after)},
                 code="rate_limit_exceeded",
                 retry_after=retry_after,
             )
@@ -345,20 +350,39 @@ def check_rate_limits(context: CallContext, *, tokens: int, now: float | None = 
 
 
 PERIOD_WORDS: dict[str, str] = {
-    Budget.Period.MONTH: "a month",
-    Budget.Period.DAY: "a day",
-    Budget.Period.LIFETIME: "in all",
+    Budget.Period.MONTH: gettext_noop("a month"),
+    Budget.Period.DAY: gettext_noop("a day"),
+    Budget.Period.LIFETIME: gettext_noop("in all"),
 }
 
 
+# A per-minute limit's refusal, by what it counts.
+RATE_REFUSALS = {
+    "requests": gettext_lazy(
+        "%(who)s is limited to %(count)s requests per minute. Try again in %(seconds)d s."
+    ),
+    "tokens": gettext_lazy(
+        "%(who)s is limited to %(count)s tokens per minute. Try again in %(seconds)d s."
+    ),
+}
+
+
+def _number(value: int) -> str:
+    """A count for a sentence, grouped the way the active language writes numbers."""
+    return formats.number_format(value, force_grouping=True)
+
+
 def money(amount: Decimal) -> str:
-    """An amount for a sentence: rounded half-up to the cent (the display rule)."""
-    return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+    """An amount for a sentence, by the one display rule: a $0.0001 budget with $0.0022 spent
+    reads so, not "$0.00 a month, $0.00 spent"."""
+    return core_money.usd(amount)
 
 
 def _reset_phrase(budget: Budget, now: datetime) -> str:
     _, end = period_bounds(budget.period, now)
-    return "It does not reset." if end is None else f"It resets on {end:%Y-%m-%d} 00:00 UTC."
+    if end is None:
+        return gettext("It does not reset.")
+    return gettext("It resets on %(date)s 00:00 UTC.") % {"date": f"{end:%Y-%m-%d}"}
 
 
 def _affordable(budget: Budget, period: BudgetPeriod, price: ModelPrice, prompt_tokens: int) -> int:
@@ -377,16 +401,27 @@ def _affordable(budget: Budget, period: BudgetPeriod, price: ModelPrice, prompt_
 
 def _over_budget(budget: Budget, period: BudgetPeriod, now: datetime, *, afford: int) -> str:
     could = (
-        f" It can pay for at most {afford:,} reply tokens now: ask for fewer (max_tokens)."
+        " "
+        + gettext("It can pay for at most %(tokens)s reply tokens now: ask for fewer (max_tokens).")
+        % {"tokens": _number(afford)}
         if afford > 0
         else ""
     )
-    return (
-        f"This would go over {budget.describe()}: {money(budget.limit_usd)} "
-        f"{PERIOD_WORDS[budget.period]}, {money(period.spent)} spent"
-        f"{f', {money(period.reserved)} in flight' if period.reserved else ''}.{could} "
-        f"{_reset_phrase(budget, now)}"
-    )
+    figures = {
+        "budget": budget.describe(),
+        "limit": money(budget.limit_usd),
+        "period": gettext(PERIOD_WORDS[budget.period]),
+        "spent": money(period.spent),
+        "reserved": money(period.reserved),
+    }
+    if period.reserved:
+        over = gettext(
+            "This would go over %(budget)s: %(limit)s %(period)s, %(spent)s spent, "
+            "%(reserved)s in flight."
+        )
+    else:
+        over = gettext("This would go over %(budget)s: %(limit)s %(period)s, %(spent)s spent.")
+    return f"{over % figures}{could} {_reset_phrase(budget, now)}"
 
 
 @transaction.atomic
@@ -416,8 +451,11 @@ def quota_reserve(
     budgets = applicable_budgets(context)
     if budgets and price is None:
         raise QuotaExceeded(
-            f"The model {context.model} has no price, so its cost cannot be held against "
-            f"{budgets[0].describe()}. An admin needs to set its price.",
+            gettext(
+                "The model %(model)s has no price, so its cost cannot be held against "
+                "%(budget)s. An admin needs to set its price."
+            )
+            % {"model": context.model, "budget": budgets[0].describe()},
             code="budget_exceeded",
         )
     # Every period locked (in budget id order) before any is read for the cap: what each can

@@ -2,6 +2,8 @@
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext, gettext_noop
 
 from accounts.models import User
 from accounts.selectors import managers_of
@@ -21,26 +23,52 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
     )
     if budget is None:
         return
-    recipients = sorted(managers_of(budget.organization).values_list("email", flat=True))
-    if not recipients:
-        return
-    what = (
-        "reached its hard limit: calls are now refused"
-        if threshold >= 100
-        else (f"passed {threshold}% of its limit")
-    )
+    # One e-mail per language the owners and admins read (their choice, else the default).
+    by_language: dict[str, list[str]] = {}
+    for email, language in managers_of(budget.organization).values_list("email", "language"):
+        by_language.setdefault(language or settings.LANGUAGE_CODE, []).append(email)
+    for language, recipients in sorted(by_language.items()):
+        with translation.override(language):
+            subject, body = _budget_alert(budget, threshold)
+        send_email(subject=subject, body=body, to=sorted(recipients))
+
+
+# "(… per calendar month (UTC))": the period inside a sentence.
+PERIOD_PHRASES: dict[str, str] = {
+    Budget.Period.MONTH: gettext_noop("calendar month (UTC)"),
+    Budget.Period.DAY: gettext_noop("day (UTC)"),
+    Budget.Period.LIFETIME: gettext_noop("lifetime"),
+}
+
+
+def _budget_alert(budget: Budget, threshold: int) -> tuple[str, str]:
+    """The subject and body of a budget alert, in the active language."""
     described = budget.describe()
     # Not str.capitalize(), which lowercases the rest: names, and a key's case-sensitive prefix.
-    sentence_start = described[:1].upper() + described[1:]
-    send_email(
-        subject=f"[{budget.organization.name}] {described} {what}",
-        body=(
-            f"{sentence_start} (${budget.limit_usd} per "
-            f"{budget.get_period_display().lower()}) has {what}.\n\n"
-            f"Usage: {settings.SITE_URL.rstrip('/')}/orgs/{budget.organization.slug}/usage/"
-        ),
-        to=recipients,
-    )
+    figures = {
+        "organization": budget.organization.name,
+        "budget": described,
+        "Budget": described[:1].upper() + described[1:],
+        "limit": services.money(budget.limit_usd),
+        "period": gettext(PERIOD_PHRASES[budget.period]),
+        "percent": threshold,
+    }
+    if threshold >= 100:
+        subject = gettext(
+            "[%(organization)s] %(budget)s reached its hard limit: calls are now refused"
+        )
+        sentence = gettext(
+            "%(Budget)s (%(limit)s per %(period)s) has reached its hard limit: calls are now "
+            "refused."
+        )
+    else:
+        subject = gettext("[%(organization)s] %(budget)s passed %(percent)s%% of its limit")
+        sentence = gettext(
+            "%(Budget)s (%(limit)s per %(period)s) has passed %(percent)s%% of its limit."
+        )
+    usage = f"{settings.SITE_URL.rstrip('/')}/orgs/{budget.organization.slug}/usage/"
+    body = sentence % figures + "\n\n" + gettext("Usage: %(url)s") % {"url": usage}
+    return subject % figures, body
 
 
 @shared_task(ignore_result=True)

@@ -13,7 +13,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from accounts.middleware import TwoFactorSocketMiddleware  # noqa: E402
+from accounts.middleware import (  # noqa: E402
+    TwoFactorSocketMiddleware,
+    UserLanguageSocketMiddleware,
+)
 from config.handlers import RouteByPath  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 
@@ -21,8 +24,13 @@ application = ProtocolTypeRouter(
     {
         "http": RouteByPath(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
-            # A session still owing its second factor is nobody on a socket, as on a page.
-            AuthMiddlewareStack(TwoFactorSocketMiddleware(URLRouter(websocket_urlpatterns)))
+            # A session still owing its second factor is nobody on a socket, as on a page; the
+            # socket speaks the person's language (their choice, else the browser's).
+            AuthMiddlewareStack(
+                TwoFactorSocketMiddleware(
+                    UserLanguageSocketMiddleware(URLRouter(websocket_urlpatterns))
+                )
+            )
         ),
     }
 )

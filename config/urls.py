@@ -3,8 +3,10 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
+from django.utils.translation import gettext
 from django.views import defaults
 from django.views.defaults import page_not_found
+from django.views.i18n import JavaScriptCatalog
 
 from core.api import status_error_body
 from core.errors import ServiceError
@@ -22,7 +24,9 @@ def no_favicon(request: HttpRequest) -> HttpResponse:
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith(API_PREFIXES):
         body = status_error_body(
-            status_code=404, message=f"No such path: {request.path}", code="not_found"
+            status_code=404,
+            message=gettext("No such path: %(path)s") % {"path": request.path},
+            code="not_found",
         )
         return JsonResponse(body, status=404)
     return page_not_found(request, exception)
@@ -41,6 +45,8 @@ handler500 = server_error
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("favicon.ico", no_favicon),
+    # The translations static/js needs (gettext() in the browser), in the page's language.
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("v1/", include("gateway.urls")),
     path("api/", include("config.api_urls")),
     path("", include("chat.urls")),

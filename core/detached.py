@@ -14,6 +14,9 @@ import contextvars
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from django.conf import settings
+from django.utils import translation
+
 T = TypeVar("T")
 
 _detached: set[asyncio.Task[Any]] = set()
@@ -25,6 +28,10 @@ def run_detached(work: Coroutine[Any, Any, T], *, same_context: bool = False) ->
     ``same_context``: keep the caller's context, for work that must finish in the caller's
     thread (its database connection) and that the caller still awaits, only shielded."""
     context = contextvars.copy_context() if same_context else contextvars.Context()
+    if not same_context:
+        # Nothing of the request comes along but its language: what the work says (an error
+        # event, a saved reply's error) is in the language of the person who started it.
+        context.run(translation.activate, translation.get_language() or settings.LANGUAGE_CODE)
     task = asyncio.get_running_loop().create_task(work, context=context)
     _detached.add(task)
     task.add_done_callback(_detached.discard)

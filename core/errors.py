@@ -20,6 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from django.utils.translation import gettext_lazy as _
+from django_stubs_ext import StrOrPromise
+
 Retry = Literal["after", "never", "maybe"]
 
 
@@ -28,145 +31,160 @@ class ErrorKind:
     status: int
     type: str  # OpenAI's error type
     retry: Retry
-    message: str  # what a person is told when the refusal says nothing more specific
+    # What a person is told when the refusal says nothing more specific: translated when it is
+    # told, into the language active then (the page's, the socket's; /v1 is always English).
+    message: StrOrPromise
 
 
-INVALID = ErrorKind(400, "invalid_request_error", "never", "The request is not valid.")
+INVALID = ErrorKind(400, "invalid_request_error", "never", _("The request is not valid."))
 
 ERRORS: dict[str, ErrorKind] = {
     # Who calls, and what they may do.
     "invalid_api_key": ErrorKind(
-        401, "invalid_request_error", "never", "The API key is missing, malformed or not valid."
+        401, "invalid_request_error", "never", _("The API key is missing, malformed or not valid.")
     ),
     "insufficient_scope": ErrorKind(
-        403, "permission_error", "never", "This API key lacks the scope this call needs."
+        403, "permission_error", "never", _("This API key lacks the scope this call needs.")
     ),
     "keys_not_allowed": ErrorKind(
-        403, "permission_error", "never", "API keys cannot do this; sign in as a project admin."
+        403, "permission_error", "never", _("API keys cannot do this; sign in as a project admin.")
     ),
     "forbidden": ErrorKind(
-        403, "permission_error", "never", "Only the organization's owners and admins can do this."
+        403,
+        "permission_error",
+        "never",
+        _("Only the organization's owners and admins can do this."),
     ),
-    "not_found": ErrorKind(404, "not_found_error", "never", "No such object."),
+    "not_found": ErrorKind(404, "not_found_error", "never", _("No such object.")),
     # Two-factor authentication: an organization that requires it, and wrong codes.
     "two_factor_required": ErrorKind(
         403,
         "permission_error",
         "never",
-        "This organization requires two-factor authentication: turn it on in your account "
-        "(/account/two-factor/) first.",
+        _(
+            "This organization requires two-factor authentication: turn it on in your account "
+            "(/account/two-factor/) first."
+        ),
     ),
     "two_factor_locked": ErrorKind(
-        429, "requests", "after", "Too many wrong codes. Wait a little and try again."
+        429, "requests", "after", _("Too many wrong codes. Wait a little and try again.")
     ),
     # Our own limits: nothing was sent upstream.
     "budget_exceeded": ErrorKind(
-        429, "insufficient_quota", "never", "A budget would be exceeded; the call was not made."
+        429, "insufficient_quota", "never", _("A budget would be exceeded; the call was not made.")
     ),
     "rate_limit_exceeded": ErrorKind(
-        429, "requests", "after", "Too many requests right now. Try again shortly."
+        429, "requests", "after", _("Too many requests right now. Try again shortly.")
     ),
     "busy": ErrorKind(
-        409, "conflict_error", "maybe", "A reply is still being written. Wait for it or stop it."
+        409, "conflict_error", "maybe", _("A reply is still being written. Wait for it or stop it.")
     ),
     "not_busy": ErrorKind(
-        409, "conflict_error", "never", "No reply is being written in this conversation."
+        409, "conflict_error", "never", _("No reply is being written in this conversation.")
     ),
     "idempotency_key_reused": ErrorKind(
         409,
         "invalid_request_error",
         "never",
-        "This Idempotency-Key was used with a different request.",
+        _("This Idempotency-Key was used with a different request."),
     ),
     "idempotency_request_in_progress": ErrorKind(
         409,
         "invalid_request_error",
         "maybe",
-        "A request with this Idempotency-Key is still running; retry later.",
+        _("A request with this Idempotency-Key is still running; retry later."),
     ),
     # Rooms and personas.
     "not_room_owner": ErrorKind(
         403,
         "permission_error",
         "never",
-        "Only the person who made this room can change who is in it.",
+        _("Only the person who made this room can change who is in it."),
     ),
     "persona_disabled": ErrorKind(
-        409, "invalid_request_error", "never", "This persona is turned off in this project."
+        409, "invalid_request_error", "never", _("This persona is turned off in this project.")
     ),
     "not_in_rooms": ErrorKind(
         409,
         "invalid_request_error",
         "never",
-        "In a room, call the persona again with its @tag instead.",
+        _("In a room, call the persona again with its @tag instead."),
     ),
     "conflict": ErrorKind(
-        409, "invalid_request_error", "never", "That name is already taken in this project."
+        409, "invalid_request_error", "never", _("That name is already taken in this project.")
     ),
     "not_a_room": ErrorKind(
-        400, "invalid_request_error", "never", "This conversation is not shared: it is no room."
+        400, "invalid_request_error", "never", _("This conversation is not shared: it is no room.")
     ),
     # Summaries.
     "nothing_to_summarize": ErrorKind(
         409,
         "conflict_error",
         "never",
-        "Nothing to summarize yet: everything before the last exchange is summarized already.",
+        _("Nothing to summarize yet: everything before the last exchange is summarized already."),
     ),
     # The model: what the project allows, what fits.
     "model_not_found": ErrorKind(
         404,
         "invalid_request_error",
         "never",
-        "The model does not exist or this project may not use it.",
+        _("The model does not exist or this project may not use it."),
     ),
     "context_length_exceeded": ErrorKind(
         400,
         "invalid_request_error",
         "never",
-        "This conversation is too long for the model's context window. Start a new chat or "
-        "shorten your message.",
+        _(
+            "This conversation is too long for the model's context window. Start a new chat or "
+            "shorten your message."
+        ),
     ),
     # The upstream provider failed: said in our words, never the provider's secrets.
     "insufficient_quota": ErrorKind(
         429,
         "insufficient_quota",
         "never",
-        "The provider account has run out of credit (insufficient quota). An admin needs to add "
-        "credit; retrying will not help.",
+        _(
+            "The provider account has run out of credit (insufficient quota). An admin needs "
+            "to add credit; retrying will not help."
+        ),
     ),
     "upstream_bad_request": ErrorKind(
-        400, "invalid_request_error", "never", "The model provider refused the request."
+        400, "invalid_request_error", "never", _("The model provider refused the request.")
     ),
     "upstream_auth_failed": ErrorKind(
         502,
         "api_error",
         "maybe",
-        "The model provider rejected our credentials. An admin needs to check the API key.",
+        _("The model provider rejected our credentials. An admin needs to check the API key."),
     ),
-    "upstream_timeout": ErrorKind(504, "api_error", "maybe", "The model took too long to answer."),
+    "upstream_timeout": ErrorKind(
+        504, "api_error", "maybe", _("The model took too long to answer.")
+    ),
     "upstream_address_refused": ErrorKind(
         403,
         "permission_error",
         "never",
-        "The server's address policy does not allow requests to this provider's address "
-        "(loopback, private, link-local or metadata). An operator can allow its network with "
-        "UPSTREAM_ALLOWED_NETWORKS.",
+        _(
+            "The server's address policy does not allow requests to this provider's address "
+            "(loopback, private, link-local or metadata). An operator can allow its network with "
+            "UPSTREAM_ALLOWED_NETWORKS."
+        ),
     ),
     "upstream_error": ErrorKind(
-        502, "api_error", "maybe", "The model provider failed or is unavailable right now."
+        502, "api_error", "maybe", _("The model provider failed or is unavailable right now.")
     ),
     "connection_key_unreadable": ErrorKind(
         502,
         "api_error",
         "never",
-        "The connection's key cannot be read with the configured encryption keys.",
+        _("The connection's key cannot be read with the configured encryption keys."),
     ),
     "interrupted": ErrorKind(
-        503, "api_error", "maybe", "The server stopped while this reply was being written."
+        503, "api_error", "maybe", _("The server stopped while this reply was being written.")
     ),
     "internal_error": ErrorKind(
-        500, "api_error", "maybe", "Something went wrong on our side; it has been logged."
+        500, "api_error", "maybe", _("Something went wrong on our side; it has been logged.")
     ),
 }
 
@@ -205,7 +223,7 @@ class ServiceError(Exception):
 
     def __init__(
         self,
-        message: str | None = None,
+        message: StrOrPromise | None = None,
         *,
         code: str = "invalid",
         retry_after: float | None = None,
@@ -217,7 +235,9 @@ class ServiceError(Exception):
         self.code = public_code(code)
         # What clients see as ``code``: the same, except where OpenAI's words have none.
         self.wire_code: str | None = self.code
-        self.message = message or kind.message
+        # A plain string from here on: it is put in JSON and compared, and it is said in the
+        # language active where the refusal is made.
+        self.message: str = str(message or kind.message)
         super().__init__(self.message)
         self.status: int = status if status is not None else kind.status
         self.type: str = type or kind.type

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from core.db import db_sync_to_async
 
@@ -82,11 +83,13 @@ def idempotency_begin(*, caller: Model, key: str, fingerprint: bytes) -> Replay 
                 existing = IdempotentRequest.objects.get(**owner, key=key)
     if existing.body_digest != digest:
         raise _conflict(
-            f"This {HEADER} was used with a different request.", "idempotency_key_reused"
+            gettext("This %(header)s was used with a different request.") % {"header": HEADER},
+            "idempotency_key_reused",
         )
     if existing.status_code is None:
         raise _conflict(
-            f"A request with this {HEADER} is still running; retry later.",
+            gettext("A request with this %(header)s is still running; retry later.")
+            % {"header": HEADER},
             "idempotency_request_in_progress",
         )
     return Replay(status=existing.status_code, body=existing.response, stream=existing.stream_body)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from accounts.models import Organization, Project
 
@@ -30,9 +32,9 @@ class ProviderConnectionQuerySet(models.QuerySet["ProviderConnection"]):
 
 class ProviderConnection(models.Model):
     class Kind(models.TextChoices):
-        LOCAL = "local", "Local model (built in)"
+        LOCAL = "local", gettext_lazy("Local model (built in)")
         OPENAI = "openai", "OpenAI"
-        COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
+        COMPATIBLE = "openai_compatible", gettext_lazy("OpenAI-compatible server")
 
     # Both empty: a global connection, kept by staff in the admin.
     organization = models.ForeignKey(
@@ -88,8 +90,8 @@ class ProviderConnection(models.Model):
     @property
     def scope_label(self) -> str:
         if self.is_global:
-            return "everyone"
-        return "this project" if self.project_id else "all projects of the organization"
+            return _("everyone")
+        return _("this project") if self.project_id else _("all projects of the organization")
 
 
 class ConnectionModel(models.Model):

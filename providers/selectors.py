@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from django.utils.translation import gettext as _
 
 from accounts.models import Project
 
@@ -27,7 +28,7 @@ def get_project_connection_or_404(*, project: Project, pk: int) -> ProviderConne
             .get(pk=pk)
         )
     except ProviderConnection.DoesNotExist:
-        raise Http404("No such connection.") from None
+        raise Http404(_("No such connection.")) from None
 
 
 def models_visible_to(project: Project) -> list[ConnectionModel]:
@@ -48,7 +49,7 @@ def get_visible_connection_or_404(*, project: Project, pk: int) -> ProviderConne
     try:
         return connections_for_project(project).get(pk=pk)
     except ProviderConnection.DoesNotExist:
-        raise Http404("No such connection.") from None
+        raise Http404(_("No such connection.")) from None
 
 
 # Precedence when two visible connections serve the same model name.

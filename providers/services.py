@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from accounts.models import Membership, Project
 from accounts.services import check_can_manage
@@ -42,21 +44,21 @@ def check_can_edit(*, actor: Membership, connection: ProviderConnection) -> None
     check_can_manage(actor)
     if connection.organization_id != actor.organization_id:
         raise ServiceError(
-            "This connection is kept by the site's staff; it cannot be changed here.",
+            _("This connection is kept by the site's staff; it cannot be changed here."),
             code="forbidden",
         )
 
 
 def _check_fields(*, kind: str, base_url: str, has_key: bool) -> None:
     if kind not in TENANT_KINDS:
-        raise ServiceError("Choose OpenAI or an OpenAI-compatible server.", code="invalid_kind")
+        raise ServiceError(_("Choose OpenAI or an OpenAI-compatible server."), code="invalid_kind")
     if kind == ProviderConnection.Kind.COMPATIBLE and not base_url:
         raise ServiceError(
-            "An OpenAI-compatible server needs its base URL, e.g. http://localhost:11434/v1.",
+            _("An OpenAI-compatible server needs its base URL, e.g. http://localhost:11434/v1."),
             code="base_url_required",
         )
     if kind == ProviderConnection.Kind.OPENAI and not has_key:
-        raise ServiceError("OpenAI needs an API key.", code="api_key_required")
+        raise ServiceError(_("OpenAI needs an API key."), code="api_key_required")
 
 
 def _check_address(base_url: str) -> None:
@@ -102,7 +104,7 @@ def connection_create(
         organization=actor.organization,
         project=project,
         kind=kind,
-        name=name.strip() or dict(ProviderConnection.Kind.choices)[kind],
+        name=name.strip() or str(dict(ProviderConnection.Kind.choices)[kind]),
         base_url=base_url.strip(),
         openai_organization=openai_organization.strip(),
         openai_project=openai_project.strip(),
@@ -155,8 +157,11 @@ def connection_delete(*, actor: Membership, connection: ProviderConnection) -> N
     if uses:
         listed = "; ".join(f"{project}: {', '.join(names)}" for project, names in uses.items())
         raise ServiceError(
-            f"“{connection.name}” is still in use by {listed}. Remove those models from the "
-            "projects' allowed models first.",
+            _(
+                "“%(name)s” is still in use by %(uses)s. Remove those models from the projects' "
+                "allowed models first."
+            )
+            % {"name": connection.name, "uses": listed},
             code="connection_in_use",
         )
     connection.delete()
@@ -182,9 +187,9 @@ def connection_model_add(
         check_can_edit(actor=actor, connection=connection)
     name = name.strip()
     if not name:
-        raise ServiceError("A model needs a name.", code="invalid_model")
+        raise ServiceError(_("A model needs a name."), code="invalid_model")
     guessed = capabilities(name)
-    model, _ = ConnectionModel.objects.update_or_create(
+    model, _created = ConnectionModel.objects.update_or_create(
         connection=connection,
         name=name,
         defaults={
@@ -208,7 +213,8 @@ def connection_model_remove(*, actor: Membership, model: ConnectionModel) -> Non
     check_can_edit(actor=actor, connection=model.connection)
     if ProjectModel.objects.filter(model=model).exists():
         raise ServiceError(
-            f"{model.name} is allowed in a project; remove it from the project's models first.",
+            _("%(name)s is allowed in a project; remove it from the project's models first.")
+            % {"name": model.name},
             code="model_in_use",
         )
     model.delete()
@@ -259,11 +265,14 @@ def connection_check(connection: ProviderConnection) -> ConnectionCheck:
         if status is None and error.code == ErrorCode.UPSTREAM_UNAVAILABLE:
             status = "unreachable" if error.status is None else "not_openai"
         messages = {
-            "bad_key": "The server refused the API key.",
-            "timeout": f"No answer within {connection.timeout:g} s.",
-            "unreachable": "The server cannot be reached at that address.",
-            "not_openai": "Something answered, but not like an OpenAI-compatible server "
-            "(no /v1/models there).",
+            "bad_key": _("The server refused the API key."),
+            "timeout": _("No answer within %(seconds)s s.")
+            % {"seconds": f"{connection.timeout:g}"},
+            "unreachable": _("The server cannot be reached at that address."),
+            "not_openai": _(
+                "Something answered, but not like an OpenAI-compatible server "
+                "(no /v1/models there)."
+            ),
         }
         status = status or "error"
         return ConnectionCheck(status, messages.get(status, error.message))
@@ -271,10 +280,14 @@ def connection_check(connection: ProviderConnection) -> ConnectionCheck:
         logger.info("connection %s check failed: %s", connection.pk, type(error).__name__)
         return ConnectionCheck(
             "not_openai",
-            "Something answered, but not like an OpenAI-compatible server.",
+            _("Something answered, but not like an OpenAI-compatible server."),
         )
-    count = f"{len(names)} model{'s' if len(names) != 1 else ''}"
-    return ConnectionCheck("ok", f"Connected: {count} available.", tuple(names))
+    message = ngettext(
+        "Connected: %(count)d model available.",
+        "Connected: %(count)d models available.",
+        len(names),
+    ) % {"count": len(names)}
+    return ConnectionCheck("ok", message, tuple(names))
 
 
 @transaction.atomic
@@ -308,17 +321,18 @@ def project_models_set(
     chosen = list(visible)
     if len(chosen) != len(set(model_ids)):
         raise ServiceError(
-            "Some of those models are not available to this project.", code="model_not_visible"
+            _("Some of those models are not available to this project."), code="model_not_visible"
         )
     names = [m.name for m in chosen]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ServiceError(
-            f"Two connections serve {', '.join(duplicates)}: allow it from one of them only.",
+            _("Two connections serve %(models)s: allow it from one of them only.")
+            % {"models": ", ".join(duplicates)},
             code="duplicate_model",
         )
     if chosen and default_id not in {m.pk for m in chosen}:
-        raise ServiceError("Choose the default among the allowed models.", code="no_default")
+        raise ServiceError(_("Choose the default among the allowed models."), code="no_default")
     ProjectModel.objects.filter(project=project).delete()
     return [
         ProjectModel.objects.create(
@@ -335,7 +349,7 @@ def project_models_set(
 def connections_ensure_defaults() -> None:
     """The built-in local model for everyone, and a shared OpenAI connection when the server
     has OPENAI_API_KEY. Idempotent; runs after every migrate."""
-    local, _ = ProviderConnection.objects.get_or_create(
+    local, _created = ProviderConnection.objects.get_or_create(
         organization=None,
         kind=ProviderConnection.Kind.LOCAL,
         defaults={"name": LOCAL_CONNECTION_NAME, "timeout": 120.0, "max_retries": 0},

@@ -12,6 +12,7 @@ from functools import lru_cache, partial
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext as _
 
 from accounts.models import Project
 from core.config_cache import cached
@@ -51,8 +52,11 @@ def spec_for_connection(
         api_key = decrypt(connection.api_key_encrypted) if connection.api_key_encrypted else ""
     except DecryptionError:
         raise ServiceError(
-            f"The key of the connection “{connection.name}” cannot be read with the configured "
-            "encryption keys. An admin needs to enter it again.",
+            _(
+                "The key of the connection “%(name)s” cannot be read with the configured "
+                "encryption keys. An admin needs to enter it again."
+            )
+            % {"name": connection.name},
             code="connection_key_unreadable",
         ) from None
     return ProviderSpec(
@@ -80,7 +84,8 @@ def _spec_for(project: Project, model: str) -> ProviderSpec:
     connection_model = selectors.resolve_model(project, model)
     if connection_model is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_found"
+            _("The model %(model)r is not available in this project.") % {"model": model},
+            code="model_not_found",
         )
     return spec_for_connection(
         connection_model.connection,

@@ -17,6 +17,8 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_POST
 
 from accounts.decorators import (
@@ -45,46 +47,66 @@ def validate_base_url(value: str) -> None:
         valid = False
     if not valid:
         raise ValidationError(
-            "Enter an http:// or https:// address, e.g. http://localhost:11434/v1."
+            _("Enter an http:// or https:// address, e.g. http://localhost:11434/v1.")
         )
 
 
 class ConnectionForm(forms.Form):
-    kind = forms.ChoiceField(choices=[(kind.value, kind.label) for kind in services.TENANT_KINDS])
-    name = forms.CharField(max_length=100, required=False, help_text="Empty: named after its kind.")
+    kind = forms.ChoiceField(
+        label=gettext_lazy("Kind"),
+        choices=[(kind.value, kind.label) for kind in services.TENANT_KINDS],
+    )
+    name = forms.CharField(
+        label=gettext_lazy("Name"),
+        max_length=100,
+        required=False,
+        help_text=gettext_lazy("Empty: named after its kind."),
+    )
     base_url = forms.CharField(
-        label="Base URL",
+        label=gettext_lazy("Base URL"),
         max_length=200,
         required=False,
         validators=[validate_base_url],
-        help_text="Empty for OpenAI itself; for a compatible server its /v1 address, "
-        "e.g. http://localhost:11434/v1.",
+        help_text=gettext_lazy(
+            "Empty for OpenAI itself; for a compatible server its /v1 address, "
+            "e.g. http://localhost:11434/v1."
+        ),
     )
     api_key = forms.CharField(
-        label="API key",
+        label=gettext_lazy("API key"),
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Stored encrypted; only its last four characters are ever shown again.",
+        help_text=gettext_lazy(
+            "Stored encrypted; only its last four characters are ever shown again."
+        ),
     )
     openai_organization = forms.CharField(
-        label="OpenAI organization", max_length=100, required=False, help_text="Optional (org-…)."
+        label=gettext_lazy("OpenAI organization"),
+        max_length=100,
+        required=False,
+        help_text=gettext_lazy("Optional (org-…)."),
     )
     openai_project = forms.CharField(
-        label="OpenAI project", max_length=100, required=False, help_text="Optional (proj_…)."
+        label=gettext_lazy("OpenAI project"),
+        max_length=100,
+        required=False,
+        help_text=gettext_lazy("Optional (proj_…)."),
     )
     timeout = forms.FloatField(
-        label="Timeout (seconds)",
+        label=gettext_lazy("Timeout (seconds)"),
         min_value=0.1,
         max_value=600,
         initial=60.0,
-        help_text="How long to wait for an answer, and between streamed chunks.",
+        help_text=gettext_lazy("How long to wait for an answer, and between streamed chunks."),
     )
-    max_retries = forms.IntegerField(label="Max retries", min_value=0, max_value=10, initial=2)
+    max_retries = forms.IntegerField(
+        label=gettext_lazy("Max retries"), min_value=0, max_value=10, initial=2
+    )
     shared = forms.BooleanField(
-        label="Share with all projects of the organization",
+        label=gettext_lazy("Share with all projects of the organization"),
         required=False,
-        help_text="Otherwise only this project sees it.",
+        help_text=gettext_lazy("Otherwise only this project sees it."),
     )
 
 
@@ -98,27 +120,32 @@ class ConnectionEditForm(ConnectionForm):
             # format_html: form_fields.html shows help texts unescaped, and the hint is
             # four characters of whatever was typed as a key.
             help_text: str = format_html(
-                "Leave empty to keep the current key ({}).", connection.api_key_hint
+                _("Leave empty to keep the current key ({})."), connection.api_key_hint
             )
         else:
-            help_text = "No key is stored; leave empty to keep it that way."
+            help_text = _("No key is stored; leave empty to keep it that way.")
         self.fields["api_key"].help_text = help_text
 
 
 class ModelAddForm(forms.Form):
-    name = forms.CharField(max_length=200, label="Model name")
+    name = forms.CharField(max_length=200, label=gettext_lazy("Model name"))
     context_window = forms.IntegerField(
-        label="Context window", min_value=1, required=False, help_text="Tokens; empty: guessed."
-    )
-    max_output_tokens = forms.IntegerField(
-        label="Longest reply",
+        label=gettext_lazy("Context window"),
         min_value=1,
         required=False,
-        help_text="Tokens; empty: the published limit if known, else what the context leaves.",
+        help_text=gettext_lazy("Tokens; empty: guessed."),
     )
-    supports_vision = forms.BooleanField(label="Vision", required=False)
-    supports_tools = forms.BooleanField(label="Tools", required=False)
-    supports_json = forms.BooleanField(label="JSON output", required=False)
+    max_output_tokens = forms.IntegerField(
+        label=gettext_lazy("Longest reply"),
+        min_value=1,
+        required=False,
+        help_text=gettext_lazy(
+            "Tokens; empty: the published limit if known, else what the context leaves."
+        ),
+    )
+    supports_vision = forms.BooleanField(label=gettext_lazy("Vision"), required=False)
+    supports_tools = forms.BooleanField(label=gettext_lazy("Tools"), required=False)
+    supports_json = forms.BooleanField(label=gettext_lazy("JSON output"), required=False)
 
 
 class ProjectModelsForm(forms.Form):
@@ -236,7 +263,9 @@ def connection_new(request: HttpRequest, membership: Membership, project: Projec
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
             messages.success(
-                request, f"Added “{connection.name}”. Refresh its models to start using it."
+                request,
+                _("Added “%(name)s”. Refresh its models to start using it.")
+                % {"name": connection.name},
             )
             return _to_edit(project, connection)
     return render(
@@ -259,7 +288,7 @@ def connection_edit(
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
-            messages.success(request, f"Saved “{connection.name}”.")
+            messages.success(request, _("Saved “%(name)s”.") % {"name": connection.name})
             return _to_edit(project, connection)
     return _render_edit(request, membership, project, connection, form=form)
 
@@ -277,7 +306,7 @@ def connection_delete(
             raise_if_forbidden(error)
             messages.error(request, error.message)
         else:
-            messages.success(request, f"Deleted “{connection.name}”.")
+            messages.success(request, _("Deleted “%(name)s”.") % {"name": connection.name})
             return _to_list(project)
     return render(
         request,
@@ -296,7 +325,10 @@ def connection_test(
     connection = selectors.get_visible_connection_or_404(project=project, pk=pk)
     result = services.connection_check(connection)
     report = messages.success if result.ok else messages.error
-    report(request, f"“{connection.name}”: {result.message}")
+    report(
+        request,
+        _("“%(name)s”: %(result)s") % {"name": connection.name, "result": result.message},
+    )
     return _back(request, project, connection)
 
 
@@ -314,12 +346,22 @@ def connection_refresh(
         messages.error(request, error.message)
     else:
         if result.ok:
-            names = ", ".join(result.models) or "none"
+            names = ", ".join(result.models) or _("none")
+            count = len(result.models)
             messages.success(
-                request, f"“{connection.name}” serves {len(result.models)} models: {names}."
+                request,
+                ngettext(
+                    "“%(name)s” serves %(count)d model: %(names)s.",
+                    "“%(name)s” serves %(count)d models: %(names)s.",
+                    count,
+                )
+                % {"name": connection.name, "count": count, "names": names},
             )
         else:
-            messages.error(request, f"“{connection.name}”: {result.message}")
+            messages.error(
+                request,
+                _("“%(name)s”: %(result)s") % {"name": connection.name, "result": result.message},
+            )
     return _back(request, project, connection)
 
 
@@ -342,7 +384,7 @@ def connection_model_add(
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
-            messages.success(request, f"Added the model {model.name}.")
+            messages.success(request, _("Added the model %(name)s.") % {"name": model.name})
             return _to_edit(project, connection)
     return _render_edit(request, membership, project, connection, model_form=form)
 
@@ -361,7 +403,7 @@ def connection_model_remove(
         raise_if_forbidden(error)
         messages.error(request, error.message)
     else:
-        messages.success(request, f"Removed the model {model.name}.")
+        messages.success(request, _("Removed the model %(name)s.") % {"name": model.name})
     return _to_edit(project, connection)
 
 
@@ -391,9 +433,17 @@ def project_models(request: HttpRequest, membership: Membership, project: Projec
             selected = set(model_ids)  # show what was asked, to fix it rather than redo it
         else:
             if model_ids:
-                messages.success(request, f"Saved: {len(model_ids)} models allowed.")
+                messages.success(
+                    request,
+                    ngettext(
+                        "Saved: %(count)d model allowed.",
+                        "Saved: %(count)d models allowed.",
+                        len(model_ids),
+                    )
+                    % {"count": len(model_ids)},
+                )
             else:
-                messages.success(request, "Every model of the visible connections is allowed.")
+                messages.success(request, _("Every model of the visible connections is allowed."))
             return redirect(
                 "project_models", org_slug=project.organization.slug, project_slug=project.slug
             )

@@ -1,9 +1,12 @@
 """Filters for people: durations in words, amounts of money rounded for display."""
 
 from datetime import timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django import template
+from django.utils.translation import ngettext
+
+from core import money
 
 register = template.Library()
 
@@ -14,15 +17,11 @@ def durationminutes(value: timedelta) -> str:
     minutes = max(1, round(value.total_seconds() / 60))
     if minutes % 60 == 0:
         hours = minutes // 60
-        return f"{hours} hour{'s' if hours != 1 else ''}"
-    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+        return ngettext("%(count)d hour", "%(count)d hours", hours) % {"count": hours}
+    return ngettext("%(count)d minute", "%(count)d minutes", minutes) % {"count": minutes}
 
 
 @register.filter
 def usd(value: Decimal | None) -> str:
-    """Money for people: cents, or 4 places for small amounts (rounded half-up, as billing says)."""
-    if value is None:
-        return ""
-    value = Decimal(value)
-    places = Decimal("0.01") if value >= 1 or value == 0 else Decimal("0.0001")
-    return f"${value.quantize(places, rounding=ROUND_HALF_UP):,}"
+    """Money for people, by the one display rule (core.money)."""
+    return "" if value is None else money.usd(value)

@@ -58,9 +58,13 @@ MIDDLEWARE = [
     # Static files and /v1 have handlers of their own, with less middleware (config.handlers).
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language of the browser (Accept-Language), or the one chosen with set_language.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # A signed-in person's own language choice wins over the browser's (accounts.User.language).
+    "accounts.middleware.UserLanguageMiddleware",
     # request.user.otp_device: the device that verified this session (None until one did);
     # then a session of someone with a device counts only once it is verified.
     "django_otp.middleware.OTPMiddleware",
@@ -159,7 +163,12 @@ OTP_STATIC_THROTTLE_FACTOR = 1
 # it can make the person's codes) nor the recovery code digests.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
-LANGUAGE_CODE = "en-us"
+# English and Korean (locale/<code>/LC_MESSAGES/django.po; the .mo files are compiled by the
+# build: `pybabel compile -D django -d locale`). The language is the person's choice
+# (accounts.User.language), else the set_language cookie, else the browser's Accept-Language.
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("ko", "한국어")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -309,6 +318,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "SharingEnum": "chat.models.Conversation.Sharing",
         "NewRoomSharingEnum": "chat.api.NEW_ROOM_SHARING",
+        "BudgetScopeEnum": ["organization", "project", "member", "api_key"],
+        "MessageRoleEnum": "chat.models.Message.Role",
     },
     "SCHEMA_PATH_PREFIX": r"/(api/v1|v1)",
     "POSTPROCESSING_HOOKS": [

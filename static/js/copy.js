@@ -2,6 +2,9 @@
 // navigator.clipboard where the browser allows it (secure contexts); otherwise the text is
 // selected and copied the old way, or left selected for Ctrl+C / Cmd+C.
 (() => {
+  // Django's JavaScript catalogue (/jsi18n/, loaded by base.html) says these in the page's language.
+  const gettext = window.gettext || ((text) => text);
+
   const say = (button, text) => {
     const label = button.dataset.label || button.textContent;
     button.dataset.label = label;
@@ -40,12 +43,12 @@
       try {
         await navigator.clipboard.writeText(input.value);
         selectAll(input);
-        say(button, "Copied");
+        say(button, gettext("Copied"));
         return;
       } catch (error) {
         // Permission refused: fall back below.
       }
     }
-    say(button, legacyCopy(input) ? "Copied" : "Press Ctrl+C to copy");
+    say(button, legacyCopy(input) ? gettext("Copied") : gettext("Press Ctrl+C to copy"));
   });
 })();
