@@ -24,6 +24,7 @@ from django.core.cache import cache
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy
 from django.views.decorators.cache import never_cache
 
 from core.errors import ServiceError
@@ -40,9 +41,11 @@ from .models import ApiKey, Membership, Project
 
 # What each scope allows, in the words the page uses to explain them.
 SCOPE_HELP = {
-    ApiKey.Scope.CHAT: "May call models (/v1 chat completions, posting messages) and start, "
-    "change or delete the project's API conversations.",
-    ApiKey.Scope.READ: "May read conversations, usage and models.",
+    ApiKey.Scope.CHAT: gettext_lazy(
+        "May call models (/v1 chat completions, posting messages) and start, change or delete "
+        "the project's API conversations."
+    ),
+    ApiKey.Scope.READ: gettext_lazy("May read conversations, usage and models."),
 }
 
 # Which field a service refusal is about, so it shows next to that field.
@@ -66,31 +69,37 @@ def _form_token_key(request: AuthenticatedHttpRequest, project: Project, token: 
 
 class ApiKeyForm(forms.Form):
     name = forms.CharField(
-        max_length=100, help_text="What will use it, e.g. “CI bot” or “support dashboard”."
+        label=gettext_lazy("Name"),
+        max_length=100,
+        help_text=gettext_lazy("What will use it, e.g. “CI bot” or “support dashboard”."),
     )
     scopes = forms.MultipleChoiceField(
         choices=[(scope.value, scope.value) for scope in ApiKey.Scope],
         widget=forms.CheckboxSelectMultiple,
         initial=[ApiKey.Scope.CHAT.value],
-        error_messages={"required": "Choose at least one scope: chat, read."},
+        error_messages={"required": gettext_lazy("Choose at least one scope: chat, read.")},
     )
     expires_on = forms.DateField(
-        label="Expires on",
+        label=gettext_lazy("Expires on"),
         required=False,
         widget=forms.DateInput(attrs={"type": "date"}),
     )
 
     requests_per_minute = forms.IntegerField(
-        label="Requests per minute",
+        label=gettext_lazy("Requests per minute"),
         required=False,
         min_value=1,
-        help_text="Optional: this key's own limit, on top of the project's. Empty: none.",
+        help_text=gettext_lazy(
+            "Optional: this key's own limit, on top of the project's. Empty: none."
+        ),
     )
     tokens_per_minute = forms.IntegerField(
-        label="Tokens per minute",
+        label=gettext_lazy("Tokens per minute"),
         required=False,
         min_value=1,
-        help_text="Optional: prompt and reply tokens a minute, on top of the project's limit.",
+        help_text=gettext_lazy(
+            "Optional: prompt and reply tokens a minute, on top of the project's limit."
+        ),
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -98,10 +107,9 @@ class ApiKeyForm(forms.Form):
         tomorrow = timezone.localdate() + timedelta(days=1)
         expires_on = self.fields["expires_on"]
         expires_on.widget.attrs["min"] = tomorrow.isoformat()
-        expires_on.help_text = (
-            f"Optional. The key stops working at 00:00 ({timezone.get_current_timezone_name()}) "
-            "that day; empty: it never expires."
-        )
+        expires_on.help_text = gettext(
+            "Optional. The key stops working at 00:00 (%(zone)s) that day; empty: it never expires."
+        ) % {"zone": timezone.get_current_timezone_name()}
 
     def expires_at(self) -> datetime | None:
         day: date | None = self.cleaned_data["expires_on"]
@@ -174,12 +182,17 @@ def api_key_list(
 def _sent_already(
     request: AuthenticatedHttpRequest, project: Project, *, name: str
 ) -> HttpResponse:
-    what = f"The key “{name}” was created already" if name else "That form was sent already"
-    messages.info(
-        request,
-        f"{what}: sending the form again does not create another key, and a key's secret is "
-        "shown only once, when it is created.",
-    )
+    if name:
+        said = gettext(
+            "The key “%(name)s” was created already: sending the form again does not create "
+            "another key, and a key's secret is shown only once, when it is created."
+        ) % {"name": name}
+    else:
+        said = gettext(
+            "That form was sent already: sending the form again does not create another key, "
+            "and a key's secret is shown only once, when it is created."
+        )
+    messages.info(request, said)
     return redirect("api_keys", org_slug=project.organization.slug, project_slug=project.slug)
 
 
@@ -197,6 +210,9 @@ def api_key_revoke(
             raise_if_forbidden(error)
             messages.error(request, error.message)
         else:
-            messages.success(request, f"Revoked “{key.name}” ({key.display}).")
+            messages.success(
+                request,
+                gettext("Revoked “%(name)s” (%(key)s).") % {"name": key.name, "key": key.display},
+            )
         return redirect("api_keys", org_slug=project.organization.slug, project_slug=project.slug)
     return render(request, "projects/api_key_revoke.html", _context(membership, project, key=key))

@@ -13,6 +13,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from accounts.decorators import organization_view
 from accounts.models import Membership
@@ -24,7 +25,7 @@ from .selectors import DateRange, UsageScope
 
 def _require_manager(membership: Membership) -> None:
     if not membership.can_manage:
-        raise PermissionDenied("Only owners and admins see statements.")
+        raise PermissionDenied(gettext("Only owners and admins see statements."))
 
 
 def _date_range(request: HttpRequest) -> tuple[DateRange, str | None]:

@@ -4,6 +4,7 @@ from typing import Any, cast
 
 from django import forms
 from django.db.models import QuerySet
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from .models import Persona
@@ -28,26 +29,38 @@ class SamplingFields(forms.Form):
     Subclasses place them with ``field_order``."""
 
     temperature = forms.FloatField(
-        required=False, min_value=0, max_value=2, help_text="0 to 2; empty for the default."
+        label=_("Temperature"),
+        required=False,
+        min_value=0,
+        max_value=2,
+        help_text=_("0 to 2; empty for the default."),
     )
     top_p = forms.FloatField(
         required=False,
         min_value=0,
         max_value=1,
-        label="Top p",
-        help_text="0 to 1; empty for the default.",
+        label=_("Top p"),
+        help_text=_("0 to 1; empty for the default."),
     )
     presence_penalty = forms.FloatField(
-        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
+        label=_("Presence penalty"),
+        required=False,
+        min_value=-2,
+        max_value=2,
+        help_text=_("-2 to 2; empty for the default."),
     )
     frequency_penalty = forms.FloatField(
-        required=False, min_value=-2, max_value=2, help_text="-2 to 2; empty for the default."
+        label=_("Frequency penalty"),
+        required=False,
+        min_value=-2,
+        max_value=2,
+        help_text=_("-2 to 2; empty for the default."),
     )
     max_tokens = forms.IntegerField(
         required=False,
         min_value=1,
-        label="Max tokens",
-        help_text="Longest reply; empty: as long as the model may write (and budgets allow).",
+        label=_("Max tokens"),
+        help_text=_("Longest reply; empty: as long as the model may write (and budgets allow)."),
     )
 
 
@@ -57,27 +70,31 @@ class ConversationSettingsForm(SamplingFields):
         "frequency_penalty", "max_tokens", "stop", "seed", "json_mode", "history_limit",
     ]  # fmt: skip
 
-    model = forms.ChoiceField(choices=())
+    model = forms.ChoiceField(label=_("Model"), choices=())
     system_prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4}), required=False, label="System prompt"
+        widget=forms.Textarea(attrs={"rows": 4}), required=False, label=_("System prompt")
     )
     stop = StopSequencesField(
-        required=False, label="Stop sequences", help_text="One per line, at most 4."
+        required=False, label=_("Stop sequences"), help_text=_("One per line, at most 4.")
     )
     seed = forms.IntegerField(
-        required=False, help_text="The same seed asks for the same answer; empty for none."
+        label=_("Seed"),
+        required=False,
+        help_text=_("The same seed asks for the same answer; empty for none."),
     )
     json_mode = forms.BooleanField(
         required=False,
-        label="JSON mode",
-        help_text="Answers are a JSON object; say so in the system prompt too.",
+        label=_("JSON mode"),
+        help_text=_("Answers are a JSON object; say so in the system prompt too."),
     )
     history_limit = forms.IntegerField(
         required=False,
         min_value=1,
-        label="Keep the last N messages",
-        help_text="Send at most this many earlier messages (and the summary of older ones); "
-        "empty: all that fit.",
+        label=_("Keep the last N messages"),
+        help_text=_(
+            "Send at most this many earlier messages (and the summary of older ones); "
+            "empty: all that fit."
+        ),
     )
 
     def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
@@ -87,7 +104,7 @@ class ConversationSettingsForm(SamplingFields):
 
 
 class RenameForm(forms.Form):
-    title = forms.CharField(max_length=200, required=False)
+    title = forms.CharField(label=_("Title"), max_length=200, required=False)
 
 
 class MoveForm(forms.Form):
@@ -104,24 +121,28 @@ class MoveForm(forms.Form):
 
 
 SHARING_CHOICES = [
-    ("project", "Everyone in the project"),
-    ("members", "Chosen members"),
+    ("project", _("Everyone in the project")),
+    ("members", _("Chosen members")),
 ]
 
 
 class RoomForm(forms.Form):
     """A new room, or who an existing one is shared with."""
 
-    title = forms.CharField(max_length=200, required=False, label="Room name")
+    title = forms.CharField(max_length=200, required=False, label=_("Room name"))
     sharing = forms.ChoiceField(
-        choices=SHARING_CHOICES, initial="project", widget=forms.RadioSelect, label="Who is in it"
+        choices=SHARING_CHOICES,
+        initial="project",
+        widget=forms.RadioSelect,
+        label=_("Who is in it"),
     )
     members = forms.TypedMultipleChoiceField(
+        label=_("Members"),
         choices=(),
         coerce=int,
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="For a room shared with chosen members: who, besides you.",
+        help_text=_("For a room shared with chosen members: who, besides you."),
     )
 
     def __init__(
@@ -132,7 +153,7 @@ class RoomForm(forms.Form):
         if existing:  # an existing room can become a private chat again
             cast(forms.ChoiceField, self.fields["sharing"]).choices = [
                 *SHARING_CHOICES,
-                ("private", "Only me (a private chat again)"),
+                ("private", _("Only me (a private chat again)")),
             ]
 
 
@@ -160,8 +181,19 @@ class SamplingSelect(forms.Select):
         return option
 
 
+def sampling_choices() -> list[tuple[str, str]]:
+    """The presets in the language of the page (SAMPLING_CHOICES is the English)."""
+    return [
+        ("", str(_("Custom: the numbers below"))),
+        *(
+            (p.key, f"{gettext(p.label)} ({gettext(p.help).rstrip('.')})")
+            for p in SAMPLING_PRESETS.values()
+        ),
+    ]
+
+
 SAMPLING_CHOICES = [
-    ("", "Custom: the numbers below"),
+    ("", _("Custom: the numbers below")),
     *((p.key, f"{p.label} ({p.help.rstrip('.')})") for p in SAMPLING_PRESETS.values()),
 ]
 
@@ -176,37 +208,51 @@ class PersonaForm(SamplingFields):
         "json_mode", "enabled",
     ]  # fmt: skip
 
-    name = forms.CharField(max_length=80)
+    name = forms.CharField(label=_("Name"), max_length=80)
     tag = forms.CharField(
+        label=_("Tag"),
         max_length=100,
-        help_text="Called as @tag in rooms: letters, digits, _ or - in any script (요약 works); "
-        "case does not matter.",
+        help_text=_(
+            "Called as @tag in rooms: letters, digits, _ or - in any script (요약 works); "
+            "case does not matter."
+        ),
     )
-    avatar = forms.CharField(max_length=8, required=False, help_text="An emoji, such as 🤖.")
+    avatar = forms.CharField(
+        label=_("Avatar"), max_length=8, required=False, help_text=_("An emoji, such as 🤖.")
+    )
     color = forms.CharField(
-        max_length=7, initial="#4f46e5", widget=forms.TextInput(attrs={"type": "color"})
+        label=_("Color"),
+        max_length=7,
+        initial="#4f46e5",
+        widget=forms.TextInput(attrs={"type": "color"}),
     )
     description = forms.CharField(
-        max_length=300, required=False, help_text="One line: what people call it for."
+        label=_("Description"),
+        max_length=300,
+        required=False,
+        help_text=_("One line: what people call it for."),
     )
     system_prompt = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 6}), required=False, label="System prompt"
+        widget=forms.Textarea(attrs={"rows": 6}), required=False, label=_("System prompt")
     )
-    model = forms.ChoiceField(choices=(), required=False)
+    model = forms.ChoiceField(label=_("Model"), choices=(), required=False)
     sampling = forms.ChoiceField(
         choices=SAMPLING_CHOICES,
         required=False,
         widget=SamplingSelect,
-        label="Sampling preset",
-        help_text="A preset sets temperature and top p; pick Custom to set them yourself.",
+        label=_("Sampling preset"),
+        help_text=_("A preset sets temperature and top p; pick Custom to set them yourself."),
     )
     json_mode = forms.BooleanField(
         required=False,
-        label="JSON mode",
-        help_text="Answers are a JSON object (on models that support it); say so in the prompt.",
+        label=_("JSON mode"),
+        help_text=_("Answers are a JSON object (on models that support it); say so in the prompt."),
     )
     enabled = forms.BooleanField(
-        required=False, initial=True, help_text="Off: nobody can call it or start a chat with it."
+        label=_("Enabled"),
+        required=False,
+        initial=True,
+        help_text=_("Off: nobody can call it or start a chat with it."),
     )
 
     def __init__(
@@ -217,9 +263,11 @@ class PersonaForm(SamplingFields):
             initial = {n: getattr(persona, n) for n in self.base_fields if n != "sampling"}
             kwargs.setdefault("initial", {**initial, "sampling": preset.key if preset else ""})
         super().__init__(*args, **kwargs)
-        choices = [("", "The project's default model"), *((m, m) for m in models)]
+        cast(forms.ChoiceField, self.fields["sampling"]).choices = sampling_choices()
+        choices = [("", _("The project's default model")), *((m, m) for m in models)]
         if persona is not None and persona.model and persona.model not in models:
-            choices.append((persona.model, f"{persona.model} (no longer available)"))
+            gone = _("%(model)s (no longer available)") % {"model": persona.model}
+            choices.append((persona.model, gone))
         cast(forms.ChoiceField, self.fields["model"]).choices = choices
 
     def changes(self, *, only_changed: bool) -> dict[str, Any]:
@@ -246,17 +294,21 @@ class ChatSettingsForm(forms.Form):
     summarize_after_tokens = forms.IntegerField(
         required=False,
         min_value=1,
-        label="Summarize after (tokens)",
-        help_text="Fold the oldest turns into a summary once a conversation's history passes "
-        "this many tokens; empty: only when it no longer fits the model's window.",
+        label=_("Summarize after (tokens)"),
+        help_text=_(
+            "Fold the oldest turns into a summary once a conversation's history passes "
+            "this many tokens; empty: only when it no longer fits the model's window."
+        ),
     )
     summary_persona = forms.ModelChoiceField(
         queryset=Persona.objects.none(),
         required=False,
-        label="Summary persona",
-        empty_label="The project's @summary persona",
-        help_text="Who writes summaries, on its own model (pick a cheap one) or else the "
-        "project's default model.",
+        label=_("Summary persona"),
+        empty_label=_("The project's @summary persona"),
+        help_text=_(
+            "Who writes summaries, on its own model (pick a cheap one) or else the "
+            "project's default model."
+        ),
     )
 
     def __init__(self, *args: Any, personas: QuerySet[Persona], **kwargs: Any) -> None:

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from accounts.models import AnyUser, ApiKey, Project
 
@@ -146,9 +147,9 @@ class Folder(models.Model):
 
 class Conversation(models.Model):
     class Sharing(models.TextChoices):
-        PRIVATE = "private", "Only me"
-        MEMBERS = "members", "Chosen members"
-        PROJECT = "project", "Everyone in the project"
+        PRIVATE = "private", gettext_lazy("Only me")
+        MEMBERS = "members", gettext_lazy("Chosen members")
+        PROJECT = "project", gettext_lazy("Everyone in the project")
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="conversations")
     # Null for a conversation started through the REST API with a project key: it belongs to
@@ -239,7 +240,9 @@ class Conversation(models.Model):
 
     @property
     def display_title(self) -> str:
-        return self.title or ("New room" if self.is_room else "New chat")
+        return self.title or str(
+            gettext_lazy("New room") if self.is_room else gettext_lazy("New chat")
+        )
 
     @property
     def is_room(self) -> bool:
@@ -283,11 +286,11 @@ class Message(models.Model):
         TOOL = "tool", "Tool"
 
     class State(models.TextChoices):
-        COMPLETE = "complete", "Complete"
-        STREAMING = "streaming", "Streaming"
-        STOPPED = "stopped", "Stopped"
-        ERROR = "error", "Error"
-        INCOMPLETE = "incomplete", "Incomplete"
+        COMPLETE = "complete", gettext_lazy("Complete")
+        STREAMING = "streaming", gettext_lazy("Streaming")
+        STOPPED = "stopped", gettext_lazy("Stopped")
+        ERROR = "error", gettext_lazy("Error")
+        INCOMPLETE = "incomplete", gettext_lazy("Incomplete")
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"

@@ -16,6 +16,8 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.http import Http404
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from accounts.models import Project
 from core.errors import ServiceError
@@ -35,11 +37,12 @@ _MAX_LENGTHS = {"name": 80, "description": 300, "model": 200, "avatar": 8}  # as
 def normalize_tag(raw: object) -> str:
     """The stored form of a tag: without the "@", NFKC-normalized and case-folded."""
     if not isinstance(raw, str):
-        raise ServiceError("A tag is text, such as chatbot or 요약.", param="tag")
+        raise ServiceError(_("A tag is text, such as chatbot or 요약."), param="tag")
     tag = unicodedata.normalize("NFKC", raw.strip()).removeprefix("@").casefold()
     if not _TAG_RE.match(tag):
         raise ServiceError(
-            f"A tag is 1 to {TAG_MAX} letters, digits, '_' or '-' (in any script), without spaces.",
+            _("A tag is 1 to %(max)s letters, digits, '_' or '-' (in any script), without spaces.")
+            % {"max": TAG_MAX},
             param="tag",
         )
     return tag
@@ -60,11 +63,24 @@ class SamplingPreset:
 SAMPLING_PRESETS: dict[str, SamplingPreset] = {
     p.key: p
     for p in (
-        SamplingPreset("precise", "Precise", 0.1, 0.9, "Facts, extraction, JSON."),
-        SamplingPreset("balanced", "Balanced", 0.7, 1.0, "Everyday chat."),
-        SamplingPreset("creative", "Creative", 1.1, 1.0, "Stories, ideas, characters."),
-        SamplingPreset("summary", "Summary", 0.3, 0.9, "Short, faithful summaries."),
-        SamplingPreset("code", "Code", 0.2, 0.95, "Code and reviews."),
+        # Marked for translation, said in the page's language where they are shown.
+        SamplingPreset(
+            "precise", gettext_noop("Precise"), 0.1, 0.9, gettext_noop("Facts, extraction, JSON.")
+        ),
+        SamplingPreset(
+            "balanced", gettext_noop("Balanced"), 0.7, 1.0, gettext_noop("Everyday chat.")
+        ),
+        SamplingPreset(
+            "creative",
+            gettext_noop("Creative"),
+            1.1,
+            1.0,
+            gettext_noop("Stories, ideas, characters."),
+        ),
+        SamplingPreset(
+            "summary", gettext_noop("Summary"), 0.3, 0.9, gettext_noop("Short, faithful summaries.")
+        ),
+        SamplingPreset("code", gettext_noop("Code"), 0.2, 0.95, gettext_noop("Code and reviews.")),
     )
 }
 
@@ -341,14 +357,18 @@ _RANGES: dict[str, tuple[float, float]] = {
 def _clean(changes: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(changes) - set(EDITABLE) - {"sampling"})
     if unknown:
-        raise ServiceError(f"Unknown field: {', '.join(unknown)}.", param=unknown[0])
+        raise ServiceError(
+            _("Unknown field: %(fields)s.") % {"fields": ", ".join(unknown)}, param=unknown[0]
+        )
     clean: dict[str, Any] = {}
     sampling = changes.get("sampling")
     if sampling not in (None, ""):
         preset = SAMPLING_PRESETS.get(str(sampling))
         if preset is None:
             choices = ", ".join(SAMPLING_PRESETS)
-            raise ServiceError(f"Sampling presets are: {choices}.", param="sampling")
+            raise ServiceError(
+                _("Sampling presets are: %(choices)s.") % {"choices": choices}, param="sampling"
+            )
         clean["temperature"], clean["top_p"] = preset.temperature, preset.top_p
     for field, value in changes.items():
         if field == "sampling":
@@ -359,35 +379,43 @@ def _clean(changes: dict[str, Any]) -> dict[str, Any]:
             if value is None:
                 value = ""
             if not isinstance(value, str):
-                raise ServiceError(f"{field} is text.", param=field)
+                raise ServiceError(_("%(field)s is text.") % {"field": field}, param=field)
             limit = _MAX_LENGTHS.get(field)
             value = value.strip() if field != "system_prompt" else value
             if limit and len(value) > limit:
-                raise ServiceError(f"{field} is at most {limit} characters.", param=field)
+                raise ServiceError(
+                    _("%(field)s is at most %(limit)s characters.")
+                    % {"field": field, "limit": limit},
+                    param=field,
+                )
             if field == "name" and not value:
-                raise ServiceError("A persona needs a name.", param="name")
+                raise ServiceError(_("A persona needs a name."), param="name")
             clean[field] = value
         elif field == "color":
             if not isinstance(value, str) or not _COLOR_RE.match(value):
-                raise ServiceError("color is #rrggbb, such as #4f46e5.", param="color")
+                raise ServiceError(_("color is #rrggbb, such as #4f46e5."), param="color")
             clean[field] = value.lower()
         elif field in ("json_mode", "enabled"):
             if not isinstance(value, bool):
-                raise ServiceError(f"{field} is true or false.", param=field)
+                raise ServiceError(_("%(field)s is true or false.") % {"field": field}, param=field)
             clean[field] = value
         elif field == "max_tokens":
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
             ):
-                raise ServiceError("max_tokens is a whole number of at least 1.", param=field)
+                raise ServiceError(_("max_tokens is a whole number of at least 1."), param=field)
             clean[field] = value
         else:  # a sampling number
             if value is not None:
                 if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ServiceError(f"{field} is a number.", param=field)
+                    raise ServiceError(_("%(field)s is a number.") % {"field": field}, param=field)
                 low, high = _RANGES[field]
                 if not low <= value <= high:
-                    raise ServiceError(f"{field} is between {low} and {high}.", param=field)
+                    raise ServiceError(
+                        _("%(field)s is between %(low)s and %(high)s.")
+                        % {"field": field, "low": low, "high": high},
+                        param=field,
+                    )
                 value = float(value)
             clean[field] = value
     return clean

@@ -22,6 +22,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from accounts.models import Project, User
 from billing.services import rate_take
@@ -47,7 +49,9 @@ class RoomPost:
 def _check_sharing(sharing: object) -> str:
     if sharing not in Sharing.values:
         choices = ", ".join(Sharing.values)
-        raise ServiceError(f"Sharing is one of: {choices}.", param="sharing")
+        raise ServiceError(
+            _("Sharing is one of: %(choices)s.") % {"choices": choices}, param="sharing"
+        )
     return str(sharing)
 
 
@@ -57,7 +61,7 @@ def _project_people(project: Project, user_ids: Iterable[object]) -> list[User]:
     wanted: set[int] = set()
     for user_id in user_ids:
         if not isinstance(user_id, int) or isinstance(user_id, bool):
-            raise ServiceError("Members are given by their user ids.", param="members")
+            raise ServiceError(_("Members are given by their user ids."), param="members")
         wanted.add(user_id)
     people = list(
         User.objects.filter(
@@ -66,7 +70,7 @@ def _project_people(project: Project, user_ids: Iterable[object]) -> list[User]:
     )
     if len(people) != len(wanted):
         raise ServiceError(
-            "Rooms can be shared only with people in this project's organization.",
+            _("Rooms can be shared only with people in this project's organization."),
             code="not_found",
             param="members",
         )
@@ -77,7 +81,7 @@ def check_maker(*, actor: Actor, conversation: Conversation) -> None:
     """In a room only its maker renames it, changes its settings or deletes it."""
     if conversation.is_room and (actor.user is None or conversation.owner_id != actor.user_id):
         raise ServiceError(
-            "Only the person who made this room can change or delete it.", code="not_room_owner"
+            _("Only the person who made this room can change or delete it."), code="not_room_owner"
         )
 
 
@@ -118,7 +122,7 @@ def room_share(
         _add(conversation, people)
     elif people:
         raise ServiceError(
-            "Members are chosen only for a room shared with chosen members.", param="members"
+            _("Members are chosen only for a room shared with chosen members."), param="members"
         )
     if conversation.sharing == Sharing.PRIVATE:
         # Nobody but the maker may stay: their sockets close now.
@@ -147,11 +151,11 @@ def room_create(
 ) -> Conversation:
     if actor.user is None:
         raise ServiceError(
-            "Rooms are for people; API keys use conversations.", code="keys_not_allowed"
+            _("Rooms are for people; API keys use conversations."), code="keys_not_allowed"
         )
     if _check_sharing(sharing) == Sharing.PRIVATE:
         raise ServiceError(
-            "A room is shared: choose members or the whole project.", param="sharing"
+            _("A room is shared: choose members or the whole project."), param="sharing"
         )
     conversation = services.conversation_create(actor=actor, project=project, model=model)
     if title.strip():
@@ -177,7 +181,7 @@ def room_add_members(*, actor: Actor, conversation_id: int, member_ids: Iterable
     conversation = _own_room(actor=actor, conversation_id=conversation_id)
     if conversation.sharing != Sharing.MEMBERS:
         raise ServiceError(
-            "Only a room shared with chosen members takes members one by one.",
+            _("Only a room shared with chosen members takes members one by one."),
             code="not_a_room" if not conversation.is_room else "invalid",
             param="sharing",
         )
@@ -188,26 +192,28 @@ def room_add_members(*, actor: Actor, conversation_id: int, member_ids: Iterable
 def room_remove_member(*, actor: Actor, conversation_id: int, user_id: object) -> None:
     """The maker removes someone, or anyone removes themselves (leaves). Cut off at once."""
     if not isinstance(user_id, int) or isinstance(user_id, bool):
-        raise ServiceError("A member is given by their user id.", param="user")
+        raise ServiceError(_("A member is given by their user id."), param="user")
     conversation = services._resolve(actor=actor, conversation_id=conversation_id)
     leaving = actor.user is not None and user_id == actor.user_id
     if not leaving and conversation.owner_id != actor.user_id:
         raise ServiceError(code="not_room_owner")
     if conversation.sharing != Sharing.MEMBERS:
         raise ServiceError(
-            "Everyone in the project is in this room: share it with chosen members first."
+            _("Everyone in the project is in this room: share it with chosen members first.")
             if conversation.sharing == Sharing.PROJECT
             else "This conversation is not shared.",
             code="not_a_room" if not conversation.is_room else "invalid",
         )
     if user_id == conversation.owner_id:
         raise ServiceError(
-            "The room's maker cannot leave it; make it private or delete it instead.",
+            _("The room's maker cannot leave it; make it private or delete it instead."),
             param="user",
         )
-    removed, _ = RoomMember.objects.filter(conversation=conversation, user_id=user_id).delete()
+    removed, _by_model = RoomMember.objects.filter(
+        conversation=conversation, user_id=user_id
+    ).delete()
     if not removed:
-        raise ServiceError("That person is not in this room.", code="not_found", param="user")
+        raise ServiceError(_("That person is not in this room."), code="not_found", param="user")
     _cut_off(conversation, user_id)
 
 
@@ -224,7 +230,7 @@ def _cut_off(conversation: Conversation, user_id: int) -> None:
 
 def _mention_rest(content: str) -> str:
     """The message without its leading @tag: what the persona is asked."""
-    _, _, rest = content.lstrip().partition(" ")
+    _tag, _space, rest = content.lstrip().partition(" ")
     # "@summary" alone: the persona works on the room so far (its prompt says how).
     return rest.strip() or "(Called without a message: do your task on the conversation so far.)"
 
@@ -239,21 +245,22 @@ def room_post(*, actor: Actor, conversation_id: int, content: object) -> RoomPos
     persona, tag = personas.parse_mention(project=conversation.project, text=content)
     if persona is not None and not persona.enabled:
         raise ServiceError(
-            f"@{persona.tag} is turned off in this project; ask an admin to turn it on.",
+            _("@%(tag)s is turned off in this project; ask an admin to turn it on.")
+            % {"tag": persona.tag},
             code="persona_disabled",
         )
     if persona is None:
         rate_take(
             bucket=f"room:{conversation.pk}:user:{actor.user_id}",
             allowed=settings.CHAT_ROOM_MESSAGES_PER_MINUTE,
-            what="Messages to one room",
+            what=gettext_noop("Messages to one room"),
         )
     else:
         services._check_not_busy(conversation)
         rate_take(
             bucket=f"persona-calls:project:{conversation.project_id}:user:{actor.user_id}",
             allowed=settings.CHAT_MEMBER_PERSONA_CALLS_PER_MINUTE,
-            what="Persona calls per person",
+            what=gettext_noop("Persona calls per person"),
         )
     message = Message.objects.create(
         conversation=conversation,

@@ -72,11 +72,12 @@ def check_content(content: object) -> str:
     """The message as it will be stored: not empty, not too long; characters no database can
     store (a lone surrogate, NUL) replaced rather than refused."""
     if not isinstance(content, str) or not content.strip():
-        raise ServiceError("Type a message first: it is empty.", code="empty_message")
+        raise ServiceError(_("Type a message first: it is empty."), code="empty_message")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(content) > limit:
         raise ServiceError(
-            f"Your message is {len(content):,} characters long; the limit is {limit:,}.",
+            _("Your message is %(length)s characters long; the limit is %(limit)s.")
+            % {"length": f"{len(content):,}", "limit": f"{limit:,}"},
             code="message_too_long",
         )
     return storable(content)
@@ -85,7 +86,8 @@ def check_content(content: object) -> str:
 def check_model_allowed(*, project: Project, model: str) -> None:
     if provider_selectors.resolve_model(project, model) is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_found"
+            _("The model %(model)r is not available in this project.") % {"model": model},
+            code="model_not_found",
         )
 
 
@@ -93,7 +95,7 @@ def _check_not_busy(conversation: Conversation) -> None:
     streams_expire_stale(conversation=conversation)
     if conversation.messages.filter(state=Message.State.STREAMING).exists():
         raise ServiceError(
-            "A reply is still being written. Wait for it or stop it first.", code="busy"
+            _("A reply is still being written. Wait for it or stop it first."), code="busy"
         )
 
 
@@ -108,7 +110,7 @@ def _resolve(*, actor: Actor, conversation_id: int) -> Conversation:
         .first()
     )
     if conversation is None:
-        raise ServiceError("This conversation no longer exists.", code="not_found")
+        raise ServiceError(_("This conversation no longer exists."), code="not_found")
     return conversation
 
 
@@ -117,10 +119,11 @@ def _resolve(*, actor: Actor, conversation_id: int) -> Conversation:
 
 def _check_persona(project: Project, persona: Persona) -> None:
     if persona.project_id != project.pk:
-        raise ServiceError("No such persona.", code="not_found", param="persona")
+        raise ServiceError(_("No such persona."), code="not_found", param="persona")
     if not persona.enabled:
         raise ServiceError(
-            f"@{persona.tag} is turned off in this project; ask an admin to turn it on.",
+            _("@%(tag)s is turned off in this project; ask an admin to turn it on.")
+            % {"tag": persona.tag},
             code="persona_disabled",
             param="persona",
         )
@@ -150,13 +153,14 @@ def conversation_create(
     model = model or selectors.default_model(project)
     if model is None:
         raise ServiceError(
-            "This project has no model to chat with: an admin needs to add a connection.",
+            _("This project has no model to chat with: an admin needs to add a connection."),
             code="no_models",
         )
     connection_model = provider_selectors.resolve_model(project, model)
     if connection_model is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_found"
+            _("The model %(model)r is not available in this project.") % {"model": model},
+            code="model_not_found",
         )
     conversation = Conversation(
         project=project,
@@ -230,27 +234,34 @@ def check_sampling(*, connection_model: ConnectionModel, **values: Any) -> dict[
         if value is not None and not low <= value <= high:
             label = name.replace("_", " ").capitalize()
             raise ServiceError(
-                f"{label} goes from {low:g} to {high:g}.", code=f"invalid_{name}", param=name
+                _("%(setting)s goes from %(low)s to %(high)s.")
+                % {"setting": label, "low": f"{low:g}", "high": f"{high:g}"},
+                code=f"invalid_{name}",
+                param=name,
             )
         checked[name] = value
     max_tokens = values.get("max_tokens")
     longest = connection_model.max_output_tokens or connection_model.context_window - 1
     if max_tokens is not None and not 1 <= max_tokens <= longest:
         raise ServiceError(
-            f"Max tokens must be between 1 and {longest:,} for {connection_model.name}.",
+            _("Max tokens must be between 1 and %(longest)s for %(model)s.")
+            % {"longest": f"{longest:,}", "model": connection_model.name},
             code="invalid_max_tokens",
             param="max_tokens",
         )
     checked["max_tokens"] = max_tokens
     stop = [s for s in values.get("stop") or [] if s]
     if len(stop) > MAX_STOP_SEQUENCES:
-        raise ServiceError(f"At most {MAX_STOP_SEQUENCES} stop sequences.", code="invalid_stop")
+        raise ServiceError(
+            _("At most %(count)s stop sequences.") % {"count": MAX_STOP_SEQUENCES},
+            code="invalid_stop",
+        )
     checked["stop"] = stop or None
     checked["seed"] = values.get("seed")
     json_mode = bool(values.get("json_mode"))
     if json_mode and not connection_model.supports_json:
         raise ServiceError(
-            f"{connection_model.name} does not take JSON mode.",
+            _("%(model)s does not take JSON mode.") % {"model": connection_model.name},
             code="invalid_json_mode",
             param="json_mode",
         )
@@ -274,7 +285,8 @@ def conversation_update_settings(
     connection_model = provider_selectors.resolve_model(conversation.project, model)
     if connection_model is None:
         raise ServiceError(
-            f"The model {model!r} is not available in this project.", code="model_not_found"
+            _("The model %(model)r is not available in this project.") % {"model": model},
+            code="model_not_found",
         )
     checked = check_sampling(connection_model=connection_model, **sampling)
     conversation.model = model
@@ -314,7 +326,7 @@ def check_history_limit(value: object) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ServiceError(
-            "Keep at least 1 message, or leave it empty to keep all that fit.",
+            _("Keep at least 1 message, or leave it empty to keep all that fit."),
             param="history_limit",
         )
     return value
@@ -328,7 +340,7 @@ def conversation_start(*, actor: Actor, project: Project, changes: dict[str, Any
         persona = Persona.objects.for_project(project).filter(pk=changes["persona"]).first()
         if persona is None:  # another project's persona reads as unknown
             raise ServiceError(
-                "No such persona in this project.", code="not_found", param="persona"
+                _("No such persona in this project."), code="not_found", param="persona"
             )
     conversation = conversation_create(
         actor=actor, project=project, model=changes.get("model"), persona=persona
@@ -491,7 +503,7 @@ def _check_not_room(conversation: Conversation) -> None:
     if conversation.is_room:
         # Regenerating or editing would replace what other people said after it.
         raise ServiceError(
-            "In a room, call the persona again with its @tag instead.", code="not_in_rooms"
+            _("In a room, call the persona again with its @tag instead."), code="not_in_rooms"
         )
 
 
@@ -621,9 +633,16 @@ def _begin_reply(
         )
     except PromptTooLong as error:
         raise ServiceError(
-            f"Your message needs about {error.needed:,} tokens, but {model} leaves room for "
-            f"{error.available:,} once the reply is accounted for. Shorten it, or lower max "
-            "tokens in the settings.",
+            _(
+                "Your message needs about %(needed)s tokens, but %(model)s leaves room for "
+                "%(available)s once the reply is accounted for. Shorten it, or lower max tokens "
+                "in the settings."
+            )
+            % {
+                "needed": f"{error.needed:,}",
+                "model": model,
+                "available": f"{error.available:,}",
+            },
             code="context_length_exceeded",
         ) from None
 

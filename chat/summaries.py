@@ -39,6 +39,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from accounts.models import ApiKey, Membership, Project, User
 from accounts.services import check_can_manage
@@ -92,15 +94,15 @@ FOLD_RULES = (
     "messages into one updated summary, in the conversation's language. Answer with the "
     "summary only."
 )
-NOTHING_TO_FOLD = (
+NOTHING_TO_FOLD = gettext_lazy(
     "Nothing to summarize yet: the last two messages always stay as they were said, and "
     "everything before them is summarized already."
 )
-LOCAL_ONLY = (
+LOCAL_ONLY = gettext_lazy(
     "Summaries need a model from a provider connection: the built-in local model keeps its time "
     "for replies. Older messages are left out instead."
 )
-EMPTY = "The summary came back empty, so the earlier one was kept."
+EMPTY = gettext_lazy("The summary came back empty, so the earlier one was kept.")
 CHANGED = "The conversation changed while it was being summarized; it is summarized again later."
 BROKEN = "Something went wrong on our side while summarizing; it has been logged."
 
@@ -129,13 +131,14 @@ def chat_settings_update(
     """When long conversations are summarized, and by whom: owners and admins only."""
     check_can_manage(actor)
     if summary_persona is not None and summary_persona.project_id != project.pk:
-        raise ServiceError("No such persona.", code="not_found", param="summary_persona")
+        raise ServiceError(_("No such persona."), code="not_found", param="summary_persona")
     if summarize_after_tokens is not None and summarize_after_tokens < MIN_SUMMARIZE_AFTER:
         raise ServiceError(
-            f"Summarize after at least {MIN_SUMMARIZE_AFTER} tokens (or leave it empty).",
+            _("Summarize after at least %(min)s tokens (or leave it empty).")
+            % {"min": MIN_SUMMARIZE_AFTER},
             param="summarize_after_tokens",
         )
-    chat_settings, _ = ChatSettings.objects.update_or_create(
+    chat_settings, _created = ChatSettings.objects.update_or_create(
         project=project,
         defaults={
             "summarize_after_tokens": summarize_after_tokens,
@@ -189,7 +192,7 @@ def describe_writer(project: Project) -> tuple[Persona | None, str]:
     try:
         model = _writer_model(project, None, persona)
     except ServiceError:
-        model = "each conversation's own model (when it is not the built-in local model)"
+        model = _("each conversation's own model (when it is not the built-in local model)")
     return persona, model
 
 

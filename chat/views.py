@@ -62,7 +62,7 @@ def _only_the_maker(request: HttpRequest, conversation: Conversation) -> HttpRes
     """In a room only its maker renames, changes settings or deletes it: the others are told
     so (and sent back to the room)."""
     if conversation.is_room and conversation.owner_id != request.user.pk:
-        messages.error(request, "Only the person who made this room can change it.")
+        messages.error(request, _("Only the person who made this room can change it."))
         return redirect(_conversation_url(conversation.project, conversation.pk))
     return None
 
@@ -208,7 +208,9 @@ def room_share(
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     form = RoomForm(request.POST, people=_people(project, request.user), existing=True)
     if not form.is_valid():
-        messages.error(request, "Choose who is in the room: everyone in the project, or members.")
+        messages.error(
+            request, _("Choose who is in the room: everyone in the project, or members.")
+        )
         return redirect(_conversation_url(project, conversation.pk))
     sharing = form.cleaned_data["sharing"]
     try:
@@ -225,7 +227,7 @@ def room_share(
     except ServiceError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, "Room updated.")
+        messages.success(request, _("Room updated."))
     return redirect(_conversation_url(project, conversation.pk))
 
 
@@ -249,9 +251,11 @@ def room_remove(
         messages.error(request, error.message)
         return redirect(_conversation_url(project, conversation.pk))
     if leaving:
-        messages.success(request, f"You left “{conversation.display_title}”.")
+        messages.success(
+            request, _("You left “%(title)s”.") % {"title": conversation.display_title}
+        )
         return redirect("room_list", org_slug=project.organization.slug, project_slug=project.slug)
-    messages.success(request, "Removed from the room.")
+    messages.success(request, _("Removed from the room."))
     return redirect(_conversation_url(project, conversation.pk))
 
 
@@ -267,7 +271,7 @@ def conversation_rename(
     if form.is_valid():
         services.conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
     else:
-        messages.error(request, "A title has at most 200 characters.")
+        messages.error(request, _("A title has at most 200 characters."))
     return redirect(_conversation_url(project, conversation.pk))
 
 
@@ -280,7 +284,7 @@ def conversation_delete(
     if refused := _only_the_maker(request, conversation):
         return refused
     services.conversation_delete(conversation=conversation)
-    messages.success(request, f"Deleted “{conversation.display_title}”.")
+    messages.success(request, _("Deleted “%(title)s”.") % {"title": conversation.display_title})
     return redirect("chat_home", org_slug=project.organization.slug, project_slug=project.slug)
 
 
@@ -296,14 +300,16 @@ def conversation_settings(
     if not form.is_valid():
         for field, errors in form.errors.items():
             problems = " ".join(str(error) for error in errors)
-            messages.error(request, f"{field.replace('_', ' ').capitalize()}: {problems}")
+            label = form.fields[field].label if field in form.fields else None
+            name = str(label) if label else field.replace("_", " ").capitalize()
+            messages.error(request, f"{name}: {problems}")
     else:
         try:
             services.conversation_update(conversation=conversation, changes=form.cleaned_data)
         except ServiceError as error:
             messages.error(request, error.message)
         else:
-            messages.success(request, "Settings saved.")
+            messages.success(request, _("Settings saved."))
     return redirect(_conversation_url(project, conversation.pk))
 
 
@@ -323,7 +329,7 @@ def conversation_export(
             exports.as_markdown(conversation), content_type="text/markdown; charset=utf-8"
         )
     else:
-        raise Http404("Unknown export format.")
+        raise Http404(_("Unknown export format."))
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
@@ -397,7 +403,7 @@ def conversation_move(
     form = MoveForm(request.POST, folders=context_folders(request, project))
     if not form.is_valid():
         # An id that is not one of the user's folders: the same 404 as a missing one.
-        raise Http404("No such folder.")
+        raise Http404(_("No such folder."))
     return _sidebar_write(
         request, project, pk, services.conversation_move, folder_id=form.cleaned_data["folder"]
     )
@@ -510,7 +516,9 @@ def _persona_form_page(
             if persona is not None:
                 persona.refresh_from_db()  # the page names it as it is saved, not as typed
         else:
-            messages.success(request, f"Saved {saved.name} (@{saved.tag}).")
+            messages.success(
+                request, _("Saved %(name)s (@%(tag)s).") % {"name": saved.name, "tag": saved.tag}
+            )
             return redirect(_personas_url(project))
     return render(
         request,
@@ -547,9 +555,14 @@ def persona_set_enabled(
     enabled = request.POST.get("enabled") == "1"
     personas.persona_update(persona=persona, changes={"enabled": enabled})
     if enabled:
-        messages.success(request, f"@{persona.tag} is on: people can call it again.")
+        messages.success(
+            request, _("@%(tag)s is on: people can call it again.") % {"tag": persona.tag}
+        )
     else:
-        messages.success(request, f"@{persona.tag} is off: nobody can call it until it is on.")
+        messages.success(
+            request,
+            _("@%(tag)s is off: nobody can call it until it is on.") % {"tag": persona.tag},
+        )
     return redirect(_personas_url(project))
 
 
@@ -561,7 +574,9 @@ def persona_delete(
     persona = personas.get_persona_or_404(project=project, persona_id=persona_id)
     if request.method == "POST":
         personas.persona_delete(persona=persona)
-        messages.success(request, f"Deleted {persona.name} (@{persona.tag}).")
+        messages.success(
+            request, _("Deleted %(name)s (@%(tag)s).") % {"name": persona.name, "tag": persona.tag}
+        )
         return redirect(_personas_url(project))
     return render(
         request,
@@ -611,11 +626,15 @@ def conversation_summarize(
         return redirect(_conversation_url(project, conversation.pk))
     conversation.refresh_from_db(fields=["summary_updated_at", "summary_error"])
     if conversation.summary_updated_at != before:
-        messages.success(request, "Summarized: the earlier messages are folded into the summary.")
+        messages.success(
+            request, _("Summarized: the earlier messages are folded into the summary.")
+        )
     elif conversation.summary_error:
-        messages.error(request, f"The summary failed: {conversation.summary_error}")
+        messages.error(
+            request, _("The summary failed: %(error)s") % {"error": conversation.summary_error}
+        )
     else:
-        messages.success(request, "Summarizing the earlier messages; reload in a moment.")
+        messages.success(request, _("Summarizing the earlier messages; reload in a moment."))
     return redirect(_conversation_url(project, conversation.pk))
 
 
@@ -642,7 +661,7 @@ def chat_settings(
         except ServiceError as error:
             form.add_error(error.param if error.param in form.fields else None, error.message)
         else:
-            messages.success(request, "Chat settings saved.")
+            messages.success(request, _("Chat settings saved."))
             return redirect(
                 "chat_settings", org_slug=project.organization.slug, project_slug=project.slug
             )

@@ -14,6 +14,13 @@
 
   const chat = document.getElementById("chat");
   if (!chat) return; // the empty state: no conversation open
+  // Django's JavaScript catalogue (/jsi18n/, loaded by base.html) says these in the page's
+  // language; without it, English.
+  const gettext = window.gettext || ((text) => text);
+  const ngettext = window.ngettext || ((one, many, count) => (count === 1 ? one : many));
+  const interpolate =
+    window.interpolate || ((text, values) => text.replace(/%\((\w+)\)s/g, (_, key) => values[key]));
+  const say = (text, values) => interpolate(gettext(text), values, true);
   const transcript = document.getElementById("transcript");
   const modelSelect = document.getElementById("chat-model");
   // A room: people talk, personas answer their @tag; messages show who wrote them and when.
@@ -48,11 +55,11 @@
   const statusLabel = document.getElementById("chat-status");
 
   const STATE_LABELS = {
-    streaming: "writing…",
-    complete: "Complete",
-    stopped: "Stopped",
-    incomplete: "Incomplete",
-    error: "Error",
+    streaming: gettext("writing…"),
+    complete: gettext("Complete"),
+    stopped: gettext("Stopped"),
+    incomplete: gettext("Incomplete"),
+    error: gettext("Error"),
   };
   // Within this of the bottom the transcript counts as read to the end, and follows the reply.
   const NEAR_BOTTOM_PX = 48;
@@ -94,14 +101,14 @@
   // --- socket --------------------------------------------------------------------------------
 
   function connect() {
-    setStatus("connecting", hasConnected ? "Reconnecting…" : "Connecting…");
+    setStatus("connecting", hasConnected ? gettext("Reconnecting…") : gettext("Connecting…"));
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(scheme + location.host + chat.dataset.socketPath);
     socket = ws;
     ws.addEventListener("open", () => {
       retries = 0;
       syncRequested = false;
-      setStatus("online", "Connected");
+      setStatus("online", gettext("Connected"));
       // Events sent while we were away (or between the page render and now) are lost; the
       // server only replays a streaming reply. Re-read the transcript when it may be stale.
       if (hasConnected || streamingNode()) refreshTranscript();
@@ -120,14 +127,14 @@
       pending = null; // an answer to it, if any, went with the socket
       if (room) clearPresence();
       if (removed) {
-        setStatus("offline", "Removed");
+        setStatus("offline", gettext("Removed"));
         updateControls();
         return;
       }
       // Exponential backoff with jitter, so that many tabs do not come back at the same moment.
       const delay = Math.min(MAX_RETRY_MS, 1000 * 2 ** retries) * (0.75 + Math.random() / 2);
       retries += 1;
-      setStatus("offline", `Offline · retrying in ${Math.round(delay / 1000)} s`);
+      setStatus("offline", say("Offline · retrying in %(seconds)s s", { seconds: Math.round(delay / 1000) }));
       setTimeout(connect, delay);
       updateControls();
     });
@@ -343,7 +350,10 @@
     }
     const caller = node.querySelector(".msg-caller");
     if (caller && message.author) {
-      caller.textContent = `asked by ${message.author.id === me ? "you" : message.author.name}`;
+      caller.textContent =
+        message.author.id === me
+          ? gettext("asked by you")
+          : say("asked by %(name)s", { name: message.author.name });
     }
     const time = node.querySelector(".msg-time");
     if (time && !time.dateTime) setTime(time, message.created_at);
@@ -410,20 +420,26 @@
   function setOmitted(node, count) {
     const note = node.querySelector(".msg-note");
     note.hidden = !count;
-    note.textContent =
-      count === 1
-        ? "1 earlier message was left out to fit the context window."
-        : `${count} earlier messages were left out to fit the context window.`;
+    note.textContent = interpolate(
+      ngettext(
+        "%(count)s earlier message was left out to fit the context window.",
+        "%(count)s earlier messages were left out to fit the context window.",
+        count,
+      ),
+      { count },
+      true,
+    );
   }
 
   function usageText(message) {
     if (message.prompt_tokens == null) return message.model;
-    const estimated = message.usage_estimated ? " (estimated)" : "";
+    const estimated = message.usage_estimated ? ` ${gettext("(estimated)")}` : "";
     const cost = message.cost == null ? "" : ` · ${formatUsd(message.cost)}`;
-    return (
-      `${message.model} · ${message.prompt_tokens} prompt · ` +
-      `${message.completion_tokens} completion tokens${estimated}${cost}`
-    );
+    const tokens = say("%(prompt)s prompt · %(completion)s completion tokens", {
+      prompt: message.prompt_tokens,
+      completion: message.completion_tokens,
+    });
+    return `${message.model} · ${tokens}${estimated}${cost}`;
   }
 
   // As the server's one display rule (core/money.py): half-up to the cent from a dollar up, to
@@ -538,7 +554,7 @@
     if (pending) {
       // Another request is on its way: the model stays as it is (picking it again works).
       showModelShown();
-      showAlert("Wait a moment for the server, then pick the model again.");
+      showAlert(gettext("Wait a moment for the server, then pick the model again."));
       return true;
     }
     hideAlert();
@@ -572,7 +588,7 @@
   // Sends a request the server answers with a turn or a refusal, or says why it cannot.
   function request(frame, pendingRequest) {
     if (!send(frame)) {
-      showAlert("Not connected to the server. Your text is kept; try again in a moment.");
+      showAlert(gettext("Not connected to the server. Your text is kept; try again in a moment."));
       return false;
     }
     pending = pendingRequest;
@@ -594,7 +610,7 @@
       if (button.dataset.target && !pending) {
         hideAlert();
         if (!send({ type: "select", message_id: Number(button.dataset.target) })) {
-          showAlert("Not connected to the server. Try again in a moment.");
+          showAlert(gettext("Not connected to the server. Try again in a moment."));
         }
       }
     } else if (button.dataset.action === "edit") {
@@ -737,10 +753,10 @@
       names.length === 0
         ? ""
         : names.length === 1
-          ? `${names[0]} is typing…`
+          ? say("%(name)s is typing…", { name: names[0] })
           : names.length === 2
-            ? `${names[0]} and ${names[1]} are typing…`
-            : `${names.length} people are typing…`;
+            ? say("%(first)s and %(second)s are typing…", { first: names[0], second: names[1] })
+            : say("%(count)s people are typing…", { count: names.length });
   }
 
   // Everyone on the room's socket: one entry per person, counted by their open tabs.
@@ -946,7 +962,7 @@
       const button = document.createElement("button");
       button.type = "button";
       button.className = "button small copy-button";
-      button.textContent = "Copy";
+      button.textContent = gettext("Copy");
       bar.append(language, button);
       pre.replaceWith(block);
       block.append(bar, pre);
@@ -964,9 +980,9 @@
     button.dataset.label = label;
     try {
       await copyText(text);
-      button.textContent = "Copied";
+      button.textContent = gettext("Copied");
     } catch {
-      button.textContent = "Copy failed";
+      button.textContent = gettext("Copy failed");
     }
     setTimeout(() => {
       button.textContent = label;
