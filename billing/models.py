@@ -92,6 +92,7 @@ class UsageRecord(models.Model):
         TITLE = "title", "Title"
         API = "api", "API"
         SUMMARY = "summary", "Summary"
+        MODERATION = "moderation", "Moderation"
 
     request_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")

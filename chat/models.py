@@ -15,6 +15,7 @@ grow (a message is always created after its parent), so a branch ordered by id i
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,11 @@ class Persona(models.Model):
     frequency_penalty = models.FloatField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     json_mode = models.BooleanField(default=False)
+    # A JSON Schema the reply must match (OpenAI's ``json_schema`` object: name, schema,
+    # strict); takes the place of ``json_mode`` when set.
+    json_schema = models.JSONField(null=True, blank=True)
+    # The tools it may call (``chat.tools`` names; an MCP server's as ``mcp:<server id>``).
+    tools = models.JSONField(default=list, blank=True)
     avatar = models.CharField(max_length=8, blank=True, help_text="An emoji, shown by its name.")
     color = models.CharField(max_length=7, default="#4f46e5", help_text="#rrggbb")
     enabled = models.BooleanField(default=True)
@@ -186,6 +192,17 @@ class Conversation(models.Model):
     )
     json_mode = models.BooleanField(
         default=False, help_text="Ask for a JSON object (response_format json_object)."
+    )
+    json_schema = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Ask for JSON matching this schema (response_format json_schema: "
+        '{"name", "schema", "strict"}); takes the place of json_mode.',
+    )
+    tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Tools the model may call (chat.tools names; an MCP server's as mcp:<id>).",
     )
     archived = models.BooleanField(default=False)
     # The owner's sidebar: pinned chats come first; a chat may sit in one of their folders.
@@ -336,6 +353,14 @@ class Message(models.Model):
     omitted_messages = models.PositiveIntegerField(
         default=0, help_text="Older messages left out of the prompt to fit the context window."
     )
+    # A reply asked for as JSON: whether it parsed (and matched the schema). None: not asked.
+    json_valid = models.BooleanField(null=True, blank=True)
+    json_error = models.CharField(max_length=300, blank=True)
+    # Upstream calls the reply took: one, plus one per round of tool calls answered.
+    tool_rounds = models.PositiveSmallIntegerField(default=0)
+    # A user message moderation refused: kept for its author and managers, never sent to a
+    # model (``selectors.history_for_prompt`` leaves it out).
+    flagged = models.BooleanField(default=False)
     # The billing reservation of the call writing this reply: if its process dies, whoever
     # closes the reply settles the call under this id, so the ledger still gets its one row.
     request_id = models.UUIDField(null=True, blank=True, editable=False)
@@ -382,6 +407,182 @@ class ChatSettings(models.Model):
         related_name="+",
         help_text="Who writes summaries (empty: the project's @summary persona).",
     )
+    # Moderation: off by default. On, every input is checked before it is sent (by the
+    # connection's /v1/moderations where it has one, else by the patterns below).
+    moderation_enabled = models.BooleanField(default=False)
+    moderation_check_replies = models.BooleanField(
+        default=False, help_text="Check each finished reply too."
+    )
+    moderation_patterns = models.TextField(
+        blank=True,
+        help_text="One rule per line, “category: regular expression” (case-insensitive), "
+        "used where the connection has no /v1/moderations.",
+    )
 
     def __str__(self) -> str:
         return f"Chat settings of {self.project}"
+
+
+class ToolCall(models.Model):
+    """One tool call a reply made, in the round it was made, with what the tool answered.
+
+    The reply's text (of every round) is its message's content; the calls are kept here, with
+    the upstream's ``tool_call_id``, so the transcript can show each and the history can be
+    rebuilt."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_calls")
+    round = models.PositiveSmallIntegerField()  # 1: asked by the reply's first upstream call
+    call_id = models.CharField(max_length=100)  # the upstream's tool_call_id
+    name = models.CharField(max_length=128)
+    arguments = models.TextField(blank=True)  # JSON text, as the model wrote it
+    result = models.TextField(blank=True)  # what the model was sent back
+    is_error = models.BooleanField(default=False)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["message", "round", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.call_id})"
+
+
+class ToolServerQuerySet(models.QuerySet["ToolServer"]):
+    def for_project(self, project: Project) -> ToolServerQuerySet:
+        return self.filter(project=project)
+
+    def enabled(self) -> ToolServerQuerySet:
+        return self.filter(enabled=True)
+
+
+class ToolServer(models.Model):
+    """An MCP server (streamable HTTP) whose tools a project's conversations may call, added by
+    its managers. Its address goes through the same policy as provider connections; its
+    headers (an Authorization, say) are stored only as a Fernet token."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tool_servers")
+    name = models.CharField(max_length=80)
+    url = models.URLField(max_length=500)
+    # Write-only: the Fernet token of the headers as a JSON object, and their names (shown).
+    headers_encrypted = models.TextField(blank=True, editable=False)
+    header_names = models.CharField(max_length=300, blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    timeout = models.FloatField(default=20.0, help_text="Seconds a tool call may take.")
+    # The server's tools as last listed: [{"name", "description", "input_schema"}].
+    tools = models.JSONField(default=list, blank=True, editable=False)
+    listed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ToolServerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="chat_toolserver_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def attachment_path(instance: Attachment, filename: str) -> str:
+    """Under the tenant: a file's path says whose it is, and its name is not the uploader's."""
+    project = instance.project
+    return f"attachments/o{project.organization_id}/p{project.pk}/{uuid.uuid4().hex}/{filename}"
+
+
+class AttachmentQuerySet(models.QuerySet["Attachment"]):
+    def for_project(self, project: Project) -> AttachmentQuerySet:
+        return self.filter(project=project)
+
+
+class Attachment(models.Model):
+    """An image attached to a message (uploaded first, then sent with it), stored through
+    Django's storage under its tenant and served only to those who may read its conversation."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="attachments")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="attachments"
+    )
+    # Null until the message it was uploaded for is sent.
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="attachments"
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    file = models.FileField(upload_to=attachment_path, max_length=300)
+    name = models.CharField(max_length=200, help_text="The file's name as uploaded (shown).")
+    content_type = models.CharField(max_length=40)  # image/png, image/jpeg, image/webp, image/gif
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size = models.PositiveIntegerField()  # bytes
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = AttachmentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModerationFlagQuerySet(models.QuerySet["ModerationFlag"]):
+    def for_project(self, project: Project) -> ModerationFlagQuerySet:
+        return self.filter(project=project)
+
+
+class ModerationFlag(models.Model):
+    """An input (or a reply) moderation flagged: what was refused, why, and whose it was, for
+    the project's managers and staff."""
+
+    class Source(models.TextChoices):
+        CHAT = "chat", gettext_lazy("Chat")
+        API = "api", gettext_lazy("REST API")
+        GATEWAY = "gateway", gettext_lazy("/v1 API")
+
+    class Target(models.TextChoices):
+        INPUT = "input", gettext_lazy("Input")
+        REPLY = "reply", gettext_lazy("Reply")
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=10, choices=Source.choices)
+    target = models.CharField(max_length=10, choices=Target.choices, default=Target.INPUT)
+    categories = models.JSONField(default=list)  # OpenAI's category names, or the list's own
+    # "connection:<model>" (the provider's /v1/moderations) or "patterns" (the project's list).
+    checked_by = models.CharField(max_length=200)
+    excerpt = models.TextField(blank=True)  # the start of what was flagged
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ModerationFlagQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="chat_modflag_project_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.target}: {', '.join(self.categories)}"

@@ -1,6 +1,6 @@
 """The chat pages: a project's conversations (the live chat itself runs over ``chat.routing``)."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -46,4 +46,8 @@ urlpatterns = [
         views.persona_delete,
         name="persona_delete",
     ),
+    # Tools (MCP servers), image attachments and moderation: routes of their own modules.
+    path("", include("chat.tool_urls")),
+    path("", include("chat.attachment_urls")),
+    path("", include("chat.moderation_urls")),
 ]

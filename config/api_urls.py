@@ -2,7 +2,7 @@
 
 from csp.constants import NONCE
 from csp.decorators import csp_update
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -89,6 +89,9 @@ urlpatterns = [
         accounts_api.ApiKeyRevokeView.as_view(),
         name="api-key-revoke",
     ),
+    path("", include("chat.tool_api_urls")),
+    path("", include("chat.attachment_api_urls")),
+    path("", include("chat.moderation_api_urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's start-up script as a file (?script): no inline script.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),

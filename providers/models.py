@@ -62,6 +62,9 @@ class ProviderConnection(models.Model):
     openai_project = models.CharField(max_length=100, blank=True)
     timeout = models.FloatField(default=60.0, help_text="Seconds to wait between chunks.")
     max_retries = models.PositiveSmallIntegerField(default=2)
+    supports_moderation = models.BooleanField(
+        default=False, help_text="It answers /v1/moderations (OpenAI does)."
+    )
     models_refreshed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

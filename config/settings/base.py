@@ -251,6 +251,25 @@ CHAT_MEMBER_PERSONA_CALLS_PER_MINUTE = env.int("CHAT_MEMBER_PERSONA_CALLS_PER_MI
 # Messages shown per page of a conversation; older ones are a link away.
 CHAT_PAGE_SIZE = 50
 
+# Tools: a reply makes at most CHAT_TOOL_MAX_ROUNDS rounds of tool calls and spends at most
+# CHAT_TOOL_LOOP_SECONDS on them in all; a built-in tool call may take CHAT_TOOL_TIMEOUT seconds
+# (an MCP server's, its own timeout).
+CHAT_TOOL_MAX_ROUNDS = env.int("CHAT_TOOL_MAX_ROUNDS", default=5)
+CHAT_TOOL_LOOP_SECONDS = env.float("CHAT_TOOL_LOOP_SECONDS", default=120.0)
+CHAT_TOOL_TIMEOUT = env.float("CHAT_TOOL_TIMEOUT", default=10.0)
+# What a tool may answer (characters): longer results are cut, and the model is told so.
+CHAT_TOOL_RESULT_CHARS = env.int("CHAT_TOOL_RESULT_CHARS", default=16_000)
+
+# Images attached to messages (PNG, JPEG, WebP, GIF), stored through the default storage under
+# MEDIA_ROOT (never served as static files: only through the view that checks who may read).
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
+CHAT_IMAGE_MAX_BYTES = env.int("CHAT_IMAGE_MAX_BYTES", default=5 * 1024 * 1024)
+CHAT_IMAGE_MAX_COUNT = env.int("CHAT_IMAGE_MAX_COUNT", default=4)
+CHAT_IMAGE_MAX_PIXELS = env.int("CHAT_IMAGE_MAX_PIXELS", default=40_000_000)
+
+# Moderation (per project, off by default): the model asked of a connection's /v1/moderations.
+MODERATION_MODEL = env.str("MODERATION_MODEL", default="omni-moderation-latest")
+
 # --- Billing ---------------------------------------------------------------------------------
 # How long money stays set aside for a call in flight before it is given back (a process that
 # died mid-call cannot hold a budget forever).

@@ -21,13 +21,24 @@ otherwise it is ``"stop"``. Usage: ``prompt_tokens = count_message_tokens(messag
 
 With ``@tool`` (below) the reply is a call to the first of the request's ``tools`` instead:
 ``content`` null, one entry in ``tool_calls`` with a fresh ``call_<24 hex>`` id, the tool's
-name and the arguments ``{"query": <text of the last user message>}`` (see `tool_call`), and
+name and the arguments ``{"query": <text of the last user message>}`` — or, when that text is
+itself a JSON object, that object (``{"expression": "2+3"}``) — (see `tool_call`), and
 ``finish_reason "tool_calls"``. Streamed the way OpenAI does it: the first chunk carries the
 role and the call's index, id, type and name with empty arguments; each following chunk one
 fragment of the arguments (`argument_fragments`); the fragments count as the completion tokens
 (and ``max_tokens`` cuts them, with ``finish_reason "length"``). Once the conversation ends
 with a ``tool`` message (the caller sent the results back), or ``tool_choice`` is ``"none"``,
-it answers in text as usual.
+it answers in text as usual: ``"Echo: " + <the text of the last tool result>``. ``@toolloop``
+calls the tool again whatever came back (a model that never stops calling).
+
+Images: every ``image_url`` part of a user message must be a ``data:`` URL of a PNG, JPEG, WebP
+or GIF image in base64 whose bytes start as that format does, else 400 ``invalid_image_url``
+naming the part. The echo then ends with `` [image/png 1234 B]`` per image.
+
+- ``POST /v1/moderations`` -> OpenAI's moderation answer for ``input`` (a string, a list of
+  strings, or a list of ``text`` / ``image_url`` parts): each text is flagged in the categories
+  of `MODERATION_WORDS` whose words it contains (whole words, any case). The model name takes
+  the error markers (``omni-moderation-latest@500``).
 
 Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
 combinable in any order (``fake-gpt@slow20@drop3``). "After N chunks" counts content (or
@@ -52,6 +63,7 @@ means after all of them, before the finish chunk.
                     benchmarks)
 ``@cached<N>``      reports N of the prompt tokens as cached (``prompt_tokens_details``)
 ``@tool``           calls the first tool (see above); 400 if the request has no ``tools``
+``@toolloop``       the same, and calls it again after every tool result
 ``@badjson<N>``     after N chunks, one event that is not JSON:
                     ``data: {"id": "<id>", "choices": [`` and a blank line, then the rest of
                     the stream as usual (N defaults to 0). Non-streaming: a 200
@@ -97,6 +109,7 @@ An unknown base model answers 404 ``model_not_found``; an unknown marker answers
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -123,7 +136,7 @@ _LOREM = (
     "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
 )  # fmt: skip
 _MARKER = re.compile(
-    r"(429|quota|401|500|context|hang|nousage|tool|html|text|surrogate|nul|ignorecap|badusage"
+    r"(429|quota|401|500|context|hang|nousage|toolloop|tool|html|text|surrogate|nul|ignorecap|badusage"
     r"|nochoices)"
     r"|(drop|slow|words|cached|cut|stall|overusage|errorevent)(\d+)"
     r"|(badjson)(\d*)"
@@ -133,6 +146,7 @@ _FLAGS = {
     "hang": "hang",
     "nousage": "no_usage",
     "tool": "tool_call",
+    "toolloop": "tool_loop",
     "html": "html",
     "text": "text",
     "surrogate": "surrogate",
@@ -166,6 +180,7 @@ class Faults:
     words: int | None = None
     cached: int = 0
     tool_call: bool = False
+    tool_loop: bool = False
     bad_json_after: int | None = None
     html: bool = False
     text: bool = False
@@ -196,6 +211,8 @@ def parse_model(model: str) -> tuple[str, Faults]:
             faults.bad_json_after = int(bad_json_number or 0)
         elif flag in _FLAGS:
             setattr(faults, _FLAGS[flag], True)
+            if flag == "toolloop":
+                faults.tool_call = True
         elif flag:
             faults.error = flag
         else:
@@ -213,12 +230,78 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _last_tool_text(messages: list[dict[str, Any]]) -> str | None:
+    """The text of the last message when it is a tool's result, else None."""
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "tool":
+        return None
+    content = messages[-1].get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+# The formats an image_url data URL may carry, by the bytes each starts with.
+IMAGE_MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+_DATA_URL = re.compile(r"data:(image/[a-z]+);base64,([A-Za-z0-9+/=\s]*)", re.DOTALL)
+
+
+def check_image(url: object) -> str:
+    """``"image/png 1234 B"`` for a data URL of a real image; raises ValueError otherwise."""
+    match = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        raise ValueError("expected a data: URL of a base64 PNG, JPEG, WebP or GIF image")
+    kind, payload = match.groups()
+    try:
+        data = base64.b64decode(payload, validate=False)
+    except ValueError:
+        raise ValueError("the data URL's base64 does not decode") from None
+    starts = IMAGE_MAGIC.get(kind)
+    if starts is None or not data.startswith(starts):
+        raise ValueError(f"the bytes are not a {kind} image")
+    if kind == "image/webp" and data[8:12] != b"WEBP":
+        raise ValueError("the bytes are not a image/webp image")
+    return f"{kind} {len(data)} B"
+
+
+def _images_of_last_user(messages: list[dict[str, Any]]) -> list[str]:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return [
+                check_image((part.get("image_url") or {}).get("url"))
+                for part in (content if isinstance(content, list) else ())
+                if isinstance(part, dict) and part.get("type") == "image_url"
+            ]
+    return []
+
+
+def check_images(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first image part that is not a real image's data URL: (param, problem), or None."""
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for number, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                try:
+                    check_image((part.get("image_url") or {}).get("url"))
+                except ValueError as exc:
+                    return f"messages[{index}].content[{number}]", str(exc)
+    return None
+
+
 def reply_tokens(messages: list[dict[str, Any]], faults: Faults) -> list[str]:
     """The whole reply, one item per content chunk (before any ``max_tokens`` cut)."""
     if faults.words is not None:
         text = " ".join(_LOREM[i % len(_LOREM)] for i in range(faults.words))
     else:
-        text = "Echo: " + _last_user_text(messages)
+        tool_text = _last_tool_text(messages)
+        text = "Echo: " + (_last_user_text(messages) if tool_text is None else tool_text)
+        for image in _images_of_last_user(messages) if tool_text is None else ():
+            text += f" [{image}]"
     return re.findall(r"\S+\s*", text)
 
 
@@ -232,16 +315,64 @@ def _first_tool_name(tools: Any) -> str | None:
     return None
 
 
-def tool_call(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, str] | None:
+def tool_call(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, loop: bool = False
+) -> dict[str, str] | None:
     """What ``@tool`` calls: ``{"name": ..., "arguments": ...}`` (arguments as a JSON string),
-    or None when the last message is a tool's result, which a model answers in text."""
-    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+    or None when the last message is a tool's result, which a model answers in text (unless
+    ``loop``: ``@toolloop`` calls again)."""
+    if not loop and _last_tool_text(messages) is not None:
         return None
     name = _first_tool_name(tools)
     if name is None:
         raise ValueError("@tool needs tools, the first one a function with a name")
-    arguments = json.dumps({"query": _last_user_text(messages)}, ensure_ascii=False)
-    return {"name": name, "arguments": arguments}
+    text = _last_user_text(messages)
+    try:
+        given = json.loads(text)
+    except ValueError:
+        given = None
+    arguments = given if isinstance(given, dict) else {"query": text}
+    return {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
+
+
+# OpenAI's moderation categories; the fake flags a text in those whose words it contains.
+MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)  # fmt: skip
+MODERATION_WORDS: dict[str, tuple[str, ...]] = {
+    "violence": ("kill", "murder", "stab"),
+    "harassment": ("idiot", "moron"),
+    "self-harm": ("suicide",),
+    "illicit": ("meth",),
+}
+
+
+def moderation_texts(value: object) -> list[str]:
+    """The texts of a moderation ``input``; raises ValueError for any other shape."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return ["".join(str(v.get("text", "")) for v in value if v.get("type") == "text")]
+    raise ValueError("input must be a string, a list of strings or a list of parts")
+
+
+def moderation_result(text: str) -> dict[str, Any]:
+    words = set(re.findall(r"\w+", text.lower()))
+    hit = {name for name, listed in MODERATION_WORDS.items() if words & set(listed)}
+    return {
+        "flagged": bool(hit),
+        "categories": {name: name in hit for name in MODERATION_CATEGORIES},
+        "category_scores": {
+            name: 0.99 if name in hit else 0.0001 for name in MODERATION_CATEGORIES
+        },
+        "category_applied_input_types": {
+            name: ["text"] if name in hit else [] for name in MODERATION_CATEGORIES
+        },
+    }
 
 
 def argument_fragments(arguments: str) -> list[str]:
@@ -436,7 +567,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
 
     def do_POST(self) -> None:
-        if urlsplit(self.path).path != "/v1/chat/completions":
+        path = urlsplit(self.path).path
+        if path == "/v1/moderations":
+            self._moderate()
+            return
+        if path != "/v1/chat/completions":
             self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
             return
         try:
@@ -465,6 +600,14 @@ class _Handler(BaseHTTPRequestHandler):
             message = "@tool needs 'tools', the first one a function with a name."
             self._send_json(400, _error_body(message, "invalid_request_error", None, "tools"))
             return
+        bad_image = check_images(messages)
+        if bad_image is not None:
+            param, problem = bad_image
+            message = f"Invalid image in {param}: {problem}."
+            self._send_json(
+                400, _error_body(message, "invalid_request_error", "invalid_image_url", param)
+            )
+            return
         streaming = bool(body.get("stream"))
         if faults.hang or (faults.stall_after is not None and not streaming):
             self.server.stopping.wait(HANG_SECONDS)
@@ -487,6 +630,43 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._answer(body, model, messages, faults, f"chatcmpl-fake{request_number}")
 
+    # -- moderations -----------------------------------------------------------------------
+
+    def _moderate(self) -> None:
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            model = str(body.get("model") or "omni-moderation-latest")
+            texts = moderation_texts(body["input"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self._send_json(
+                400, _error_body(f"Invalid request: {exc}", "invalid_request_error", None)
+            )
+            return
+        request_number = self.server.count(model, body)
+        if not self._authorized():
+            return
+        try:
+            base, faults = parse_model(model)
+        except ValueError as exc:
+            self._send_json(400, _error_body(str(exc), "invalid_request_error", None, "model"))
+            return
+        if faults.hang:
+            self.server.stopping.wait(HANG_SECONDS)
+            self._drop_connection()
+            return
+        if faults.error:
+            status, payload = _ERRORS[faults.error]
+            self._send_json(status, payload, {"Retry-After": "1"} if faults.error == "429" else {})
+            return
+        self._send_json(
+            200,
+            {
+                "id": f"modr-fake{request_number}",
+                "model": base,
+                "results": [moderation_result(text) for text in texts],
+            },
+        )
+
     # -- chat completions ----------------------------------------------------------------
 
     def _answer(
@@ -505,7 +685,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         # tool_choice "none" forbids a call, as OpenAI's does: the reply is text.
         wants_call = faults.tool_call and body.get("tool_choice") != "none"
-        call = tool_call(messages, body["tools"]) if wants_call else None
+        call = tool_call(messages, body["tools"], loop=faults.tool_loop) if wants_call else None
         if call is None:
             tokens, finish_reason = reply_tokens(messages, faults), "stop"
         else:

@@ -165,7 +165,7 @@ def test_it_answers_in_text_once_the_tool_result_is_back(fake_upstream: FakeUpst
 
     choice = json.loads(raw)["choices"][0]
     assert choice["finish_reason"] == "stop"
-    assert choice["message"]["content"] == "Echo: hi there"
+    assert choice["message"]["content"] == "Echo: 42"  # the tool result, answered
     assert "tool_calls" not in choice["message"]
 
 

@@ -1,0 +1,5 @@
+"""REST routes of this feature, included by config.api_urls."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
