@@ -181,6 +181,17 @@ class Completion:
     logprobs: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ModerationResult:
+    """What a moderation model made of one input: flagged or not, and in which of OpenAI's
+    categories (``violence``, ``harassment/threatening``…)."""
+
+    flagged: bool
+    categories: list[str]  # the flagged ones
+    model: str
+    upstream_id: str | None = None
+
+
 class Provider(Protocol):
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield `TextDelta`s (and `ToolCallDelta`s, if the request has `tools` and the model
@@ -204,6 +215,11 @@ class Provider(Protocol):
         everything on to an upstream which decides for itself answers None. `stream` and
         `complete` refuse such a request too (`ProviderError` `BAD_REQUEST` with `param`).
         """
+        ...
+
+    async def moderate(self, *, model: str, input: str) -> ModerationResult:
+        """Ask the upstream's ``/v1/moderations`` about ``input``. Raises ``ProviderError``
+        (``BAD_REQUEST`` from a provider that has no moderation, like the local model)."""
         ...
 
     async def list_models(self) -> list[str]: ...
