@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from django.utils.translation import gettext
+
 # What OpenAI accepts as a function's name.
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -57,3 +59,21 @@ class Tool(Protocol):
     spec: ToolSpec
 
     async def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult: ...
+
+
+class BaseTool:
+    """What a tool may add to the ``Tool`` protocol: its own time bound (None: the setting
+    CHAT_TOOL_TIMEOUT) and what the model is told when it is over. The built-in tools and an
+    MCP server's tools derive from it; ``Toolset`` reads both attributes where a tool has them."""
+
+    spec: ToolSpec
+    timeout: float | None = None
+
+    def timeout_message(self, seconds: float) -> str:
+        return gettext("The tool %(name)s did not finish within %(seconds)s seconds.") % {
+            "name": self.spec.name,
+            "seconds": f"{seconds:g}",
+        }
+
+    async def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+        raise NotImplementedError
