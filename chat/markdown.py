@@ -9,12 +9,19 @@ Fenced code with a language Pygments knows is highlighted here, on the server, a
 Pygments' short token classes (``<span class="k">``); static/css/chat.css colours them with a
 light and a dark palette. Classes, never Pygments' inline styles: the CSP refuses style="". The
 sanitizer still runs over the result and keeps only those classes on spans.
+
+A reply asked for as JSON (``chat.structured``) is not Markdown: ``render_reply_html`` shows a
+valid one pretty-printed in a highlighted block (the page gives it a copy button, as it does
+every code block) and an invalid one as its raw text, under a note saying what is wrong.
 """
 
+import html
+import json
 import re
 from functools import lru_cache
 
 import nh3
+from django.utils.translation import gettext as _
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 from pygments import highlight
@@ -23,6 +30,8 @@ from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
+
+from .structured import reason_text
 
 ALLOWED_TAGS = {
     "p", "br", "hr", "strong", "em", "s", "del", "code", "pre", "blockquote",
@@ -100,3 +109,49 @@ def render_markdown(text: str) -> str:
         link_rel="noopener noreferrer nofollow",
         allowed_classes=ALLOWED_CLASSES,
     )
+
+
+# What render_reply_html adds around a JSON reply: a note (the label, or why it is not valid).
+_REPLY_CLASSES = {
+    **ALLOWED_CLASSES,
+    "p": {"msg-note", "msg-error"},
+    "span": HIGHLIGHT_CLASSES | {"badge"},
+}
+
+
+def _clean_reply(markup: str) -> str:
+    return nh3.clean(
+        markup,
+        tags=ALLOWED_TAGS,
+        attributes=ALLOWED_ATTRIBUTES,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+        allowed_classes=_REPLY_CLASSES,
+    )
+
+
+def render_reply_html(content: str, *, json_valid: bool | None, json_error: str = "") -> str:
+    """Safe HTML for a reply: its Markdown (``json_valid`` None: JSON was not asked for), or,
+    for a reply asked for as JSON, the JSON pretty-printed (valid) or the raw text under a
+    note saying what is wrong with it (invalid)."""
+    if json_valid is None:
+        return render_markdown(content)
+    if json_valid:
+        try:
+            data = json.loads(content)
+        except (ValueError, RecursionError):  # marked valid, yet it is not: show it as is
+            json_valid, json_error = False, ""
+    if json_valid:
+        pretty = json.dumps(data, indent=2, ensure_ascii=False)
+        # The same markup as a fenced ```json block, so the page's copy button finds it.
+        code = _highlight(pretty, "json", "") or html.escape(pretty, quote=False)
+        markup = (
+            f'<p class="msg-note"><span class="badge">{html.escape(_("JSON"))}</span>'
+            f'</p><pre><code class="language-json">{code}</code></pre>'
+        )
+    else:
+        markup = (
+            f'<p class="msg-error">{html.escape(reason_text(json_error))}</p>'
+            f"<pre><code>{html.escape(content, quote=False)}</code></pre>"
+        )
+    return _clean_reply(markup)

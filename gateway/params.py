@@ -23,7 +23,9 @@ What happens to each parameter:
 
 Nested objects are checked for what the documentation says of the keys it names; keys it does
 not name are passed on as they are (OpenAI-compatible servers accept extensions there, such as
-extra message fields), except in ``stream_options``, which the gateway itself consumes.
+extra message fields), except in ``stream_options``, which the gateway itself consumes. A
+``response_format`` ``json_schema``'s ``schema`` must be valid JSON Schema (code
+``invalid_json_schema``), so a broken one costs nothing upstream.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
+
+from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
+from jsonschema.validators import (  # type: ignore[import-untyped]
+    Draft202012Validator,
+    validator_for,
+)
 
 from core.errors import invalid_request
 from providers.llm.base import ChatRequest
@@ -55,8 +63,8 @@ _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _TOKEN_ID = re.compile(r"[0-9]+")
 
 
-def _fail(message: str, param: str | None) -> NoReturn:
-    raise invalid_request(message, param=param)
+def _fail(message: str, param: str | None, code: str | None = None) -> NoReturn:
+    raise invalid_request(message, param=param, code=code)
 
 
 def _is_number(value: Any) -> bool:
@@ -363,11 +371,44 @@ def _response_format(value: Any, param: str) -> dict[str, Any]:
     if kind == "json_schema":
         where = f"{param}.json_schema"
         schema = _object(_required(response_format, "json_schema", param), where)
-        _name(_required(schema, "name", where), f"{where}.name")
+        name = _name(_required(schema, "name", where), f"{where}.name")
         _optional(schema, "description", where, _string)
-        _optional(schema, "schema", where, _object)
+        if schema.get("schema") is not None:
+            _json_schema(schema["schema"], f"{where}.schema", name)
         _optional(schema, "strict", where, _boolean)
     return response_format
+
+
+# The code of a refused schema, as chat.structured names it on the other surfaces.
+_SCHEMA_CODE = "invalid_json_schema"
+
+
+def _json_schema(value: Any, param: str, name: str) -> dict[str, Any]:
+    """A JSON Schema, checked against its draft's metaschema (the latest draft unless
+    ``$schema`` names another), as ``chat.structured`` checks a conversation's: a schema no
+    reply could be checked against is refused before anything is sent or reserved."""
+    schema = _object(value, param)
+    declared = schema.get("$schema")
+    if declared is not None and not isinstance(declared, str):
+        _fail(f"'{param}.$schema' must be the URI of a JSON Schema draft.", param, _SCHEMA_CODE)
+    validator = validator_for(schema, default=None)
+    if validator is None:
+        if declared is not None:
+            _fail(f"Unknown '$schema' in '{param}': {declared[:100]}.", param, _SCHEMA_CODE)
+        validator = Draft202012Validator
+    try:
+        validator.check_schema(schema)
+    except SchemaError as error:
+        problem = error.message if len(error.message) <= 200 else error.message[:199] + "…"
+        _fail(
+            f"Invalid schema for response_format '{name}': not valid JSON Schema at "
+            f"{error.json_path}: {problem}",
+            param,
+            _SCHEMA_CODE,
+        )
+    except RecursionError:
+        _fail(f"'{param}' is nested too deeply.", param, _SCHEMA_CODE)
+    return schema
 
 
 def _custom_refused(param: str) -> NoReturn:

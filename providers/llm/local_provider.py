@@ -36,11 +36,12 @@ for the rest, which is refused naming the parameter): temperature, top_p, the re
 (`max_completion_tokens`, else `max_tokens`), stop, seed, presence and frequency penalties,
 logit_bias (token ids of this model's vocabulary), logprobs with top_logprobs (computed here from
 the logits each token was sampled from: llama-cpp-python's own would need `logits_all`, which
-keeps n_ctx x n_vocab floats, 1.6 GB for SmolLM2's 8192 x 49152), and JSON mode
-(`response_format` `json_object`, by llama-cpp-python's JSON grammar). The same seed gives the
-same text: a seeded request reuses only the part of the KV cache a fresh read would compute
-bit for bit (`_LocalLlama.read_afresh`), so it may re-read up to n_batch (512) prompt tokens
-more than an unseeded one.
+keeps n_ctx x n_vocab floats, 1.6 GB for SmolLM2's 8192 x 49152), JSON mode (`response_format`
+`json_object`, by llama-cpp-python's JSON grammar) and Structured Outputs (`response_format`
+`json_schema`: the schema becomes a grammar, `_schema_grammar`, so sampling can only write JSON
+of that shape). The same seed gives the same text: a seeded request reuses only the part of the
+KV cache a fresh read would compute bit for bit (`_LocalLlama.read_afresh`), so it may re-read
+up to n_batch (512) prompt tokens more than an unseeded one.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import contextlib
 import ctypes
 import functools
 import importlib.metadata
+import json
 import logging
 import os
 import threading
@@ -65,6 +67,7 @@ from providers.llm.base import (
     ChatRequest,
     Completion,
     ErrorCode,
+    ModerationResult,
     ProviderError,
     StreamEnd,
     TextDelta,
@@ -75,6 +78,7 @@ from providers.llm.base import (
 if TYPE_CHECKING:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from llama_cpp.llama_grammar import LlamaGrammar
     from llama_cpp.llama_types import CreateChatCompletionStreamResponse
 
 logger = logging.getLogger(__name__)
@@ -158,6 +162,65 @@ def local_context_window(model_path: str | Path | None = None) -> int:
     weights, so call it off the event loop the first time if that matters.
     """
     return _trained_context(str(model_path or local_model_path()))
+
+
+# --- Structured Outputs: a JSON Schema as a grammar ---------------------------------------------
+
+# The most of the converter's own words a refusal quotes.
+_REASON_CHARS = 200
+
+
+def _json_schema(request: ChatRequest) -> dict[str, Any] | None:
+    """The JSON Schema a `json_schema` response format asks the reply to match; None for any
+    other format, or when it gives no schema (`_schema_problem` refuses that)."""
+    response_format = request.response_format
+    if response_format is None or response_format.get("type") != "json_schema":
+        return None
+    json_schema = response_format.get("json_schema")
+    schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_grammar(schema: str) -> str:
+    """The GBNF grammar for a JSON Schema (given as JSON text), by llama-cpp-python's port of
+    llama.cpp's json_schema_to_grammar; raises ValueError with the converter's reason.
+
+    Pure Python, no model needed, so a request is refused before it queues. Cached: a
+    conversation sends the same schema with every reply, and each request converts it twice
+    (`unsupported`, then the generation).
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(schema))  # untyped upstream
+    except Exception as exc:  # it refuses with AssertionError, ValueError or KeyError
+        reason = str(exc) or type(exc).__name__
+        if len(reason) > _REASON_CHARS:
+            reason = reason[: _REASON_CHARS - 1] + "…"
+        raise ValueError(reason) from None
+
+
+def _schema_problem(request: ChatRequest) -> str | None:
+    """Why the `json_schema` response format of `request` cannot be enforced, or None (also
+    for every other format)."""
+    response_format = request.response_format
+    if response_format is None or response_format.get("type") != "json_schema":
+        return None
+    schema = _json_schema(request)
+    if schema is None:
+        return (
+            "response_format: the local model needs json_schema.schema, the JSON Schema its "
+            "reply must match."
+        )
+    try:
+        _schema_grammar(json.dumps(schema))
+    except ValueError as exc:
+        return (
+            "response_format: the local model cannot enforce this JSON Schema "
+            f"(json_schema.schema): {exc}"
+        )
+    return None
 
 
 # --- The engine: one loaded model, one worker thread, one FIFO of jobs --------------------------
@@ -411,13 +474,25 @@ class _Engine:
                 f"The conversation is too long for the local model: {len(prompt)} tokens, "
                 f"its context holds {self.n_ctx}.",
             )
+        try:
+            options = _llama_options(request)
+        except ValueError as exc:  # `_check` refused what cannot become a grammar: never
+            return ProviderError(ErrorCode.BAD_REQUEST, str(exc), param="response_format")
+        grammar = options.get("grammar")
+        if grammar is not None and not self._grammar_parses(grammar):
+            # The converter wrote a grammar llama.cpp cannot read. Sampling with it would put
+            # the NULL llama.cpp hands back into the sampler chain: a crash, not an error.
+            return ProviderError(
+                ErrorCode.BAD_REQUEST,
+                "response_format: llama.cpp could not read the grammar made from this JSON Schema.",
+                param="response_format",
+            )
         llama = self.llama
         if request.seed is not None:
             # The same seed must give the same text, whatever the cache held: reuse only what
             # a fresh read would compute alike (whole n_batch slices of the prompt's start).
             llama.read_afresh(prompt)  # type: ignore[attr-defined]  # a `_LocalLlama`
         cached = self._reusable_prefix(prompt)
-        options = _llama_options(request)
         run = _Run(job.cancelled)
         if request.logprobs:
             run.top_logprobs = request.top_logprobs or 0
@@ -481,6 +556,18 @@ class _Engine:
             upstream_id=upstream_id,
         )
 
+    def _grammar_parses(self, grammar: LlamaGrammar) -> bool:
+        """Whether llama.cpp reads `grammar` (it logs why not), parsed as sampling will."""
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self.llama._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+        )
+        if not sampler:  # NULL: the grammar did not parse
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
+
     def _prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
         # Exactly what llama-cpp-python's chat handler does with the same formatter (installed
         # as the model's `chat_handler` in `_load_engine`), so the count is the real one.
@@ -520,6 +607,15 @@ def _llama_options(request: ChatRequest) -> dict[str, Any]:
     if request.response_format is not None and request.response_format["type"] == "json_object":
         # Only the type: llama-cpp-python would read a "schema" key (its own extension) too.
         options["response_format"] = {"type": "json_object"}
+    schema = _json_schema(request)
+    if schema is not None:
+        # Our own grammar rather than that "schema" key: llama-cpp-python falls back to any
+        # JSON when its conversion fails, and the reply would then not match the schema.
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        options["grammar"] = LlamaGrammar.from_string(
+            _schema_grammar(json.dumps(schema)), verbose=False
+        )
     return options
 
 
@@ -705,6 +801,13 @@ class LocalProvider:
             },
         )
 
+    async def moderate(self, *, model: str, input: str) -> ModerationResult:
+        raise ProviderError(
+            ErrorCode.BAD_REQUEST,
+            "The local model cannot moderate; moderation needs a connection with "
+            "/v1/moderations, or the project's moderation patterns.",
+        )
+
     async def list_models(self) -> list[str]:
         return [LOCAL_MODEL_NAME]
 
@@ -737,6 +840,16 @@ class LocalProvider:
         `prompt_cache_retention` (hints for OpenAI's prompt cache; the model reuses its own KV
         cache anyway), `parallel_tool_calls` (there are no tools to call in parallel), and
         `service_tier` `auto` or `default` (the only tier there is).
+
+        `response_format` `json_schema` is honoured by grammar-constrained sampling: the reply
+        can only be JSON of the schema's shape (types, properties and which are required,
+        additionalProperties, enums and constants, anyOf, local `$ref`s, array and string
+        lengths, anchored patterns, date, time and uuid formats). It is refused without a
+        schema, and with one llama-cpp-python's converter cannot take (a remote `$ref`, `not`,
+        a pattern without ^...$). What a grammar cannot count is not enforced: numeric bounds
+        (minimum, maximum, multipleOf), uniqueItems, oneOf's "exactly one", and `strict`
+        changes nothing; a reply may still miss those, and one cut off by the reply cap is not
+        JSON at all. (The chat checks every JSON reply against its schema.)
         """
         for index, message in enumerate(request.messages):
             content = message.get("content")
@@ -749,12 +862,13 @@ class LocalProvider:
         # tool call.
         if request.tool_choice not in (None, "none", "auto"):
             return "tool_choice"
-        # json_schema is refused: llama.cpp's schema-to-grammar conversion covers part of JSON
-        # Schema and skips what it does not know, so the reply could not be promised to match.
         if request.response_format is not None and request.response_format.get("type") not in (
             "text",
             "json_object",
+            "json_schema",
         ):
+            return "response_format"
+        if _schema_problem(request) is not None:
             return "response_format"
         if request.reasoning_effort not in (None, "none"):  # the model does not reason
             return "reasoning_effort"
@@ -774,6 +888,9 @@ class LocalProvider:
                 ErrorCode.MODEL_NOT_FOUND,
                 f"The local provider only serves {LOCAL_MODEL_NAME}, not {request.model!r}.",
             )
+        problem = _schema_problem(request)
+        if problem is not None:  # says more than `unsupported` would
+            raise ProviderError(ErrorCode.BAD_REQUEST, problem, param="response_format")
         name = self.unsupported(request)
         if name is not None:
             raise ProviderError(
