@@ -33,6 +33,7 @@ from billing import metering
 from billing.metering import MeteredCall, Outcome
 from billing.models import UsageRecord
 from billing.services import CallContext
+from core.config_cache import cached
 from core.detached import run_detached
 from core.errors import ServiceError, invalid_request
 from core.sse import DONE, sse_data
@@ -131,6 +132,39 @@ def _resolve(project: Project, model: str) -> ProviderSpec:
         raise
 
 
+def _first_image_part(messages: list[dict[str, Any]]) -> str | None:
+    """Where the request's first image is, as ``param`` names it (``messages[1].content[0]``)."""
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        for part_index, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                return f"messages[{index}].content[{part_index}]"
+    return None
+
+
+def _sees_images(project: Project, model: str) -> bool:
+    """Whether the project's ``model`` is marked vision-capable: read once, then kept in memory
+    with the other model settings (``core.config_cache``), like the model's spec."""
+
+    def read() -> bool | None:
+        connection_model = provider_selectors.resolve_model(project, model)
+        return None if connection_model is None else connection_model.supports_vision
+
+    return bool(cached(("vision", project.pk, model), read, keep=lambda seen: seen is not None))
+
+
+def _check_vision(parsed: ParsedChat, project: Project) -> None:
+    """Images for a model that cannot read them are refused here, in words that say so, before
+    anything is sent (the built-in model would otherwise answer a vaguer 400 of its own)."""
+    param = _first_image_part(parsed.request.messages)
+    if param is not None and not _sees_images(project, parsed.request.model):
+        raise invalid_request(
+            f"The model {parsed.request.model} cannot read images; pick a vision model.",
+            param=param,
+            code="model_lacks_vision",
+        )
+
+
 def _check_fits(parsed: ParsedChat, spec: ProviderSpec) -> None:
     """What OpenAI refuses with a 400 before generating: a parameter the model cannot honour,
     a reply cap above what the model may write, a prompt that does not fit its context."""
@@ -164,6 +198,7 @@ def chat_prepare(*, key: ApiKey, body: bytes) -> GatewayCall:
     parsed = parse_chat_body(body=body)
     project = key.project
     spec = _resolve(project, parsed.request.model)
+    _check_vision(parsed, project)
     _check_fits(parsed, spec)
     metered = metering.metered_reserve(
         context=CallContext(
