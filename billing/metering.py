@@ -15,6 +15,10 @@ and every later kind — is estimated, reserved, capped, made and settled here, 
    real cost (the upstream's usage, else one estimate rule: ``usage_to_charge``) and write the
    one ledger row. ``settle_orphan`` does the same for a call whose process died.
 
+A moderation check (``moderate_metered``) takes the same path in one call: its input is
+estimated by the same rule and held with no reply tokens (it writes none), made, and settled
+once, with its own ledger row (source ``moderation``).
+
 Nothing calls a provider around this module (connection checks and model listings are not
 billed calls and never generate tokens).
 """
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import StrOrPromise
@@ -44,6 +49,7 @@ from providers.llm.base import (
     ChatRequest,
     Completion,
     ErrorCode,
+    ModerationResult,
     Provider,
     ProviderError,
     StreamEnd,
@@ -53,8 +59,10 @@ from providers.llm.base import (
     Usage,
 )
 from providers.llm.catalog import takes_max_completion_tokens
+from providers.llm.images import content_image_tokens
 from providers.llm.tokens import count_message_tokens, count_text_tokens
 from providers.models import ProviderConnection
+from providers.pool import leased_provider
 from providers.specs import ProviderSpec, build_provider
 
 from . import pricing
@@ -69,26 +77,15 @@ logger = logging.getLogger(__name__)
 PROMPT_MARGIN = 1.1
 PROMPT_MARGIN_TOKENS = 16
 
-# Image parts, by OpenAI's rule for the gpt-4o family: 85 tokens at low detail; otherwise 85
-# plus 170 per 512-pixel tile of the image scaled to fit 2048 x 2048 with its short side at
-# 768 — at most 8 tiles when the size is not known here.
-IMAGE_LOW_DETAIL_TOKENS = 85
-IMAGE_WORST_CASE_TOKENS = 85 + 170 * 8
-
-
 # --- estimate ----------------------------------------------------------------------------------
 
 
 def _image_tokens(messages: list[dict[str, Any]]) -> int:
-    total = 0
-    for message in messages:
-        content = message.get("content")
-        for part in content if isinstance(content, list) else ():
-            if isinstance(part, dict) and part.get("type") == "image_url":
-                image = part.get("image_url")
-                detail = image.get("detail") if isinstance(image, dict) else None
-                total += IMAGE_LOW_DETAIL_TOKENS if detail == "low" else IMAGE_WORST_CASE_TOKENS
-    return total
+    """Image parts, by OpenAI's rule for the gpt-4o family (``providers.llm.images``): 85
+    tokens at low detail; otherwise 85 plus 170 per 512-pixel tile of the image scaled to fit
+    2048 x 2048 with its short side at 768 — the size read from a data URL's header, the worst
+    case (8 tiles) for an image known only by its URL."""
+    return sum(content_image_tokens(message.get("content")) for message in messages)
 
 
 def _json_tokens(value: Any) -> int:
@@ -359,6 +356,77 @@ async def _complete_on_own_provider(call: MeteredCall, outcome: Outcome) -> Comp
         return await complete_capped(call, provider, outcome)
     finally:
         await provider.aclose()
+
+
+# --- moderation --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def moderation_reserve(*, context: CallContext, spec: ProviderSpec, text: str) -> MeteredCall:
+    """Estimate and hold a moderation check of ``text``: the input as one user message, by the
+    prompt rule, and no reply tokens (``max_tokens=0``: a moderation model writes nothing, so
+    only the input must be affordable). Budgets and rate limits apply as to any call, and an
+    unpriced model under a budget is refused. Raises ``QuotaExceeded`` before anything is sent."""
+    request = ChatRequest(model=context.model, messages=[{"role": "user", "content": text}])
+    prompt_tokens = estimate_prompt_tokens(request)
+    reservation = quota_reserve(
+        context=context, prompt_tokens=held_prompt_tokens(prompt_tokens), max_tokens=0
+    )
+    return MeteredCall(
+        context=context,
+        request=request,
+        spec=spec,
+        reservation=reservation,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+async def moderate_metered(
+    *,
+    context: CallContext,
+    spec: ProviderSpec,
+    text: str,
+    model: str,
+    detached: bool = False,
+) -> ModerationResult:
+    """One metered moderation check of ``text`` with ``model`` on ``spec``'s connection.
+
+    ``context`` and ``spec`` may be those of the call being checked: the check is made and
+    billed as ``model`` with source ``moderation``. Reserved, made through the connection's
+    long-lived provider, settled once shielded from cancellation (the ledger's one row: the
+    input as counted here, since moderation answers report no usage; status ``error`` and
+    nothing charged when it fails). Raises ``QuotaExceeded`` (nothing sent, no row) or
+    ``ProviderError`` for every failure of the call, whatever its type. ``detached``: called
+    from a socket's consumer or a task, not a request (``core.db``)."""
+    context = replace(context, model=model, source=UsageRecord.Source.MODERATION)
+    spec = replace(spec, model=model)
+    call = await db_sync_to_async(moderation_reserve, detached=detached)(
+        context=context, spec=spec, text=text
+    )
+    outcome = Outcome()
+    started = time.monotonic()
+    try:
+        async with leased_provider(spec) as provider:
+            result = await provider.moderate(model=model, input=text)
+        if not isinstance(result, ModerationResult):
+            raise TypeError(f"the moderation answer is a {type(result).__name__}")
+        outcome.status = UsageRecord.Status.OK
+        return result
+    except ProviderError as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, exc
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, _unusable(exc)
+        raise outcome.error from exc
+    finally:
+        await settle_shielded(
+            call,
+            outcome,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            detached=detached,
+        )
 
 
 # --- settle ------------------------------------------------------------------------------------

@@ -1,8 +1,53 @@
-"""Staff views of conversations, messages, personas and each project's chat settings."""
+"""Staff views of conversations, messages, personas and each project's chat settings; of tool
+calls, tool servers, attachments and moderation flags (what the chat records is read-only here:
+it is what happened)."""
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.db import models
+from django.http import HttpRequest
 
-from .models import ChatSettings, Conversation, Folder, Message, Persona, RoomMember
+from . import moderation
+from .models import (
+    Attachment,
+    ChatSettings,
+    Conversation,
+    Folder,
+    Message,
+    ModerationFlag,
+    Persona,
+    RoomMember,
+    ToolCall,
+    ToolServer,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Recorded by the chat as it happened: staff look, nobody edits or adds."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ToolCallInline(admin.TabularInline):
+    model = ToolCall
+    extra = 0
+    can_delete = False
+    readonly_fields = [
+        "round", "call_id", "name", "arguments", "result", "is_error", "duration_ms",
+    ]  # fmt: skip
+    fields = list(readonly_fields)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Conversation)
@@ -41,6 +86,7 @@ class MessageAdmin(admin.ModelAdmin):
     # parent: a select of every message would be the whole table.
     raw_id_fields = ["conversation", "parent", "author", "persona"]
     readonly_fields = ["created_at", "updated_at"]
+    inlines = [ToolCallInline]
 
 
 @admin.register(RoomMember)
@@ -66,9 +112,94 @@ class PersonaAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at", "updated_at"]
 
 
+class ChatSettingsForm(forms.ModelForm):
+    def clean_moderation_patterns(self) -> str:
+        patterns: str = self.cleaned_data["moderation_patterns"]
+        try:
+            moderation.parse_patterns(patterns)
+        except moderation.PatternError as error:
+            raise forms.ValidationError(error.message) from None
+        return patterns
+
+
 @admin.register(ChatSettings)
 class ChatSettingsAdmin(admin.ModelAdmin):
-    list_display = ["project", "summarize_after_tokens", "summary_persona"]
+    form = ChatSettingsForm
+    list_display = [
+        "project", "summarize_after_tokens", "summary_persona", "moderation_enabled",
+        "moderation_check_replies",
+    ]  # fmt: skip
+    list_filter = ["moderation_enabled", "moderation_check_replies"]
     list_select_related = ["project__organization", "summary_persona"]
     search_fields = ["project__name", "project__organization__name"]
     raw_id_fields = ["project", "summary_persona"]
+    fieldsets = [
+        (None, {"fields": ["project"]}),
+        ("Summaries", {"fields": ["summarize_after_tokens", "summary_persona"]}),
+        (
+            "Moderation",
+            {"fields": ["moderation_enabled", "moderation_check_replies", "moderation_patterns"]},
+        ),
+    ]
+
+    def save_model(self, request: HttpRequest, obj: ChatSettings, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        moderation.forget_config()  # kept in memory by every process until told
+
+    def delete_model(self, request: HttpRequest, obj: ChatSettings) -> None:
+        super().delete_model(request, obj)
+        moderation.forget_config()
+
+
+@admin.register(ToolCall)
+class ToolCallAdmin(ReadOnlyAdmin):
+    """Each tool call a reply made (also shown on its message)."""
+
+    list_display = ["name", "call_id", "message", "round", "is_error", "duration_ms", "created_at"]
+    list_filter = ["is_error", "name", "created_at"]
+    list_select_related = ["message"]
+    search_fields = ["name", "call_id", "arguments"]
+    raw_id_fields = ["message"]
+
+
+@admin.register(ToolServer)
+class ToolServerAdmin(admin.ModelAdmin):
+    """A project's MCP servers. Their headers are stored encrypted and never shown: only
+    their names."""
+
+    list_display = ["name", "project", "url", "enabled", "listed_at", "has_error"]
+    list_filter = ["enabled"]
+    list_select_related = ["project__organization"]
+    search_fields = ["name", "url", "project__name", "project__organization__name"]
+    raw_id_fields = ["project", "created_by"]
+    # headers_encrypted is not editable (so never in a form) and is listed nowhere.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ["header_names", "tools", "listed_at", "last_error", "created_at",
+                       "updated_at"]  # fmt: skip
+
+    @admin.display(boolean=True, description="error")
+    def has_error(self, server: ToolServer) -> bool:
+        return bool(server.last_error)
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(ReadOnlyAdmin):
+    list_display = ["name", "project", "conversation", "message", "content_type", "size",
+                    "created_at"]  # fmt: skip
+    list_filter = ["content_type", "created_at"]
+    list_select_related = ["project__organization", "conversation"]
+    search_fields = ["name", "sha256", "project__name", "uploaded_by__email"]
+    raw_id_fields = ["project", "conversation", "message", "uploaded_by", "api_key"]
+
+
+@admin.register(ModerationFlag)
+class ModerationFlagAdmin(ReadOnlyAdmin):
+    """What moderation flagged: appended by the chat and the gateway, never edited here."""
+
+    list_display = ["created_at", "project", "source", "target", "categories", "checked_by",
+                    "user", "api_key"]  # fmt: skip
+    list_filter = ["source", "target", "project", "checked_by"]
+    list_select_related = ["project__organization", "user", "api_key"]
+    search_fields = ["excerpt", "user__email", "project__name"]
+    raw_id_fields = ["project", "conversation", "message", "user", "api_key"]
+    date_hierarchy = "created_at"

@@ -1,5 +1,17 @@
-"""REST routes of this feature, included by config.api_urls."""
+"""REST routes of moderation (included by config.api_urls): a project's moderation settings
+and what was flagged, for the organization's owners and admins."""
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from . import api_moderation
+
+moderation = "v1/projects/<int:project_id>/moderation/"
+
+urlpatterns = [
+    path(moderation, api_moderation.ModerationSettingsView.as_view(), name="api-moderation"),
+    path(
+        moderation + "flags/",
+        api_moderation.ModerationFlagListView.as_view(),
+        name="api-moderation-flags",
+    ),
+]

@@ -56,6 +56,19 @@ ERRORS: dict[str, ErrorKind] = {
         _("Only the organization's owners and admins can do this."),
     ),
     "not_found": ErrorKind(404, "not_found_error", "never", _("No such object.")),
+    # Moderation (a project that turned it on): nothing was sent to the model.
+    "content_flagged": ErrorKind(
+        400,
+        "invalid_request_error",
+        "never",
+        _("Moderation flagged the message; it was not sent."),
+    ),
+    "moderation_unavailable": ErrorKind(
+        503,
+        "api_error",
+        "maybe",
+        _("The moderation check could not be made, so nothing was sent. Try again shortly."),
+    ),
     # Two-factor authentication: an organization that requires it, and wrong codes.
     "two_factor_required": ErrorKind(
         403,

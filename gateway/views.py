@@ -24,7 +24,9 @@ from core.db import db_sync_to_async
 from core.errors import ServiceError
 from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR
 
+from . import moderation
 from . import services as gateway_services
+from .moderation import CheckFirst
 from .schema import (
     CHAT_COMPLETION_EVENTS,
     CHAT_COMPLETION_REQUEST,
@@ -101,7 +103,7 @@ class ChatCompletionsView(OpenAIEndpoint):
         responses={
             (200, "application/json"): CHAT_COMPLETION_RESPONSE,
             (200, "text/event-stream"): CHAT_COMPLETION_EVENTS,
-            **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 429, 500, 502, 504)},
+            **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 429, 500, 502, 503, 504)},
         },
         tags=["OpenAI-compatible"],
     )
@@ -112,11 +114,11 @@ class ChatCompletionsView(OpenAIEndpoint):
         if idempotency_key is None:
             # The key check and the reserve in one trip to the database thread: each trip is
             # a thread hop, a tenth of a call's CPU (BENCHMARKS.md).
-            def prepare() -> GatewayCall:
+            def prepare() -> GatewayCall | CheckFirst:
                 key = gateway_services.gateway_authenticate(
                     authorization=authorization, scopes=("chat",)
                 )
-                return gateway_services.chat_prepare(key=key, body=body)
+                return moderation.chat_prepare_or_check(key=key, body=body)
 
             response, _ = await _chat_completions(prepare)
             return response
@@ -136,7 +138,7 @@ class ChatCompletionsView(OpenAIEndpoint):
             return started.response()
         try:
             response, completed = await _chat_completions(
-                lambda: gateway_services.chat_prepare(key=api_key, body=body)
+                lambda: moderation.chat_prepare_or_check(key=api_key, body=body)
             )
         except BaseException:  # the client left: nothing to replay, a retry runs again
             await asyncio.shield(db_sync_to_async(idempotency.idempotency_abandon)(record=started))
@@ -149,13 +151,21 @@ def _never() -> bool:
 
 
 async def _chat_completions(
-    prepare: Callable[[], GatewayCall],
+    prepare: Callable[[], GatewayCall | CheckFirst],
 ) -> tuple[HttpResponseBase, Callable[[], bool]]:
     """The answer, and whether it completed (for a stream: known once it has been sent).
-    ``prepare``: the database work before the upstream call (``chat_prepare``), run on the
-    database thread."""
+    ``prepare``: the database work before the upstream call (``chat_prepare``, or what
+    moderation checks first), run on the database thread."""
     try:
-        call = await db_sync_to_async(prepare)()
+        prepared = await db_sync_to_async(prepare)()
+        if isinstance(prepared, CheckFirst):
+            # The input is checked before the chat call is reserved: refused, it costs only
+            # the check.
+            await moderation.check(prepared)
+            prepared = await db_sync_to_async(gateway_services.chat_prepare)(
+                key=prepared.key, body=prepared.body
+            )
+        call = prepared
         if not call.stream:
             return JsonResponse(await gateway_services.complete(call)), _never
         stream = GatewayStream(call)

@@ -95,8 +95,11 @@ def connection_create(
     openai_project: str = "",
     timeout: float = 60.0,
     max_retries: int = 2,
+    supports_moderation: bool | None = None,
 ) -> ProviderConnection:
-    """A connection for one project, or (``project=None``) shared by the organization's."""
+    """A connection for one project, or (``project=None``) shared by the organization's.
+    ``supports_moderation``: it answers /v1/moderations (None: OpenAI does, others are
+    assumed not to until said so)."""
     check_can_manage(actor)
     _check_fields(kind=kind, base_url=base_url, has_key=bool(api_key.strip()))
     _check_address(base_url)
@@ -110,6 +113,9 @@ def connection_create(
         openai_project=openai_project.strip(),
         timeout=timeout,
         max_retries=max_retries,
+        supports_moderation=kind == ProviderConnection.Kind.OPENAI
+        if supports_moderation is None
+        else supports_moderation,
         created_by=actor.user,
     )
     _set_key(connection, api_key)
@@ -128,8 +134,10 @@ def connection_update(  # not atomic: see connection_create
     openai_project: str = "",
     timeout: float = 60.0,
     max_retries: int = 2,
+    supports_moderation: bool | None = None,
 ) -> ProviderConnection:
-    """An empty ``api_key`` keeps the stored one: the form never shows it back."""
+    """An empty ``api_key`` keeps the stored one: the form never shows it back.
+    ``supports_moderation`` None: as it was."""
     check_can_edit(actor=actor, connection=connection)
     _check_fields(
         kind=connection.kind,
@@ -143,6 +151,8 @@ def connection_update(  # not atomic: see connection_create
     connection.openai_project = openai_project.strip()
     connection.timeout = timeout
     connection.max_retries = max_retries
+    if supports_moderation is not None:
+        connection.supports_moderation = supports_moderation
     if api_key.strip():
         _set_key(connection, api_key)
     connection.save()
@@ -367,7 +377,10 @@ def connections_ensure_defaults() -> None:
         return
     if shared is None:
         shared = ProviderConnection(
-            organization=None, kind=ProviderConnection.Kind.OPENAI, name=SHARED_OPENAI_NAME
+            organization=None,
+            kind=ProviderConnection.Kind.OPENAI,
+            name=SHARED_OPENAI_NAME,
+            supports_moderation=True,  # OpenAI answers /v1/moderations
         )
     if shared.api_key_hint != key_hint(key) or not shared.pk:
         _set_key(shared, key)

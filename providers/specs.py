@@ -39,6 +39,8 @@ class ProviderSpec:
     timeout: float = 60.0
     max_retries: int = 2
     connection_id: int | None = None
+    # The connection answers /v1/moderations (``ProviderConnection.supports_moderation``).
+    supports_moderation: bool = False
 
 
 def spec_for_connection(
@@ -71,6 +73,7 @@ def spec_for_connection(
         timeout=connection.timeout,
         max_retries=connection.max_retries,
         connection_id=connection.pk,
+        supports_moderation=connection.supports_moderation,
     )
 
 

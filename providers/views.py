@@ -111,7 +111,18 @@ class ConnectionForm(forms.Form):
 
 
 class ConnectionEditForm(ConnectionForm):
-    """The same fields but the kind and the scope, which connection_update does not change."""
+    """The same fields but the kind and the scope, which connection_update does not change;
+    and whether it answers /v1/moderations (a new connection starts as its kind does)."""
+
+    supports_moderation = forms.BooleanField(
+        label=gettext_lazy("Answers /v1/moderations"),
+        required=False,
+        help_text=gettext_lazy(
+            "OpenAI does; most self-hosted servers do not. A project that moderates checks "
+            "what is sent to this connection's models there; where this is off, with its "
+            "pattern list."
+        ),
+    )
 
     def __init__(self, *args: Any, connection: ProviderConnection, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -162,6 +173,7 @@ class ProjectModelsForm(forms.Form):
 
 EDITABLE_FIELDS = (
     "name", "base_url", "openai_organization", "openai_project", "timeout", "max_retries",
+    "supports_moderation",
 )  # fmt: skip
 
 # Which field a service refusal is about, so it shows next to that field.
@@ -284,7 +296,9 @@ def connection_edit(
     form = ConnectionEditForm(request.POST, connection=connection)
     if form.is_valid():
         try:
-            services.connection_update(actor=membership, connection=connection, **form.cleaned_data)
+            services.connection_update(
+                actor=membership, connection=connection, **form.cleaned_data
+            )
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:

@@ -27,6 +27,7 @@ from providers.llm.base import (
     ChatRequest,
     Completion,
     ErrorCode,
+    ModerationResult,
     ProviderError,
     StreamEnd,
     StreamEvent,
@@ -212,6 +213,29 @@ class OpenAIProvider:
             raw=response.model_dump(mode="json", warnings=False),  # as sent, odd types included
             logprobs=logprobs.model_dump(mode="json") if logprobs else None,
         )
+
+    async def moderate(self, *, model: str, input: str) -> ModerationResult:
+        """One text through the upstream's ``/v1/moderations``; the categories it flagged under
+        their wire names (``harassment/threatening``), newer ones the SDK does not know too."""
+        try:
+            response = await self._client.moderations.create(model=model, input=input)
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._error(exc) from exc
+        try:
+            # The SDK does not validate answers: a compatible server's odd shape must become
+            # an error here, not an AttributeError in the caller.
+            result = response.results[0]
+            categories = result.categories.model_dump(mode="json", by_alias=True)
+            return ModerationResult(
+                flagged=result.flagged is True,
+                categories=[name for name, hit in categories.items() if hit is True],
+                model=str(response.model or model),
+                upstream_id=response.id if isinstance(response.id, str) else None,
+            )
+        except (AttributeError, IndexError, TypeError, ValueError):
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's moderation answer was unusable."
+            ) from None
 
     def unsupported(self, request: ChatRequest) -> str | None:
         """None: every parameter is sent on as it is, and the upstream decides (an OpenAI-
