@@ -17,7 +17,7 @@ from typing import Any, cast
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db.models import Model
+from django.db.models import Model, Prefetch, prefetch_related_objects
 from django.http import Http404, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -42,9 +42,9 @@ from core.schema import IDEMPOTENCY_PARAMETER, OPENAI_ERROR, server_sent_event
 from core.sse import sse_event
 from providers import selectors as provider_selectors
 
-from . import rooms, selectors, services, streaming
+from . import posting, rooms, selectors, services, streaming
 from .actors import Actor
-from .models import Conversation, Folder, Message
+from .models import Attachment, Conversation, Folder, Message
 
 
 class ActorEndpoint(ProjectEndpoint):
@@ -80,6 +80,41 @@ class ModelListView(ProjectEndpoint):
         return Response(ModelSerializer(choices, many=True).data)
 
 
+# --- what a model may be asked for besides text: JSON, tools -----------------------------------
+
+
+class JsonSchemaFormatSerializer(serializers.Serializer):
+    """OpenAI's ``json_schema`` response format. Documentation only: ``chat.structured`` checks
+    what is sent (``invalid_json_schema``, naming what is wrong)."""
+
+    name = serializers.RegexField(
+        r"^[a-zA-Z0-9_-]{1,64}$", help_text="1 to 64 letters, digits, underscores or dashes."
+    )
+    description = serializers.CharField(required=False)
+    schema = serializers.DictField(
+        help_text='A JSON Schema describing an object (its top level has "type": "object"); '
+        "a $ref may only point into it."
+    )
+    strict = serializers.BooleanField(
+        required=False, help_text="Ask OpenAI's models to follow the schema strictly."
+    )
+
+
+@extend_schema_field(JsonSchemaFormatSerializer(allow_null=True))
+class JsonSchemaField(serializers.JSONField):
+    """A conversation's or persona's ``json_schema``: the object, or null for none."""
+
+
+JSON_SCHEMA_HELP = (
+    "Replies must be JSON matching this schema (response_format json_schema); it takes the "
+    "place of json_mode. null: none. Needs a model that supports JSON."
+)
+TOOLS_HELP = (
+    "The tools the model may call while it answers: keys of the project's tool options (a "
+    "built-in tool's name, or mcp:<server id>). Needs a model that supports tools."
+)
+
+
 # --- conversations -----------------------------------------------------------------------------
 
 
@@ -90,6 +125,10 @@ class ConversationSerializer(serializers.ModelSerializer):
     )
     started_with = serializers.SerializerMethodField(
         help_text="'session' (a person's own) or 'api_key' (the project's API conversations)."
+    )
+    json_schema = JsonSchemaField(read_only=True, allow_null=True, help_text=JSON_SCHEMA_HELP)
+    tools = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text=TOOLS_HELP
     )
 
     class Meta:
@@ -108,6 +147,8 @@ class ConversationSerializer(serializers.ModelSerializer):
             "stop",
             "seed",
             "json_mode",
+            "json_schema",
+            "tools",
             "history_limit",
             "archived",
             "pinned",
@@ -156,6 +197,13 @@ class ConversationWriteSerializer(serializers.Serializer[Any]):
     seed = serializers.IntegerField(required=False, allow_null=True)
     json_mode = serializers.BooleanField(
         required=False, help_text="Ask for a JSON object (response_format json_object)."
+    )
+    json_schema = JsonSchemaField(required=False, allow_null=True, help_text=JSON_SCHEMA_HELP)
+    tools = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        max_length=100,
+        help_text=TOOLS_HELP,
     )
     history_limit = serializers.IntegerField(
         required=False,
@@ -294,6 +342,37 @@ class VersionsSerializer(serializers.Serializer):
     next = serializers.IntegerField(allow_null=True, help_text="The version after it.")
 
 
+class ToolCallSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    round = serializers.IntegerField(
+        help_text="Which upstream call of the reply asked for it, from 1."
+    )
+    call_id = serializers.CharField(help_text="The upstream's tool_call_id.")
+    name = serializers.CharField()
+    arguments = serializers.CharField(help_text="JSON text, as the model wrote it.")
+    result = serializers.CharField(help_text="What the model was sent back.")
+    is_error = serializers.BooleanField(
+        help_text="The tool failed (bad arguments, a timeout, a server down); the model was "
+        "told so in the result."
+    )
+    duration_ms = serializers.IntegerField(allow_null=True)
+
+
+class AttachmentRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField(help_text="The file's name as uploaded.")
+    content_type = serializers.CharField(
+        help_text="image/png, image/jpeg, image/webp or image/gif."
+    )
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    size = serializers.IntegerField(help_text="Bytes.")
+    url = serializers.CharField(help_text="The image, for those who may read the conversation.")
+    thumbnail_url = serializers.CharField()
+    thumbnail_width = serializers.IntegerField(help_text="The thumbnail's size, in pixels.")
+    thumbnail_height = serializers.IntegerField()
+
+
 class MessageSerializer(serializers.ModelSerializer):
     cost = serializers.SerializerMethodField(
         help_text="USD, as a decimal string: what this reply cost (null for a user message)."
@@ -309,11 +388,27 @@ class MessageSerializer(serializers.ModelSerializer):
         "null when it is the only one. GET …/messages/<id>/versions/ lists them, POST "
         "…/messages/<id>/select/ shows another."
     )
+    tool_calls = serializers.SerializerMethodField(
+        help_text="The tools a reply called, in the order it called them, with what they answered."
+    )
+    attachments = serializers.SerializerMethodField(help_text="A user message's images.")
 
     class Meta:
         model = Message
         extra_kwargs = {
-            "parent": {"help_text": "The message this one follows (null: the first one)."}
+            "parent": {"help_text": "The message this one follows (null: the first one)."},
+            "json_valid": {
+                "help_text": "A reply asked for as JSON: whether it is that JSON (it parses, and "
+                "matches the schema when one was asked for). null: JSON was not asked for."
+            },
+            "json_error": {"help_text": "Why it is not (json_valid false); else empty."},
+            "flagged": {
+                "help_text": "A user message moderation refused: kept here, never sent to a model."
+            },
+            "tool_rounds": {
+                "help_text": "Upstream calls the reply took: one, plus one per round of tool "
+                "calls answered (0 for a user message)."
+            },
         }
         fields = [
             "id",
@@ -331,6 +426,12 @@ class MessageSerializer(serializers.ModelSerializer):
             "cached_tokens",
             "usage_estimated",
             "omitted_messages",
+            "json_valid",
+            "json_error",
+            "flagged",
+            "tool_rounds",
+            "tool_calls",
+            "attachments",
             "cost",
             "author",
             "persona",
@@ -357,10 +458,39 @@ class MessageSerializer(serializers.ModelSerializer):
         versions = self.context.get("versions", {}).get(message.pk)
         return None if versions is None else versions.as_dict()
 
+    # Both read what ``MESSAGE_RELATIONS`` prefetched, as the socket's messages show them.
+    @extend_schema_field(ToolCallSerializer(many=True))
+    def get_tool_calls(self, message: Message) -> list[dict[str, Any]]:
+        return [services.serialize_tool_call(call) for call in message.tool_calls.all()]
+
+    @extend_schema_field(AttachmentRefSerializer(many=True))
+    def get_attachments(self, message: Message) -> list[dict[str, Any]]:
+        from .attachments import serialize_attachment
+
+        return [serialize_attachment(a) for a in message.attachments.all()]
+
+
+# What MessageSerializer reads of each message's relations, fetched in one query each (an
+# image's URLs name its project and organization).
+MESSAGE_RELATIONS = (
+    "tool_calls",
+    Prefetch(
+        "attachments",
+        queryset=Attachment.objects.select_related("project__organization").order_by("id"),
+    ),
+)
+
 
 class MessageCreateSerializer(serializers.Serializer):
     content = serializers.CharField(
         trim_whitespace=False, help_text="The user's message; the model answers it."
+    )
+    attachments = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        max_length=100,
+        help_text="Images to send with it: the ids the upload answered, for this conversation "
+        "(models that support images only).",
     )
 
 
@@ -386,6 +516,7 @@ FAILED_REPLY = inline_serializer(
 
 
 def _serialize_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    prefetch_related_objects(messages, *MESSAGE_RELATIONS)
     costs = selectors.message_costs([m.pk for m in messages if m.role == Message.Role.ASSISTANT])
     versions = selectors.versions_of(messages)
     return list(
@@ -428,6 +559,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
         return (
             self.conversation.messages.on_branch()
             .select_related("author", "persona")
+            .prefetch_related(*MESSAGE_RELATIONS)
             .order_by("id")
         )
 
@@ -465,27 +597,41 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
     async def post(self, request: Request, project_id: int, conversation_id: int):
         form = MessageCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
+        content = form.validated_data["content"]
+        attachments = form.validated_data.get("attachments") or []
         stream = request.query_params.get("stream", "").lower() in ("1", "true")
         key = request.headers.get(idempotency.HEADER)
         if key is None:
-            return await self._create(form.validated_data["content"], stream=stream, record=None)
+            return await self._create(content, attachments, stream=stream, record=None)
+        fingerprint = f"{request.get_full_path()}\n{content}"
+        if attachments:  # (so a message without images keeps the fingerprint it always had)
+            fingerprint += f"\n{attachments}"
         started = await db_async(idempotency.idempotency_begin)(
             caller=cast(Model, self.api_key or request.user),  # signed in: a key or a user
             key=key,
-            fingerprint=f"{request.get_full_path()}\n{form.validated_data['content']}".encode(),
+            fingerprint=fingerprint.encode(),
         )
         if isinstance(started, idempotency.Replay):
             return started.response()
-        return await self._create(form.validated_data["content"], stream=stream, record=started)
+        return await self._create(content, attachments, stream=stream, record=started)
 
     async def _create(
-        self, content: str, *, stream: bool, record: IdempotentRequest | None
+        self,
+        content: str,
+        attachments: list[int],
+        *,
+        stream: bool,
+        record: IdempotentRequest | None,
     ) -> HttpResponseBase:
-        # Validation, rate limits and the budget reservation: a refusal raises here, before
-        # anything is sent upstream, and nothing is saved (the client still has its text).
+        # Moderation, validation, rate limits and the budget reservation: a refusal raises
+        # here, before anything is sent to the model, and nothing is saved (the client still
+        # has its text) but a message moderation flagged, kept flagged.
         try:
-            post = await db_async(rooms.message_post)(
-                actor=self.actor, conversation_id=self.conversation.pk, content=content
+            post = await posting.post_message(
+                actor=self.actor,
+                conversation_id=self.conversation.pk,
+                content=content,
+                attachments=attachments or None,
             )
         except BaseException:  # refused before any work (or the client left): a retry runs
             if record is not None:
@@ -613,6 +759,8 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
                 yield sse_event("waiting", {"position": payload["position"]})
             elif kind == "delta":
                 yield sse_event("delta", {"offset": payload["offset"], "text": payload["text"]})
+            elif kind in ("tool.call", "tool.result"):  # a tool the reply called, run here
+                yield sse_event(kind.replace(".", "_"), {"call": payload["call"]})
             elif kind in ("done", "error"):
                 status_code, body = await db_async(_reply_body)(
                     self.conversation, pending.assistant_message_id
@@ -697,6 +845,7 @@ class MessageVersionListView(MessageEndpoint):
         self, request: Request, project_id: int, conversation_id: int, message_id: int
     ) -> Response:
         versions = selectors.message_versions(self.conversation, self.message)
+        prefetch_related_objects(versions, *MESSAGE_RELATIONS)
         costs = selectors.message_costs([m.pk for m in versions])
         context = {"costs": costs, "versions": selectors.versions_of(versions)}
         return Response(VersionSerializer(versions, many=True, context=context).data)

@@ -21,6 +21,7 @@ from accounts.api_base import ProjectEndpoint
 from core.schema import OPENAI_ERROR
 
 from . import personas
+from .api import JSON_SCHEMA_HELP, TOOLS_HELP, JsonSchemaField
 from .models import Persona
 
 SAMPLING_HELP = "A sampling preset that sets temperature and top_p: " + ", ".join(
@@ -33,6 +34,10 @@ class PersonaSerializer(serializers.ModelSerializer):
     mention = serializers.SerializerMethodField(help_text="How a room calls it: '@' + tag.")
     sampling = serializers.SerializerMethodField(
         help_text="The sampling preset its temperature and top_p match; null when none does."
+    )
+    json_schema = JsonSchemaField(read_only=True, allow_null=True, help_text=JSON_SCHEMA_HELP)
+    tools = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text=TOOLS_HELP
     )
 
     class Meta:
@@ -52,6 +57,8 @@ class PersonaSerializer(serializers.ModelSerializer):
             "frequency_penalty",
             "max_tokens",
             "json_mode",
+            "json_schema",
+            "tools",
             "sampling",
             "avatar",
             "color",
@@ -110,6 +117,17 @@ class PersonaWriteSerializer(serializers.Serializer[Any]):
         required=False, allow_null=True, min_value=1, max_value=1_000_000
     )
     json_mode = serializers.BooleanField(required=False)
+    json_schema = JsonSchemaField(
+        required=False,
+        allow_null=True,
+        help_text=JSON_SCHEMA_HELP + " Checked against the persona's model when it has one.",
+    )
+    tools = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        max_length=100,
+        help_text=TOOLS_HELP + " Checked against the persona's model when it has one.",
+    )
     avatar = serializers.CharField(max_length=8, required=False, allow_blank=True)
     color = serializers.CharField(
         max_length=7, required=False, help_text="#rrggbb, such as #4f46e5."

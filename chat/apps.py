@@ -23,3 +23,20 @@ class ChatConfig(AppConfig):
         from accounts.models import Project
 
         post_save.connect(_seed_personas, sender=Project, dispatch_uid="chat.seed_personas")
+        # A project's moderation settings are kept in memory (chat.moderation.config_for).
+        from core.config_cache import invalidate_on_change
+
+        from .models import ChatSettings
+
+        invalidate_on_change(ChatSettings)
+        # Files go with their rows (a conversation, a message or a project deleted).
+        from django.db.models.signals import post_delete
+
+        from . import attachments
+        from .models import Attachment
+
+        post_delete.connect(
+            attachments.attachment_files_delete,
+            sender=Attachment,
+            dispatch_uid="chat.attachment_files",
+        )

@@ -5,8 +5,10 @@ else is refused during the handshake, the same for another tenant's conversation
 that does not exist.
 
 Client → server (JSON objects):
-  ``{"type": "message", "content": "…"}``                 a new message, then the reply (in a
-                                                          room, only when it starts with a
+  ``{"type": "message", "content": "…", "attachments": [7]}``
+                                                          a new message (with the images
+                                                          uploaded for it), then the reply (in
+                                                          a room, only when it starts with a
                                                           persona's @tag)
   ``{"type": "typing"}``                                  in a room: I am typing
   ``{"type": "stop"}``                                    cut the reply short
@@ -36,7 +38,11 @@ Server → client (to every socket on the conversation unless noted):
                          for the local model (sent again as it moves up)
   ``delta``              ``{"message_id", "offset", "text"}``; offset counts characters
   ``snapshot``           ``{"message_id", "text", "offset", "model"}`` (only to the asker)
-  ``done``               ``{"message": {...}}`` content, rendered html, usage, finish_reason
+  ``tool.call``          ``{"message_id", "call": {"call_id", "name", "arguments", "round"}}``
+                         the reply calls a tool (it runs on the server)
+  ``tool.result``        ``{"message_id", "call": {..., "result", "is_error", "duration_ms"}}``
+  ``done``               ``{"message": {...}}`` content, rendered html, usage, finish_reason,
+                         tool_calls, json_valid / json_error (a reply asked for as JSON)
   ``error``              ``{"code", "message", "retryable", ...}``; for a request this socket
                          made that was refused before anything ran, only to this socket
   ``notice``             ``{"message"}`` only to the sender (a tag that names no persona)
@@ -60,7 +66,7 @@ from accounts.two_factor import two_factor_satisfied
 from core.db import db_async
 from core.errors import ServiceError, public_code, retryable
 
-from . import rooms, selectors, services
+from . import posting, selectors, services
 from .actors import Actor
 from .streaming import control_group, conversation_group, start_reply
 
@@ -139,9 +145,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         try:
-            post = await db_async(rooms.message_post)(
-                actor=self.actor, conversation_id=self.conversation_id, content=frame.get("content")
+            post = await posting.post_message(
+                actor=self.actor,
+                conversation_id=self.conversation_id,
+                content=frame.get("content"),
+                attachments=frame.get("attachments"),
+                detached=True,
             )
+        except posting.MessageFlagged as flagged:  # kept, flagged: every tab shows it
+            await self.broadcast({"type": "message", "message": flagged.saved})
+            await self.send_error(flagged.code, flagged.message)
+            return
         except ServiceError as error:
             await self.send_error(error.code, error.message, retry_after=error.retry_after)
             return

@@ -1,14 +1,21 @@
 """The conversation page's forms: settings and rename."""
 
+import json
 from typing import Any, cast
 
 from django import forms
 from django.db.models import QuerySet
+from django.utils.text import format_lazy
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from .models import Persona
+from accounts.models import Project
+from core.errors import ServiceError
+from providers import selectors as provider_selectors
+
+from .models import Conversation, Persona
 from .personas import SAMPLING_PRESETS, sampling_preset_of
+from .structured import EXAMPLE, check_json_schema
 
 
 class StopSequencesField(forms.CharField):
@@ -22,6 +29,109 @@ class StopSequencesField(forms.CharField):
 
     def prepare_value(self, value: Any) -> Any:
         return "\n".join(value) if isinstance(value, list) else value
+
+
+class JsonSchemaField(forms.CharField):
+    """OpenAI's json_schema object (name, schema, strict), typed as JSON; shown pretty-printed.
+    ``chat.structured.check_json_schema`` checks it, and names what is wrong."""
+
+    widget = forms.Textarea(attrs={"rows": 8, "spellcheck": "false"})
+
+    def to_python(self, value: Any) -> dict[str, Any] | None:  # type: ignore[override]
+        if isinstance(value, dict):  # a disabled field gives its initial value back
+            return value
+        try:
+            return check_json_schema(super().to_python(value))
+        except ServiceError as error:
+            raise forms.ValidationError(error.message, code="invalid_json_schema") from None
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return json.dumps(value, indent=2, ensure_ascii=False)
+        return value
+
+
+# Formatted when shown, so said in the page's language (the example stays as it is).
+JSON_SCHEMA_HELP = format_lazy(
+    _(
+        "Replies must be JSON matching this schema (it takes the place of JSON mode). OpenAI's "
+        "json_schema object, for example: {example}. Empty: none."
+    ),
+    example=EXAMPLE,
+)
+TOOLS_HELP = _("Tools the model may call while it answers; each call shows in the transcript.")
+
+
+def tool_choices(project: Project, chosen: list[str]) -> list[tuple[str, str]]:
+    """The project's tools as checkbox choices; one chosen before that the project no longer
+    offers (its server removed) stays listed, marked, so it can be unticked."""
+    from .tools.registry import tool_options
+
+    choices = [
+        (o.key, f"{o.label}: {o.description}" if o.description else o.label)
+        for o in tool_options(project)
+    ]
+    offered = {key for key, _label in choices}
+    for key in chosen:
+        if key not in offered:
+            choices.append((key, gettext("%(tool)s (no longer available)") % {"tool": key}))
+    return choices
+
+
+class AbilityFields(forms.Form):
+    """JSON mode, the JSON schema and tools, which only some models can use: disabled, with the
+    reason, when the model in use cannot (``disable_what_cannot``)."""
+
+    json_mode = forms.BooleanField(
+        required=False,
+        label=_("JSON mode"),
+        help_text=_("Answers are a JSON object; say so in the system prompt too."),
+    )
+    json_schema = JsonSchemaField(
+        required=False, label=_("JSON schema"), help_text=JSON_SCHEMA_HELP
+    )
+    tools = forms.MultipleChoiceField(
+        required=False,
+        choices=(),
+        widget=forms.CheckboxSelectMultiple,
+        label=_("Tools"),
+        help_text=TOOLS_HELP,
+    )
+    # Where a person picks another model, for the reasons a disabled field gives.
+    model_menu = _("in the model menu")
+
+    def set_tools(self, project: Project | None, chosen: list[str]) -> None:
+        """Offer the project's tools; without a project there is nothing to offer."""
+        if project is None:
+            del self.fields["tools"]
+            return
+        cast(forms.MultipleChoiceField, self.fields["tools"]).choices = tool_choices(
+            project, chosen
+        )
+
+    def disable_what_cannot(self, project: Project | None, model: str) -> None:
+        """Disable what ``model`` cannot take (nothing when it is unknown: the project's default
+        model, or one it no longer allows). Disabled fields are saved empty: the services
+        refuse a setting the model cannot use."""
+        abilities = provider_selectors.model_abilities(project, model) if project else None
+        if abilities is None:
+            return
+        where = str(self.model_menu)
+        if not abilities.json:
+            reason = gettext("%(model)s cannot answer in JSON: pick a model that can, %(where)s.")
+            self._disable("json_mode", False, reason % {"model": model, "where": where})
+            self._disable("json_schema", None, reason % {"model": model, "where": where})
+        if not abilities.tools and "tools" in self.fields:
+            reason = gettext("%(model)s cannot call tools: pick a model that can, %(where)s.")
+            self._disable("tools", [], reason % {"model": model, "where": where})
+
+    def _disable(self, name: str, empty: object, reason: str) -> None:
+        """Greyed out, with why; shown and saved empty, whatever was set before (a browser
+        sends nothing for a disabled field, and Django takes the initial value instead)."""
+        field = self.fields[name]
+        field.disabled = True
+        field.help_text = reason
+        self.initial[name] = empty
 
 
 class SamplingFields(forms.Form):
@@ -64,10 +174,11 @@ class SamplingFields(forms.Form):
     )
 
 
-class ConversationSettingsForm(SamplingFields):
+class ConversationSettingsForm(AbilityFields, SamplingFields):
     field_order = [
         "model", "system_prompt", "temperature", "top_p", "presence_penalty",
-        "frequency_penalty", "max_tokens", "stop", "seed", "json_mode", "history_limit",
+        "frequency_penalty", "max_tokens", "stop", "seed", "json_mode", "json_schema", "tools",
+        "history_limit",
     ]  # fmt: skip
 
     model = forms.ChoiceField(label=_("Model"), choices=())
@@ -82,11 +193,6 @@ class ConversationSettingsForm(SamplingFields):
         required=False,
         help_text=_("The same seed asks for the same answer; empty for none."),
     )
-    json_mode = forms.BooleanField(
-        required=False,
-        label=_("JSON mode"),
-        help_text=_("Answers are a JSON object; say so in the system prompt too."),
-    )
     history_limit = forms.IntegerField(
         required=False,
         min_value=1,
@@ -97,10 +203,26 @@ class ConversationSettingsForm(SamplingFields):
         ),
     )
 
-    def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        models: list[str],
+        project: Project | None = None,
+        conversation: Conversation | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``project`` offers its tools; ``conversation`` gives the current settings and the
+        model whose abilities decide what is disabled (the page and its POST both pass it)."""
+        if conversation is not None:
+            current = {"json_mode": conversation.json_mode, "tools": list(conversation.tools)}
+            current["json_schema"] = conversation.json_schema
+            kwargs["initial"] = {**current, **(kwargs.get("initial") or {})}
         super().__init__(*args, **kwargs)
         # The model field is the ChoiceField above; ``fields`` knows only that it is a Field.
         cast(forms.ChoiceField, self.fields["model"]).choices = [(m, m) for m in models]
+        self.set_tools(project, list(conversation.tools) if conversation is not None else [])
+        if conversation is not None:
+            self.disable_what_cannot(project, conversation.model)
 
 
 class RenameForm(forms.Form):
@@ -198,15 +320,17 @@ SAMPLING_CHOICES = [
 ]
 
 
-class PersonaForm(SamplingFields):
+class PersonaForm(AbilityFields, SamplingFields):
     """A persona, new or edited. Only types are checked here; ``chat.personas`` checks the
-    rest (tags, ranges, the model), and its refusals are shown on the field they name."""
+    rest (tags, ranges, the model, what the model can take), and its refusals are shown on
+    the field they name."""
 
     field_order = [
         "name", "tag", "avatar", "color", "description", "system_prompt", "model", "sampling",
         "temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens",
-        "json_mode", "enabled",
+        "json_mode", "json_schema", "tools", "enabled",
     ]  # fmt: skip
+    model_menu = _("above")
 
     name = forms.CharField(label=_("Name"), max_length=80)
     tag = forms.CharField(
@@ -256,12 +380,19 @@ class PersonaForm(SamplingFields):
     )
 
     def __init__(
-        self, *args: Any, models: list[str], persona: Persona | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        models: list[str],
+        persona: Persona | None = None,
+        project: Project | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``project`` (the persona's, when editing one) offers its tools."""
         if persona is not None:
             preset = sampling_preset_of(persona)
             initial = {n: getattr(persona, n) for n in self.base_fields if n != "sampling"}
             kwargs.setdefault("initial", {**initial, "sampling": preset.key if preset else ""})
+            project = project or persona.project
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["sampling"]).choices = sampling_choices()
         choices = [("", _("The project's default model")), *((m, m) for m in models)]
@@ -269,6 +400,11 @@ class PersonaForm(SamplingFields):
             gone = _("%(model)s (no longer available)") % {"model": persona.model}
             choices.append((persona.model, gone))
         cast(forms.ChoiceField, self.fields["model"]).choices = choices
+        self.set_tools(project, list(persona.tools) if persona is not None else [])
+        if persona is not None and persona.model:
+            # A persona on the project's default model takes what that model can when a chat
+            # starts (``services._take_persona``): nothing to disable here.
+            self.disable_what_cannot(project, persona.model)
 
     def changes(self, *, only_changed: bool) -> dict[str, Any]:
         """What to save: every field (a new persona) or those changed (an edit, so a model the

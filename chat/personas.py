@@ -21,9 +21,11 @@ from django.utils.translation import gettext_noop
 
 from accounts.models import Project
 from core.errors import ServiceError
+from providers import selectors as provider_selectors
 
 from .models import Persona
 from .services import check_model_allowed
+from .structured import check_json_schema
 
 TAG_MAX = 32
 # A tag is letters, digits, "_" and "-" in any script ("요약", "traduction", "py3").
@@ -341,6 +343,8 @@ EDITABLE = (
     "frequency_penalty",
     "max_tokens",
     "json_mode",
+    "json_schema",
+    "tools",
     "avatar",
     "color",
     "enabled",
@@ -354,7 +358,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _clean(changes: dict[str, Any]) -> dict[str, Any]:
+def _clean(project: Project, changes: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(changes) - set(EDITABLE) - {"sampling"})
     if unknown:
         raise ServiceError(
@@ -399,6 +403,12 @@ def _clean(changes: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ServiceError(_("%(field)s is true or false.") % {"field": field}, param=field)
             clean[field] = value
+        elif field == "json_schema":
+            clean[field] = check_json_schema(value)
+        elif field == "tools":
+            from .tools.registry import check_tools
+
+            clean[field] = check_tools(project=project, value=value) if value else []
         elif field == "max_tokens":
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
@@ -426,6 +436,29 @@ def _check_model(project: Project, model: str) -> None:
         check_model_allowed(project=project, model=model)
 
 
+def _check_abilities(project: Project, persona: Persona) -> None:
+    """A JSON schema or tools need a model that can use them, as a conversation's do. On the
+    project's default model nothing is refused: which model that is can change, and a chat
+    started with the persona takes only what its model can (``services._take_persona``)."""
+    if not persona.model:
+        return
+    abilities = provider_selectors.model_abilities(project, persona.model)
+    if abilities is None:  # a model the project dropped: _check_model refuses it when it is set
+        return
+    if persona.json_schema and not abilities.json:
+        raise ServiceError(
+            _("%(model)s cannot answer in JSON: pick a model that can.") % {"model": persona.model},
+            code="invalid_json_schema",
+            param="json_schema",
+        )
+    if persona.tools and not abilities.tools:
+        raise ServiceError(
+            _("%(model)s cannot call tools: pick a model that can.") % {"model": persona.model},
+            code="tools_not_supported",
+            param="tools",
+        )
+
+
 def _save(persona: Persona) -> Persona:
     try:
         with transaction.atomic():
@@ -440,21 +473,25 @@ def _save(persona: Persona) -> Persona:
 
 
 def persona_create(*, project: Project, changes: dict[str, Any]) -> Persona:
-    clean = _clean(changes)
+    clean = _clean(project, changes)
     if "name" not in clean or "tag" not in clean:
         raise ServiceError(
             "A persona needs a name and a tag.", param="name" if "name" not in clean else "tag"
         )
     _check_model(project, clean.get("model", ""))
-    return _save(Persona(project=project, **clean))
+    persona = Persona(project=project, **clean)
+    _check_abilities(project, persona)
+    return _save(persona)
 
 
 def persona_update(*, persona: Persona, changes: dict[str, Any]) -> Persona:
-    clean = _clean(changes)
+    clean = _clean(persona.project, changes)
     if "model" in clean:
         _check_model(persona.project, clean["model"])
     for field, value in clean.items():
         setattr(persona, field, value)
+    if {"model", "json_schema", "tools"} & set(clean):
+        _check_abilities(persona.project, persona)
     return _save(persona)
 
 

@@ -275,7 +275,11 @@ def room_post(*, actor: Actor, conversation_id: int, content: object) -> RoomPos
         notice = (
             f"No persona is called @{tag} in this project: sent as a plain message." if tag else ""
         )
-        return RoomPost(message=services.serialize_message(message), pending=None, notice=notice)
+        return RoomPost(
+            message=services.serialize_message(message, attachments=[]),
+            pending=None,
+            notice=notice,
+        )
     pending = services._begin_reply(
         conversation=conversation,
         actor=actor,
@@ -283,16 +287,28 @@ def room_post(*, actor: Actor, conversation_id: int, content: object) -> RoomPos
         added=True,
         persona=persona,
         asked=_mention_rest(content),
+        images=[],
     )
-    return RoomPost(message=services.serialize_message(message), pending=pending)
+    return RoomPost(message=services.serialize_message(message, attachments=[]), pending=pending)
 
 
 @transaction.atomic
-def message_post(*, actor: Actor, conversation_id: int, content: object) -> RoomPost:
+def message_post(
+    *, actor: Actor, conversation_id: int, content: object, attachments: object = None
+) -> RoomPost:
     """A message from the composer, wherever it was typed: in a room it is plain or calls a
-    persona; in a private conversation every message is answered."""
+    persona; in a private conversation every message is answered. ``attachments``: the ids of
+    images uploaded for it (private conversations only, for now)."""
     conversation = services._resolve(actor=actor, conversation_id=conversation_id)
     if conversation.is_room:
+        if attachments:
+            raise ServiceError(
+                _("Images can be sent in private chats, not in rooms yet."),
+                code="not_in_rooms",
+                param="attachments",
+            )
         return room_post(actor=actor, conversation_id=conversation_id, content=content)
-    pending = services.reply_start(actor=actor, conversation_id=conversation_id, content=content)
+    pending = services.reply_start(
+        actor=actor, conversation_id=conversation_id, content=content, attachments=attachments
+    )
     return RoomPost(message=pending.user_message or {}, pending=pending)

@@ -194,7 +194,11 @@ def message_window(
     older ones exist. Two queries however long the conversation is."""
     size = size or settings.CHAT_PAGE_SIZE
     # Rooms show each message's author and each reply's persona: joined, not one query each.
-    qs = conversation.messages.on_branch().select_related("author", "persona")
+    qs = (
+        conversation.messages.on_branch()
+        .select_related("author", "persona")
+        .prefetch_related("tool_calls", "attachments")  # a query each, for the whole page
+    )
     if before is not None:
         qs = qs.filter(pk__lt=before)
     newest_first = list(qs.order_by("-id")[: size + 1])
@@ -314,7 +318,9 @@ def history_for_prompt(conversation: Conversation, *, before: int | None) -> Que
     after the running summary (it is sent in their place), at most ``history_limit`` of them
     when the conversation keeps only its last N. ``before=None``: up to the latest."""
     qs = (
-        conversation.messages.on_branch().filter(role__in=["user", "assistant"]).exclude(content="")
+        conversation.messages.on_branch()
+        .filter(role__in=["user", "assistant"], flagged=False)  # moderation kept these out
+        .exclude(content="")
     )
     if before is not None:
         qs = qs.filter(pk__lt=before)

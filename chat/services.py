@@ -8,13 +8,15 @@ what was generated with its final state. The streaming in between lives in ``cha
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import IntegerField, Max, Sum
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -34,8 +36,12 @@ from providers.specs import spec_for
 
 from . import selectors, summaries
 from .actors import Actor
-from .models import Conversation, Folder, Message, Persona
+from .models import Attachment, Conversation, Folder, Message, Persona, ToolCall
 from .prompt import PromptTooLong, build_prompt
+
+if TYPE_CHECKING:
+    from .moderation import ModerationConfig
+    from .tools.registry import Toolset
 
 TITLE_MAX_CHARS = 80
 
@@ -63,6 +69,12 @@ class PendingReply:
     caller: dict[str, Any] | None = None  # {"id", "name"} of the person who asked (and pays)
     # Which version of its turn the reply is, when it is not the only one (a regenerate).
     versions: dict[str, Any] | None = None
+    # The tools the reply may call (None: none); each round of calls is a new metered call.
+    toolset: Toolset | None = None
+    # The reply cap the conversation asked for (None: the model's limit), for later rounds.
+    asked: int | None = None
+    # The project checks replies before they are shown: the reply is held back until then.
+    moderation: ModerationConfig | None = None
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -191,6 +203,8 @@ def _take_persona(
         None if persona.max_tokens is None else max(1, min(persona.max_tokens, longest))
     )
     conversation.json_mode = persona.json_mode and connection_model.supports_json
+    conversation.json_schema = persona.json_schema if connection_model.supports_json else None
+    conversation.tools = list(persona.tools) if connection_model.supports_tools else []
 
 
 @transaction.atomic
@@ -215,6 +229,8 @@ SAMPLING_FIELDS = (
     "stop",
     "seed",
     "json_mode",
+    "json_schema",
+    "tools",
 )
 _RANGES = {
     "temperature": (0.0, 2.0),
@@ -225,9 +241,12 @@ _RANGES = {
 MAX_STOP_SEQUENCES = 4
 
 
-def check_sampling(*, connection_model: ConnectionModel, **values: Any) -> dict[str, Any]:
+def check_sampling(
+    *, connection_model: ConnectionModel, project: Project | None = None, **values: Any
+) -> dict[str, Any]:
     """The sampling settings as they will be stored and sent, or a refusal naming the one
-    that is out of range (the same ranges OpenAI documents)."""
+    that is out of range (the same ranges OpenAI documents) or that the model cannot honour.
+    ``project``: whose tools ``tools`` names (needed when it names any)."""
     checked: dict[str, Any] = {}
     for name, (low, high) in _RANGES.items():
         value = values.get(name)
@@ -266,6 +285,42 @@ def check_sampling(*, connection_model: ConnectionModel, **values: Any) -> dict[
             param="json_mode",
         )
     checked["json_mode"] = json_mode
+    checked.update(check_abilities(connection_model=connection_model, project=project, **values))
+    return checked
+
+
+def check_abilities(
+    *, connection_model: ConnectionModel, project: Project | None, **values: Any
+) -> dict[str, Any]:
+    """``json_schema`` and ``tools`` as they will be stored, when the model can use them."""
+    from .structured import check_json_schema
+    from .tools.registry import check_tools
+
+    checked: dict[str, Any] = {}
+    if "json_schema" in values:
+        schema = check_json_schema(values["json_schema"])
+        if schema is not None and not connection_model.supports_json:
+            raise ServiceError(
+                _("%(model)s cannot answer in JSON: pick a model that can.")
+                % {"model": connection_model.name},
+                code="invalid_json_schema",
+                param="json_schema",
+            )
+        checked["json_schema"] = schema
+    if "tools" in values:
+        tools: list[str] = []
+        if values["tools"]:
+            if project is None:
+                raise TypeError("tools are checked against a project")
+            tools = check_tools(project=project, value=values["tools"])
+        if tools and not connection_model.supports_tools:
+            raise ServiceError(
+                _("%(model)s cannot call tools: pick a model that can.")
+                % {"model": connection_model.name},
+                code="tools_not_supported",
+                param="tools",
+            )
+        checked["tools"] = tools
     return checked
 
 
@@ -288,7 +343,9 @@ def conversation_update_settings(
             _("The model %(model)r is not available in this project.") % {"model": model},
             code="model_not_found",
         )
-    checked = check_sampling(connection_model=connection_model, **sampling)
+    checked = check_sampling(
+        connection_model=connection_model, project=conversation.project, **sampling
+    )
     conversation.model = model
     conversation.system_prompt = storable(system_prompt)
     for name, value in checked.items():
@@ -507,13 +564,34 @@ def _check_not_room(conversation: Conversation) -> None:
         )
 
 
+def serialize_tool_call(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.pk,
+        "round": call.round,
+        "call_id": call.call_id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "result": call.result,
+        "is_error": call.is_error,
+        "duration_ms": call.duration_ms,
+    }
+
+
 def serialize_message(
-    message: Message, *, versions: selectors.Versions | None = None
+    message: Message,
+    *,
+    versions: selectors.Versions | None = None,
+    attachments: list[Attachment] | None = None,
 ) -> dict[str, Any]:
     """A message as the socket sends it; ``versions`` when it is one of several versions of its
-    turn (the page then shows "2/3" with arrows)."""
-    from .markdown import render_markdown
+    turn (the page then shows "2/3" with arrows). A user message's images (``attachments``,
+    looked up when not given) and a reply's tool calls come with it."""
+    from .attachments import serialize_attachment
+    from .markdown import render_reply_html
 
+    if attachments is None:
+        attachments = list(message.attachments.all()) if message.role == Message.Role.USER else []
+    tool_calls = list(message.tool_calls.all()) if message.tool_rounds else []
     return {
         "id": message.pk,
         "parent": message.parent_id,
@@ -526,7 +604,11 @@ def serialize_message(
         else {"id": message.author_id, "name": selectors.speaker_name(message.author)},
         "persona": None if message.persona is None else persona_card(message.persona),
         "created_at": message.created_at.isoformat() if message.created_at else None,
-        "html": render_markdown(message.content) if message.role == "assistant" else None,
+        "html": render_reply_html(
+            message.content, json_valid=message.json_valid, json_error=message.json_error
+        )
+        if message.role == "assistant"
+        else None,
         "state": message.state,
         "model": message.model,
         "error_code": message.error_code,
@@ -536,6 +618,12 @@ def serialize_message(
         "finish_reason": message.finish_reason,
         "omitted_messages": message.omitted_messages,
         "usage_estimated": message.usage_estimated,
+        "json_valid": message.json_valid,
+        "json_error": message.json_error,
+        "flagged": message.flagged,
+        "tool_rounds": message.tool_rounds,
+        "tool_calls": [serialize_tool_call(call) for call in tool_calls],
+        "attachments": [serialize_attachment(a) for a in attachments],
         # Strings: JSON has no Decimal, and a float would not be the ledger's amount.
         "cost": decimal_text(getattr(message, "cost", None)),
         "conversation_cost": decimal_text(getattr(message, "conversation_cost", None)),
@@ -563,7 +651,15 @@ class Voice:
     stop: list[str] | None
     seed: int | None
     json_mode: bool
+    json_schema: dict[str, Any] | None = None
+    tools: tuple[str, ...] = ()
     persona: Persona | None = None
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        from .structured import response_format_for
+
+        return response_format_for(json_mode=self.json_mode, json_schema=self.json_schema)
 
     @classmethod
     def of(cls, conversation: Conversation, persona: Persona | None = None) -> Voice:
@@ -583,6 +679,8 @@ class Voice:
             stop=conversation.stop or None if persona is None else None,
             seed=conversation.seed if persona is None else None,
             json_mode=source.json_mode,
+            json_schema=source.json_schema,
+            tools=tuple(source.tools or ()),
             persona=persona,
         )
 
@@ -604,27 +702,63 @@ def _begin_reply(
     persona: Persona | None = None,
     asked: str | None = None,
     user_versions: selectors.Versions | None = None,
+    images: list[Attachment] | None = None,
 ) -> PendingReply:
     """``asked``: the text the model answers, when it differs from the stored message (a room
     message without the @tag that called the persona). The reply follows ``user_message`` on
-    the current branch; ``user_versions``, when that message is a new version of its turn."""
+    the current branch; ``user_versions``, when that message is a new version of its turn.
+    ``images``: the message's attachments (None: look them up, as a regenerate does)."""
+    from .attachments import image_parts
+
     voice = Voice.of(conversation, persona)
     model = voice.model
     room = conversation.is_room
-    spec = spec_for(project=conversation.project, model=model)
+    project = conversation.project
+    spec = spec_for(project=project, model=model)
+    abilities = provider_selectors.model_abilities(project, model)
+    vision = abilities is not None and abilities.vision
+    if images is None:
+        images = list(user_message.attachments.all())
+    if images and not vision:
+        raise ServiceError(
+            _("%(model)s cannot read images: pick a model that can, or send the text alone.")
+            % {"model": model},
+            code="model_lacks_vision",
+            param="attachments",
+        )
+    toolset = None
+    if voice.tools and abilities is not None and abilities.tools:
+        from .tools.registry import toolset_for
+
+        toolset = toolset_for(project=project, keys=list(voice.tools))
     # History is trimmed to leave the reply this much room: its cap if the conversation sets
     # one, else a modest default (the reply may still use all the context that is left).
     reply_room = voice.max_tokens or settings.CHAT_DEFAULT_REPLY_TOKENS
     history = selectors.history_for_prompt(conversation, before=user_message.pk)
+    if vision:  # earlier images go with their messages: a question may be about one
+        history = history.prefetch_related("attachments")
+
+    def content_of(message: Message, text: str) -> str | list[dict[str, Any]]:
+        attached = list(message.attachments.all()) if vision else []
+        if not attached:
+            return text
+        return [{"type": "text", "text": text}, *image_parts(attached)]
+
+    latest_text = _said(user_message, room=room, content=asked)
     try:
         prompt = build_prompt(
             system_prompt=voice.system_prompt,
             latest={
                 "role": "user",
-                "content": _said(user_message, room=room, content=asked),
+                "content": (
+                    [{"type": "text", "text": latest_text}, *image_parts(images)]
+                    if images
+                    else latest_text
+                ),
             },
             history_newest_first=(
-                (m.role, _said(m, room=room)) for m in history.iterator(chunk_size=100)
+                (m.role, content_of(m, _said(m, room=room)))
+                for m in history.iterator(chunk_size=100)
             ),
             history_count=history.count(),
             context_window=spec.context_window,
@@ -651,7 +785,7 @@ def _begin_reply(
     # keeps the text it typed.
     call = metering.metered_reserve(
         context=CallContext(
-            organization_id=conversation.project.organization_id,
+            organization_id=project.organization_id,
             project_id=conversation.project_id,
             user_id=actor.user_id,
             model=model,
@@ -669,7 +803,8 @@ def _begin_reply(
             frequency_penalty=voice.frequency_penalty,
             stop=voice.stop,
             seed=voice.seed,
-            response_format={"type": "json_object"} if voice.json_mode else None,
+            response_format=voice.response_format,
+            tools=toolset.openai_tools() if toolset is not None else None,
             user=actor.tag,
         ),
         spec=spec,
@@ -700,7 +835,9 @@ def _begin_reply(
         project_id=conversation.project_id,
         user_id=actor.user_id,
         assistant_message_id=assistant.pk,
-        user_message=serialize_message(user_message, versions=user_versions) if added else None,
+        user_message=serialize_message(user_message, versions=user_versions, attachments=images)
+        if added
+        else None,
         call=call,
         omitted=prompt.omitted,
         truncate_from=truncate_from,
@@ -709,7 +846,22 @@ def _begin_reply(
         if actor.user is None
         else {"id": actor.user.pk, "name": selectors.speaker_name(actor.user)},
         versions=None if versions is None else versions.as_dict(),
+        toolset=toolset,
+        asked=voice.max_tokens,
+        moderation=_reply_moderation(conversation.project_id),
     )
+
+
+def replies_held(project: Project) -> bool:
+    """Whether the project checks replies before they are shown (they stream unseen)."""
+    return _reply_moderation(project.pk) is not None
+
+
+def _reply_moderation(project_id: int) -> ModerationConfig | None:
+    from .moderation import config_for
+
+    config = config_for(project_id)
+    return config if config.enabled and config.check_replies else None
 
 
 def branch_leaf(conversation: Conversation) -> Message | None:
@@ -736,12 +888,24 @@ def _leave_branch(conversation: Conversation, *, replaced: Message) -> None:
 
 
 @transaction.atomic
-def reply_start(*, actor: Actor, conversation_id: int, content: object) -> PendingReply:
-    """A new user message and the assistant reply to it."""
-    content = check_content(content)
+def reply_start(
+    *, actor: Actor, conversation_id: int, content: object, attachments: object = None
+) -> PendingReply:
+    """A new user message, with the images uploaded for it (``attachments``: their ids), and
+    the assistant reply to it."""
+    from .attachments import attachments_claim, attachments_link
+
+    # An image may go alone: the text is then empty.
+    images_only = bool(attachments) and (content == "" or content is None)
+    content = "" if images_only else check_content(content)
     conversation = _resolve(actor=actor, conversation_id=conversation_id)
     _check_not_room(conversation)  # a room answers only @tags: rooms.room_post
     _check_not_busy(conversation)
+    images = (
+        attachments_claim(actor=actor, conversation=conversation, ids=attachments)
+        if attachments
+        else []
+    )
     user_message = Message.objects.create(
         conversation=conversation,
         parent=branch_leaf(conversation),
@@ -749,8 +913,14 @@ def reply_start(*, actor: Actor, conversation_id: int, content: object) -> Pendi
         content=content,
         author=actor.user,
     )
+    if images:
+        attachments_link(attachments=images, message=user_message)
     return _begin_reply(
-        conversation=conversation, actor=actor, user_message=user_message, added=True
+        conversation=conversation,
+        actor=actor,
+        user_message=user_message,
+        added=True,
+        images=images,
     )
 
 
@@ -820,6 +990,7 @@ def reply_edit(
         added=True,
         truncate_from=original.pk,
         user_versions=selectors.versions_of([version]).get(version.pk),
+        images=[],  # an edit is text: the images stay with the version they came with
     )
 
 
@@ -891,6 +1062,68 @@ def message_select(*, actor: Actor, conversation_id: int, message_id: object) ->
     return BranchChange(message_id=chosen.pk, changed_from=changed_from)
 
 
+@dataclass(frozen=True)
+class ToolRun:
+    """One tool call of a round, as it ran."""
+
+    call_id: str
+    name: str
+    arguments: str
+    result: str
+    is_error: bool
+    duration_ms: int
+
+
+def reply_round_settle(*, pending: PendingReply, call: MeteredCall, outcome: Outcome) -> None:
+    """A round that asked for tools is over: its call is charged now (the tools may take a
+    while, and the process may die meanwhile), its row tied to the reply."""
+    metering.settle(
+        call=call, outcome=outcome, latency_ms=None, message_id=pending.assistant_message_id
+    )
+
+
+@transaction.atomic
+def reply_tools_record(
+    *, pending: PendingReply, round_number: int, runs: list[ToolRun], content: str
+) -> list[ToolCall]:
+    """Keep a round's tool calls with their results, and the reply's text so far."""
+    message_id = pending.assistant_message_id
+    Message.objects.filter(pk=message_id, state=Message.State.STREAMING).update(
+        content=storable(content), tool_rounds=round_number, updated_at=timezone.now()
+    )
+    return ToolCall.objects.bulk_create(
+        ToolCall(
+            message_id=message_id,
+            round=round_number,
+            call_id=run.call_id[:100],
+            name=run.name[:128],
+            arguments=storable(run.arguments),
+            result=storable(run.result),
+            is_error=run.is_error,
+            duration_ms=run.duration_ms,
+        )
+        for run in runs
+    )
+
+
+@transaction.atomic
+def reply_next_round(
+    *, pending: PendingReply, messages: list[dict[str, Any]], previous: MeteredCall
+) -> MeteredCall:
+    """The next upstream call of a reply that called tools: the history with the calls and
+    their results, reserved and capped like the first (a budget may refuse it)."""
+    request = replace(previous.request, messages=messages, max_tokens=None)
+    request = replace(request, max_completion_tokens=None)
+    call = metering.metered_reserve(
+        context=previous.context, request=request, spec=previous.spec, asked=pending.asked
+    )
+    # A process that dies now leaves this call for the sweep to settle, by this id.
+    Message.objects.filter(pk=pending.assistant_message_id).update(
+        request_id=call.reservation.request_id, updated_at=timezone.now()
+    )
+    return call
+
+
 def reply_flush(*, message_id: int, content: str) -> None:
     """Save the text so far of a reply still streaming (a reload shows it; a crash keeps it)."""
     Message.objects.filter(pk=message_id, state=Message.State.STREAMING).update(
@@ -909,10 +1142,15 @@ def reply_finish(
     error_message: str = "",
     latency_ms: int | None = None,
     first_token_ms: int | None = None,
+    call: MeteredCall | None = None,
 ) -> Message | None:
-    """Save the reply as it ended and settle its call, in one transaction: the ledger row and
-    the saved reply never disagree. Returns None when the conversation was deleted meanwhile.
-    Text a database cannot store is replaced, never dropped (``core.text``)."""
+    """Save the reply as it ended and settle its (last) call, in one transaction: the ledger
+    row and the saved reply never disagree. Returns None when the conversation was deleted
+    meanwhile. Text a database cannot store is replaced, never dropped (``core.text``).
+    ``call``: the reply's last upstream call, when tool rounds made more than one."""
+    from .structured import check_reply
+
+    call = call or pending.call
     message = (
         Message.objects.select_for_update()
         .select_related("conversation")
@@ -921,7 +1159,7 @@ def reply_finish(
     )
     outcome.status = LEDGER_STATUS[state]
     record = metering.settle(
-        call=pending.call,
+        call=call,
         outcome=outcome,
         latency_ms=latency_ms,
         message_id=message.pk if message else None,
@@ -938,6 +1176,20 @@ def reply_finish(
     message.completion_tokens = record.completion_tokens
     message.cached_tokens = record.cached_tokens
     message.usage_estimated = record.estimated
+    if message.tool_rounds:  # every round's call: the reply's tokens are their sum
+        totals = UsageRecord.objects.filter(message_id=message.pk).aggregate(
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
+            estimated=Max(Cast("estimated", IntegerField())),
+        )
+        message.prompt_tokens = totals["prompt"] or 0
+        message.completion_tokens = totals["completion"] or 0
+        message.cached_tokens = totals["cached"] or 0
+        message.usage_estimated = bool(totals["estimated"])
+    response_format = pending.call.request.response_format
+    if response_format and (content or state == Message.State.COMPLETE):
+        message.json_valid, message.json_error = check_reply(content, response_format)
     message.latency_ms = latency_ms
     message.first_token_ms = first_token_ms
     message.save()

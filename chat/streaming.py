@@ -22,18 +22,28 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from billing import metering
 from core.db import db_async
 from core.detached import run_detached
 from core.errors import ServiceError, retryable
-from providers.llm.base import ProviderError, TextDelta, Waiting
+from providers.llm.base import ProviderError, TextDelta, ToolCallDelta, Waiting
 from providers.pool import leased_provider
 
-from . import services
-from .models import Message
+from . import moderation, services
+from .models import Message, ModerationFlag, ToolCall
+from .tools.base import ToolContext
 
 logger = logging.getLogger(__name__)
+
+
+class ToolLoopBound(Exception):
+    """The reply reached the bound on tool rounds or their time; ``note`` says which."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
 
 
 def conversation_group(*, project_id: int, conversation_id: int) -> str:
@@ -111,6 +121,11 @@ class ReplyRunner:
         self.flush_task: asyncio.Task | None = None
         self.outcome = metering.Outcome()
         self.first_token_ms: int | None = None
+        # The call being made: the first, then each tool round's (see ``stream``).
+        self.call = pending.call
+        self.started = time.monotonic()
+        self.separate = False
+        self.round_text_from = 0
 
     @property
     def message_id(self) -> int:
@@ -141,7 +156,7 @@ class ReplyRunner:
                 "omitted_messages": self.pending.omitted,
             }
         )
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         state = Message.State.ERROR
         failure: ServiceError | None = None
         try:
@@ -150,6 +165,10 @@ class ReplyRunner:
                 self.stream_task.cancel()
             await self.stream_task
             state = Message.State.COMPLETE
+            if self.pending.moderation is not None:
+                failure = await self.screen_reply(self.pending.moderation)
+                if failure is not None:
+                    state = Message.State.ERROR
         except asyncio.CancelledError:
             if not self.stop_requested:  # the server is shutting down: keep what we have
                 state, failure = Message.State.INCOMPLETE, ServiceError(code="interrupted")
@@ -158,6 +177,11 @@ class ReplyRunner:
             self.outcome.finish_reason = "stop_requested"
         except ProviderError as exc:  # every upstream failure, whatever it sent (metering)
             failure = metering.upstream_failure(exc, partial=bool(self.length))
+        except ToolLoopBound as bound:  # the reply is what the rounds wrote, with a note
+            state = Message.State.INCOMPLETE
+            failure = ServiceError(bound.note, code="tool_limit")
+        except ServiceError as refusal:  # a later round refused (a budget): what came stays
+            failure = refusal
         except Exception:  # never leave a reply streaming because of a bug of ours
             logger.exception("reply %s failed", self.message_id)
             failure = ServiceError(code="internal_error")
@@ -172,14 +196,39 @@ class ReplyRunner:
             await self.layer.group_discard(self.control_group, control)
 
     async def stream(self, started: float) -> None:
+        """The reply's upstream calls: one, and one more after each round of tool calls (each
+        reserved, capped and settled on its own: one ledger row per call), within the bounds
+        of CHAT_TOOL_MAX_ROUNDS and CHAT_TOOL_LOOP_SECONDS."""
+        round_number = 0
+        try:
+            while True:
+                calls = await self.stream_round()
+                if not calls:
+                    return
+                round_number += 1
+                await self.run_tools(calls, round_number=round_number, started=started)
+        finally:
+            if self.pending.toolset is not None:
+                await self.pending.toolset.aclose()
+
+    async def stream_round(self) -> list[dict[str, str]]:
+        """One upstream call, its text broadcast as it comes; the tool calls it asked for."""
         last_flush = time.monotonic()
-        async with leased_provider(self.pending.call.spec) as provider:
-            events = metering.stream_capped(self.pending.call, provider, self.outcome)
+        calls: dict[int, dict[str, str]] = {}
+        self.separate = bool(self.length)  # a later round's text starts a new paragraph
+        async with leased_provider(self.call.spec) as provider:
+            events = metering.stream_capped(self.call, provider, self.outcome)
             # aclosing: a cancelled or failed reply closes the stream at once, which is what
             # frees the local model for the next request (a dropped generator would not).
             async with contextlib.aclosing(events) as stream:
                 async for item in stream:
-                    await self.handle(item, started)
+                    if isinstance(item, ToolCallDelta):
+                        call = calls.setdefault(item.index, {"id": "", "name": "", "arguments": ""})
+                        call["id"] = item.id or call["id"]
+                        call["name"] = item.name or call["name"]
+                        call["arguments"] += item.arguments
+                        continue
+                    await self.handle(item, self.started)
                     if isinstance(item, TextDelta) and (
                         time.monotonic() - last_flush >= settings.CHAT_FLUSH_INTERVAL
                     ):
@@ -187,6 +236,120 @@ class ReplyRunner:
                         await db_async(services.reply_flush)(
                             message_id=self.message_id, content="".join(self.text)
                         )
+        if self.outcome.finish_reason == "length" or self.pending.toolset is None:
+            return []  # a call cut off mid-arguments is not one to run
+        return [calls[index] for index in sorted(calls) if calls[index]["name"]]
+
+    async def run_tools(
+        self, calls: list[dict[str, str]], *, round_number: int, started: float
+    ) -> None:
+        """Settle the round, run its calls (each shown as it starts and ends), keep them, and
+        reserve the next round with their results; or stop at the loop's bounds."""
+        await asyncio.shield(
+            db_async(services.reply_round_settle)(
+                pending=self.pending, call=self.call, outcome=self.outcome
+            )
+        )
+        over_time = time.monotonic() - started >= settings.CHAT_TOOL_LOOP_SECONDS
+        if round_number > settings.CHAT_TOOL_MAX_ROUNDS or over_time:
+            note = (
+                _("Stopped after %(rounds)s rounds of tool calls (the limit).")
+                % {"rounds": settings.CHAT_TOOL_MAX_ROUNDS}
+                if not over_time
+                else _("Stopped: the tool calls took longer than %(seconds)s s in all.")
+                % {"seconds": f"{settings.CHAT_TOOL_LOOP_SECONDS:g}"}
+            )
+            runs = [
+                services.ToolRun(
+                    call_id=call["id"],
+                    name=call["name"],
+                    arguments=call["arguments"],
+                    result=str(_("Not run: %(note)s") % {"note": note}),
+                    is_error=True,
+                    duration_ms=0,
+                )
+                for call in calls
+            ]
+            await self.keep_round(runs, round_number)
+            raise ToolLoopBound(note)
+        toolset = self.pending.toolset
+        if toolset is None:  # stream_round asks for no call without tools
+            raise RuntimeError("tool calls without a toolset")
+        context = ToolContext(
+            project_id=self.pending.project_id,
+            user_id=self.pending.user_id,
+            api_key_id=self.call.context.api_key_id,
+            conversation_id=self.pending.conversation_id,
+        )
+
+        async def run(call: dict[str, str]) -> services.ToolRun:
+            await self.broadcast(
+                {
+                    "type": "tool.call",
+                    "message_id": self.message_id,
+                    "call": {
+                        "call_id": call["id"],
+                        "name": call["name"],
+                        "arguments": call["arguments"],
+                        "round": round_number,
+                    },
+                }
+            )
+            begun = time.monotonic()
+            result = await toolset.run(
+                name=call["name"], arguments=call["arguments"], context=context
+            )
+            return services.ToolRun(
+                call_id=call["id"],
+                name=call["name"],
+                arguments=call["arguments"],
+                result=result.content,
+                is_error=result.is_error,
+                duration_ms=int((time.monotonic() - begun) * 1000),
+            )
+
+        runs = list(await asyncio.gather(*(run(call) for call in calls)))
+        saved = await self.keep_round(runs, round_number)
+        for call in saved:
+            await self.broadcast(
+                {
+                    "type": "tool.result",
+                    "message_id": self.message_id,
+                    "call": services.serialize_tool_call(call),
+                }
+            )
+        text = "".join(self.text[self.round_text_from :])
+        self.round_text_from = len(self.text)
+        messages = [
+            *self.call.request.messages,
+            {
+                "role": "assistant",
+                "content": text or None,
+                "tool_calls": [
+                    {
+                        "id": run.call_id,
+                        "type": "function",
+                        "function": {"name": run.name, "arguments": run.arguments},
+                    }
+                    for run in runs
+                ],
+            },
+            *({"role": "tool", "tool_call_id": run.call_id, "content": run.result} for run in runs),
+        ]
+        self.call = await db_async(services.reply_next_round)(
+            pending=self.pending, messages=messages, previous=self.call
+        )
+        self.outcome = metering.Outcome()
+
+    async def keep_round(self, runs: list[services.ToolRun], round_number: int) -> list[ToolCall]:
+        return await asyncio.shield(
+            db_async(services.reply_tools_record)(
+                pending=self.pending,
+                round_number=round_number,
+                runs=runs,
+                content="".join(self.text),
+            )
+        )
 
     async def handle(self, item: object, started: float) -> None:
         if isinstance(item, Waiting):
@@ -196,9 +359,12 @@ class ReplyRunner:
         elif isinstance(item, TextDelta):
             if not self.length:
                 self.first_token_ms = int((time.monotonic() - started) * 1000)
-            self.text.append(item.text)
-            self.unsent.append(item.text)
-            self.length += len(item.text)
+            text = item.text
+            if self.separate and text:
+                text, self.separate = "\n\n" + text, False
+            self.text.append(text)
+            self.unsent.append(text)
+            self.length += len(text)
             await self.send_delta()
 
     async def send_delta(self, *, force: bool = False) -> None:
@@ -208,8 +374,8 @@ class ReplyRunner:
         and on a 2-core machine that is CPU the local model is waiting for. Tokens that come
         closer together than the interval go out together; a timer sends what is left.
         """
-        if not self.unsent:
-            return
+        if not self.unsent or self.pending.moderation is not None:
+            return  # a reply checked before it is shown goes out whole, with ``done``
         now = time.monotonic()
         wait = settings.CHAT_DELTA_INTERVAL - (now - self.last_sent)
         if wait > 0 and not force:
@@ -248,7 +414,8 @@ class ReplyRunner:
                 if self.stream_task is not None:
                     self.stream_task.cancel()
             elif kind == "chat.sync":
-                text = "".join(self.text)
+                # Held back until checked: a newcomer gets no more than the others have.
+                text = "" if self.pending.moderation is not None else "".join(self.text)
                 await self.layer.send(
                     message["reply_to"],
                     event(
@@ -261,6 +428,50 @@ class ReplyRunner:
                         }
                     ),
                 )
+
+    async def screen_reply(self, config: moderation.ModerationConfig) -> ServiceError | None:
+        """Check the finished reply (a metered call like any other); flagged, or not checkable,
+        it is withheld: its text is not saved or shown (the flag keeps its start, for the
+        project's managers), and it is billed as generated."""
+        text = "".join(self.text)
+        try:
+            verdict = await moderation.screen(
+                config=config,
+                context=self.call.context,
+                spec=self.call.spec,
+                text=text,
+                detached=True,
+            )
+        except ServiceError as error:  # the check failed, or a budget refused it
+            withheld = ServiceError(
+                _("The reply was withheld: it could not be checked.") + " " + error.message,
+                code=error.code,
+                retry_after=error.retry_after,
+            )
+        else:
+            if not verdict.flagged:
+                return None
+            context = self.call.context
+            await db_async(moderation.flag_record)(
+                project_id=self.pending.project_id,
+                source=ModerationFlag.Source.API
+                if context.api_key_id
+                else ModerationFlag.Source.CHAT,
+                target=ModerationFlag.Target.REPLY,
+                verdict=verdict,
+                text=text,
+                conversation_id=self.pending.conversation_id,
+                message_id=self.message_id,
+                user_id=context.user_id,
+                api_key_id=context.api_key_id,
+            )
+            withheld = ServiceError(
+                _("The reply was withheld: moderation flagged it for %(categories)s.")
+                % {"categories": ", ".join(verdict.categories)},
+                code="reply_flagged",
+            )
+        self.text, self.length = [], 0
+        return withheld
 
     async def finish(self, state: str, failure: ServiceError | None, latency_ms: int) -> None:
         """Save the reply and settle its call, then tell every tab: ``done``, or ``error``
@@ -277,6 +488,7 @@ class ReplyRunner:
                 error_message=failure.message if failure else "",
                 latency_ms=latency_ms,
                 first_token_ms=self.first_token_ms,
+                call=self.call,
             )
         except Exception:
             # The reply could not be saved as it ended: close it as the stale-stream sweep

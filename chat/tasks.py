@@ -106,3 +106,13 @@ def summarize_conversation(
         )
     except Exception:  # the task boundary: a reply's commit must never see a summary's bug
         logger.exception("summarizing conversation %s failed", conversation_id)
+
+
+@shared_task(ignore_result=True)
+def purge_unsent_attachments() -> int:
+    """Images uploaded for a message that was never sent, a day on: their files and rows go."""
+    from datetime import timedelta
+
+    from .attachments import attachments_purge_unsent
+
+    return attachments_purge_unsent(older_than=timedelta(days=1))

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -24,7 +25,7 @@ from .forms import (
     RenameForm,
     RoomForm,
 )
-from .markdown import render_markdown
+from .markdown import render_markdown, render_reply_html
 from .models import Conversation, Message, Persona
 
 
@@ -121,7 +122,9 @@ def conversation_detail(
     for message in window:
         message.versions = versions.get(message.pk)
         if message.role == "assistant":
-            message.html = render_markdown(message.content)
+            message.html = render_reply_html(
+                message.content, json_valid=message.json_valid, json_error=message.json_error
+            )
             message.cost = costs.get(message.pk)
     # A model the project no longer allows is not offered: the picker falls back to the first
     # allowed one and the page says why, so saving the settings never fails on the model.
@@ -139,12 +142,18 @@ def conversation_detail(
         model_options=model_options,
         settings_form=ConversationSettingsForm(
             models=models,
+            project=project,
+            conversation=conversation,
             initial={
                 name: getattr(conversation, name)
                 for name in ("model", "system_prompt", *services.SAMPLING_FIELDS, "history_limit")
             },
         ),
         socket_path=f"/ws/conversations/{conversation.pk}/",
+        vision=any(o.vision for o in model_options if o.name == conversation.model),
+        replies_held=services.replies_held(project),
+        max_images=settings.CHAT_IMAGE_MAX_COUNT,
+        max_image_bytes=settings.CHAT_IMAGE_MAX_BYTES,
         total_cost=selectors.conversation_cost(conversation),
         summary=_summary_marker(conversation, window),
     )
@@ -296,7 +305,12 @@ def conversation_settings(
     conversation = selectors.get_conversation_or_404(user=request.user, project=project, pk=pk)
     if refused := _only_the_maker(request, conversation):
         return refused
-    form = ConversationSettingsForm(request.POST, models=selectors.allowed_models(project))
+    form = ConversationSettingsForm(
+        request.POST,
+        models=selectors.allowed_models(project),
+        project=project,
+        conversation=conversation,
+    )
     if not form.is_valid():
         for field, errors in form.errors.items():
             problems = " ".join(str(error) for error in errors)
@@ -500,6 +514,7 @@ def _persona_form_page(
         request.POST if request.method == "POST" else None,
         models=selectors.allowed_models(project),
         persona=persona,
+        project=project,
     )
     if request.method == "POST" and form.is_valid():
         try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils.translation import gettext as _
 
 from accounts.models import Project
+from core.config_cache import cached
 
 from .llm.catalog import LOCAL_MODEL_NAME
 from .models import ConnectionModel, ProjectModel, ProviderConnection
@@ -104,6 +106,30 @@ def resolve_model(project: Project, name: str) -> ConnectionModel | None:
         if choice.name == name:
             return choice.model
     return None
+
+
+@dataclass(frozen=True)
+class Abilities:
+    """What a project's model can take besides text (its ConnectionModel's flags)."""
+
+    vision: bool
+    tools: bool
+    json: bool
+
+
+def model_abilities(project: Project, name: str) -> Abilities | None:
+    """``resolve_model``'s flags, kept in memory until a connection or model changes: every
+    reply asks, and most never need the rest of the row."""
+    return cached(("abilities", project.pk, name), partial(_abilities, project, name))
+
+
+def _abilities(project: Project, name: str) -> Abilities | None:
+    found = resolve_model(project, name)
+    if found is None:
+        return None
+    return Abilities(
+        vision=found.supports_vision, tools=found.supports_tools, json=found.supports_json
+    )
 
 
 def connections_using(connection: ProviderConnection) -> dict[str, list[str]]:

@@ -99,6 +99,29 @@ TENANT_ROUTES: dict[str, Callable] = {
     "budget_delete": lambda w: {**_org(w), "pk": w.budget.pk},
     "project_limits": _project,
     "api_key_limits": lambda w: {**_project(w), "pk": w.api_key.pk},
+    "tool_servers": _project,
+    "tool_server_new": _project,
+    "tool_server_edit": lambda w: {**_project(w), "server_id": w.tool_server.pk},
+    "tool_server_delete": lambda w: {**_project(w), "server_id": w.tool_server.pk},
+    "tool_server_refresh": lambda w: {**_project(w), "server_id": w.tool_server.pk},
+    "moderation_settings": _project,
+    "moderation_flags": _project,
+    "attachment_upload": lambda w: {**_project(w), "pk": w.conversation.pk},
+    "attachment_file": lambda w: {
+        **_project(w),
+        "pk": w.conversation.pk,
+        "attachment_id": w.attachment.pk,
+    },
+    "attachment_thumbnail": lambda w: {
+        **_project(w),
+        "pk": w.conversation.pk,
+        "attachment_id": w.attachment.pk,
+    },
+    "attachment_delete": lambda w: {
+        **_project(w),
+        "pk": w.conversation.pk,
+        "attachment_id": w.attachment.pk,
+    },
 }
 
 
@@ -146,12 +169,29 @@ API_ROUTES: dict[str, Callable] = {
     "api-budget": lambda w: {"organization_id": w.org_a.pk, "budget_id": w.budget.pk},
     "api-rate-limits": _api_project,
     "api-key-rate-limits": lambda w: {**_api_project(w), "key_id": w.api_key.pk},
+    "api-tools": _api_project,
+    "api-tool-servers": _api_project,
+    "api-tool-server": lambda w: {**_api_project(w), "server_id": w.tool_server.pk},
+    "api-tool-server-refresh": lambda w: {**_api_project(w), "server_id": w.tool_server.pk},
+    "api-moderation": _api_project,
+    "api-moderation-flags": _api_project,
+    "api-attachments": lambda w: {**_api_project(w), "conversation_id": w.conversation.pk},
+    "api-attachment": lambda w: {
+        **_api_project(w),
+        "conversation_id": w.conversation.pk,
+        "attachment_id": w.attachment.pk,
+    },
+    "api-attachment-file": lambda w: {
+        **_api_project(w),
+        "conversation_id": w.conversation.pk,
+        "attachment_id": w.attachment.pk,
+    },
 }
 
 # Conversations and folders belong to one person: other members of the same organization get
 # 404 too.
 PRIVATE_TO_OWNER = {
-    name for name in TENANT_ROUTES if name.startswith(("conversation_", "folder_"))
+    name for name in TENANT_ROUTES if name.startswith(("conversation_", "folder_", "attachment_"))
 } - {"conversation_new", "folder_create"}
 
 # WebSocket route name -> the kwargs that point at org A's objects.
@@ -222,11 +262,25 @@ def test_every_socket_route_with_arguments_is_covered():
     assert not missing, f"add these socket routes to TENANT_SOCKETS: {missing}"
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 @pytest.fixture
 def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
     from accounts.api_keys import api_key_create
     from accounts.models import Invitation, Membership, hash_token
     from billing.models import Budget, Statement
+    from chat.actors import Actor
+    from chat.attachments import attachment_create, attachments_link
     from chat.models import Conversation, Folder, Message, Persona
     from providers.models import ConnectionModel, ProviderConnection
 
@@ -247,6 +301,13 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
     w.reply = Message.objects.create(
         conversation=w.conversation, parent=w.message, role="assistant", content="hello"
     )
+    # An image sent with Alice's message (a real file: the owner's GETs read it).
+    w.attachment = attachment_create(
+        actor=Actor(user=alice),
+        conversation=w.conversation,
+        upload=SimpleUploadedFile("a.png", _png(), "image/png"),
+    )
+    attachments_link(attachments=[w.attachment], message=w.message)
     # Alice's own folder: Bob, in her organization, must not reach it either.
     w.folder = Folder.objects.create(project=project_a, owner=alice, name="Trips")
     # One of the personas every project starts with.
@@ -280,6 +341,12 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
         total_cost="12.5",
     )
     w.budget = Budget.objects.create(organization=org_a, scope="organization", limit_usd="10")
+    # An MCP server of project A (at a closed port: nothing answers there).
+    from chat.models import ToolServer
+
+    w.tool_server = ToolServer.objects.create(
+        project=project_a, name="A's tools", url=f"http://127.0.0.1:{closed_port}/mcp"
+    )
     return w
 
 

@@ -210,6 +210,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
         "django.request": DJANGO_REQUEST_LOGGER,
+        # At INFO these log every request's URL (an MCP server's may carry a secret) and the
+        # MCP sessions' ids: warnings and worse only.
+        "httpx2": {"level": "WARNING"},
+        "mcp": {"level": "WARNING"},
     },
 }
 
@@ -269,6 +273,8 @@ CHAT_IMAGE_MAX_PIXELS = env.int("CHAT_IMAGE_MAX_PIXELS", default=40_000_000)
 
 # Moderation (per project, off by default): the model asked of a connection's /v1/moderations.
 MODERATION_MODEL = env.str("MODERATION_MODEL", default="omni-moderation-latest")
+# How /v1 reaches the projects' moderation (the gateway does not import the chat app).
+GATEWAY_INPUT_MODERATION = "chat.moderation.gateway_moderation"
 
 # --- Billing ---------------------------------------------------------------------------------
 # How long money stays set aside for a call in flight before it is given back (a process that
@@ -293,6 +299,11 @@ CELERY_BEAT_SCHEDULE = {
     # Saved Idempotency-Key answers are replayed for 24 hours, then only take room.
     "purge-idempotency-records": {
         "task": "core.tasks.purge_idempotency_records",
+        "schedule": 3600.0,
+    },
+    # Images uploaded for a message never sent are kept a day (a draft survives a reload).
+    "purge-unsent-attachments": {
+        "task": "chat.tasks.purge_unsent_attachments",
         "schedule": 3600.0,
     },
 }

@@ -64,6 +64,8 @@ means after all of them, before the finish chunk.
 ``@cached<N>``      reports N of the prompt tokens as cached (``prompt_tokens_details``)
 ``@tool``           calls the first tool (see above); 400 if the request has no ``tools``
 ``@toolloop``       the same, and calls it again after every tool result
+``@json``           replies with the JSON object ``{"echo": <text of the last user message>}``
+                    (a model answering in JSON mode)
 ``@badjson<N>``     after N chunks, one event that is not JSON:
                     ``data: {"id": "<id>", "choices": [`` and a blank line, then the rest of
                     the stream as usual (N defaults to 0). Non-streaming: a 200
@@ -136,7 +138,7 @@ _LOREM = (
     "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua",
 )  # fmt: skip
 _MARKER = re.compile(
-    r"(429|quota|401|500|context|hang|nousage|toolloop|tool|html|text|surrogate|nul|ignorecap|badusage"
+    r"(429|quota|401|500|context|hang|nousage|toolloop|tool|json|html|text|surrogate|nul|ignorecap|badusage"
     r"|nochoices)"
     r"|(drop|slow|words|cached|cut|stall|overusage|errorevent)(\d+)"
     r"|(badjson)(\d*)"
@@ -147,6 +149,7 @@ _FLAGS = {
     "nousage": "no_usage",
     "tool": "tool_call",
     "toolloop": "tool_loop",
+    "json": "json_reply",
     "html": "html",
     "text": "text",
     "surrogate": "surrogate",
@@ -181,6 +184,7 @@ class Faults:
     cached: int = 0
     tool_call: bool = False
     tool_loop: bool = False
+    json_reply: bool = False
     bad_json_after: int | None = None
     html: bool = False
     text: bool = False
@@ -297,6 +301,8 @@ def reply_tokens(messages: list[dict[str, Any]], faults: Faults) -> list[str]:
     """The whole reply, one item per content chunk (before any ``max_tokens`` cut)."""
     if faults.words is not None:
         text = " ".join(_LOREM[i % len(_LOREM)] for i in range(faults.words))
+    elif faults.json_reply:
+        text = json.dumps({"echo": _last_user_text(messages)}, ensure_ascii=False)
     else:
         tool_text = _last_tool_text(messages)
         text = "Echo: " + (_last_user_text(messages) if tool_text is None else tool_text)

@@ -173,6 +173,8 @@
     typing: onTyping,
     presence: onPresence,
     removed: onRemoved,
+    "tool.call": onToolCall,
+    "tool.result": onToolResult,
   };
 
   function onTitle(event) {
@@ -202,6 +204,7 @@
   function onModel({ model }) {
     if (pending && pending.kind === "model") pending = null;
     modelShown = model;
+    showVision(model);
     if (modelSelect) {
       modelSelect.value = model;
       modelSelect.closest(".model-picker").removeAttribute("aria-busy");
@@ -221,6 +224,7 @@
         input.value = "";
         autosize();
       }
+      if (window.ChatAttachments) window.ChatAttachments.clear(); // sent with it
       pending = null;
     }
   }
@@ -321,6 +325,10 @@
     node.dataset.state = message.state;
     node.querySelector(".msg-body").textContent = message.content;
     if (message.versions) setVersions(node, message.versions);
+    if (message.attachments && message.attachments.length && window.ChatAttachments) {
+      window.ChatAttachments.render(node, message.attachments);
+    }
+    node.querySelector(".msg-flagged").hidden = !message.flagged;
     if (room && message.author) {
       const mine = message.author.id === me;
       node.classList.toggle("msg--mine", mine);
@@ -405,6 +413,7 @@
       addCopyButtons(body);
     }
     if (message.omitted_messages !== undefined) setOmitted(node, message.omitted_messages);
+    if (Array.isArray(message.tool_calls)) showToolCalls(node, message.tool_calls);
     const errorBox = node.querySelector(".msg-error");
     errorBox.querySelector(".msg-error-text").textContent = message.error_message || "";
     errorBox.hidden = !message.error_message;
@@ -415,6 +424,79 @@
       const roomTotal = document.getElementById("room-total"); // the room's People panel
       if (roomTotal) roomTotal.textContent = formatUsd(message.conversation_cost);
     }
+  }
+
+  // --- tool calls ----------------------------------------------------------------------------
+  // Each call a reply makes shows as it starts (name, arguments) and when its result is back;
+  // the reply's final version lists them all again, as saved.
+
+  function onToolCall({ message_id: id, call }) {
+    const node = assistantNode(id);
+    const item = toolItem(node, call.call_id);
+    item.querySelector(".tool-call-name").textContent = call.name;
+    item.querySelector(".tool-call-arguments").textContent = call.arguments;
+    node.querySelector(".msg-status").textContent = say("calling %(name)s…", { name: call.name });
+  }
+
+  function onToolResult({ message_id: id, call }) {
+    const node = assistantNode(id);
+    fillToolCall(toolItem(node, call.call_id), call);
+    if (node.dataset.state === "streaming") {
+      node.querySelector(".msg-status").textContent = STATE_LABELS.streaming;
+    }
+  }
+
+  function toolItem(node, callId) {
+    const box = node.querySelector(".msg-tools");
+    box.hidden = false;
+    for (const item of box.querySelectorAll(".tool-call")) {
+      if (item.dataset.callId === callId) return item;
+    }
+    const item = cloneTemplate("tpl-tool-call");
+    item.dataset.callId = callId;
+    box.append(item);
+    return item;
+  }
+
+  function fillToolCall(item, call) {
+    item.classList.toggle("tool-call--error", Boolean(call.is_error));
+    item.querySelector(".tool-call-name").textContent = call.name;
+    item.querySelector(".tool-call-arguments").textContent = call.arguments;
+    item.querySelector(".tool-call-result").textContent = call.result;
+    let meta = call.is_error ? gettext("failed") : gettext("done");
+    if (call.duration_ms != null) meta += ` · ${say("%(ms)s ms", { ms: call.duration_ms })}`;
+    item.querySelector(".tool-call-meta").textContent = meta;
+  }
+
+  function showToolCalls(node, calls) {
+    const box = node.querySelector(".msg-tools");
+    if (!box) return;
+    const open = new Set(
+      Array.from(box.querySelectorAll(".tool-call[open]"), (item) => item.dataset.callId),
+    );
+    box.replaceChildren();
+    for (const call of calls) {
+      const item = cloneTemplate("tpl-tool-call");
+      item.dataset.callId = call.call_id;
+      item.open = open.has(call.call_id); // what the reader opened stays open
+      fillToolCall(item, call);
+      box.append(item);
+    }
+    box.hidden = !calls.length;
+  }
+
+  // Whether the model answering now reads images: the attach button follows (attachments.js).
+  function showVision(model) {
+    if (room || !modelSelect) return;
+    const option = Array.from(modelSelect.options).find((item) => item.value === model);
+    if (!option) return;
+    composer.dataset.vision = option.dataset.vision;
+    composer.dataset.visionReason = interpolate(
+      composer.dataset.visionReasonModel || "",
+      { model },
+      true,
+    );
+    composer.dispatchEvent(new CustomEvent("chat:vision"));
   }
 
   function setOmitted(node, count) {
@@ -537,8 +619,15 @@
     if (pending) return; // the previous request has not been answered yet
     hideAlert();
     if (room) hideSuggestions();
+    if (window.ChatAttachments && window.ChatAttachments.busy()) {
+      showAlert(gettext("Wait for the images to finish uploading."));
+      return;
+    }
     const content = input.value;
-    if (!request({ type: "message", content }, { kind: "message", content })) return;
+    const frame = { type: "message", content };
+    const attachments = window.ChatAttachments ? window.ChatAttachments.ids() : [];
+    if (attachments.length) frame.attachments = attachments;
+    if (!request(frame, { kind: "message", content })) return;
     setFollowing(true); // one's own message, and the reply to it, are read as they come
     input.focus();
   }
