@@ -55,6 +55,10 @@ def pages(alice, bob, org_a, project_a, fake_upstream) -> dict[str, list[str]]:
             reverse("personas", args=project),
             reverse("persona_new", args=project),
             reverse("chat_settings", args=project),
+            reverse("tool_servers", args=project),
+            reverse("tool_server_new", args=project),
+            reverse("moderation_settings", args=project),
+            reverse("moderation_flags", args=project),
             reverse("usage_dashboard", args=org),
             reverse("statement_list", args=org),
             reverse("budgets", args=org),
@@ -71,6 +75,7 @@ def pages(alice, bob, org_a, project_a, fake_upstream) -> dict[str, list[str]]:
         ],
         "bob": [
             reverse("home"),
+            reverse("tool_servers", args=project),
             reverse("conversation_detail", args=[*project, room.pk]),
             reverse("usage_dashboard", args=org),
         ],

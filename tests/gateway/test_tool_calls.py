@@ -157,6 +157,33 @@ def test_the_tool_result_goes_back_and_the_reply_is_text(sdk):
     assert UsageRecord.objects.count() == 2
 
 
+def test_two_rounds_without_streaming_each_billed_once(sdk, fake_upstream):
+    first = sdk.chat.completions.create(model="fake-gpt@tool", messages=MESSAGES, tools=TOOLS)
+    (call,) = first.choices[0].message.tool_calls
+
+    second = sdk.chat.completions.create(
+        model="fake-gpt@tool",
+        messages=[
+            *MESSAGES,
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21°C."},
+        ],
+        tools=TOOLS,
+    )
+
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == "Echo: Sunny, 21°C."
+    assert second.choices[0].message.tool_calls is None
+    # The second call carried the first's call and its result, by its id.
+    sent = fake_upstream.requests[-1]["messages"]
+    assert sent[-2]["tool_calls"][0]["id"] == sent[-1]["tool_call_id"] == call.id
+    rows = UsageRecord.objects.order_by("id")
+    assert [(r.status, r.completion_tokens) for r in rows] == [
+        ("ok", first.usage.completion_tokens),
+        ("ok", second.usage.completion_tokens),
+    ]
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_without_upstream_usage_the_call_is_estimated_from_its_name_and_arguments(sdk, stream):
     answer = sdk.chat.completions.create(
