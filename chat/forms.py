@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from accounts.models import Project
 from core.errors import ServiceError
 from providers import selectors as provider_selectors
+from providers.llm.catalog import LOCAL_MODEL_NAME
 
 from .models import Conversation, Persona
 from .personas import SAMPLING_PRESETS, sampling_preset_of
@@ -122,7 +123,15 @@ class AbilityFields(forms.Form):
             self._disable("json_mode", False, reason % {"model": model, "where": where})
             self._disable("json_schema", None, reason % {"model": model, "where": where})
         if not abilities.tools and "tools" in self.fields:
-            reason = gettext("%(model)s cannot call tools: pick a model that can, %(where)s.")
+            if model == LOCAL_MODEL_NAME:
+                # llama.cpp has a function-calling chat format, but a 135M-parameter model
+                # picks and fills tools too unreliably for its calls to be worth running.
+                reason = gettext(
+                    "The built-in model is too small to call tools reliably: pick a larger "
+                    "model, %(where)s."
+                )
+            else:
+                reason = gettext("%(model)s cannot call tools: pick a model that can, %(where)s.")
             self._disable("tools", [], reason % {"model": model, "where": where})
 
     def _disable(self, name: str, empty: object, reason: str) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -238,7 +239,10 @@ class ReplyRunner:
                         )
         if self.outcome.finish_reason == "length" or self.pending.toolset is None:
             return []  # a call cut off mid-arguments is not one to run
-        return [calls[index] for index in sorted(calls) if calls[index]["name"]]
+        asked = [calls[index] for index in sorted(calls) if calls[index]["name"]]
+        for call in asked:  # the next round sends the results back by id: each needs one
+            call["id"] = call["id"] or f"call_{uuid.uuid4().hex[:24]}"
+        return asked
 
     async def run_tools(
         self, calls: list[dict[str, str]], *, round_number: int, started: float
@@ -275,6 +279,9 @@ class ReplyRunner:
         toolset = self.pending.toolset
         if toolset is None:  # stream_round asks for no call without tools
             raise RuntimeError("tool calls without a toolset")
+        # An upstream asking for more calls at once than we run gets the rest back unrun.
+        extra = calls[settings.CHAT_TOOL_MAX_CALLS :]
+        calls = calls[: settings.CHAT_TOOL_MAX_CALLS]
         context = ToolContext(
             project_id=self.pending.project_id,
             user_id=self.pending.user_id,
@@ -309,6 +316,18 @@ class ReplyRunner:
             )
 
         runs = list(await asyncio.gather(*(run(call) for call in calls)))
+        runs += [
+            services.ToolRun(
+                call_id=call["id"],
+                name=call["name"],
+                arguments=call["arguments"],
+                result=_("Not run: at most %(count)s tool calls at once.")
+                % {"count": settings.CHAT_TOOL_MAX_CALLS},
+                is_error=True,
+                duration_ms=0,
+            )
+            for call in extra
+        ]
         saved = await self.keep_round(runs, round_number)
         for call in saved:
             await self.broadcast(

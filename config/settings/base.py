@@ -261,6 +261,8 @@ CHAT_PAGE_SIZE = 50
 CHAT_TOOL_MAX_ROUNDS = env.int("CHAT_TOOL_MAX_ROUNDS", default=5)
 CHAT_TOOL_LOOP_SECONDS = env.float("CHAT_TOOL_LOOP_SECONDS", default=120.0)
 CHAT_TOOL_TIMEOUT = env.float("CHAT_TOOL_TIMEOUT", default=10.0)
+# Calls one round may make (run at once); the model is told the rest were not run.
+CHAT_TOOL_MAX_CALLS = env.int("CHAT_TOOL_MAX_CALLS", default=8)
 # What a tool may answer (characters): longer results are cut, and the model is told so.
 CHAT_TOOL_RESULT_CHARS = env.int("CHAT_TOOL_RESULT_CHARS", default=16_000)
 

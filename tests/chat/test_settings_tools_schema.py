@@ -285,6 +285,23 @@ def test_what_the_model_cannot_use_is_disabled_with_the_reason(served, alice):
     assert "disabled" in str(form["json_schema"])
 
 
+def test_the_built_in_model_says_why_it_calls_no_tools(served, alice):
+    from providers.llm.catalog import LOCAL_MODEL_NAME
+
+    conversation = chat_of(alice, served, LOCAL_MODEL_NAME)
+
+    form = ConversationSettingsForm(
+        models=[LOCAL_MODEL_NAME], project=served, conversation=conversation
+    )
+
+    assert form.fields["tools"].disabled
+    assert form.fields["tools"].help_text == (
+        "The built-in model is too small to call tools reliably: pick a larger model, in the "
+        "model menu."
+    )
+    assert not form.fields["json_schema"].disabled  # grammars make it answer in JSON
+
+
 def test_a_disabled_setting_is_saved_empty_whatever_is_posted(served, alice):
     conversation = chat_of(alice, served, "plain-gpt")
     # Set before the model lost its abilities: the model cannot use them now.

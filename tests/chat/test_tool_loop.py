@@ -217,3 +217,20 @@ async def test_rest_stream_sends_the_calls_as_they_run(make_conversation, alice,
     final = events[-1][1]["message"]
     assert final["tool_calls"][0]["result"].endswith("42")
     assert final["content"] == "Echo: " + final["tool_calls"][0]["result"]
+
+
+async def test_calls_past_the_per_round_limit_are_answered_unrun(
+    open_socket, make_conversation, alice, project_a, settings
+):
+    settings.CHAT_TOOL_MAX_CALLS = 0  # every call is one too many
+    conversation = await tool_chat(make_conversation, alice, project_a)
+    _, socket = await open_socket(alice, conversation.pk)
+
+    await socket.send(type="message", content=ASK)
+    events = await socket.until("done")
+
+    done = events[-1]["message"]
+    [call] = done["tool_calls"]
+    assert call["is_error"] is True
+    assert call["result"] == "Not run: at most 0 tool calls at once."
+    assert done["content"] == "Echo: " + call["result"]  # the model was told
