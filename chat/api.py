@@ -630,6 +630,7 @@ class MessageListView(ConversationEndpoint, ListModelMixin, AsyncProjectEndpoint
             post = await posting.post_message(
                 actor=self.actor,
                 conversation_id=self.conversation.pk,
+                project_id=self.conversation.project_id,
                 content=content,
                 attachments=attachments or None,
             )

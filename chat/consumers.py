@@ -107,6 +107,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.is_room = conversation.is_room
         self.last_typing = 0.0
         self.conversation_id = conversation.pk
+        self.project_id = conversation.project_id
         ids = {"project_id": conversation.project_id, "conversation_id": conversation.pk}
         self.group = conversation_group(**ids)
         self.control_group = control_group(**ids)
@@ -148,6 +149,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             post = await posting.post_message(
                 actor=self.actor,
                 conversation_id=self.conversation_id,
+                project_id=self.project_id,
                 content=frame.get("content"),
                 attachments=frame.get("attachments"),
                 detached=True,

@@ -35,16 +35,20 @@ class Screening:
     spec: ProviderSpec
 
 
-def screening_for(*, actor: Actor, conversation_id: int) -> Screening | None:
+def screening_for(*, actor: Actor, conversation_id: int, project_id: int) -> Screening | None:
     """How a message to this conversation is to be checked; None when it is not (moderation
-    off, or a refusal to come anyway: no such conversation, a reply still being written)."""
+    off, or a refusal to come anyway: no such conversation, a reply still being written).
+    Moderation off (the settings kept in memory): no query at all."""
+    config = moderation.config_for(project_id)
+    if not config.enabled:
+        return None
     conversation = (
-        actor.conversations().select_related("project").filter(pk=conversation_id).first()
+        actor.conversations()
+        .select_related("project")
+        .filter(pk=conversation_id, project_id=project_id)
+        .first()
     )
     if conversation is None:
-        return None
-    config = moderation.config_for(conversation.project_id)
-    if not config.enabled:
         return None
     if conversation.messages.filter(state=Message.State.STREAMING).exists():
         return None  # refused as busy by message_post: nothing to check
@@ -69,6 +73,7 @@ async def post_message(
     *,
     actor: Actor,
     conversation_id: int,
+    project_id: int,
     content: object,
     attachments: object = None,
     detached: bool = False,
@@ -76,7 +81,9 @@ async def post_message(
     """Screen, then post. Raises ``MessageFlagged`` (the message kept, flagged, unanswered),
     ``ModerationUnavailable`` (the check failed: nothing kept), or what ``message_post`` and
     the check's reservation refuse. ``detached``: from a socket's consumer (``core.db``)."""
-    screening = await db_async(screening_for)(actor=actor, conversation_id=conversation_id)
+    screening = await db_async(screening_for)(
+        actor=actor, conversation_id=conversation_id, project_id=project_id
+    )
     if screening is not None and isinstance(content, str):
         verdict = await moderation.screen(
             config=screening.config,
