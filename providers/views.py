@@ -296,9 +296,7 @@ def connection_edit(
     form = ConnectionEditForm(request.POST, connection=connection)
     if form.is_valid():
         try:
-            services.connection_update(
-                actor=membership, connection=connection, **form.cleaned_data
-            )
+            services.connection_update(actor=membership, connection=connection, **form.cleaned_data)
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
