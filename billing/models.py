@@ -50,6 +50,15 @@ class ModelPrice(models.Model):
         **PRICE, validators=[MinValueValidator(0)], help_text="Prompt tokens served from cache."
     )
     output_per_million = models.DecimalField(**PRICE, validators=[MinValueValidator(0)])
+    # The Batch API's prices (OpenAI's are half the normal ones); empty: half of the above.
+    batch_input_per_million = models.DecimalField(
+        **PRICE, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    batch_output_per_million = models.DecimalField(
+        **PRICE, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    # Where the figures come from (a price page and the day it was read).
+    source = models.CharField(max_length=300, blank=True)
     effective_from = models.DateField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -93,6 +102,8 @@ class UsageRecord(models.Model):
         API = "api", "API"
         SUMMARY = "summary", "Summary"
         MODERATION = "moderation", "Moderation"
+        EMBEDDING = "embedding", "Embedding"
+        BATCH = "batch", "Batch"
 
     request_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")

@@ -81,6 +81,8 @@ class CallContext:
     conversation_id: int | None = None
     connection_id: int | None = None
     api_key_id: int | None = None  # REST calls: the project key that made them
+    # A line of a batch: priced at the model's batch price (ModelPrice.batch_*, else half).
+    batch: bool = False
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,15 @@ class ProviderConnection(models.Model):
     supports_moderation = models.BooleanField(
         default=False, help_text="It answers /v1/moderations (OpenAI does)."
     )
+    supports_responses = models.BooleanField(
+        default=False,
+        help_text="It speaks the Responses API (/v1/responses): previous_response_id is "
+        "passed through instead of the history being rebuilt.",
+    )
+    supports_batches = models.BooleanField(
+        default=False,
+        help_text="Batches are handed to its own Batch API (/v1/files, /v1/batches).",
+    )
     models_refreshed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -113,6 +122,14 @@ class ConnectionModel(models.Model):
     supports_vision = models.BooleanField(default=False)
     supports_tools = models.BooleanField(default=False)
     supports_json = models.BooleanField(default=False)
+    supports_embeddings = models.BooleanField(
+        default=False, help_text="An embedding model (/v1/embeddings)."
+    )
+    # A model with no price is refused under any budget; without one it is usable only when
+    # staff said so here, and its ledger rows say "unpriced" rather than $0.
+    unpriced_allowed = models.BooleanField(
+        default=False, help_text="Staff: let it be used without a price (and without budgets)."
+    )
     fetched = models.BooleanField(default=False, help_text="Listed by the provider itself.")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -192,6 +192,16 @@ class ModerationResult:
     upstream_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """Vectors for each input, in order, and the input tokens the upstream counted (None when
+    it said nothing)."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int | None
+    model: str
+
+
 class Provider(Protocol):
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield `TextDelta`s (and `ToolCallDelta`s, if the request has `tools` and the model
@@ -220,6 +230,23 @@ class Provider(Protocol):
     async def moderate(self, *, model: str, input: str) -> ModerationResult:
         """Ask the upstream's ``/v1/moderations`` about ``input``. Raises ``ProviderError``
         (``BAD_REQUEST`` from a provider that has no moderation, like the local model)."""
+        ...
+
+    async def embed(
+        self, *, model: str, input: list[str], dimensions: int | None = None
+    ) -> Embeddings:
+        """``/v1/embeddings`` for ``input`` (floats: the caller encodes). Raises
+        ``ProviderError`` (``BAD_REQUEST`` from a provider without embeddings)."""
+        ...
+
+    async def respond(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/responses`` with ``body`` as the upstream's own Responses API takes it
+        (a connection that speaks it: ``previous_response_id`` passed through); the response
+        object as a dict. Raises ``ProviderError``."""
+        ...
+
+    def respond_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """The same with ``stream``: each server-sent event's data, as a dict, in order."""
         ...
 
     async def list_models(self) -> list[str]: ...
