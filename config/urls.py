@@ -53,4 +53,5 @@ urlpatterns = [
     path("", include("providers.urls")),
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
+    path("", include("gateway.page_urls")),
 ]

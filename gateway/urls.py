@@ -1,6 +1,6 @@
 """OpenAI-compatible API, mounted at ``/v1/``: point the ``openai`` SDK's base_url here."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -10,4 +10,8 @@ urlpatterns = [
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<path:model>", views.ModelDetailView.as_view(), name="model"),
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat_completions"),
+    path("", include("gateway.urls_responses")),
+    path("", include("gateway.urls_embeddings")),
+    path("", include("gateway.urls_files")),
+    path("", include("gateway.urls_moderations")),
 ]
