@@ -464,7 +464,7 @@ class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin[Budget]):
 
 PRICE_FIELDS = [
     "model", "input_per_million", "cached_input_per_million", "output_per_million",
-    "effective_from",
+    "batch_input_per_million", "batch_output_per_million", "effective_from", "source",
 ]  # fmt: skip
 
 
@@ -482,7 +482,9 @@ class ModelPriceAdmin(admin.ModelAdmin[ModelPrice]):
                 "description": (
                     "USD per 1M tokens. To change a model's price, add a new row with a later "
                     "“effective from” date rather than editing this one: calls already made "
-                    "keep the price they were charged, so history is never rewritten."
+                    "keep the price they were charged, so history is never rewritten. Batch "
+                    "prices are what a batch line costs (empty: half the normal price); the "
+                    "source names the price page and the day it was read."
                 ),
             },
         ),
@@ -552,6 +554,9 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
 
     @admin.display(description="cost", ordering="cost")
     def cost_display(self, record: UsageRecord) -> str:
+        if record.price_id is None and not record.cost:
+            # Charged at no price (a model staff let run unpriced): not the same as free.
+            return format_html('<span title="{}">unpriced</span>', record.cost)
         return format_html('<span title="{}">{}</span>', record.cost, usd(record.cost))
 
     @admin.action(description="Export selected as CSV", permissions=["view"])

@@ -57,6 +57,10 @@ class SpendSerializer(serializers.Serializer[Spend]):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=24, decimal_places=12, help_text="USD")
+    priced = serializers.BooleanField(
+        help_text="False: the calls ran at no price (a model staff let run unpriced); the "
+        "cost is unknown, not zero."
+    )
 
 
 class UsageSerializer(serializers.Serializer[dict[str, Any]]):

@@ -17,7 +17,8 @@ and every later kind — is estimated, reserved, capped, made and settled here, 
 
 A moderation check (``moderate_metered``) takes the same path in one call: its input is
 estimated by the same rule and held with no reply tokens (it writes none), made, and settled
-once, with its own ledger row (source ``moderation``).
+once, with its own ledger row (source ``moderation``). An embedding call (``embed_metered``)
+likewise: its inputs estimated by the text rule, held with no reply tokens, made, settled once.
 
 Nothing calls a provider around this module (connection checks and model listings are not
 billed calls and never generate tokens).
@@ -48,6 +49,7 @@ from core.errors import ServiceError, kind_of
 from providers.llm.base import (
     ChatRequest,
     Completion,
+    Embeddings,
     ErrorCode,
     ModerationResult,
     Provider,
@@ -427,6 +429,117 @@ async def moderate_metered(
             latency_ms=int((time.monotonic() - started) * 1000),
             detached=detached,
         )
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+
+def estimate_embedding_tokens(input: list[str]) -> int:
+    """The one estimate rule of an embedding call's input: each text by the text rule (an
+    embedding model reads the texts bare, with no message wrapping)."""
+    return sum(count_text_tokens(text) for text in input)
+
+
+@transaction.atomic
+def embedding_reserve(*, context: CallContext, spec: ProviderSpec, input: list[str]) -> MeteredCall:
+    """Estimate and hold an embedding call: the inputs with the prompt margin, and no reply
+    tokens (``max_tokens=0``, as a moderation check is held: an embedding model writes
+    nothing, so only the input must be affordable). Budgets and rate limits apply as to any
+    call, and an unpriced model under a budget is refused. Raises ``QuotaExceeded`` before
+    anything is sent."""
+    prompt_tokens = estimate_embedding_tokens(input)
+    reservation = quota_reserve(
+        context=context, prompt_tokens=held_prompt_tokens(prompt_tokens), max_tokens=0
+    )
+    return MeteredCall(
+        context=context,
+        # Nothing of it is sent: an embedding call has no chat request. The model names what
+        # was held for.
+        request=ChatRequest(model=context.model, messages=[]),
+        spec=spec,
+        reservation=reservation,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+async def embed_capped(
+    call: MeteredCall,
+    provider: Provider,
+    outcome: Outcome,
+    *,
+    input: list[str],
+    dimensions: int | None,
+) -> Embeddings:
+    """The embedding call ``embedding_reserve`` held, on ``provider``; ``outcome`` says what it
+    came to (the upstream's input tokens when it reported them). Raises ``ProviderError`` for
+    every failure, whatever its type (an answer that is not one vector per input included)."""
+    try:
+        result = await provider.embed(model=call.context.model, input=input, dimensions=dimensions)
+        if not isinstance(result, Embeddings):
+            raise TypeError(f"the embeddings answer is a {type(result).__name__}")
+        if len(result.vectors) != len(input):
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "The provider's embeddings answer did not have one vector per input.",
+            )
+    except ProviderError as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, exc
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, _unusable(exc)
+        raise outcome.error from exc
+    if result.prompt_tokens is not None:
+        outcome.usage = _valid_usage(Usage(result.prompt_tokens, 0))
+    outcome.status = UsageRecord.Status.OK
+    return result
+
+
+async def embed_reserved(
+    call: MeteredCall, *, input: list[str], dimensions: int | None, detached: bool = False
+) -> Embeddings:
+    """Make the embedding call ``embedding_reserve`` held, through the connection's long-lived
+    provider (``embed_capped``), and settle it once, shielded from cancellation: the upstream's
+    input tokens (else our estimate, marked ``estimated``), no output tokens; status ``error``
+    and nothing charged when it fails. Raises ``ProviderError`` for every failure."""
+    outcome = Outcome()
+    started = time.monotonic()
+    try:
+        async with leased_provider(call.spec) as provider:
+            return await embed_capped(call, provider, outcome, input=input, dimensions=dimensions)
+    except ProviderError as exc:
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, exc
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the provider could not even be had: nothing was sent
+        outcome.status, outcome.error = UsageRecord.Status.ERROR, _unusable(exc)
+        raise outcome.error from exc
+    finally:
+        await settle_shielded(
+            call, outcome, latency_ms=int((time.monotonic() - started) * 1000), detached=detached
+        )
+
+
+async def embed_metered(
+    *,
+    context: CallContext,
+    spec: ProviderSpec,
+    input: list[str],
+    dimensions: int | None,
+    detached: bool = False,
+) -> Embeddings:
+    """One metered embedding call of ``input`` with ``context.model`` on ``spec``'s connection:
+    reserved (``embedding_reserve``), made and settled once (``embed_reserved``), with one
+    ledger row of ``context.source`` (``embedding`` for ``/v1/embeddings``, ``batch`` for a
+    batch's line: the caller says). Raises ``QuotaExceeded`` (nothing sent, no row) or
+    ``ProviderError`` (one row, status ``error``, nothing charged). ``detached``: called from a
+    socket's consumer or a task, not a request (``core.db``)."""
+    call = await db_sync_to_async(embedding_reserve, detached=detached)(
+        context=context, spec=spec, input=input
+    )
+    return await embed_reserved(call, input=input, dimensions=dimensions, detached=detached)
 
 
 # --- settle ------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
@@ -9,6 +11,7 @@ from django.db.models import BigIntegerField, F, Sum, Value
 from django.db.models.functions import Cast, Round
 
 from core.config_cache import cached
+from providers.llm.catalog import base_name
 
 from .models import MONEY, PER_MILLION, ModelPrice
 
@@ -26,8 +29,11 @@ def price_by_id(pk: int) -> ModelPrice | None:
 
 
 def price_for(model: str, *, on: date) -> ModelPrice | None:
-    """The price in force on ``on``: an exact name beats the longest matching prefix."""
-    base = model.split("@", 1)[0]
+    """The price in force on ``on``: an exact name beats the longest matching prefix.
+
+    The name is read as the catalog reads it: without the fake upstream's fault markers
+    (``fake-gpt@500``) and the ``models/`` a Gemini endpoint lists its models under."""
+    base = base_name(model)
     candidates = [
         p
         for p in price_table()
@@ -42,25 +48,85 @@ def price_for(model: str, *, on: date) -> ModelPrice | None:
     return max(candidates, key=lambda p: (len(p.model), p.effective_from))
 
 
+def is_priced(model: str, *, on: date) -> bool:
+    """Whether ``model`` has a price on ``on``. Every call is charged at the price in force
+    when it is made (``quota_reserve``), so a model without one on the last day of a range had
+    none on any day of it: all its ledger rows of the range are unpriced (``price`` empty)."""
+    return price_for(model, on=on) is not None
+
+
+def unpriced_models(models: Iterable[str], *, on: date) -> set[str]:
+    """Those of ``models`` with no price on ``on``: the ones whose cost a page shows as
+    "unpriced" rather than $0 (the local model has a price of 0: it is priced, and free)."""
+    return {model for model in models if not is_priced(model, on=on)}
+
+
+# --- costs -------------------------------------------------------------------------------------
+
+BATCH_DISCOUNT = Decimal("0.5")  # OpenAI's Batch API and Gemini's batch mode: half the price
+
+
+@dataclass(frozen=True)
+class Rates:
+    """USD per 1M tokens a call is charged at: normal or, for a batch line, batch rates."""
+
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+
+
+def rates(price: ModelPrice, *, batch: bool = False) -> Rates:
+    """The rates of ``price`` for a normal call, or for a batch line: the batch prices where
+    the row has them, else half the normal ones. Cached input in a batch is half the cached
+    price (as OpenAI's batch prices list it), never more than the batch input price."""
+    if not batch:
+        return Rates(
+            input=price.input_per_million,
+            cached_input=price.cached_input_per_million,
+            output=price.output_per_million,
+        )
+    batch_input = price.batch_input_per_million
+    if batch_input is None:
+        batch_input = price.input_per_million * BATCH_DISCOUNT
+    batch_output = price.batch_output_per_million
+    if batch_output is None:
+        batch_output = price.output_per_million * BATCH_DISCOUNT
+    return Rates(
+        input=batch_input,
+        cached_input=min(price.cached_input_per_million * BATCH_DISCOUNT, batch_input),
+        output=batch_output,
+    )
+
+
 def cost_of(
-    price: ModelPrice | None, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+    price: ModelPrice | None,
+    *,
+    prompt_tokens: int,
+    cached_tokens: int,
+    completion_tokens: int,
+    batch: bool = False,
 ) -> Decimal:
-    """Exact cost: uncached prompt tokens at the input price, cached ones at the cached price."""
+    """Exact cost: uncached prompt tokens at the input price, cached ones at the cached price;
+    a batch line at the batch rates (``rates``). No price: nothing (an unpriced call)."""
     if price is None:
         return Decimal(0)
+    rate = rates(price, batch=batch)
     cached = min(cached_tokens, prompt_tokens)
     return (
-        (prompt_tokens - cached) * price.input_per_million
-        + cached * price.cached_input_per_million
-        + completion_tokens * price.output_per_million
+        (prompt_tokens - cached) * rate.input
+        + cached * rate.cached_input
+        + completion_tokens * rate.output
     ) / PER_MILLION
 
 
-def worst_case(price: ModelPrice | None, *, prompt_tokens: int, max_tokens: int) -> Decimal:
+def worst_case(
+    price: ModelPrice | None, *, prompt_tokens: int, max_tokens: int, batch: bool = False
+) -> Decimal:
     """What a call may cost at most: the prompt uncached and every allowed reply token."""
     return cost_of(
-        price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=max_tokens
-    )
+        price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=max_tokens,
+        batch=batch,
+    )  # fmt: skip
 
 
 # --- exact sums in the database ----------------------------------------------------------------

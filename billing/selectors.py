@@ -45,7 +45,7 @@ from .models import (
     UsageRecord,
     UsageRollup,
 )
-from .pricing import units_to_cost
+from .pricing import is_priced, units_to_cost
 from .services import ledger_spend, period_bounds
 
 # The longest range the dashboard aggregates at once: a year, leap day included.
@@ -147,13 +147,16 @@ class Spend:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = field(default_factory=lambda: units_to_cost(0))
+    # False: the group's calls ran at no price (a model staff let run unpriced), so its cost
+    # reads "unpriced", not $0. Only the groups by model know it; the others say True.
+    priced: bool = True
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _spend(row: Mapping[str, Any], *, label: str, key: Any) -> Spend:
+def _spend(row: Mapping[str, Any], *, label: str, key: Any, priced: bool = True) -> Spend:
     """A group's rollups, summed as ``sum_calls``, ``sum_prompt``, ``sum_completion`` and
     ``sum_cost_units`` (not named as the rollups' own columns, which the ORM refuses)."""
     return Spend(
@@ -163,6 +166,7 @@ def _spend(row: Mapping[str, Any], *, label: str, key: Any) -> Spend:
         prompt_tokens=row["sum_prompt"] or 0,
         completion_tokens=row["sum_completion"] or 0,
         cost=units_to_cost(row["sum_cost_units"]),
+        priced=priced,
     )
 
 
@@ -200,7 +204,17 @@ def spend_by_model(scope: UsageScope, date_range: DateRange) -> list[Spend]:
         )
         .order_by("-sum_cost_units", "model")
     )
-    return [_spend(row, label=row["model"], key=row["model"]) for row in rows]
+    return [
+        _spend(
+            row,
+            label=row["model"],
+            key=row["model"],
+            # No price on the range's last day: none before it either, so every call of the
+            # model in the range ran at no price (and cost nothing).
+            priced=bool(row["sum_cost_units"]) or is_priced(row["model"], on=date_range.end),
+        )
+        for row in rows
+    ]
 
 
 def spend_by_member(scope: UsageScope, date_range: DateRange) -> list[Spend]:

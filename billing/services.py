@@ -31,6 +31,7 @@ from core import config_cache
 from core import money as core_money
 from core.config_cache import cached
 from core.errors import ServiceError
+from providers.llm.catalog import base_name
 
 from . import ledger_sql, pricing
 from .models import (
@@ -97,7 +98,8 @@ class Reservation:
 
 
 class QuotaExceeded(ServiceError):
-    """A refusal before anything was sent: ``budget_exceeded`` or ``rate_limit_exceeded``."""
+    """A refusal before anything was sent: ``budget_exceeded``, ``rate_limit_exceeded`` or
+    ``model_unpriced``."""
 
     def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
         super().__init__(message, code=code, retry_after=retry_after)
@@ -387,18 +389,21 @@ def _reset_phrase(budget: Budget, now: datetime) -> str:
     return gettext("It resets on %(date)s 00:00 UTC.") % {"date": f"{end:%Y-%m-%d}"}
 
 
-def _affordable(budget: Budget, period: BudgetPeriod, price: ModelPrice, prompt_tokens: int) -> int:
+def _affordable(
+    budget: Budget, period: BudgetPeriod, price: ModelPrice, prompt_tokens: int, *, batch: bool
+) -> int:
     """Reply tokens the budget can still pay for after this prompt, with what is in flight
-    (-1: not even the prompt)."""
+    (-1: not even the prompt). ``batch``: at the batch rates."""
     remaining = budget.limit_usd - period.spent - period.reserved
     prompt_cost = pricing.cost_of(
-        price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=0
+        price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=0, batch=batch
     )
     if remaining < prompt_cost:
         return -1
-    if not price.output_per_million:
+    output = pricing.rates(price, batch=batch).output
+    if not output:
         return UNLIMITED
-    return int((remaining - prompt_cost) * PER_MILLION // price.output_per_million)
+    return int((remaining - prompt_cost) * PER_MILLION // output)
 
 
 def _over_budget(budget: Budget, period: BudgetPeriod, now: datetime, *, afford: int) -> str:
@@ -426,6 +431,33 @@ def _over_budget(budget: Budget, period: BudgetPeriod, now: datetime, *, afford:
     return f"{over % figures}{could} {_reset_phrase(budget, now)}"
 
 
+def unpriced_allowed(context: CallContext) -> bool:
+    """Whether staff let the call's model run without a price: its connection's model says so
+    (``ConnectionModel.unpriced_allowed``), or the server does for every model
+    (``settings.BILLING_ALLOW_UNPRICED``). Read only for a model with no price, and kept in
+    memory until a connection's models change (``core.config_cache``)."""
+    if getattr(settings, "BILLING_ALLOW_UNPRICED", False):
+        return True
+    if context.connection_id is None:
+        return False
+    return cached(
+        ("unpriced_allowed", context.connection_id, context.model),
+        partial(_unpriced_allowed, context.connection_id, context.model),
+        keep=bool,  # not a refusal: a /v1 client may name models without end
+    )
+
+
+def _unpriced_allowed(connection_id: int, model: str) -> bool:
+    from providers.models import ConnectionModel
+
+    # The name as the connection lists it (``fake-gpt@500`` too), or as the price table and
+    # the catalog read it.
+    names = {model, base_name(model)}
+    return ConnectionModel.objects.filter(
+        connection_id=connection_id, name__in=names, unpriced_allowed=True
+    ).exists()
+
+
 @transaction.atomic
 def quota_reserve(
     *,
@@ -444,6 +476,11 @@ def quota_reserve(
     what must be sent upstream. ``margin``: hold ``reply_hold(cap)`` reply tokens rather than
     exactly the cap, for a stream that is counted here with another tokenizer than the
     upstream's and cut off when it passes what was held (``billing.metering``).
+
+    A batch line (``context.batch``) is held at the model's batch rates (``pricing.rates``).
+    A model with no price is refused under any budget (its cost cannot be held), and without
+    one unless staff allowed it (``unpriced_allowed``): then it runs, and its ledger row has
+    no price and costs nothing.
     """
     if max_tokens is None and output_limit is None:
         raise ValueError("a reservation needs max_tokens or output_limit")
@@ -460,6 +497,15 @@ def quota_reserve(
             % {"model": context.model, "budget": budgets[0].describe()},
             code="budget_exceeded",
         )
+    if price is None and not unpriced_allowed(context):
+        raise QuotaExceeded(
+            gettext(
+                "The model %(model)s has no price, so what it costs cannot be counted. The "
+                "site's staff need to set its price, or allow it to run unpriced."
+            )
+            % {"model": context.model},
+            code="model_unpriced",
+        )
     # Every period locked (in budget id order) before any is read for the cap: what each can
     # still pay cannot change until this transaction ends.
     locked = _locked_periods(budgets, now)
@@ -470,7 +516,9 @@ def quota_reserve(
         cap = wanted
         for budget in budgets:
             period, _ = locked[budget.pk]
-            afford = _affordable(budget, period, cast(ModelPrice, price), prompt_tokens)
+            afford = _affordable(
+                budget, period, cast(ModelPrice, price), prompt_tokens, batch=context.batch
+            )
             afford = cap_within(afford, margin=margin) if afford >= 0 else -1
             if afford < (1 if max_tokens is None else max_tokens):
                 message = _over_budget(budget, period, now, afford=afford)
@@ -487,7 +535,9 @@ def quota_reserve(
         raise refusal
     check_rate_limits(context, tokens=prompt_tokens + cap)
     held_reply = reply_hold(cap, margin=margin)
-    amount = pricing.worst_case(price, prompt_tokens=prompt_tokens, max_tokens=held_reply)
+    amount = pricing.worst_case(
+        price, prompt_tokens=prompt_tokens, max_tokens=held_reply, batch=context.batch
+    )
     request_id = uuid.uuid4()
     if periods:
         ledger_sql.periods_add([p.pk for p in periods], reserved=amount)
@@ -525,7 +575,9 @@ def quota_settle(
     """Release the holds, charge the real cost to every budget that applies, write the row.
 
     Idempotent per call: a reply closed as orphaned whose process turns out to finish after all
-    keeps the row written first."""
+    keeps the row written first. The row keeps the price it was held at (``price``; none for a
+    model staff let run unpriced) and the cost at that price's rates (batch ones for a batch
+    line)."""
     now = timezone.now()
     context = reservation.context
     price = None if reservation.price_id is None else pricing.price_by_id(reservation.price_id)
@@ -534,6 +586,7 @@ def quota_settle(
         prompt_tokens=prompt_tokens,
         cached_tokens=cached_tokens,
         completion_tokens=completion_tokens,
+        batch=context.batch,
     )
     # The upstream answered with more than the hold allowed (it ignored the cap it was sent):
     # the ledger keeps what it reported, flagged, and staff hear of it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,7 @@ from django.utils.translation import gettext
 from accounts.decorators import organization_view
 from accounts.models import Membership
 
-from . import selectors
+from . import pricing, selectors
 from .forms import UsageRangeForm
 from .selectors import DateRange, UsageScope
 
@@ -148,6 +149,7 @@ def statement_list(request: HttpRequest, membership: Membership) -> HttpResponse
 def statement_detail(request: HttpRequest, membership: Membership, pk: int) -> HttpResponse:
     _require_manager(membership)
     statement = selectors.get_statement_or_404(organization=membership.organization, pk=pk)
+    lines = list(statement.lines.all())
     return render(
         request,
         "billing/statement_detail.html",
@@ -155,7 +157,12 @@ def statement_detail(request: HttpRequest, membership: Membership, pk: int) -> H
             "membership": membership,
             "organization": membership.organization,
             "statement": statement,
-            "lines": statement.lines.all(),
+            "lines": lines,
+            # Models with no price on the month's last day: their lines read "unpriced".
+            "unpriced_models": pricing.unpriced_models(
+                {line.model for line in lines},
+                on=(statement.period_end - timedelta(days=1)).date(),
+            ),
         },
     )
 

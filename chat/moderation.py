@@ -496,6 +496,35 @@ class GatewayCheck:
         raise ContentFlagged(verdict.categories, param="messages")
 
 
+def rules_for(project_id: int) -> tuple[Rule, ...]:
+    """The project's pattern list, compiled, whether or not the project moderates its input:
+    what ``/v1/moderations`` classifies with when asked. Kept in memory until the settings
+    change (``core.config_cache``)."""
+    return config_cache.cached(("moderation-rules", project_id), partial(_rules_for, project_id))
+
+
+def _rules_for(project_id: int) -> tuple[Rule, ...]:
+    patterns = (
+        ChatSettings.objects.filter(project_id=project_id)
+        .values_list("moderation_patterns", flat=True)
+        .first()
+    )
+    return _saved_rules(patterns or "")
+
+
+@dataclass(frozen=True)
+class PatternList:
+    """A project's pattern list as ``/v1/moderations`` uses it (``gateway.moderation.
+    PatternCheck``)."""
+
+    rules: tuple[Rule, ...]
+
+    def categories(self, text: str) -> list[str]:
+        """The categories whose patterns match ``text``; raises ``ModerationUnavailable``
+        when the list takes too long (``check_patterns``)."""
+        return check_patterns(self.rules, text)
+
+
 class GatewayModeration:
     """What ``/v1`` asks of moderation (``gateway.moderation.InputModeration``), named in the
     gateway by its dotted path: the gateway imports nothing of the chat."""
@@ -505,6 +534,11 @@ class GatewayModeration:
         settings, once per change)."""
         config = config_for(project_id)
         return GatewayCheck(config) if config.enabled else None
+
+    def patterns_for(self, project_id: int) -> PatternList:
+        """The project's pattern list, for ``/v1/moderations`` (sync: it may read the
+        settings, once per change)."""
+        return PatternList(rules_for(project_id))
 
 
 gateway_moderation = GatewayModeration()

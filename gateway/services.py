@@ -192,10 +192,15 @@ def _check_fits(parsed: ParsedChat, spec: ProviderSpec) -> None:
         )
 
 
-def chat_prepare(*, key: ApiKey, body: bytes) -> GatewayCall:
+def chat_prepare(
+    *, key: ApiKey, body: bytes, source: str = UsageRecord.Source.API, batch: bool = False
+) -> GatewayCall:
     """For a key already authenticated (``gateway_authenticate``, scope ``chat``): validate,
-    resolve the model, cap and reserve (``billing.metering``)."""
+    resolve the model, cap and reserve (``billing.metering``). ``batch``: a batch's line
+    (it cannot stream; priced at the batch price)."""
     parsed = parse_chat_body(body=body)
+    if batch and parsed.stream:
+        raise invalid_request("A batch request cannot stream: leave 'stream' out.", param="stream")
     project = key.project
     spec = _resolve(project, parsed.request.model)
     _check_vision(parsed, project)
@@ -206,9 +211,10 @@ def chat_prepare(*, key: ApiKey, body: bytes) -> GatewayCall:
             project_id=project.pk,
             user_id=None,
             model=parsed.request.model,
-            source=UsageRecord.Source.API,
+            source=source,
             connection_id=spec.connection_id,
             api_key_id=key.pk,
+            batch=batch,
         ),
         request=parsed.request,
         spec=spec,
@@ -276,6 +282,11 @@ async def complete(call: GatewayCall) -> dict[str, Any]:
         raise metering.upstream_failure(exc) from None
     finally:
         await metering.settle_shielded(call.metered, outcome, latency_ms=_elapsed_ms(started))
+    return completion_json(call, completion, outcome)
+
+
+def completion_json(call: GatewayCall, completion: Completion, outcome: Outcome) -> dict[str, Any]:
+    """The ``chat.completion`` JSON of a finished call."""
     message, logprobs = _choice_json(completion)
     return {
         "id": call.id,

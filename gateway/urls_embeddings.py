@@ -1,5 +1,9 @@
 """/v1 routes of this part, included by gateway.urls."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-urlpatterns: list[URLPattern] = []
+from . import views_embeddings
+
+urlpatterns: list[URLPattern] = [
+    path("embeddings", views_embeddings.EmbeddingsView.as_view(), name="embeddings"),
+]

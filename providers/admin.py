@@ -1,5 +1,6 @@
 """Staff views of connections (keys write-only, as on the pages), their models, and the models
-each project allows. Global connections (no organization) are kept here."""
+each project allows. Global connections (no organization) are kept here, and so is the one
+setting only staff may change: whether a model with no price may run (``unpriced_allowed``)."""
 
 from django import forms
 from django.contrib import admin
@@ -46,12 +47,32 @@ class ProviderConnectionForm(forms.ModelForm[ProviderConnection]):
         return connection
 
 
+UNPRICED_HELP = (
+    "Let this model run when the price table has no price for it. Calls are then metered "
+    "(tokens in the ledger) but cost nothing, and their rows say “unpriced”; budgets cannot "
+    "hold an unpriced call, so under any budget it is still refused. Better: add its price "
+    "(Billing: Model prices). Without either, calls to it are refused (model_unpriced)."
+)
+
+
+class ConnectionModelForm(forms.ModelForm[ConnectionModel]):
+    class Meta:
+        model = ConnectionModel
+        fields = [
+            "connection", "name", "context_window", "max_output_tokens", "supports_vision",
+            "supports_tools", "supports_json", "supports_embeddings", "unpriced_allowed",
+            "fetched",
+        ]  # fmt: skip
+        help_texts = {"unpriced_allowed": UNPRICED_HELP}
+
+
 class ConnectionModelInline(admin.TabularInline[ConnectionModel, ProviderConnection]):
     model = ConnectionModel
+    form = ConnectionModelForm
     extra = 0
     fields = [
         "name", "context_window", "max_output_tokens", "supports_vision", "supports_tools",
-        "supports_json", "fetched",
+        "supports_json", "supports_embeddings", "unpriced_allowed", "fetched",
     ]  # fmt: skip
 
 
@@ -70,9 +91,11 @@ class ProviderConnectionAdmin(admin.ModelAdmin[ProviderConnection]):
 
 @admin.register(ConnectionModel)
 class ConnectionModelAdmin(admin.ModelAdmin[ConnectionModel]):
+    form = ConnectionModelForm
     list_display = ["name", "connection", "context_window", "supports_vision", "supports_tools",
-                    "supports_json"]  # fmt: skip
-    list_filter = ["supports_vision", "supports_tools", "supports_json", "fetched"]
+                    "supports_json", "supports_embeddings", "unpriced_allowed"]  # fmt: skip
+    list_filter = ["supports_vision", "supports_tools", "supports_json", "supports_embeddings",
+                   "unpriced_allowed", "fetched"]  # fmt: skip
     list_select_related = ["connection"]
     search_fields = ["name", "connection__name"]
 

@@ -14,7 +14,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext
+from django_stubs_ext import StrOrPromise
 
 from accounts.models import Membership, Project
 from accounts.services import check_can_manage
@@ -37,6 +38,33 @@ TENANT_KINDS = (ProviderConnection.Kind.OPENAI, ProviderConnection.Kind.COMPATIB
 LOCAL_CONNECTION_NAME = "Built-in local model"
 SHARED_OPENAI_NAME = "OpenAI (server key)"
 DEFAULT_OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4-turbo", "gpt-3.5-turbo")
+
+
+@dataclass(frozen=True)
+class ConnectionPreset:
+    """A provider known by name: an OpenAI-compatible connection with its address and models
+    filled in, so that adding one takes only its key."""
+
+    key: str  # what the connection form's kind field sends
+    label: StrOrPromise
+    name: str  # the connection's name unless one is typed
+    base_url: str
+    models: tuple[str, ...]  # added with the catalog's windows and capabilities
+    key_required: StrOrPromise  # the refusal when no key is given
+
+
+GEMINI = ConnectionPreset(
+    key="gemini",
+    label=gettext_lazy("Gemini (Google AI Studio)"),
+    name="Gemini",
+    # Google's OpenAI-compatible endpoint of the Gemini API: /chat/completions, /models.
+    base_url="https://generativelanguage.googleapis.com/v1beta/openai/",
+    models=("gemini-2.5-flash", "gemini-2.5-pro"),
+    key_required=gettext_lazy(
+        "Gemini needs an API key from Google AI Studio (https://aistudio.google.com/apikey)."
+    ),
+)
+PRESETS = {preset.key: preset for preset in (GEMINI,)}
 
 
 def check_can_edit(*, actor: Membership, connection: ProviderConnection) -> None:
@@ -81,6 +109,40 @@ def _set_key(connection: ProviderConnection, api_key: str) -> None:
     connection.api_key_hint = key_hint(api_key) if api_key else ""
 
 
+def _new_connection(
+    *,
+    actor: Membership,
+    project: Project | None,
+    kind: str,
+    name: str,
+    base_url: str,
+    api_key: str,
+    openai_organization: str,
+    openai_project: str,
+    timeout: float,
+    max_retries: int,
+    supports_moderation: bool | None,
+) -> ProviderConnection:
+    connection = ProviderConnection(
+        organization=actor.organization,
+        project=project,
+        kind=kind,
+        name=name.strip() or str(dict(ProviderConnection.Kind.choices)[kind]),
+        base_url=base_url.strip(),
+        openai_organization=openai_organization.strip(),
+        openai_project=openai_project.strip(),
+        timeout=timeout,
+        max_retries=max_retries,
+        supports_moderation=kind == ProviderConnection.Kind.OPENAI
+        if supports_moderation is None
+        else supports_moderation,
+        created_by=actor.user,
+    )
+    _set_key(connection, api_key)
+    connection.save()
+    return connection
+
+
 # Not @transaction.atomic, unlike the other writes: the address check may wait for DNS, and
 # no transaction (on SQLite, the write lock) should wait with it. The one save is atomic.
 def connection_create(
@@ -103,23 +165,56 @@ def connection_create(
     check_can_manage(actor)
     _check_fields(kind=kind, base_url=base_url, has_key=bool(api_key.strip()))
     _check_address(base_url)
-    connection = ProviderConnection(
-        organization=actor.organization,
+    return _new_connection(
+        actor=actor,
         project=project,
         kind=kind,
-        name=name.strip() or str(dict(ProviderConnection.Kind.choices)[kind]),
-        base_url=base_url.strip(),
-        openai_organization=openai_organization.strip(),
-        openai_project=openai_project.strip(),
+        name=name,
+        base_url=base_url,
+        api_key=api_key,
+        openai_organization=openai_organization,
+        openai_project=openai_project,
         timeout=timeout,
         max_retries=max_retries,
-        supports_moderation=kind == ProviderConnection.Kind.OPENAI
-        if supports_moderation is None
-        else supports_moderation,
-        created_by=actor.user,
+        supports_moderation=supports_moderation,
     )
-    _set_key(connection, api_key)
-    connection.save()
+
+
+@transaction.atomic  # no DNS to wait for: the preset's address is ours, not the tenant's
+def connection_create_preset(
+    *,
+    actor: Membership,
+    project: Project | None,
+    preset: str,
+    name: str = "",
+    api_key: str = "",
+    timeout: float = 60.0,
+    max_retries: int = 2,
+) -> ProviderConnection:
+    """A connection to a provider known by name (``PRESETS``: Gemini), with its models added
+    at once from the catalog: nothing is fetched from the provider (its "Refresh models"
+    lists the rest). Its moderation is off: the project's pattern list checks its input."""
+    check_can_manage(actor)
+    chosen = PRESETS.get(preset)
+    if chosen is None:
+        raise ServiceError(_("Choose OpenAI or an OpenAI-compatible server."), code="invalid_kind")
+    if not api_key.strip():
+        raise ServiceError(str(chosen.key_required), code="api_key_required", param="api_key")
+    connection = _new_connection(
+        actor=actor,
+        project=project,
+        kind=ProviderConnection.Kind.COMPATIBLE,
+        name=name.strip() or chosen.name,
+        base_url=chosen.base_url,
+        api_key=api_key,
+        openai_organization="",
+        openai_project="",
+        timeout=timeout,
+        max_retries=max_retries,
+        supports_moderation=False,
+    )
+    for model in chosen.models:
+        connection_model_add(actor=None, connection=connection, name=model)
     return connection
 
 
@@ -191,10 +286,21 @@ def connection_model_add(
     supports_vision: bool | None = None,
     supports_tools: bool | None = None,
     supports_json: bool | None = None,
+    supports_embeddings: bool | None = None,
+    unpriced_allowed: bool | None = None,
     fetched: bool = False,
 ) -> ConnectionModel:
+    """Add (or update) a model of the connection; what is not given is guessed from the
+    catalog (``providers.llm.catalog``): its window, longest reply and capabilities.
+    ``unpriced_allowed`` (None: as it was, else no) is staff's to set: never from a
+    tenant's form."""
     if actor is not None:
         check_can_edit(actor=actor, connection=connection)
+        if unpriced_allowed is not None:
+            raise ServiceError(
+                _("Only the site's staff can let a model run without a price."),
+                code="forbidden",
+            )
     name = name.strip()
     if not name:
         raise ServiceError(_("A model needs a name."), code="invalid_model")
@@ -212,7 +318,11 @@ def connection_model_add(
             if supports_tools is None
             else supports_tools,
             "supports_json": guessed["supports_json"] if supports_json is None else supports_json,
+            "supports_embeddings": guessed["supports_embeddings"]
+            if supports_embeddings is None
+            else supports_embeddings,
             "fetched": fetched,
+            **({} if unpriced_allowed is None else {"unpriced_allowed": unpriced_allowed}),
         },
     )
     return model
@@ -365,8 +475,15 @@ def connections_ensure_defaults() -> None:
         defaults={"name": LOCAL_CONNECTION_NAME, "timeout": 120.0, "max_retries": 0},
     )
     # llama.cpp keeps the answer to a JSON grammar when asked (response_format json_object).
+    # It is priced at 0 (billing 0002); should that row ever go, it still runs (unpriced):
+    # the built-in model costs nobody anything.
     connection_model_add(
-        actor=None, connection=local, name=LOCAL_MODEL_NAME, fetched=True, supports_json=True
+        actor=None,
+        connection=local,
+        name=LOCAL_MODEL_NAME,
+        fetched=True,
+        supports_json=True,
+        unpriced_allowed=True,
     )
 
     key = settings.OPENAI_API_KEY.strip()

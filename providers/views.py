@@ -52,9 +52,13 @@ def validate_base_url(value: str) -> None:
 
 
 class ConnectionForm(forms.Form):
+    # The kinds, then the providers known by name (a preset fills in the address and models).
     kind = forms.ChoiceField(
         label=gettext_lazy("Kind"),
-        choices=[(kind.value, kind.label) for kind in services.TENANT_KINDS],
+        choices=[
+            *((kind.value, kind.label) for kind in services.TENANT_KINDS),
+            *((preset.key, preset.label) for preset in services.PRESETS.values()),
+        ],
     )
     name = forms.CharField(
         label=gettext_lazy("Name"),
@@ -68,7 +72,7 @@ class ConnectionForm(forms.Form):
         required=False,
         validators=[validate_base_url],
         help_text=gettext_lazy(
-            "Empty for OpenAI itself; for a compatible server its /v1 address, "
+            "Empty for OpenAI itself and for Gemini; for a compatible server its /v1 address, "
             "e.g. http://localhost:11434/v1."
         ),
     )
@@ -78,6 +82,7 @@ class ConnectionForm(forms.Form):
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text=gettext_lazy(
+            "For Gemini, a key from Google AI Studio (https://aistudio.google.com/apikey). "
             "Stored encrypted; only its last four characters are ever shown again."
         ),
     )
@@ -157,6 +162,11 @@ class ModelAddForm(forms.Form):
     supports_vision = forms.BooleanField(label=gettext_lazy("Vision"), required=False)
     supports_tools = forms.BooleanField(label=gettext_lazy("Tools"), required=False)
     supports_json = forms.BooleanField(label=gettext_lazy("JSON output"), required=False)
+    supports_embeddings = forms.BooleanField(
+        label=gettext_lazy("Embeddings"),
+        required=False,
+        help_text=gettext_lazy("An embedding model: it answers /v1/embeddings, not chat."),
+    )
 
 
 class ProjectModelsForm(forms.Form):
@@ -266,19 +276,35 @@ def connection_new(request: HttpRequest, membership: Membership, project: Projec
     form = ConnectionForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
-        shared = data.pop("shared")
+        owner = None if data.pop("shared") else project
+        preset = services.PRESETS.get(data["kind"])
         try:
-            connection = services.connection_create(
-                actor=membership, project=None if shared else project, **data
-            )
+            if preset is None:
+                connection = services.connection_create(actor=membership, project=owner, **data)
+            else:
+                # Its address and models are the preset's: nothing is fetched from it here.
+                connection = services.connection_create_preset(
+                    actor=membership,
+                    project=owner,
+                    preset=preset.key,
+                    name=data["name"],
+                    api_key=data["api_key"],
+                    timeout=data["timeout"],
+                    max_retries=data["max_retries"],
+                )
         except ServiceError as error:
             add_service_error(form, error, field_of_error=FIELD_OF_ERROR)
         else:
-            messages.success(
-                request,
-                _("Added “%(name)s”. Refresh its models to start using it.")
-                % {"name": connection.name},
-            )
+            if preset is None:
+                added = _("Added “%(name)s”. Refresh its models to start using it.") % {
+                    "name": connection.name
+                }
+            else:
+                added = _("Added “%(name)s” with its models: %(models)s.") % {
+                    "name": connection.name,
+                    "models": ", ".join(preset.models),
+                }
+            messages.success(request, added)
             return _to_edit(project, connection)
     return render(
         request, "projects/connection_form.html", _context(membership, project, form=form)

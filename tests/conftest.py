@@ -19,6 +19,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
+from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 
@@ -34,7 +35,10 @@ from tests.factories import MembershipFactory, OrganizationFactory, ProjectFacto
 # The local model's own tests: llama.cpp keeps every core busy while it writes, so two of them
 # at once (one per worker) would each take twice as long. They share one worker, one after
 # the other, and go first: that worker starts on them at once, as the other starts on the rest.
-LOCAL_MODEL_MODULE = "tests/providers/llm/test_local_provider.py"
+LOCAL_MODEL_MODULES = (
+    "tests/providers/llm/test_local_provider.py",
+    "tests/providers/llm/test_embed.py",
+)
 
 
 def _flushes_the_database(item: pytest.Item) -> bool:
@@ -50,7 +54,11 @@ def _flushes_the_database(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    local = [item for item in items if item.nodeid.startswith(f"{LOCAL_MODEL_MODULE}::")]
+    local = [
+        item
+        for item in items
+        if item.nodeid.startswith(tuple(f"{module}::" for module in LOCAL_MODEL_MODULES))
+    ]
     if config.pluginmanager.hasplugin("xdist"):
         for item in local:
             item.add_marker(pytest.mark.xdist_group("local-model"))
@@ -62,8 +70,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _fresh_config_cache() -> None:
     """Each test starts with nothing kept in memory from another test's rows (which a rolled
-    back transaction removed without a signal, and whose ids the next test reuses)."""
+    back transaction removed without a signal, and whose ids the next test reuses), and no
+    rate-limit counts left in the cache by an earlier test of a project with the same id."""
     config_cache.clear()
+    cache.clear()
 
 
 @pytest.fixture

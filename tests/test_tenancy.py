@@ -25,6 +25,16 @@ NOT_TENANT_SCOPED = {
     "tests/accounts/test_verification.py",
     "openai_api:model": "a model name looked up in the calling key's own project (the key is "
     "the tenant); tested in tests/gateway/test_openai_api.py",
+    "openai_api:response": "a response id looked up in the calling key's own project (the key is "
+    "the tenant; another project's id answers 404); tested in tests/gateway/test_v1_responses.py",
+    "openai_api:response_input_items": "as openai_api:response; tested in "
+    "tests/gateway/test_v1_responses.py",
+    "openai_api:file": "a file id looked up in the calling key's own project (the key is the "
+    "tenant); tested in tests/gateway/test_v1_files.py",
+    "openai_api:file_content": "as openai_api:file",
+    "openai_api:batch": "a batch id looked up in the calling key's own project (the key is the "
+    "tenant); tested in tests/gateway/test_v1_batches.py",
+    "openai_api:batch_cancel": "as openai_api:batch",
 }
 
 
@@ -99,6 +109,9 @@ TENANT_ROUTES: dict[str, Callable] = {
     "budget_delete": lambda w: {**_org(w), "pk": w.budget.pk},
     "project_limits": _project,
     "api_key_limits": lambda w: {**_project(w), "pk": w.api_key.pk},
+    "batches": _project,
+    "batch_detail": lambda w: {**_project(w), "batch_id": w.batch.pk},
+    "batch_file": lambda w: {**_project(w), "batch_id": w.batch.pk, "file_id": w.batch_input.pk},
     "tool_servers": _project,
     "tool_server_new": _project,
     "tool_server_edit": lambda w: {**_project(w), "server_id": w.tool_server.pk},
@@ -346,6 +359,21 @@ def world(alice, bob, charlie, org_a, project_a, project_b, closed_port):
 
     w.tool_server = ToolServer.objects.create(
         project=project_a, name="A's tools", url=f"http://127.0.0.1:{closed_port}/mcp"
+    )
+    # A batch of project A's key, with its input file.
+    from django.core.files.base import ContentFile
+
+    from gateway.models import Batch, File
+
+    w.batch_input = File(project=project_a, api_key=w.api_key, purpose="batch", filename="in.jsonl")
+    w.batch_input.file.save("in.jsonl", ContentFile(b"{}\n"), save=False)
+    w.batch_input.save()
+    w.batch = Batch.objects.create(
+        project=project_a,
+        api_key=w.api_key,
+        endpoint="/v1/chat/completions",
+        input_file=w.batch_input,
+        total=1,
     )
     return w
 

@@ -193,6 +193,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
+# Batch lines run at low priority (gateway/tasks.py): in slices, queued behind other work, and
+# on their own queue when this names one that dedicated workers consume (celery -Q batches).
+BATCH_QUEUE = env.str("CELERY_BATCH_QUEUE", default="celery")
+CELERY_TASK_ROUTES = {"gateway.tasks.run_batch": {"queue": BATCH_QUEUE}}
 
 LOGGING_FILTERS = {"refusals_without_traceback": {"()": "core.logging.RefusalsWithoutTraceback"}}
 # Expected refusals (401/403/404/429) are one line without a traceback (core.logging).
@@ -275,6 +279,9 @@ CHAT_IMAGE_MAX_PIXELS = env.int("CHAT_IMAGE_MAX_PIXELS", default=40_000_000)
 
 # Moderation (per project, off by default): the model asked of a connection's /v1/moderations.
 MODERATION_MODEL = env.str("MODERATION_MODEL", default="omni-moderation-latest")
+# /v1/files: the largest upload, and the most lines a batch's input may have.
+GATEWAY_FILE_MAX_BYTES = env.int("GATEWAY_FILE_MAX_BYTES", default=100 * 1024 * 1024)
+GATEWAY_BATCH_MAX_LINES = env.int("GATEWAY_BATCH_MAX_LINES", default=50_000)
 # How /v1 reaches the projects' moderation (the gateway does not import the chat app).
 GATEWAY_INPUT_MODERATION = "chat.moderation.gateway_moderation"
 
@@ -282,6 +289,9 @@ GATEWAY_INPUT_MODERATION = "chat.moderation.gateway_moderation"
 # How long money stays set aside for a call in flight before it is given back (a process that
 # died mid-call cannot hold a budget forever).
 BILLING_HOLD_SECONDS = env.int("BILLING_HOLD_SECONDS", default=15 * 60)
+# A model with no price runs (unbudgeted, at no cost, its rows "unpriced") only where staff
+# allowed it on its connection (ConnectionModel.unpriced_allowed); True: every such model.
+BILLING_ALLOW_UNPRICED = env.bool("BILLING_ALLOW_UNPRICED", default=False)
 # Prices, budgets, rate limits and model routes are kept in each process's memory between
 # changes (core.config_cache): other processes see a change within CONFIG_CACHE_CHECK_SECONDS
 # (through the shared cache), and nothing is kept longer than CONFIG_CACHE_SECONDS.
@@ -308,6 +318,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "chat.tasks.purge_unsent_attachments",
         "schedule": 3600.0,
     },
+    # Batches no worker runs (one died, a rate limit paused it, its window ran out) go on.
+    "sweep-batches": {"task": "gateway.tasks.sweep_batches", "schedule": 60.0},
 }
 
 # --- REST API (/api/v1/) -----------------------------------------------------------------------
@@ -352,6 +364,12 @@ SPECTACULAR_SETTINGS = {
         "NewRoomSharingEnum": "chat.api.NEW_ROOM_SHARING",
         "BudgetScopeEnum": ["organization", "project", "member", "api_key"],
         "MessageRoleEnum": "chat.models.Message.Role",
+        # /v1's one-value "object" fields, named after what they are.
+        "BatchObjectEnum": ["batch"],
+        "FileObjectEnum": ["file"],
+        "ResponseObjectEnum": ["response"],
+        "ListObjectEnum": ["list"],
+        "FilePurposeEnum": ["batch", "batch_output"],
     },
     "SCHEMA_PATH_PREFIX": r"/(api/v1|v1)",
     "POSTPROCESSING_HOOKS": [

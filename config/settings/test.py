@@ -55,6 +55,9 @@ SERVESTATIC_AUTOREFRESH = True
 FIELD_ENCRYPTION_KEYS = ["3s_AUNnaaNuG5IwIAsFIlviEFWHg9LF_oecoJKLE5bc="]
 # The fake upstream listens on 127.0.0.1; the address policy's tests set their own networks.
 UPSTREAM_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
+# The fake upstream's models have no price: they run unpriced, as before issue 17, except in
+# the tests of that rule (tests/billing/test_unpriced.py sets it back to False).
+BILLING_ALLOW_UNPRICED = True
 CHAT_FLUSH_INTERVAL = 0.05
 CHAT_DELTA_INTERVAL = 0  # every token its own frame, so tests can follow the stream exactly
 

@@ -40,6 +40,50 @@ naming the part. The echo then ends with `` [image/png 1234 B]`` per image.
   of `MODERATION_WORDS` whose words it contains (whole words, any case). The model name takes
   the error markers (``omni-moderation-latest@500``).
 
+- ``POST /v1/embeddings`` -> OpenAI's embeddings answer for ``input`` (a string, a list of
+  strings, a token array or a list of token arrays; an empty string or list is a 400 naming
+  ``input``), for any of `MODELS` or `EMBEDDING_MODELS` (``fake-embed``, not listed by
+  ``/v1/models``). Deterministic vectors of `EMBEDDING_SIZE` (64) dimensions (`embedding_vector`):
+  a hashed bag of the text's lowercased words (each word adds or subtracts one in the dimension
+  its hash picks), scaled to unit length — texts that share words are closer, cosine similarity
+  is the dot product. A token array's tokens count as the words ``t<id>``. ``dimensions`` keeps
+  the first that many, scaled to unit length again (above 64, or below 1: 400 naming
+  ``dimensions``). ``encoding_format: "base64"`` answers each vector as base64 of its
+  little-endian float32 bytes, as OpenAI does (and the SDK asks for by default).
+  ``usage.prompt_tokens`` is ``count_text_tokens`` of each text summed (a token array: its
+  length). Markers: the error markers, ``@hang``, ``@slow``, ``@nousage`` (no ``usage``),
+  ``@html``, ``@text``, ``@badjson`` (half the JSON body); the others are ignored.
+- ``POST /v1/responses`` -> a small but faithful Responses API. ``input`` is a string or a list
+  of items (messages with string content or ``input_text`` / ``output_text`` parts,
+  ``function_call`` and ``function_call_output`` items); ``instructions`` is read for this
+  response only (not carried to the next, as OpenAI does); ``previous_response_id`` continues
+  the conversation of a response this server made and stored (``store`` is true unless sent
+  false), else 400 ``previous_response_not_found`` naming it. The reply is one ``message``
+  output item with one ``output_text`` part: ``"Echo: " + <text of the last user message>``
+  (of the last ``function_call_output`` when the input ends with one), or with ``@history``
+  the texts of every user message of the conversation, oldest first, joined by " / " (so a
+  test can see that a chain was followed). ``max_output_tokens`` cuts it (status
+  ``incomplete``, ``incomplete_details.reason`` ``max_output_tokens``). Usage: ``input_tokens``
+  = ``count_message_tokens`` of the instructions as a system message and the conversation's
+  items as messages (their text); ``output_tokens`` = words sent. With ``stream: true``, SSE
+  with ``event:`` lines and typed events, each with its ``sequence_number`` (from 0):
+  ``response.created`` and ``response.in_progress`` (status ``in_progress``, no output yet),
+  ``response.output_item.added``, ``response.content_part.added``, one
+  ``response.output_text.delta`` per word, ``response.output_text.done``,
+  ``response.content_part.done``, ``response.output_item.done``, then ``response.completed``
+  (or ``response.incomplete``) with the whole response; no ``[DONE]``. With ``@tool`` the output
+  is a ``function_call`` of the first of ``tools`` (``{"type": "function", "name": ...}``; 400
+  naming ``tools`` without one) with the arguments `tool_call` makes, streamed as
+  ``response.function_call_arguments.delta`` fragments and ``.done`` — until the input ends
+  with a ``function_call_output``; ``@toolloop`` calls again whatever came back. Markers: the
+  error markers, ``@hang``, ``@slow``, ``@words``, ``@json``, ``@nousage``, ``@cached``,
+  ``@html``, ``@text``, ``@history``; when streaming, ``@drop<N>`` (closes after N deltas),
+  ``@badjson<N>`` (one event whose data is not JSON after N deltas, then the rest) and
+  ``@errorevent<N>`` (after N deltas, the ``error`` event OpenAI sends when a response fails
+  mid-stream, then the body ends); without streaming ``@drop`` sends half the JSON body and
+  closes, ``@badjson`` answers half of it, ``@errorevent`` is ``@500``. The others are ignored.
+  ``GET /v1/responses/{id}`` answers a stored response (404 otherwise); ``DELETE`` forgets it.
+
 Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
 combinable in any order (``fake-gpt@slow20@drop3``). "After N chunks" counts content (or
 argument) chunks, not the opening chunk that carries the role; an N past the end of the reply
@@ -94,6 +138,8 @@ means after all of them, before the finish chunk.
                     closes the connection. Non-streaming: exactly ``@500``
 ``@nochoices``      every chunk has ``"choices": []`` (no content, no finish_reason), then
                     the usage chunk if asked and [DONE]. Non-streaming: ``"choices": []``
+``@history``        Responses API only: the reply echoes every user message of the
+                    conversation (see above)
 ==================  =======================================================================
 
 When markers conflict, the first of these that applies decides the whole answer: ``@hang``
@@ -113,10 +159,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
+import math
 import re
 import selectors
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -127,9 +176,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from providers.llm.tokens import count_message_tokens
+from providers.llm.tokens import count_message_tokens, count_text_tokens
 
 MODELS = ("fake-gpt", "fake-gpt-mini")
+EMBEDDING_MODELS = ("fake-embed",)  # embeddings only; not listed by /v1/models
+EMBEDDING_SIZE = 64
 BAD_KEY = "sk-bad"
 HANG_SECONDS = 300.0
 REQUESTS_KEPT = 200  # request bodies kept for tests to read (see `FakeUpstream.requests`)
@@ -139,7 +190,7 @@ _LOREM = (
 )  # fmt: skip
 _MARKER = re.compile(
     r"(429|quota|401|500|context|hang|nousage|toolloop|tool|json|html|text|surrogate|nul|ignorecap|badusage"
-    r"|nochoices)"
+    r"|nochoices|history)"
     r"|(drop|slow|words|cached|cut|stall|overusage|errorevent)(\d+)"
     r"|(badjson)(\d*)"
 )
@@ -157,6 +208,7 @@ _FLAGS = {
     "ignorecap": "ignore_cap",
     "badusage": "bad_usage",
     "nochoices": "no_choices",
+    "history": "history",
 }
 _COUNTS = {
     "drop": "drop_after",
@@ -197,6 +249,7 @@ class Faults:
     bad_usage: bool = False
     error_event_after: int | None = None
     no_choices: bool = False
+    history: bool = False
 
 
 def parse_model(model: str) -> tuple[str, Faults]:
@@ -381,6 +434,139 @@ def moderation_result(text: str) -> dict[str, Any]:
     }
 
 
+# --- embeddings ----------------------------------------------------------------------------
+
+
+def embedding_inputs(value: object) -> list[tuple[str, int]]:
+    """(text, prompt tokens) of each input of an embeddings request; raises ValueError for
+    any other shape (as OpenAI refuses an empty string or list)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("'input' must be a non-empty string or array")
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        value = [value]  # one token array
+    inputs = []
+    for item in value:
+        if isinstance(item, str) and item:
+            inputs.append((item, count_text_tokens(item)))
+        elif (
+            isinstance(item, list)
+            and item
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in item)
+        ):
+            inputs.append((" ".join(f"t{token}" for token in item), len(item)))
+        else:
+            raise ValueError("each input must be a non-empty string or token array")
+    return inputs
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0:  # nothing hashed into these dimensions: a fixed direction
+        return [1.0] + [0.0] * (len(vector) - 1)
+    return [x / norm for x in vector]
+
+
+def embedding_vector(text: str, dimensions: int = EMBEDDING_SIZE) -> list[float]:
+    """The fake's embedding of ``text``: a hashed bag of its words, unit length (see above)."""
+    vector = [0.0] * EMBEDDING_SIZE
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        vector[int.from_bytes(digest[:4], "little") % EMBEDDING_SIZE] += (
+            1.0 if digest[4] & 1 else -1.0
+        )
+    return _unit(vector[:dimensions])
+
+
+def embedding_base64(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format: "base64"``: little-endian float32 bytes in base64."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+def response_items(value: object) -> list[dict[str, Any]]:
+    """The items of a Responses ``input``: a string is one user message; raises ValueError
+    for any other shape."""
+    if isinstance(value, str):
+        return [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}
+        ]
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError("'input' must be a string or an array of items")
+    return list(value)
+
+
+def item_text(item: dict[str, Any]) -> str:
+    """The text of an item: a message's content (string, or its parts' text joined), a
+    function call's arguments, a function call output's output."""
+    kind = item.get("type", "message")
+    if kind == "function_call":
+        return str(item.get("arguments") or "")
+    if kind == "function_call_output":
+        output = item.get("output")
+        return output if isinstance(output, str) else json.dumps(output)
+    content = item.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _user_texts(items: list[dict[str, Any]]) -> list[str]:
+    return [
+        item_text(item)
+        for item in items
+        if item.get("type", "message") == "message" and item.get("role") == "user"
+    ]
+
+
+def response_reply(items: list[dict[str, Any]], faults: Faults) -> str:
+    """The text the fake answers a conversation with (before any cut)."""
+    last = items[-1] if items else {}
+    if faults.words is not None:
+        return " ".join(_LOREM[i % len(_LOREM)] for i in range(faults.words))
+    users = _user_texts(items)
+    if faults.json_reply:
+        return json.dumps({"echo": users[-1] if users else ""}, ensure_ascii=False)
+    if last.get("type") == "function_call_output":
+        return "Echo: " + item_text(last)
+    if faults.history:
+        return "Echo: " + " / ".join(users)
+    return "Echo: " + (users[-1] if users else "")
+
+
+def response_input_tokens(instructions: str | None, items: list[dict[str, Any]]) -> int:
+    messages = [{"role": "system", "content": instructions}] if instructions else []
+    messages += [
+        {"role": str(item.get("role") or item.get("type") or "user"), "content": item_text(item)}
+        for item in items
+    ]
+    return count_message_tokens(messages)
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+_RESPONSES_PATH = "/v1/responses/"
+# A Responses stream event before it is numbered: its type and its fields.
+_Event = tuple[str, dict[str, Any]]
+
+
+def _first_function_tool(tools: object) -> str | None:
+    """The name of the first Responses tool of type function (``{"type": "function",
+    "name": ...}``: flat, not nested as in chat completions)."""
+    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        tool = tools[0]
+        if tool.get("type") == "function" and isinstance(tool.get("name"), str):
+            return str(tool["name"])
+    return None
+
+
 def argument_fragments(arguments: str) -> list[str]:
     """The pieces a tool call's arguments are streamed in, one per chunk."""
     return _ARGUMENT_FRAGMENT.findall(arguments)
@@ -475,6 +661,9 @@ class _Server(ThreadingHTTPServer):
         self._next_id = 0
         # The latest request bodies, so tests can read what was sent (the prompt, the cap).
         self.bodies: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)
+        # The Responses API's stored responses: id -> (the response, the conversation so far:
+        # its input items with those of the responses it continues, then its output).
+        self._responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def count(self, model: str, body: dict[str, Any] | None = None) -> int:
         with self._lock:
@@ -496,6 +685,21 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             self.request_counts.clear()
             self.bodies.clear()
+            self._responses.clear()
+
+    def store_response(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._responses[response["id"]] = (response, conversation)
+
+    def stored_response(
+        self, response_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        with self._lock:
+            return self._responses.get(response_id)
+
+    def forget_response(self, response_id: str) -> bool:
+        with self._lock:
+            return self._responses.pop(response_id, None) is not None
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # As ThreadingMixIn does, but every handler thread is kept so that stop() can join it:
@@ -562,13 +766,28 @@ class _Handler(BaseHTTPRequestHandler):
                     {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS
                 ]
                 self._send_json(200, {"object": "list", "data": data})
+        elif path.startswith(_RESPONSES_PATH):
+            if self._authorized():
+                stored = self.server.stored_response(path.removeprefix(_RESPONSES_PATH))
+                if stored is None:
+                    self._response_not_found(path.removeprefix(_RESPONSES_PATH))
+                else:
+                    self._send_json(200, stored[0])
         else:
             self._send_json(404, _error_body(f"Unknown path {path}", "invalid_request_error", None))
 
     def do_DELETE(self) -> None:
-        if urlsplit(self.path).path == "/_fake/stats":
+        path = urlsplit(self.path).path
+        if path == "/_fake/stats":
             self.server.reset()
             self._send_json(200, {"requests": {}})
+        elif path.startswith(_RESPONSES_PATH):
+            if self._authorized():
+                response_id = path.removeprefix(_RESPONSES_PATH)
+                if self.server.forget_response(response_id):
+                    self._send_json(200, {"id": response_id, "object": "response", "deleted": True})
+                else:
+                    self._response_not_found(response_id)
         else:
             self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
 
@@ -576,6 +795,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/v1/moderations":
             self._moderate()
+            return
+        if path == "/v1/embeddings":
+            self._embed()
+            return
+        if path == "/v1/responses":
+            self._respond()
             return
         if path != "/v1/chat/completions":
             self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
@@ -672,6 +897,380 @@ class _Handler(BaseHTTPRequestHandler):
                 "results": [moderation_result(text) for text in texts],
             },
         )
+
+    # -- embeddings and responses: what they share ---------------------------------------
+
+    def _read_json(self) -> tuple[dict[str, Any], str] | None:
+        """The request body and its model, counted and authorized; None once answered."""
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            model = str(body["model"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self._send_json(
+                400, _error_body(f"Invalid request: {exc}", "invalid_request_error", None)
+            )
+            return None
+        self.server.count(model, body)
+        if not self._authorized():
+            return None
+        return body, model
+
+    def _faults(self, model: str, known: tuple[str, ...]) -> tuple[str, Faults] | None:
+        """The base model and its markers; None once answered (an unknown marker or model)."""
+        try:
+            base, faults = parse_model(model)
+        except ValueError as exc:
+            self._send_json(400, _error_body(str(exc), "invalid_request_error", None, "model"))
+            return None
+        if base not in known:
+            message = f"The model `{base}` does not exist or you do not have access to it."
+            self._send_json(404, _error_body(message, "invalid_request_error", "model_not_found"))
+            return None
+        return base, faults
+
+    def _answered_by_faults(self, faults: Faults, *, streaming: bool) -> bool:
+        """Answer as the markers that decide the whole answer say (hang, errors, a page that
+        is not JSON); whether they did."""
+        if faults.hang:
+            self.server.stopping.wait(HANG_SECONDS)
+            self._drop_connection()
+            return True
+        error = faults.error
+        if error is None and faults.error_event_after is not None and not streaming:
+            error = "500"
+        if error:
+            status, payload = _ERRORS[error]
+            self._send_json(status, payload, {"Retry-After": "1"} if error == "429" else {})
+            return True
+        if faults.html or faults.text:
+            if faults.html:
+                self._send_bytes(200, "text/html", HTML_PAGE)
+            else:
+                self._send_bytes(200, "text/plain", TEXT_BODY)
+            return True
+        return False
+
+    def _refuse(self, message: str, param: str | None, code: str | None = None) -> None:
+        self._send_json(400, _error_body(message, "invalid_request_error", code, param))
+
+    # -- embeddings ----------------------------------------------------------------------
+
+    def _embed(self) -> None:
+        read = self._read_json()
+        if read is None:
+            return
+        body, model = read
+        parsed = self._faults(model, MODELS + EMBEDDING_MODELS)
+        if parsed is None:
+            return
+        base, faults = parsed
+        if self._answered_by_faults(faults, streaming=False):
+            return
+        try:
+            inputs = embedding_inputs(body.get("input"))
+        except ValueError as exc:
+            self._refuse(f"Invalid 'input': {exc}.", "input")
+            return
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (
+            not isinstance(dimensions, int)
+            or isinstance(dimensions, bool)
+            or not 1 <= dimensions <= EMBEDDING_SIZE
+        ):
+            self._refuse(
+                f"This model's embeddings have 1 to {EMBEDDING_SIZE} dimensions, not "
+                f"{dimensions!r}.",
+                "dimensions",
+            )
+            return
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            self._refuse(f"Invalid 'encoding_format': {encoding!r}.", "encoding_format")
+            return
+        if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
+            return
+        data = []
+        for index, (text, _) in enumerate(inputs):
+            vector = embedding_vector(text, dimensions or EMBEDDING_SIZE)
+            data.append(
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": embedding_base64(vector) if encoding == "base64" else vector,
+                }
+            )
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": base}
+        if not faults.no_usage:
+            tokens = sum(count for _, count in inputs)
+            answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        payload = json.dumps(answer).encode()
+        if faults.bad_json_after is not None:
+            self._send_bytes(200, "application/json", payload[: len(payload) // 2])
+            return
+        self._send_bytes(200, "application/json", payload)
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _response_not_found(self, response_id: str) -> None:
+        message = f"Response with id '{response_id}' not found."
+        self._send_json(404, _error_body(message, "invalid_request_error", None))
+
+    def _respond(self) -> None:
+        read = self._read_json()
+        if read is None:
+            return
+        body, model = read
+        parsed = self._faults(model, MODELS)
+        if parsed is None:
+            return
+        _, faults = parsed
+        streaming = bool(body.get("stream"))
+        if self._answered_by_faults(faults, streaming=streaming):
+            return
+        try:
+            items = response_items(body.get("input"))
+        except ValueError as exc:
+            self._refuse(f"Invalid 'input': {exc}.", "input")
+            return
+        history: list[dict[str, Any]] = []
+        previous_id = body.get("previous_response_id")
+        if previous_id is not None:
+            stored = (
+                self.server.stored_response(previous_id) if isinstance(previous_id, str) else None
+            )
+            if stored is None:
+                self._refuse(
+                    f"Previous response with id '{previous_id}' not found.",
+                    "previous_response_id",
+                    "previous_response_not_found",
+                )
+                return
+            history = stored[1]
+        limit = body.get("max_output_tokens")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            self._refuse(f"Invalid 'max_output_tokens': {limit!r}.", "max_output_tokens")
+            return
+        instructions = body.get("instructions")
+        instructions = instructions if isinstance(instructions, str) else None
+        conversation = history + items
+        last = conversation[-1] if conversation else {}
+        answered_call = last.get("type") == "function_call_output"
+        call_name = None
+        if faults.tool_call and body.get("tool_choice") != "none":
+            call_name = _first_function_tool(body.get("tools"))
+            if call_name is None:
+                message = "@tool needs 'tools', the first one of type function with a name."
+                self._refuse(message, "tools")
+                return
+            if answered_call and not faults.tool_loop:
+                call_name = None
+        if call_name is not None:
+            users = _user_texts(conversation)
+            # The arguments chat completions' @tool makes of the same text.
+            call = tool_call(
+                [{"role": "user", "content": users[-1] if users else ""}],
+                [{"type": "function", "function": {"name": call_name}}],
+            )
+            arguments = call["arguments"] if call else "{}"
+            tokens = argument_fragments(arguments)
+        else:
+            tokens = re.findall(r"\S+\s*", response_reply(conversation, faults))
+        complete = limit is None or len(tokens) <= limit
+        tokens = tokens if complete else tokens[:limit]
+        status = "completed" if complete else "incomplete"
+        if call_name is not None:
+            item: dict[str, Any] = {
+                "id": f"fc_{uuid.uuid4().hex}",
+                "type": "function_call",
+                "status": status,
+                "call_id": f"call_{uuid.uuid4().hex[:24]}",
+                "name": call_name,
+                "arguments": "".join(tokens),
+            }
+        else:
+            item = {
+                "id": f"msg_{uuid.uuid4().hex}",
+                "type": "message",
+                "status": status,
+                "role": "assistant",
+                "content": [_output_text("".join(tokens))],
+            }
+        input_tokens = response_input_tokens(instructions, conversation)
+        usage = None
+        if not faults.no_usage:
+            usage = {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {
+                    "cached_tokens": min(faults.cached, input_tokens),
+                    "cache_write_tokens": 0,
+                },
+                "output_tokens": len(tokens),
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + len(tokens),
+            }
+        created = int(time.time())
+        store = body.get("store") is not False
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": created,
+            "status": status,
+            "background": False,
+            "completed_at": created if complete else None,
+            "error": None,
+            "incomplete_details": None if complete else {"reason": "max_output_tokens"},
+            "instructions": instructions,
+            "max_output_tokens": limit,
+            "max_tool_calls": None,
+            "model": model,
+            "output": [item],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": previous_id,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": store,
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_logprobs": 0,
+            "top_p": body.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": usage,
+            "user": None,
+            "metadata": body.get("metadata") or {},
+        }
+        if store:
+            self.server.store_response(response, [*conversation, item])
+        if streaming:
+            self._stream_response(response, item, tokens, faults)
+            return
+        if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
+            return
+        payload = json.dumps(response).encode()
+        if faults.drop_after is not None or faults.cut_after is not None:
+            self._send_head(200, "application/json", {"Content-Length": str(len(payload))})
+            self.wfile.write(payload[: len(payload) // 2])
+            self._drop_connection()
+            return
+        if faults.bad_json_after is not None:
+            self._send_bytes(200, "application/json", payload[: len(payload) // 2])
+            return
+        self._send_bytes(200, "application/json", payload)
+
+    def _stream_response(
+        self, response: dict[str, Any], item: dict[str, Any], tokens: list[str], faults: Faults
+    ) -> None:
+        """The typed events of a Responses stream (see the module's docstring); the markers
+        acting "after N" count the delta events."""
+        sequence = iter(range(1 << 30))  # numbered as sent: a marker's event takes its turn
+
+        def event(kind: str, fields: dict[str, Any]) -> bytes:
+            data = {"type": kind, **fields, "sequence_number": next(sequence)}
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+        where: dict[str, Any] = {"item_id": item["id"], "output_index": 0}
+        opening = {
+            **response,
+            "status": "in_progress",
+            "completed_at": None,
+            "incomplete_details": None,
+            "output": [],
+            "usage": None,
+        }
+        head: list[_Event] = [
+            ("response.created", {"response": opening}),
+            ("response.in_progress", {"response": opening}),
+        ]
+        deltas: list[_Event]
+        tail: list[_Event]
+        if item["type"] == "function_call":
+            head.append(
+                (
+                    "response.output_item.added",
+                    {"output_index": 0, "item": {**item, "status": "in_progress", "arguments": ""}},
+                )
+            )
+            deltas = [
+                ("response.function_call_arguments.delta", {**where, "delta": token})
+                for token in tokens
+            ]
+            tail = [
+                (
+                    "response.function_call_arguments.done",
+                    {**where, "name": item["name"], "arguments": item["arguments"]},
+                )
+            ]
+        else:
+            part = item["content"][0]
+            at = {**where, "content_index": 0}
+            head += [
+                (
+                    "response.output_item.added",
+                    {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}},
+                ),
+                ("response.content_part.added", {**at, "part": _output_text("")}),
+            ]
+            deltas = [
+                ("response.output_text.delta", {**at, "delta": token, "logprobs": []})
+                for token in tokens
+            ]
+            tail = [
+                ("response.output_text.done", {**at, "text": part["text"], "logprobs": []}),
+                ("response.content_part.done", {**at, "part": part}),
+            ]
+        final = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        tail += [
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            (final, {"response": response}),
+        ]
+        self._send_head(
+            200,
+            "text/event-stream; charset=utf-8",
+            {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"},
+        )
+
+        def after(count: int | None, sent: int) -> bool:
+            return count is not None and min(count, len(deltas)) == sent
+
+        def ended(sent: int) -> bool:
+            """Send what the markers acting after ``sent`` deltas send; whether that ended
+            the stream."""
+            if after(faults.bad_json_after, sent):
+                self._write_chunk(
+                    b'event: response.output_text.delta\ndata: {"type": "response.out\n\n'
+                )
+            if after(faults.error_event_after, sent):
+                error = {
+                    "code": "server_error",
+                    "message": STREAM_ERROR["error"]["message"],
+                    "param": None,
+                }
+                self._write_chunk(event("error", error))
+                self._write_chunk(b"")
+                self.close_connection = True
+                return True
+            if after(faults.drop_after, sent):
+                self._drop_connection()
+                return True
+            return False
+
+        for kind, fields in head:
+            self._write_chunk(event(kind, fields))
+        for sent, (kind, fields) in enumerate(deltas):
+            if ended(sent):
+                return
+            if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
+                self._drop_connection()
+                return
+            self._write_chunk(event(kind, fields))
+        if ended(len(deltas)):
+            return
+        for kind, fields in tail:
+            self._write_chunk(event(kind, fields))
+        self._write_chunk(b"")
 
     # -- chat completions ----------------------------------------------------------------
 
@@ -975,13 +1574,14 @@ class FakeUpstream:
 
     @property
     def request_counts(self) -> Counter[str]:
-        """Chat-completion requests received per model name (markers included)."""
+        """Requests received per model name (markers included): chat completions,
+        moderations, embeddings and responses."""
         return self.server.snapshot()
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """The bodies of the latest chat-completion requests (at most `REQUESTS_KEPT`),
-        oldest first."""
+        """The bodies of the latest requests counted in `request_counts` (at most
+        `REQUESTS_KEPT`), oldest first."""
         return self.server.recorded()
 
     def reset(self) -> None:

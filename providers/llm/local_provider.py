@@ -16,6 +16,14 @@ network. llama.cpp is CPU-bound and one `Llama` context can run one generation a
   without running, a running one stops at the next token (or the next prompt batch while the
   prompt is being read), and the model moves on to the next job.
 
+Embeddings (`LocalProvider.embed`) come from the same GGUF in llama.cpp's embedding mode: a second
+`Llama` (`embedding=True`, mean pooling over the last hidden states, vectors scaled to unit
+length so that cosine similarity is a dot product), loaded on first use by the same worker
+thread and queued with the generations in the same FIFO, so llama.cpp still runs on one thread
+(see below). Each input may be at most `EMBEDDING_CONTEXT` tokens: a pooled input must fit in one
+batch, and every input token gets an output row of n_vocab logits (llama.cpp allocates them in
+embedding mode too), so the context is kept small. The Responses API is not spoken here.
+
 Usage is counted with the model's own tokenizer: prompt tokens are the chat-formatted prompt
 exactly as llama-cpp-python tokenizes it, completion tokens are the tokens sampled (the
 end-of-generation token excluded, like llama-cpp-python's own non-streaming usage), and cached
@@ -66,6 +74,7 @@ from typing import TYPE_CHECKING, Any, cast
 from providers.llm.base import (
     ChatRequest,
     Completion,
+    Embeddings,
     ErrorCode,
     ModerationResult,
     ProviderError,
@@ -105,6 +114,14 @@ _TEXT_PARTS = {"text": "text", "refusal": "refusal"}
 
 
 LocalStreamEvent = Waiting | TextDelta | StreamEnd
+
+# Tokens an input may have for `embed`. Memory grows with it (llama.cpp keeps n_vocab logits for
+# each token of a batch even in embedding mode: 512 tokens take ~100 MB, 8192 would take 1.6 GB),
+# and mean-pooled vectors of a model this small say little about long texts anyway.
+EMBEDDING_CONTEXT = 512
+# Inputs embedded between two checks for cancellation (llama-cpp-python packs each slice into
+# as few batches of EMBEDDING_CONTEXT tokens as it can).
+_EMBEDDING_SLICE = 32
 
 
 @functools.cache
@@ -353,13 +370,21 @@ def _llama_class() -> type[Llama]:
     return _LocalLlama
 
 
-_Item = Waiting | TextDelta | StreamEnd | ProviderError
+@dataclass(frozen=True)
+class _EmbeddingRequest:
+    texts: list[str]
+
+
+_Item = Waiting | TextDelta | StreamEnd | Embeddings | ProviderError
 
 
 class _Job:
-    """One queued or running generation, and the way back to the coroutine awaiting it."""
+    """One queued or running generation (or embedding), and the way back to the coroutine
+    awaiting it."""
 
-    def __init__(self, request: ChatRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, request: ChatRequest | _EmbeddingRequest, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.request = request
         self.loop = loop
         self.events: asyncio.Queue[_Item] = asyncio.Queue()
@@ -383,6 +408,8 @@ class _Engine:
         self.llama = llama
         self.formatter = formatter
         self.n_ctx = llama.n_ctx()
+        # The same model in embedding mode, loaded by the worker on the first embedding job.
+        self.embedder: Llama | None = None
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._running: _Job | None = None
@@ -450,7 +477,12 @@ class _Engine:
                     continue
                 self._running = job
                 self._announce_positions()
-            outcome = self._generate(job)
+            request = job.request
+            outcome: StreamEnd | Embeddings | ProviderError | None
+            if isinstance(request, _EmbeddingRequest):
+                outcome = self._embed(job, request)
+            else:
+                outcome = self._generate(job, request)
             # Free the model before the consumer hears the end: a request it sends right away
             # must not be told to wait for the one that just finished.
             with self._cond:
@@ -458,9 +490,8 @@ class _Engine:
             if outcome is not None:
                 job.send(outcome)
 
-    def _generate(self, job: _Job) -> StreamEnd | ProviderError | None:
+    def _generate(self, job: _Job, request: ChatRequest) -> StreamEnd | ProviderError | None:
         """Run `job` to its end; None when it was cancelled (nobody is listening)."""
-        request = job.request
         try:
             prompt = self._prompt_tokens(request.messages)
         except Exception:
@@ -555,6 +586,68 @@ class _Engine:
             ),
             upstream_id=upstream_id,
         )
+
+    def _embed(self, job: _Job, request: _EmbeddingRequest) -> Embeddings | ProviderError | None:
+        """Vectors for the texts of `job`; None when it was cancelled (nobody is listening)."""
+        try:
+            embedder = self._embedder()
+        except Exception:
+            logger.exception("Could not load the local model for embeddings")
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The local model could not be loaded."
+            )
+        texts = request.texts
+        # Tokenized as llama-cpp-python's `embed` tokenizes, so the count is what it reads.
+        counts = [len(embedder.tokenize(text.encode("utf-8"))) for text in texts]
+        for index, count in enumerate(counts):
+            if count > EMBEDDING_CONTEXT:
+                return ProviderError(
+                    ErrorCode.CONTEXT_TOO_LONG,
+                    f"input[{index}] has {count} tokens; the local model embeds at most "
+                    f"{EMBEDDING_CONTEXT} tokens per input.",
+                    param="input",
+                )
+            if count == 0:
+                return ProviderError(
+                    ErrorCode.BAD_REQUEST, f"input[{index}] is empty.", param="input"
+                )
+        vectors: list[list[float]] = []
+        try:
+            for start in range(0, len(texts), _EMBEDDING_SLICE):
+                if job.cancelled.is_set():
+                    return None
+                # normalize: unit length, so cosine similarity is a dot product.
+                pooled = embedder.embed(
+                    texts[start : start + _EMBEDDING_SLICE], normalize=True, truncate=False
+                )
+                vectors += cast("list[list[float]]", pooled)  # one vector per text when pooled
+        except Exception:
+            logger.exception("The local model failed while embedding")
+            return ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The local model failed while embedding."
+            )
+        return Embeddings(vectors=vectors, prompt_tokens=sum(counts), model=LOCAL_MODEL_NAME)
+
+    def _embedder(self) -> Llama:
+        """The model in embedding mode, loaded on first use. On the worker thread only: one
+        thread runs llama.cpp (see the module's docstring)."""
+        if self.embedder is None:
+            import llama_cpp
+
+            threads = self.llama.n_threads
+            self.embedder = llama_cpp.Llama(
+                self.llama.model_path,
+                embedding=True,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                # A pooled input must fit in one batch (and one micro-batch) whole.
+                n_ctx=EMBEDDING_CONTEXT,
+                n_batch=EMBEDDING_CONTEXT,
+                n_ubatch=EMBEDDING_CONTEXT,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        return self.embedder
 
     def _grammar_parses(self, grammar: LlamaGrammar) -> bool:
         """Whether llama.cpp reads `grammar` (it logs why not), parsed as sampling will."""
@@ -687,10 +780,26 @@ def _shutdown_engines() -> None:
             # Free the model now, while llama_cpp's module globals still exist: left to
             # interpreter teardown, Llama.__del__ fails with "NoneType is not callable".
             engine.llama.close()
+            if engine.embedder is not None:
+                engine.embedder.close()
     _ENGINES.clear()
 
 
 # --- The provider ------------------------------------------------------------------------------
+
+
+def _no_responses() -> ProviderError:
+    return ProviderError(
+        ErrorCode.BAD_REQUEST,
+        "The local model does not speak the Responses API; its answers come through chat "
+        "completions.",
+    )
+
+
+async def _refused_stream(error: ProviderError) -> AsyncGenerator[dict[str, Any], None]:
+    """A stream that fails when first read, as an upstream's refusal does."""
+    raise error
+    yield {}  # never reached: makes this an async generator
 
 
 class LocalProvider:
@@ -748,6 +857,8 @@ class LocalProvider:
                 item = await job.events.get()
                 if isinstance(item, ProviderError):
                     raise item
+                if isinstance(item, Embeddings):  # never: the answer of an embedding job
+                    continue
                 yield item
                 if isinstance(item, StreamEnd):
                     return
@@ -807,6 +918,57 @@ class LocalProvider:
             "The local model cannot moderate; moderation needs a connection with "
             "/v1/moderations, or the project's moderation patterns.",
         )
+
+    async def embed(
+        self, *, model: str, input: list[str], dimensions: int | None = None
+    ) -> Embeddings:
+        """Unit-length, mean-pooled vectors of the model's hidden states, one per text, and
+        the tokens it read (its own tokenizer). Queued with the generations: waits for the one
+        running. Raises `ProviderError`: another model, no input or an empty one, an input
+        longer than `EMBEDDING_CONTEXT` tokens, `dimensions` other than the model's own."""
+        if model != LOCAL_MODEL_NAME:
+            raise ProviderError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"The local provider only serves {LOCAL_MODEL_NAME}, not {model!r}.",
+            )
+        if not input:
+            raise ProviderError(
+                ErrorCode.BAD_REQUEST, "input must have at least one text.", param="input"
+            )
+        for index, text in enumerate(input):
+            if not isinstance(text, str) or not text:
+                raise ProviderError(
+                    ErrorCode.BAD_REQUEST,
+                    f"input[{index}] must be a non-empty string.",
+                    param="input",
+                )
+        engine = await self._engine()
+        size = engine.llama.n_embd()
+        if dimensions is not None and dimensions != size:
+            raise ProviderError(
+                ErrorCode.BAD_REQUEST,
+                f"The local model's embeddings have {size} dimensions and cannot be shortened "
+                f"to {dimensions}.",
+                param="dimensions",
+            )
+        job = _Job(_EmbeddingRequest(list(input)), asyncio.get_running_loop())
+        engine.submit(job)
+        try:
+            while True:
+                item = await job.events.get()
+                if isinstance(item, ProviderError):
+                    raise item
+                if isinstance(item, Embeddings):
+                    return item
+                # `Waiting`: a caller of embed() has no use for its place in the queue.
+        finally:
+            engine.withdraw(job)
+
+    async def respond(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise _no_responses()
+
+    def respond_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        return _refused_stream(_no_responses())
 
     async def list_models(self) -> list[str]:
         return [LOCAL_MODEL_NAME]

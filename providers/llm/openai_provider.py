@@ -7,11 +7,20 @@ key. One exception to the SDK's retry policy: a 429 whose error is `insufficient
 the account has no credit, which retrying cannot fix, so it is not retried (see
 `_refuse_quota_retries`). Every request goes through the address policy
 (`providers.addresses`): to an address it checked, redirects not followed.
+
+Beyond chat: ``/v1/moderations`` (`moderate`), ``/v1/embeddings`` (`embed`, floats asked for:
+callers encode), and the Responses API (`respond`, `respond_stream`) for connections whose
+upstream speaks it — the body sent on as the client wrote it, the answer and each streamed
+event handed back as the JSON the upstream sent (`_as_json`), so fields the SDK does not know
+yet are kept. An ``error`` event of a response stream, a stream that ends before its final
+event, and an event that is not JSON are `ProviderError`s like any other failure;
+``response.failed`` and ``response.incomplete`` are answers, passed on as they come.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import AsyncGenerator
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -26,6 +35,7 @@ from providers.addresses import AddressPolicy, AddressRefused, PinnedTransport
 from providers.llm.base import (
     ChatRequest,
     Completion,
+    Embeddings,
     ErrorCode,
     ModerationResult,
     ProviderError,
@@ -39,6 +49,8 @@ from providers.llm.base import (
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KEYLESS_PLACEHOLDER = "no-key"
 _MAX_DETAIL = 300
+# The events that end a Responses API stream: one of them comes last, or the stream broke off.
+RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 
 def _is_quota_error(error: object) -> bool:
@@ -99,6 +111,35 @@ def _usage(usage: CompletionUsage | None) -> Usage | None:
         completion_tokens=usage.completion_tokens,
         cached_tokens=(details.cached_tokens if details else None) or 0,
     )
+
+
+def _as_json(value: object) -> dict[str, Any]:
+    """An SDK object as the JSON the upstream sent: the keys it sent (those the SDK does not
+    know included), none it left out. Raises ValueError for anything that is not an object."""
+    if isinstance(value, openai.BaseModel):
+        # The SDK builds its objects without validating them: only the keys that were sent
+        # are set, and exclude_unset gives back exactly those.
+        return value.to_dict(mode="json", warnings=False)
+    if isinstance(value, dict):  # an event type the SDK does not know yet
+        return value
+    raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def _vector(value: object) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("an embedding is not a list of numbers")
+    vector = []
+    for number in value:
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValueError("an embedding is not a list of numbers")
+        if not math.isfinite(number):
+            raise ValueError("an embedding has a number that is not finite")
+        vector.append(float(number))
+    return vector
 
 
 def _tool_call_deltas(calls: list[ChoiceDeltaToolCall] | None) -> list[ToolCallDelta]:
@@ -236,6 +277,99 @@ class OpenAIProvider:
             raise ProviderError(
                 ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's moderation answer was unusable."
             ) from None
+
+    async def embed(
+        self, *, model: str, input: list[str], dimensions: int | None = None
+    ) -> Embeddings:
+        """The upstream's ``/v1/embeddings`` for ``input``, as floats (the SDK would otherwise
+        ask for base64, which not every compatible server speaks), in input order."""
+        try:
+            response = await self._client.embeddings.create(
+                model=model,
+                input=input,
+                encoding_format="float",
+                dimensions=openai.omit if dimensions is None else dimensions,
+            )
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._error(exc) from exc
+        except ValueError:  # a 200 whose body is not JSON
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's embeddings answer was unusable."
+            ) from None
+        try:
+            # The SDK does not validate answers: a compatible server's odd shape must become
+            # an error here, not a wrong vector (or an AttributeError) in the caller.
+            data = list(response.data)
+            indexes = [item.index for item in data]
+            if all(isinstance(index, int) for index in indexes):
+                data = [item for _, item in sorted(zip(indexes, data, strict=True), key=_first)]
+            vectors = [_vector(item.embedding) for item in data]
+            if len(vectors) != len(input) or len({len(vector) for vector in vectors}) != 1:
+                raise ValueError("not one vector of one size per input")
+            usage = getattr(response, "usage", None)
+            prompt_tokens = getattr(usage, "prompt_tokens", None)
+            if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int):
+                prompt_tokens = None  # no usable count: the caller counts
+            elif prompt_tokens < 0:
+                prompt_tokens = None
+            return Embeddings(
+                vectors=vectors,
+                prompt_tokens=prompt_tokens,
+                model=response.model if isinstance(response.model, str) else model,
+            )
+        except (AttributeError, TypeError, ValueError):
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's embeddings answer was unusable."
+            ) from None
+
+    async def respond(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/responses`` with ``body`` sent on as it is (``stream`` left out); the
+        response object as the upstream sent it."""
+        body = {name: value for name, value in body.items() if name != "stream"}
+        try:
+            # Every key through extra_body: the JSON sent is exactly ``body``, keys the SDK
+            # does not know yet included (as keywords, those would be a TypeError).
+            response = await self._client.responses.create(extra_body=body)
+            return _as_json(response)
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._error(exc) from exc
+        except ValueError:  # a body that is not JSON, or JSON that is not an object
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's answer was unusable."
+            ) from None
+
+    async def respond_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """The same, streamed: each event's data as the upstream sent it, in order, ending
+        with one of `RESPONSE_FINAL_EVENTS`. Raises `ProviderError` for every failure: an
+        ``error`` event (mapped by its code, as an error inside a chat stream is), an event
+        that is not JSON, a stream that ends before its final event."""
+        body = {name: value for name, value in body.items() if name != "stream"}
+        final = False
+        try:
+            events = await self._client.responses.create(extra_body=body, stream=True)
+            async with events:
+                async for event in events:
+                    data = _as_json(event)
+                    if data.get("type") == "error":
+                        message = data.get("message")
+                        raise openai.APIError(
+                            message if isinstance(message, str) else "The stream failed.",
+                            events.response.request,
+                            body=data,
+                        )
+                    final = data.get("type") in RESPONSE_FINAL_EVENTS
+                    yield data
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._error(exc) from exc
+        except ValueError:  # an event whose data is not JSON, or not an object
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's answer was unusable."
+            ) from None
+        if not final:
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "The provider ended the stream before the response was finished.",
+            )
 
     def unsupported(self, request: ChatRequest) -> str | None:
         """None: every parameter is sent on as it is, and the upstream decides (an OpenAI-
