@@ -9,7 +9,7 @@ deleting, creating and cancelling batches the ``chat`` scope (a batch makes mode
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -73,6 +73,14 @@ def _receive(request: Request, key: ApiKey) -> File:
     return files.file_store(project=key.project, key=key, upload=checked, purpose=str(purpose))
 
 
+async def _json(work: Callable[[], dict[str, Any]]) -> HttpResponse:
+    """``work`` on the database thread, answered as JSON, or its refusal in OpenAI's shape."""
+    try:
+        return JsonResponse(await db_sync_to_async(work)())
+    except ServiceError as error:
+        return error_response(error)
+
+
 class FileListView(OpenAIEndpoint):
     parser_classes = [MultiPartParser]  # what the schema documents; Django reads the form
 
@@ -96,10 +104,7 @@ class FileListView(OpenAIEndpoint):
                 order=query.get("order"),
             )
 
-        try:
-            return JsonResponse(await db_sync_to_async(listing)())
-        except ServiceError as error:
-            return error_response(error)
+        return await _json(listing)
 
     @extend_schema(
         operation_id="v1_files_create",
@@ -148,10 +153,7 @@ class FileDetailView(OpenAIEndpoint):
         def delete() -> dict[str, Any]:
             return files.file_delete(project=_key(request, WRITE).project, file_id=file_id)
 
-        try:
-            return JsonResponse(await db_sync_to_async(delete)())
-        except ServiceError as error:
-            return error_response(error)
+        return await _json(delete)
 
 
 async def _chunks(stored: File) -> AsyncIterator[bytes]:
@@ -213,10 +215,7 @@ class BatchListView(OpenAIEndpoint):
                 limit=query.get("limit"),
             )
 
-        try:
-            return JsonResponse(await db_sync_to_async(listing)())
-        except ServiceError as error:
-            return error_response(error)
+        return await _json(listing)
 
     @extend_schema(
         operation_id="v1_batches_create",
@@ -233,10 +232,7 @@ class BatchListView(OpenAIEndpoint):
         def create() -> dict[str, Any]:
             return batches.batch_json(batches.batch_create(key=_key(request, WRITE), body=body))
 
-        try:
-            return JsonResponse(await db_sync_to_async(create)())
-        except ServiceError as error:
-            return error_response(error)
+        return await _json(create)
 
 
 class BatchDetailView(OpenAIEndpoint):
@@ -251,10 +247,7 @@ class BatchDetailView(OpenAIEndpoint):
             batch = batches.batch_get(project=_key(request, READ).project, batch_id=batch_id)
             return batches.batch_json(batch)
 
-        try:
-            return JsonResponse(await db_sync_to_async(read)())
-        except ServiceError as error:
-            return error_response(error)
+        return await _json(read)
 
 
 class BatchCancelView(OpenAIEndpoint):
