@@ -54,4 +54,6 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
     path("", include("gateway.page_urls")),
+    path("", include("audit.urls")),
+    path("", include("lifecycle.urls")),
 ]

@@ -48,9 +48,11 @@ INSTALLED_APPS = [
     "core",
     "accounts",
     "providers",
+    "audit",
     "billing",
     "chat",
     "gateway",
+    "lifecycle",
 ]
 
 MIDDLEWARE = [
