@@ -375,7 +375,12 @@ class AttachmentRefSerializer(serializers.Serializer):
 
 class MessageSerializer(serializers.ModelSerializer):
     cost = serializers.SerializerMethodField(
-        help_text="USD, as a decimal string: what this reply cost (null for a user message)."
+        help_text="USD, as a decimal string: what this reply cost (null for a user message, "
+        "and for a reply whose model ran unpriced: see priced)."
+    )
+    priced = serializers.SerializerMethodField(
+        help_text="False when the reply's model ran without a price (allowed by staff): its cost "
+        "is unknown, not $0."
     )
     author = serializers.SerializerMethodField(
         help_text="Who wrote a user message, or called for a reply (and pays for it); null "
@@ -433,6 +438,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "tool_calls",
             "attachments",
             "cost",
+            "priced",
             "author",
             "persona",
             "created_at",
@@ -452,6 +458,10 @@ class MessageSerializer(serializers.ModelSerializer):
     def get_cost(self, message: Message) -> str | None:
         cost = self.context.get("costs", {}).get(message.pk)
         return None if cost is None else f"{cost:f}"  # fixed-point, never "0E-12"
+
+    def get_priced(self, message: Message) -> bool:
+        costs = self.context.get("costs", {})
+        return message.pk not in costs or costs[message.pk] is not None
 
     @extend_schema_field(VersionsSerializer(allow_null=True))
     def get_versions(self, message: Message) -> dict[str, Any] | None:

@@ -368,8 +368,10 @@ class Message(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     # Not stored: set on a reply where it is shown. What the ledger says it cost, what its
-    # conversation has cost so far, and its text rendered (sanitized) from markdown.
+    # conversation has cost so far, and its text rendered (sanitized) from markdown. ``unpriced``:
+    # its model ran without a price, so ``cost`` is None (unknown, not $0).
     cost: Decimal | None
+    unpriced: bool
     conversation_cost: Decimal | None
     html: str
     versions: Versions | None  # which version of its turn it is, when there are several

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -334,15 +334,19 @@ def history_for_prompt(conversation: Conversation, *, before: int | None) -> Que
     return qs[: conversation.history_limit] if conversation.history_limit else qs
 
 
-def message_costs(message_ids: list[int]) -> dict[int, Decimal]:
-    """What each reply cost, from the ledger (one query for a page of messages)."""
+def message_costs(message_ids: list[int]) -> dict[int, Decimal | None]:
+    """What each reply cost, from the ledger (one query for a page of messages); None for a
+    reply whose every call ran unpriced (a model staff let run without a price): its cost is
+    unknown, not $0."""
     rows = (
         # Title calls have no message: only the replies' own rows.
         UsageRecord.objects.filter(message_id__in=message_ids)
         .values("message_id")
-        .annotate(units=cost_units_sum())
+        .annotate(units=cost_units_sum(), priced=Count("pk", filter=Q(price__isnull=False)))
     )
-    return {row["message_id"]: units_to_cost(row["units"]) for row in rows}
+    return {
+        row["message_id"]: units_to_cost(row["units"]) if row["priced"] else None for row in rows
+    }
 
 
 def conversation_cost(conversation: Conversation) -> Decimal:

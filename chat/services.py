@@ -626,6 +626,8 @@ def serialize_message(
         "attachments": [serialize_attachment(a) for a in attachments],
         # Strings: JSON has no Decimal, and a float would not be the ledger's amount.
         "cost": decimal_text(getattr(message, "cost", None)),
+        # False: the reply's model ran without a price, so its cost is unknown (not $0).
+        "priced": not getattr(message, "unpriced", False),
         "conversation_cost": decimal_text(getattr(message, "conversation_cost", None)),
     }
 
@@ -1193,7 +1195,7 @@ def reply_finish(
     message.latency_ms = latency_ms
     message.first_token_ms = first_token_ms
     message.save()
-    message.cost = record.cost
+    _set_cost(message, record)
     message.conversation_cost = selectors.conversation_cost(message.conversation)
 
     conversation = message.conversation
@@ -1259,7 +1261,13 @@ def _settle_orphan(message: Message, conversation: Conversation, *, status: str)
         message_id=message.pk,
     )
     message.completion_tokens = record.completion_tokens
-    message.cost = record.cost
+    _set_cost(message, record)
+
+
+def _set_cost(message: Message, record: UsageRecord) -> None:
+    # A call of a model that runs unpriced has no cost to show: "unpriced", not $0.
+    message.unpriced = record.price_id is None
+    message.cost = None if message.unpriced else record.cost
 
 
 @transaction.atomic

@@ -126,6 +126,7 @@ def conversation_detail(
                 message.content, json_valid=message.json_valid, json_error=message.json_error
             )
             message.cost = costs.get(message.pk)
+            message.unpriced = message.pk in costs and message.cost is None
     # A model the project no longer allows is not offered: the picker falls back to the first
     # allowed one and the page says why, so saving the settings never fails on the model.
     model_options = selectors.model_options(project)

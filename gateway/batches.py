@@ -28,10 +28,6 @@ repeated. Two runs of one batch at once (a redelivered message while the first s
 are kept apart by a lease in the cache and, should the lease lapse, by the ``next_line`` check:
 the run that finds the line recorded already rolls its own row back and stops.
 
-A runner that settles by itself (``tuple[int, dict]``, with no ``LineRun``) is used as it is:
-then a worker dying between its settle and the record may leave that line a second row when it
-is run again, and its cost is not in ``Batch.cost``. The chat runner defers its settle.
-
 A line refused by our own rate limit (nothing was sent) is not recorded: the run pauses, and
 the sweep (``gateway.tasks.sweep_batches``, each minute) resumes the batch. A budget refusal
 is recorded as an error line (its 429 body), and the batch goes on.
@@ -74,6 +70,7 @@ from core.errors import ApiError, ServiceError, invalid_request
 from providers.llm.base import Completion, ProviderError
 from providers.specs import build_provider
 
+from . import moderation
 from . import services as gateway_services
 from .files import (
     BATCH_ENDPOINTS,
@@ -151,18 +148,24 @@ async def _complete_on_own_provider(call: MeteredCall, outcome: Outcome) -> Comp
 
 
 def chat_line_run(*, key: ApiKey, body: dict[str, Any]) -> LineRun:
-    """One ``/v1/chat/completions`` line: reserved (committed), called, answered; its settle
-    left to the caller. Sync, for a task: the database work stays on the calling thread, only
-    the upstream call runs on an event loop of its own."""
+    """One ``/v1/chat/completions`` line: its input checked by the project's moderation (as
+    ``/v1`` checks it), reserved (committed), called, answered; its settle left to the caller.
+    Sync, for a task: the database work stays on the calling thread, only the moderation check
+    and the upstream call run on event loops of their own."""
+    encoded = json.dumps(body).encode()
     try:
-        call = gateway_services.chat_prepare(
-            key=key,
-            body=json.dumps(body).encode(),
-            source=UsageRecord.Source.BATCH,
-            batch=True,
+        pending = moderation.chat_prepare_or_check(
+            key=key, body=encoded, source=UsageRecord.Source.BATCH, batch=True
         )
+        if isinstance(pending, moderation.CheckFirst):
+            # Flagged: an error line (the flag recorded, nothing sent to the chat model).
+            asyncio.run(moderation.check(pending))
+            pending = gateway_services.chat_prepare(
+                key=key, body=encoded, source=UsageRecord.Source.BATCH, batch=True
+            )
     except ServiceError as error:
         return refused_line(error)
+    call = pending
     outcome = Outcome()
     started = time.monotonic()
     answer: tuple[int, dict[str, Any]]
@@ -189,39 +192,23 @@ def chat_line(*, key: ApiKey, body: dict[str, Any]) -> tuple[int, dict[str, Any]
     return run.status_code, run.body
 
 
-# Each endpoint's runner, looked up by name when a batch needs it: ``<name>_run`` returns a
-# ``LineRun`` (settle deferred: exactly once), else ``<name>`` returns ``(status, body)``
-# having settled itself. The embeddings and responses runners live in their own modules.
+# Each endpoint's runner (``(key=, body=) -> LineRun``, its settle deferred to the record:
+# exactly once), looked up by name when a batch needs it; the embeddings and responses runners
+# live in their own modules.
 RUNNERS: dict[str, tuple[str, str]] = {
-    "/v1/chat/completions": ("gateway.batches", "chat_line"),
-    "/v1/embeddings": ("gateway.embeddings", "embeddings_line"),
-    "/v1/responses": ("gateway.responses", "responses_line"),
+    "/v1/chat/completions": ("gateway.batches", "chat_line_run"),
+    "/v1/embeddings": ("gateway.embeddings", "embeddings_line_run"),
+    "/v1/responses": ("gateway.responses", "responses_line_run"),
 }
 
 Runner = Callable[..., LineRun]
 
 
-def runner_for(endpoint: str) -> Runner | None:
-    """The runner of ``endpoint``'s lines; None when this server has none (yet)."""
+def runner_for(endpoint: str) -> Runner:
+    """The runner of ``endpoint``'s lines."""
     module_name, name = RUNNERS[endpoint]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None
-    deferred = getattr(module, f"{name}_run", None)
-    if deferred is not None:
-        return deferred
-    whole = getattr(module, name, None)
-    if whole is None:
-        return None
-
-    def run(*, key: ApiKey, body: dict[str, Any]) -> LineRun:
-        status, answer = whole(key=key, body=body)
-        return LineRun(status, answer, uuid.uuid4().hex)
-
-    return run
+    runner: Runner = getattr(importlib.import_module(module_name), name)
+    return runner
 
 
 # --- create, read, cancel ----------------------------------------------------------------------
@@ -328,10 +315,6 @@ def batch_create(*, key: ApiKey, body: bytes) -> Batch:
         raise invalid_request(
             f"The file {stored.id} was uploaded for '{stored.purpose}', not 'batch'.",
             param="input_file_id",
-        )
-    if runner_for(endpoint) is None:
-        raise invalid_request(
-            f"Batches over {endpoint} are not available on this server yet.", param="endpoint"
         )
     total = batch_check_input(stored=stored, endpoint=endpoint)
     with transaction.atomic():
@@ -658,10 +641,6 @@ def _run(batch: Batch, *, seconds: float, lines: int | None) -> Progress:
         _finalize(batch, Batch.Status.FAILED, errors=[_error_item(error)])
         return Progress.DONE
     runner = runner_for(batch.endpoint)
-    if runner is None:
-        error = ServiceError(f"Batches over {batch.endpoint} are not available on this server.")
-        _finalize(batch, Batch.Status.FAILED, errors=[_error_item(error)])
-        return Progress.DONE
     if batch.status == Batch.Status.VALIDATING:
         Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
             status=Batch.Status.IN_PROGRESS, in_progress_at=timezone.now()

@@ -38,7 +38,6 @@ from billing import metering
 from billing.metering import MeteredCall, Outcome
 from billing.models import UsageRecord
 from billing.services import CallContext
-from core.db import db_sync_to_async
 from core.errors import ServiceError, invalid_request
 from providers.llm.base import Embeddings, ErrorCode, ProviderError
 from providers.specs import ProviderSpec, build_provider, spec_for
@@ -329,24 +328,3 @@ def embeddings_line_run(*, key: ApiKey, body: dict[str, Any]) -> LineRun:
         request_id=call.metered.reservation.request_id.hex,
         settle=partial(metering.settle, call=call.metered, outcome=outcome, latency_ms=latency_ms),
     )
-
-
-async def embeddings_line(
-    *, key: ApiKey, body: dict[str, Any], detached: bool = True
-) -> tuple[int, dict[str, Any]]:
-    """One line of a batch over ``/v1/embeddings``, from async code on a long-lived event loop
-    (``embeddings_line_run`` is the batch task's sync runner): ``body`` as the line's ``body``,
-    billed as a batch line (source ``batch``, the batch price), checked against the budgets
-    like any call, settled before it returns. The HTTP status and the answer, or the status
-    and OpenAI's error body: a bad line never raises. ``detached``: off a request (a task)."""
-    try:
-        call = await db_sync_to_async(embeddings_prepare, detached=detached)(
-            key=key, body=body, batch=True
-        )
-        return 200, await embeddings_create(call, detached=detached)
-    except ServiceError as error:
-        return error.status, error.body()
-    except Exception:  # one line's bug must not end the batch
-        logger.exception("a batch line of /v1/embeddings failed")
-        internal = ServiceError(code="internal_error")
-        return internal.status, internal.body()

@@ -125,21 +125,27 @@ class CheckFirst:
     text: str
 
 
-def chat_prepare_or_check(*, key: ApiKey, body: bytes) -> GatewayCall | CheckFirst:
+def chat_prepare_or_check(
+    *, key: ApiKey, body: bytes, source: str = UsageRecord.Source.API, batch: bool = False
+) -> GatewayCall | CheckFirst:
     """Database work before the upstream call, for a key already authenticated: the reserved
-    call (``gateway.services.chat_prepare``) when the project does not moderate; otherwise what
-    to check first. Refusals raise as ``chat_prepare``'s do."""
+    call (``gateway.services.chat_prepare``, given ``source`` and ``batch``) when the project
+    does not moderate; otherwise what to check first (then ``chat_prepare`` it). Refusals raise
+    as ``chat_prepare``'s do."""
+    prepare = partial(gateway_services.chat_prepare, key=key, body=body, source=source, batch=batch)
     moderation = input_moderation()
     check = None if moderation is None else moderation.for_project(key.project_id)
     if check is None:
-        return gateway_services.chat_prepare(key=key, body=body)
+        return prepare()
     parsed = parse_chat_body(body=body)  # a body that is not valid is refused before any check
+    if batch and parsed.stream:
+        return prepare()  # refused before any check, in chat_prepare's words
     project = key.project
     try:
         spec = spec_for(project=project, model=parsed.request.model)
     except ServiceError:
         # Nothing to check for a call that will not be made: refused in chat_prepare's words.
-        return gateway_services.chat_prepare(key=key, body=body)
+        return prepare()
     return CheckFirst(
         key=key,
         body=body,

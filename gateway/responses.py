@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.conf import settings
 from django.db import transaction
@@ -86,12 +87,15 @@ from providers.llm.images import content_image_tokens
 from providers.llm.tokens import REPLY_PRIMING_TOKENS, count_message_tokens
 from providers.models import ProviderConnection
 from providers.pool import leased_provider
-from providers.specs import ProviderSpec, spec_for, unsupported_param
+from providers.specs import ProviderSpec, build_provider, spec_for, unsupported_param
 
 from . import moderation
 from .models import StoredResponse, response_id
 from .params import ParsedChat, parse_chat_body
 from .services import gateway_authenticate
+
+if TYPE_CHECKING:
+    from .batches import LineRun
 
 logger = logging.getLogger(__name__)
 
@@ -1040,19 +1044,24 @@ async def response_start(
     reserve after it. ``detached``: not called from a request (a batch line)."""
     prepared = await db_sync_to_async(prepare, detached=detached)()
     if isinstance(prepared, PendingCheck):
-        # Checked before the call is reserved: refused, it costs only the check.
-        try:
-            await prepared.check.check(
-                context=prepared.prepared.context, spec=prepared.prepared.spec, text=prepared.text
-            )
-        except ServiceError as error:
-            if error.param == "messages":  # the chat's word for what was checked
-                error.param = "input"
-            raise
+        await check_input(prepared)
         prepared = await db_sync_to_async(response_reserve, detached=detached)(
             prepared=prepared.prepared
         )
     return prepared
+
+
+async def check_input(pending: PendingCheck) -> None:
+    """The moderation check due before the call is reserved: refused (a ``ServiceError`` naming
+    ``input``), it costs only the check."""
+    try:
+        await pending.check.check(
+            context=pending.prepared.context, spec=pending.prepared.spec, text=pending.text
+        )
+    except ServiceError as error:
+        if error.param == "messages":  # the chat's word for what was checked
+            error.param = "input"
+        raise
 
 
 # --- the upstream: a chat provider, or the connection's own Responses API -----------------------
@@ -1411,10 +1420,14 @@ def _record(call: ResponseCall, answer: dict[str, Any], upstream_id: str | None)
 
 def _settle_and_store(
     *, call: ResponseCall, outcome: Outcome, latency_ms: int, record: dict[str, Any] | None
-) -> None:
-    metering.settle(call=call.metered, outcome=outcome, latency_ms=latency_ms)
-    if record is None:
-        return
+) -> UsageRecord:
+    row = metering.settle(call=call.metered, outcome=outcome, latency_ms=latency_ms)
+    if record is not None:
+        _store(call, record)
+    return row
+
+
+def _store(call: ResponseCall, record: dict[str, Any]) -> None:
     previous = record["previous_id"]
     if previous is not None and not StoredResponse.objects.filter(pk=previous).exists():
         record = {**record, "previous_id": None}  # deleted meanwhile: the chain ends here
@@ -1487,9 +1500,17 @@ async def response_complete(call: ResponseCall, *, detached: bool = False) -> di
         raise metering.upstream_failure(exc) from None
     finally:
         # Stored before the client sees it, so that it can be read back at once.
-        stored = answer is not None and call.parsed.store
-        record = _record(call, answer, upstream_id) if stored and answer is not None else None
+        record = _stored_record(call, answer, upstream_id)
         await _finish(call, outcome, started=started, record=record, detached=detached)
+
+
+def _stored_record(
+    call: ResponseCall, answer: dict[str, Any] | None, upstream_id: str | None
+) -> dict[str, Any] | None:
+    """What to keep of a call that answered with ``store`` on; None: nothing to keep."""
+    if answer is None or not call.parsed.store:
+        return None
+    return _record(call, answer, upstream_id)
 
 
 # --- create: the event stream ------------------------------------------------------------------
@@ -1911,20 +1932,65 @@ def response_input_items(
 # --- a batch line ------------------------------------------------------------------------------
 
 
-async def responses_line(*, key: ApiKey, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """One line of a batch over ``/v1/responses``: its status and body (the Response object, or
-    OpenAI's error body). Metered like any create, as a batch line (source ``batch``, priced at
-    the batch price); never streams; never raises for a bad line."""
+def responses_line_run(*, key: ApiKey, body: dict[str, Any]) -> LineRun:
+    """One line of a batch over ``/v1/responses``, for the batch runner's task
+    (``gateway.batches.RUNNERS``): checked by the project's moderation, reserved (committed),
+    called on an event loop of its own (never streamed), answered as the endpoint answers. Its
+    one ledger row (source ``batch``, the batch price) and the stored response are written by
+    the ``settle`` it returns, which the runner calls once, in the transaction that records the
+    line. Sync: the database work stays on the calling thread. Never raises for a bad line."""
+    from .batches import LineRun, refused_line  # the batch runner's types; it imports us lazily
+
     try:
         if body.get("stream"):
             raise invalid_request("A batch line cannot stream.", param="stream")
-        call = await response_start(
-            lambda: response_prepare_or_check(key=key, body=body, batch=True), detached=True
-        )
-        return 200, await response_complete(call, detached=True)
+        pending = response_prepare_or_check(key=key, body=body, batch=True)
+        if isinstance(pending, PendingCheck):
+            asyncio.run(check_input(pending))
+            pending = response_reserve(prepared=pending.prepared)
     except ServiceError as error:
-        return error.status, error.body()
-    except Exception:
-        logger.exception("a batch line of /v1/responses failed")
-        failure = ServiceError(code="internal_error")
-        return failure.status, failure.body()
+        return refused_line(error)
+    call = pending
+    outcome = Outcome()
+    started = time.monotonic()
+    answer: dict[str, Any] | None = None
+    upstream_id: str | None = None
+    try:
+        completion = asyncio.run(_respond_on_own_provider(call, outcome))
+    except ProviderError as exc:  # every upstream failure, whatever it sent (metering)
+        failure = metering.upstream_failure(exc)
+        status, body_out = failure.status, failure.body()
+    else:
+        upstream_id = completion.upstream_id
+        ending, incomplete = _ending(completion.finish_reason)
+        answer = _call_json(
+            call,
+            status=ending,
+            output=_output_of(completion),
+            usage=usage_json(_charged(call, outcome)),
+            incomplete_details=incomplete,
+            completed_at=int(time.time()),
+        )
+        status, body_out = 200, answer
+    return LineRun(
+        status,
+        body_out,
+        request_id=call.metered.reservation.request_id.hex,
+        settle=functools.partial(
+            _settle_and_store,
+            call=call,
+            outcome=outcome,
+            latency_ms=_elapsed_ms(started),
+            record=_stored_record(call, answer, upstream_id),
+        ),
+    )
+
+
+async def _respond_on_own_provider(call: ResponseCall, outcome: Outcome) -> Completion:
+    # A provider of its own: the pooled ones belong to the server's event loop, and a task
+    # runs its own (``asyncio.run``).
+    provider = build_provider(call.metered.spec)
+    try:
+        return await metering.complete_capped(call.metered, _upstream(call, provider), outcome)
+    finally:
+        await provider.aclose()

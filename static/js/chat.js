@@ -516,7 +516,8 @@
   function usageText(message) {
     if (message.prompt_tokens == null) return message.model;
     const estimated = message.usage_estimated ? ` ${gettext("(estimated)")}` : "";
-    const cost = message.cost == null ? "" : ` · ${formatUsd(message.cost)}`;
+    let cost = message.cost == null ? "" : ` · ${formatUsd(message.cost)}`;
+    if (message.priced === false) cost = ` · ${gettext("unpriced")}`; // unknown, not $0
     const tokens = say("%(prompt)s prompt · %(completion)s completion tokens", {
       prompt: message.prompt_tokens,
       completion: message.completion_tokens,

@@ -257,3 +257,33 @@ def test_a_statement_line_of_an_unpriced_model_says_unpriced(
     assert "unpriced" in lines["fake-gpt"]
     assert "$0.00" in lines[LOCAL_MODEL_NAME]
     assert "unpriced" not in lines[LOCAL_MODEL_NAME]
+
+
+@pytest.mark.django_db(transaction=True)  # the reply is made on the server's database thread
+def test_a_chat_reply_of_an_unpriced_model_says_unpriced_not_free(
+    make_conversation, alice, project_a, client_for, settings
+):
+    settings.BILLING_ALLOW_UNPRICED = True  # the server lets every unpriced model run
+    conversation = make_conversation(alice, project_a)  # fake-gpt: no price row
+    client = client_for(alice)
+    url = reverse(
+        "api-messages", kwargs={"project_id": project_a.pk, "conversation_id": conversation.pk}
+    )
+
+    answer = client.post(url, data=json.dumps({"content": "hi"}), content_type="application/json")
+
+    assert answer.status_code == 201, answer.content
+    assert (answer.json()["cost"], answer.json()["priced"]) == (None, False)
+    listed = client.get(url).json()["results"]
+    assert [(m["role"], m["priced"]) for m in listed] == [("user", True), ("assistant", False)]
+    page = client.get(
+        reverse(
+            "conversation_detail",
+            args=[project_a.organization.slug, project_a.slug, conversation.pk],
+        )
+    )
+    usage = re.search(r'<span class="msg-usage">(.*?)</span>', page.content.decode(), re.S)
+    assert usage is not None
+    assert "unpriced" in usage.group(1)
+    assert "$" not in usage.group(1)
+    assert UsageRecord.objects.get(message__isnull=False).price is None

@@ -1,7 +1,7 @@
 """/v1/embeddings: the official SDK against a live server (the built-in model in llama.cpp's
 embedding mode, and a connection to the fake upstream, passed through), metered like every
 call — budgets refuse before anything is sent, each call one ledger row — and a batch's line
-run through ``embeddings_line``."""
+run through ``embeddings_line_run``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from accounts import api_keys
 from accounts.models import ApiKey
 from billing.models import Budget, Hold, ModelPrice, RateLimit, UsageRecord
 from gateway.batches import runner_for
-from gateway.embeddings import MAX_INPUTS, embeddings_line, embeddings_line_run
+from gateway.embeddings import MAX_INPUTS, embeddings_line_run
 from providers.llm.catalog import LOCAL_MODEL_NAME
 from providers.llm.fake_upstream import embedding_vector
 from providers.llm.local_provider import EMBEDDING_CONTEXT
@@ -354,11 +354,18 @@ def test_the_local_model_refuses_other_dimensions_and_long_inputs(key):
 # --- a batch's line --------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_batch_line_answers_like_the_endpoint(embed_model, key, project_a, fake_upstream):
-    api_key = await ApiKey.objects.aget(project=project_a)
+def line(*, key: ApiKey, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A batch line, run and recorded as the batch runner does."""
+    run = embeddings_line_run(key=key, body=body)
+    if run.settle is not None:
+        run.settle()
+    return run.status_code, run.body
 
-    status, body = await embeddings_line(
+
+def test_a_batch_line_answers_like_the_endpoint(embed_model, key, project_a, fake_upstream):
+    api_key = ApiKey.objects.get(project=project_a)
+
+    status, body = line(
         key=api_key, body={"model": embed_model, "input": [CAT], "encoding_format": "float"}
     )
 
@@ -366,7 +373,7 @@ async def test_a_batch_line_answers_like_the_endpoint(embed_model, key, project_
     assert body["object"] == "list"
     assert body["data"][0]["embedding"] == embedding_vector(CAT)
     assert body["usage"]["prompt_tokens"] == count_text_tokens(CAT)
-    row = await UsageRecord.objects.aget()
+    row = UsageRecord.objects.get()
     assert (row.source, row.status, row.api_key_id) == ("batch", "ok", api_key.pk)
 
 
@@ -379,18 +386,17 @@ async def test_a_batch_line_answers_like_the_endpoint(embed_model, key, project_
         ({"model": "fake-embed@500", "input": CAT}, 502, "upstream_error"),
     ],
 )
-@pytest.mark.django_db(transaction=True)
-async def test_a_bad_batch_line_is_answered_never_raised(
+def test_a_bad_batch_line_is_answered_never_raised(
     failing_model, key, project_a, fake_upstream, body, status, code
 ):
-    api_key = await ApiKey.objects.aget(project=project_a)
+    api_key = ApiKey.objects.get(project=project_a)
 
-    answered, error = await embeddings_line(key=api_key, body=body)
+    answered, error = line(key=api_key, body=body)
 
     assert answered == status
     assert set(error) == {"error"}
     assert error["error"]["code"] == code
-    rows = [row async for row in UsageRecord.objects.all()]
+    rows = list(UsageRecord.objects.all())
     # Only a call that was made is a row: the failed one upstream.
     assert [(r.source, r.status) for r in rows] == ([("batch", "error")] if status == 502 else [])
 

@@ -19,16 +19,15 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-from channels.db import database_sync_to_async
 from django.test import Client
 from django.utils import timezone
 from pydantic import BaseModel
 
 from accounts.models import ApiKey
-from billing.models import Budget, ModelPrice, UsageRecord
+from billing.models import Budget, Hold, ModelPrice, UsageRecord
 from core import config_cache
 from gateway.models import StoredResponse
-from gateway.responses import responses_line
+from gateway.responses import responses_line_run
 from providers.llm.catalog import LOCAL_MODEL_NAME
 from providers.models import ConnectionModel
 from tests.chat.conftest import fake_connection, make_key, serve
@@ -855,19 +854,24 @@ def test_the_history_is_trimmed_to_the_window_oldest_first(key, project_a, fake_
 # --- a batch line ------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_batch_line_is_billed_as_a_batch_line_and_never_raises(
+def line(*, key: ApiKey, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A batch line, run and recorded as the batch runner does."""
+    run = responses_line_run(key=key, body=body)
+    if run.settle is not None:
+        run.settle()
+    return run.status_code, run.body
+
+
+def test_a_batch_line_is_billed_as_a_batch_line_and_never_raises(
     alice, org_a, project_a, fake_upstream, fake_price
 ):
-    await database_sync_to_async(serve)(project_a, fake_upstream)
-    await database_sync_to_async(make_key)(alice, org_a, project_a)
-    api_key = await ApiKey.objects.select_related("project").aget(project=project_a)
+    serve(project_a, fake_upstream)
+    make_key(alice, org_a, project_a)
+    api_key = ApiKey.objects.select_related("project").get(project=project_a)
 
-    ok = await responses_line(key=api_key, body={"model": "fake-gpt", "input": "line one"})
-    bad = await responses_line(key=api_key, body={"model": "fake-gpt", "input": 12})
-    streaming = await responses_line(
-        key=api_key, body={"model": "fake-gpt", "input": "x", "stream": True}
-    )
+    ok = line(key=api_key, body={"model": "fake-gpt", "input": "line one"})
+    bad = line(key=api_key, body={"model": "fake-gpt", "input": 12})
+    streaming = line(key=api_key, body={"model": "fake-gpt", "input": "x", "stream": True})
 
     assert ok[0] == 200
     assert ok[1]["output"][0]["content"][0]["text"] == "Echo: line one"
@@ -875,6 +879,26 @@ async def test_a_batch_line_is_billed_as_a_batch_line_and_never_raises(
     assert bad[1]["error"]["param"] == "input"
     assert streaming[0] == 400
     assert streaming[1]["error"]["param"] == "stream"
-    record = await UsageRecord.objects.aget()
+    record = UsageRecord.objects.get()
     assert (record.source, record.status, record.api_key_id) == ("batch", "ok", api_key.pk)
-    assert await StoredResponse.objects.filter(pk=ok[1]["id"]).aexists()
+    assert StoredResponse.objects.filter(pk=ok[1]["id"]).exists()
+
+
+def test_a_batch_line_settles_only_when_the_runner_records_it(
+    alice, org_a, project_a, fake_upstream, fake_price
+):
+    serve(project_a, fake_upstream)
+    make_key(alice, org_a, project_a)
+    api_key = ApiKey.objects.select_related("project").get(project=project_a)
+
+    run = responses_line_run(key=api_key, body={"model": "fake-gpt", "input": "kept for later"})
+
+    assert run.ok
+    # Answered, but neither billed nor stored until the batch records the line.
+    assert not UsageRecord.objects.exists()
+    assert not StoredResponse.objects.exists()
+    assert run.settle is not None
+    row = run.settle()
+    assert (row.source, row.request_id.hex) == ("batch", run.request_id)
+    assert StoredResponse.objects.get().pk == run.body["id"]
+    assert not Hold.objects.exists()
