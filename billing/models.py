@@ -57,6 +57,23 @@ class ModelPrice(models.Model):
     batch_output_per_million = models.DecimalField(
         **PRICE, null=True, blank=True, validators=[MinValueValidator(0)]
     )
+    # A price with a long-context tier (Gemini 2.5 Pro: prompts over 200k tokens cost more):
+    # a call whose prompt is longer than the threshold is charged these rates for all of its
+    # tokens (empty: the normal rate); a batch line, half of them.
+    long_context_threshold = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Prompt tokens above which the long-context rates apply to the whole call.",
+    )
+    long_input_per_million = models.DecimalField(
+        **PRICE, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    long_cached_input_per_million = models.DecimalField(
+        **PRICE, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    long_output_per_million = models.DecimalField(
+        **PRICE, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
     # Where the figures come from (a price page and the day it was read).
     source = models.CharField(max_length=300, blank=True)
     effective_from = models.DateField()

@@ -75,10 +75,31 @@ class Rates:
     output: Decimal
 
 
-def rates(price: ModelPrice, *, batch: bool = False) -> Rates:
+def long_context(price: ModelPrice, prompt_tokens: int) -> bool:
+    """Whether a prompt of ``prompt_tokens`` is charged at the price's long-context tier."""
+    threshold = price.long_context_threshold
+    return threshold is not None and prompt_tokens > threshold
+
+
+def rates(price: ModelPrice, *, batch: bool = False, prompt_tokens: int = 0) -> Rates:
     """The rates of ``price`` for a normal call, or for a batch line: the batch prices where
     the row has them, else half the normal ones. Cached input in a batch is half the cached
-    price (as OpenAI's batch prices list it), never more than the batch input price."""
+    price (as OpenAI's batch prices list it), never more than the batch input price. A prompt
+    longer than the row's long-context threshold is charged its long rates (a batch line:
+    half of them) for every token of the call."""
+    if long_context(price, prompt_tokens):
+        tier = Rates(
+            input=_or(price.long_input_per_million, price.input_per_million),
+            cached_input=_or(price.long_cached_input_per_million, price.cached_input_per_million),
+            output=_or(price.long_output_per_million, price.output_per_million),
+        )
+        if not batch:
+            return tier
+        return Rates(
+            input=tier.input * BATCH_DISCOUNT,
+            cached_input=tier.cached_input * BATCH_DISCOUNT,
+            output=tier.output * BATCH_DISCOUNT,
+        )
     if not batch:
         return Rates(
             input=price.input_per_million,
@@ -98,6 +119,10 @@ def rates(price: ModelPrice, *, batch: bool = False) -> Rates:
     )
 
 
+def _or(value: Decimal | None, fallback: Decimal) -> Decimal:
+    return fallback if value is None else value
+
+
 def cost_of(
     price: ModelPrice | None,
     *,
@@ -105,12 +130,16 @@ def cost_of(
     cached_tokens: int,
     completion_tokens: int,
     batch: bool = False,
+    tier_tokens: int | None = None,
 ) -> Decimal:
     """Exact cost: uncached prompt tokens at the input price, cached ones at the cached price;
-    a batch line at the batch rates (``rates``). No price: nothing (an unpriced call)."""
+    a batch line at the batch rates, a long prompt at the long-context rates (``rates``; the
+    tier chosen by ``tier_tokens``, the prompt by default). No price: nothing (an unpriced
+    call)."""
     if price is None:
         return Decimal(0)
-    rate = rates(price, batch=batch)
+    tier = prompt_tokens if tier_tokens is None else tier_tokens
+    rate = rates(price, batch=batch, prompt_tokens=tier)
     cached = min(cached_tokens, prompt_tokens)
     return (
         (prompt_tokens - cached) * rate.input
@@ -119,13 +148,21 @@ def cost_of(
     ) / PER_MILLION
 
 
+def tier_estimate(prompt_tokens: int) -> int:
+    """The prompt size that picks the tier of a call not yet made: our count of the prompt is
+    an estimate (another tokenizer than the upstream's), so one within a quarter of a
+    long-context threshold is held at the long rates, as the reply is held with a margin."""
+    return -(-prompt_tokens * 5 // 4)
+
+
 def worst_case(
     price: ModelPrice | None, *, prompt_tokens: int, max_tokens: int, batch: bool = False
 ) -> Decimal:
-    """What a call may cost at most: the prompt uncached and every allowed reply token."""
+    """What a call may cost at most: the prompt (an estimate) uncached and every allowed reply
+    token, at the tier a prompt of that estimate may turn out to be in."""
     return cost_of(
         price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=max_tokens,
-        batch=batch,
+        batch=batch, tier_tokens=tier_estimate(prompt_tokens),
     )  # fmt: skip
 
 

@@ -395,12 +395,18 @@ def _affordable(
     """Reply tokens the budget can still pay for after this prompt, with what is in flight
     (-1: not even the prompt). ``batch``: at the batch rates."""
     remaining = budget.limit_usd - period.spent - period.reserved
+    tier = pricing.tier_estimate(prompt_tokens)  # held as ``pricing.worst_case`` holds it
     prompt_cost = pricing.cost_of(
-        price, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=0, batch=batch
+        price,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=0,
+        completion_tokens=0,
+        batch=batch,
+        tier_tokens=tier,
     )
     if remaining < prompt_cost:
         return -1
-    output = pricing.rates(price, batch=batch).output
+    output = pricing.rates(price, batch=batch, prompt_tokens=tier).output
     if not output:
         return UNLIMITED
     return int((remaining - prompt_cost) * PER_MILLION // output)
