@@ -1486,15 +1486,7 @@ async def response_complete(call: ResponseCall, *, detached: bool = False) -> di
             upstream = _upstream(call, provider)
             completion = await metering.complete_capped(call.metered, upstream, outcome)
             upstream_id = completion.upstream_id
-        status, incomplete = _ending(completion.finish_reason)
-        answer = _call_json(
-            call,
-            status=status,
-            output=_output_of(completion),
-            usage=usage_json(_charged(call, outcome)),
-            incomplete_details=incomplete,
-            completed_at=int(time.time()),
-        )
+        answer = _answer_json(call, completion, outcome)
         return answer
     except ProviderError as exc:
         raise metering.upstream_failure(exc) from None
@@ -1502,6 +1494,19 @@ async def response_complete(call: ResponseCall, *, detached: bool = False) -> di
         # Stored before the client sees it, so that it can be read back at once.
         record = _stored_record(call, answer, upstream_id)
         await _finish(call, outcome, started=started, record=record, detached=detached)
+
+
+def _answer_json(call: ResponseCall, completion: Completion, outcome: Outcome) -> dict[str, Any]:
+    """The Response object of a call that answered whole."""
+    status, incomplete = _ending(completion.finish_reason)
+    return _call_json(
+        call,
+        status=status,
+        output=_output_of(completion),
+        usage=usage_json(_charged(call, outcome)),
+        incomplete_details=incomplete,
+        completed_at=int(time.time()),
+    )
 
 
 def _stored_record(
@@ -1962,15 +1967,7 @@ def responses_line_run(*, key: ApiKey, body: dict[str, Any]) -> LineRun:
         status, body_out = failure.status, failure.body()
     else:
         upstream_id = completion.upstream_id
-        ending, incomplete = _ending(completion.finish_reason)
-        answer = _call_json(
-            call,
-            status=ending,
-            output=_output_of(completion),
-            usage=usage_json(_charged(call, outcome)),
-            incomplete_details=incomplete,
-            completed_at=int(time.time()),
-        )
+        answer = _answer_json(call, completion, outcome)
         status, body_out = 200, answer
     return LineRun(
         status,
