@@ -66,6 +66,7 @@ from core.config_cache import cached
 from core.db import db_sync_to_async
 from core.detached import run_detached
 from core.errors import ApiError, ServiceError, invalid_request
+from core.produced import Failed, ProducedStream
 from core.sse import sse_event
 from core.text import storable
 from providers import selectors as provider_selectors
@@ -1521,11 +1522,6 @@ def _stored_record(
 # --- create: the event stream ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Failed:
-    error: ServiceError
-
-
 class _Events:
     """The typed events of one response, numbered in order, and the output they make."""
 
@@ -1675,10 +1671,7 @@ class _Events:
                     ]
 
 
-_Queued = bytes | _Failed | None  # an event, a failure before the first one, the end
-
-
-class ResponseStream:
+class ResponseStream(ProducedStream[bytes | None]):  # an event, or None: the end
     """A streaming create: the upstream side runs in its own task, which owns the settle and
     the store; the response iterates ``sse()``. Closing the response early cancels the
     upstream call (settled all the same, and the response kept as ``cancelled``).
@@ -1687,40 +1680,9 @@ class ResponseStream:
     or ``response.incomplete``), rather than failed or with its client gone."""
 
     def __init__(self, call: ResponseCall) -> None:
+        super().__init__(call.id)
         self.call = call
-        self.completed = False
         self._ended_well = False
-        self._events: asyncio.Queue[_Queued] = asyncio.Queue()
-        self._first: _Queued = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def open(self) -> None:
-        """Start the upstream call and wait for its first event, so that a call refused
-        upstream answers with an HTTP error status rather than a broken stream."""
-        self._task = run_detached(self._produce())
-        try:
-            self._first = await self._events.get()
-        except BaseException:
-            await self._stop(cancel=True)
-            raise
-        if isinstance(self._first, _Failed):
-            await self._stop(cancel=False)
-            raise self._first.error
-
-    async def _stop(self, *, cancel: bool) -> None:
-        """Wait for the upstream side to end, settled and stored, cancelling it first if asked."""
-        if self._task is None:
-            return
-        if cancel:
-            self._task.cancel()
-        try:
-            await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        except Exception:
-            logger.exception("the upstream side of %s failed", self.call.id)
 
     def _put(self, events: list[bytes]) -> None:
         for event in events:
@@ -1804,7 +1766,7 @@ class ResponseStream:
                 await _finish(call, outcome, started=started, record=record, detached=True)
             finally:
                 if failure is not None and not opened:
-                    self._events.put_nowait(_Failed(failure))
+                    self._events.put_nowait(Failed(failure))
                 else:
                     self._put(tail)
                 self._events.put_nowait(None)
@@ -1815,7 +1777,7 @@ class ResponseStream:
         finished = False
         try:
             event = self._first
-            while isinstance(event, bytes):  # a _Failed comes only first: open() raised it
+            while isinstance(event, bytes):  # a Failed comes only first: open() raised it
                 yield event
                 event = await self._events.get()
             finished = True

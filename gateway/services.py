@@ -19,7 +19,6 @@ messages never contain the client's key or the connection's key.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -34,8 +33,8 @@ from billing.metering import MeteredCall, Outcome
 from billing.models import UsageRecord
 from billing.services import CallContext
 from core.config_cache import cached
-from core.detached import run_detached
 from core.errors import ServiceError, invalid_request
+from core.produced import Failed, ProducedStream
 from core.sse import DONE, sse_data
 from providers import selectors as provider_selectors
 from providers.llm.base import (
@@ -308,15 +307,10 @@ def completion_json(call: GatewayCall, completion: Completion, outcome: Outcome)
 # --- chat completions: SSE ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Failed:
-    error: ServiceError
+_Event = TextDelta | ToolCallDelta | StreamEnd
 
 
-_Event = TextDelta | ToolCallDelta | StreamEnd | _Failed
-
-
-class GatewayStream:
+class GatewayStream(ProducedStream[_Event]):
     """A streaming call: the upstream side runs in its own task, which owns the settle; the
     response iterates ``sse()``. Closing the response early cancels the upstream call.
 
@@ -324,43 +318,8 @@ class GatewayStream:
     ``[DONE]``), rather than with an error event or its client gone."""
 
     def __init__(self, call: GatewayCall) -> None:
+        super().__init__(call.id)
         self.call = call
-        self.completed = False
-        self._events: asyncio.Queue[_Event] = asyncio.Queue()
-        self._first: _Event | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def open(self) -> None:
-        """Start the upstream call and wait for its first event, so that a call refused
-        upstream answers with an HTTP error status rather than a broken stream."""
-        self._task = run_detached(self._produce())
-        try:
-            self._first = await self._events.get()
-        except BaseException:
-            await self._stop(cancel=True)
-            raise
-        if isinstance(self._first, _Failed):
-            await self._stop(cancel=False)
-            raise self._first.error
-
-    async def _stop(self, *, cancel: bool) -> None:
-        """Wait for the upstream side to end and settle, cancelling it first if asked."""
-        if self._task is None:
-            return
-        if cancel:
-            self._task.cancel()
-        try:
-            await asyncio.shield(self._task)
-        except asyncio.CancelledError:
-            # Cancelled ourselves: the task still settles on its own. Otherwise the task's
-            # own cancellation ended it — expected.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        except Exception:
-            # The upstream side failed where it should not (its settle, a bug): it is logged
-            # there; the client's answer goes on.
-            logger.exception("the upstream side of %s failed", self.call.id)
 
     async def _produce(self) -> None:
         outcome = Outcome()
@@ -392,7 +351,7 @@ class GatewayStream:
                 )
             finally:
                 if failure is not None:
-                    self._events.put_nowait(_Failed(failure))
+                    self._events.put_nowait(Failed(failure))
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         payload = {
