@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import struct
 import time
@@ -41,6 +40,8 @@ from billing.services import CallContext
 from core.errors import ServiceError, invalid_request
 from providers.llm.base import Embeddings, ErrorCode, ProviderError
 from providers.specs import ProviderSpec, build_provider, spec_for
+
+from .params import json_object
 
 if TYPE_CHECKING:
     from .batches import LineRun
@@ -118,28 +119,10 @@ def _inputs(value: Any) -> list[str]:
     return texts
 
 
-def _load(body: bytes | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(body, dict):
-        return body
-    try:
-        data = json.loads(body, parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise invalid_request(
-            "The request body is not valid JSON.", param=None, code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        _fail("The request body must be a JSON object.", None)
-    return data
-
-
-def _not_json(constant: str) -> NoReturn:
-    raise ValueError(f"{constant} is not JSON")  # NaN and Infinity are Python's, not JSON's
-
-
 def parse_embeddings_body(*, body: bytes | dict[str, Any]) -> EmbeddingsBody:
     """The embeddings request of a JSON body (or of a batch line's ``body`` object), or a
     400 naming the faulty parameter."""
-    data = _load(body)
+    data = json_object(body)
     for name in data:
         if name not in _KNOWN:
             _fail(f"Unrecognized request argument supplied: {name}", name)

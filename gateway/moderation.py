@@ -28,7 +28,6 @@ call costs one lookup in memory (the settings are kept by ``core.config_cache``)
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from functools import cache, partial
@@ -48,7 +47,7 @@ from providers.llm.base import ProviderError
 from providers.specs import ProviderSpec, spec_for
 
 from . import services as gateway_services
-from .params import parse_chat_body
+from .params import json_object, parse_chat_body
 from .services import GatewayCall
 
 DEFAULT_MODERATION = "chat.moderation.gateway_moderation"
@@ -188,10 +187,6 @@ def _fail(message: str, param: str | None, code: str | None = None) -> NoReturn:
     raise invalid_request(message, param=param, code=code)
 
 
-def _not_json(constant: str) -> NoReturn:
-    raise ValueError(f"{constant} is not JSON")
-
-
 def _part_text(part: Any, param: str) -> str:
     if not isinstance(part, dict):
         _fail(f"'{param}' must be a content part (an object).", param)
@@ -231,12 +226,7 @@ def _texts(value: Any) -> list[str]:
 def parse_moderations_body(*, body: bytes) -> tuple[str, list[str]]:
     """The model (``settings.MODERATION_MODEL`` unless named) and the texts of a
     ``/v1/moderations`` body, or a 400 naming the faulty parameter."""
-    try:
-        data = json.loads(body, parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        _fail("The request body is not valid JSON.", None, "invalid_json")
-    if not isinstance(data, dict):
-        _fail("The request body must be a JSON object.", None)
+    data = json_object(body)
     for name in data:
         if name not in _FIELDS:
             _fail(f"Unrecognized request argument supplied: {name}", name)

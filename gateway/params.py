@@ -562,8 +562,10 @@ def _stream_options(value: Any, stream: bool) -> bool:
     return include_usage is not None and _boolean(include_usage, "stream_options.include_usage")
 
 
-def parse_chat_body(*, body: bytes) -> ParsedChat:
-    """The chat completion request of a JSON body, or a 400 naming the faulty parameter."""
+def json_object(body: bytes | dict[str, Any]) -> dict[str, Any]:
+    """A request's JSON body as an object (a batch line's ``body`` comes parsed), or a 400."""
+    if isinstance(body, dict):
+        return body
     try:
         # NaN and Infinity are Python's extensions, not JSON.
         data = json.loads(body, parse_constant=_not_json)
@@ -573,6 +575,12 @@ def parse_chat_body(*, body: bytes) -> ParsedChat:
         ) from None
     if not isinstance(data, dict):
         _fail("The request body must be a JSON object.", None)
+    return data
+
+
+def parse_chat_body(*, body: bytes) -> ParsedChat:
+    """The chat completion request of a JSON body, or a 400 naming the faulty parameter."""
+    data = json_object(body)
     for name in data:
         if name not in _KNOWN:
             _fail(f"Unrecognized request argument supplied: {name}", name)

@@ -92,7 +92,7 @@ from providers.specs import ProviderSpec, build_provider, spec_for, unsupported_
 
 from . import moderation
 from .models import StoredResponse, response_id
-from .params import ParsedChat, parse_chat_body
+from .params import ParsedChat, json_object, parse_chat_body
 from .services import gateway_authenticate
 
 if TYPE_CHECKING:
@@ -441,28 +441,10 @@ def _positive_int(value: Any, param: str) -> int:
     return value
 
 
-def _load(body: bytes | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(body, dict):
-        return body
-    try:
-        data = json.loads(body, parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise invalid_request(
-            "The request body is not valid JSON.", param=None, code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        _fail("The request body must be a JSON object.", None)
-    return data
-
-
-def _not_json(constant: str) -> NoReturn:
-    raise ValueError(f"{constant} is not JSON")
-
-
 def parse_response_body(*, body: bytes | dict[str, Any]) -> ParsedResponse:
     """The create request of a JSON body, or a 400 naming the faulty parameter. (The values the
     chat completion takes are checked by its own rules once the prompt is built.)"""
-    data = _load(body)
+    data = json_object(body)
     for name in data:
         if name not in _KNOWN:
             _fail(f"Unrecognized request argument supplied: {name}", name)
