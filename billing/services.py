@@ -709,3 +709,214 @@ def holds_expire(now: datetime | None = None) -> int:
             _release_expired([period], now)
             released += before - period.holds.count()
     return released
+
+
+# --- a batch handed to the upstream's own Batch API ------------------------------------------
+#
+# One hold covers the whole batch (every line's worst case, at the batch rates), from before it
+# is submitted until its results are collected: it lasts until the batch's window ends (its own
+# ``expires_at``, not BILLING_HOLD_SECONDS), so ``holds_expire`` frees it only once the batch
+# can no longer be collected. Each result line then writes its own ledger row, paid out of what
+# is left of the hold (``quota_settle_held``: exactly once per request id, as ``quota_settle``),
+# and what remains is given back when the batch ends (``quota_release``).
+
+
+@dataclass(frozen=True)
+class HeldLine:
+    """One request of a batch, as held: its model, its prompt tokens (with the estimate's
+    margin) and the reply tokens the hold covers."""
+
+    model: str
+    prompt_tokens: int
+    reply_tokens: int
+
+
+@dataclass(frozen=True)
+class BatchHold:
+    request_id: uuid.UUID  # the hold's, not a call's: no ledger row has it
+    amount: Decimal
+    # The price each model's lines are charged at: the one in force when the hold was taken
+    # (None: a model staff let run unpriced).
+    prices: dict[str, int | None]
+
+
+@transaction.atomic
+def quota_reserve_batch(
+    *,
+    context: CallContext,
+    lines: list[HeldLine],
+    request_id: uuid.UUID,
+    expires_at: datetime,
+) -> BatchHold:
+    """Hold the worst case of every line of a batch at once, on every budget that applies,
+    until ``expires_at``; or refuse the whole batch (``QuotaExceeded``: a budget that cannot
+    hold it all, a rate limit — the batch's tokens counted as one request's —, a model with
+    no price) before anything is sent. ``context.model`` is unused: each line names its own.
+    Lines are not capped to what a budget can pay here: the caller caps them first."""
+    from dataclasses import replace
+
+    now = timezone.now()
+    budgets = applicable_budgets(context)
+    prices: dict[str, ModelPrice | None] = {}
+    amount = Decimal(0)
+    tokens = 0
+    for line in lines:
+        if line.model not in prices:
+            price = pricing.price_for(line.model, on=now.date())
+            if budgets and price is None:
+                raise QuotaExceeded(
+                    gettext(
+                        "The model %(model)s has no price, so its cost cannot be held against "
+                        "%(budget)s. An admin needs to set its price."
+                    )
+                    % {"model": line.model, "budget": budgets[0].describe()},
+                    code="budget_exceeded",
+                )
+            if price is None and not unpriced_allowed(replace(context, model=line.model)):
+                raise QuotaExceeded(
+                    gettext(
+                        "The model %(model)s has no price, so what it costs cannot be counted. "
+                        "The site's staff need to set its price, or allow it to run unpriced."
+                    )
+                    % {"model": line.model},
+                    code="model_unpriced",
+                )
+            prices[line.model] = price
+        amount += pricing.worst_case(
+            prices[line.model],
+            prompt_tokens=line.prompt_tokens,
+            max_tokens=line.reply_tokens,
+            batch=context.batch,
+        )
+        tokens += line.prompt_tokens + line.reply_tokens
+    locked = _locked_periods(budgets, now)
+    budgets = [budget for budget in budgets if budget.pk in locked]
+    periods = [period for period, _ in locked.values()]
+
+    def refusal() -> QuotaExceeded | None:
+        for budget in budgets:
+            period, _ = locked[budget.pk]
+            if budget.limit_usd - period.spent - period.reserved < amount:
+                message = _over_budget(budget, period, now, afford=0)
+                return QuotaExceeded(message, code="budget_exceeded")
+        return None
+
+    refused = refusal()
+    if refused is not None and _release_expired(periods, now):
+        refused = refusal()
+    if refused is not None:
+        raise refused
+    check_rate_limits(context, tokens=tokens)
+    if periods:
+        ledger_sql.periods_add([p.pk for p in periods], reserved=amount)
+        ledger_sql.holds_insert(
+            [p.pk for p in periods],
+            request_id=request_id,
+            amount=amount,
+            expires_at=expires_at,
+            now=now,
+        )
+    return BatchHold(
+        request_id=request_id,
+        amount=amount,
+        prices={model: price.pk if price else None for model, price in prices.items()},
+    )
+
+
+def _lock_hold_periods(hold_id: uuid.UUID, locked: dict[int, tuple[BudgetPeriod, bool]]) -> None:
+    """Lock the periods the hold is on that ``locked`` does not have (one that ended, one whose
+    budget no longer applies), before its rows are touched: ``holds_expire`` locks a period
+    before it deletes that period's holds."""
+    held = set(Hold.objects.filter(request_id=hold_id).values_list("period_id", flat=True))
+    stray = held - {period.pk for period, _ in locked.values()}
+    if stray:
+        list(BudgetPeriod.objects.select_for_update().filter(pk__in=stray).order_by("budget_id"))
+
+
+def _hold_pay(hold_id: uuid.UUID, cost: Decimal) -> list[tuple[int, Decimal]]:
+    """Take ``cost`` (or what is left, if less) out of the hold on each of its periods: (period
+    id, amount taken) of each. A hold paid out entirely goes."""
+    taken = []
+    for pk, period_id, amount in Hold.objects.filter(request_id=hold_id).values_list(
+        "pk", "period_id", "amount"
+    ):
+        part = min(amount, cost)
+        if part == amount:
+            Hold.objects.filter(pk=pk).delete()
+        elif part:
+            Hold.objects.filter(pk=pk).update(amount=amount - part)
+        taken.append((period_id, part))
+    return taken
+
+
+@transaction.atomic
+def quota_settle_held(
+    *,
+    hold_id: uuid.UUID,
+    request_id: uuid.UUID,
+    context: CallContext,
+    price_id: int | None,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    estimated: bool = False,
+    latency_ms: int | None = None,
+) -> UsageRecord:
+    """Write one line's ledger row (``request_id``: unique per line; a second settle of the same
+    line keeps the first row and changes nothing), charge its cost to every budget that applies,
+    and pay it out of what is left of the batch's hold (``hold_id``), as ``quota_settle`` does
+    for a call's own hold. Priced at ``price_id``'s rates (the batch ones for a batch line)."""
+    now = timezone.now()
+    price = None if price_id is None else pricing.price_by_id(price_id)
+    cost = pricing.cost_of(
+        price,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
+        completion_tokens=completion_tokens,
+        batch=context.batch,
+    )
+    record = UsageRecord(
+        request_id=request_id,
+        organization_id=context.organization_id,
+        project_id=context.project_id,
+        user_id=context.user_id,
+        api_key_id=context.api_key_id,
+        conversation_id=context.conversation_id,
+        connection_id=context.connection_id,
+        source=context.source,
+        model=context.model,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
+        completion_tokens=completion_tokens,
+        cost=cost,
+        price=price,
+        status=status,
+        estimated=estimated,
+        latency_ms=latency_ms,
+        created_at=now,
+    )
+    if not ledger_sql.record_insert(record):  # settled already: the first row stands
+        return UsageRecord.objects.get(request_id=request_id)
+    rollup_add(record)
+    budgets = {b.pk: b for b in _applicable_budgets(context, described=False)}
+    locked = _locked_periods(list(budgets.values()), now)
+    _lock_hold_periods(hold_id, locked)
+    _release_and_charge(_hold_pay(hold_id, cost), locked, cost)
+    for budget_id, (period, created) in locked.items():
+        before = period.spent - cost if created else period.spent
+        _alert_on_crossing(budgets[budget_id], period, before=before, after=before + cost)
+    return record
+
+
+@transaction.atomic
+def quota_release(*, hold_id: uuid.UUID) -> Decimal:
+    """Give back what is left of a hold (a batch's, once it ended): nothing if it is gone
+    already (released, paid out, or expired). The amount given back, per period."""
+    _lock_hold_periods(hold_id, {})
+    held = ledger_sql.holds_take(hold_id)
+    for amount in {amount for _, amount in held}:
+        ledger_sql.periods_add(
+            sorted(period_id for period_id, part in held if part == amount), reserved=-amount
+        )
+    return max((amount for _, amount in held), default=Decimal(0))

@@ -35,7 +35,25 @@ class FileAdmin(ReadOnly):
 
 @admin.register(Batch)
 class BatchAdmin(ReadOnly):
-    list_display = ["id", "project", "endpoint", "status", "total", "completed", "failed", "cost"]
+    list_display = [
+        "id",
+        "project",
+        "endpoint",
+        "model",
+        "status",
+        "upstream_status",
+        "total",
+        "completed",
+        "failed",
+        "cost",
+    ]
     list_filter = ["status", "endpoint"]
     search_fields = ["id"]
-    raw_id_fields = ["project", "api_key", "input_file", "output_file", "error_file"]
+    raw_id_fields = [
+        "project",
+        "api_key",
+        "input_file",
+        "output_file",
+        "error_file",
+        "connection",
+    ]

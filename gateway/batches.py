@@ -8,6 +8,15 @@ rate limits like any call and priced at the model's batch price (``CallContext.b
 answers go to the batch's output file and the failures to its error file, in OpenAI's shapes;
 ``Batch.cost`` is the sum of its lines' ledger rows.
 
+A batch over ``/v1/chat/completions`` whose every line lives on one connection with
+``supports_batches`` (and passes the checks ``/v1`` makes before a call) is instead handed to
+that upstream's own Batch API on its first run (``gateway.upstream_batches``, from the top of
+``_run``): held whole at the batch price, submitted, polled by the sweep, and its results
+recorded by the rule below (one transaction per line writes its ledger row, whose request id is
+fixed per batch and line, and moves ``next_line``); then its hold is released and its files are
+written by ``_finalize``. A batch whose hold is refused, or that the upstream refuses, runs here
+line by line.
+
 Exactly once — the rule
 -----------------------
 A line is *recorded* by one transaction that (1) writes its ledger row (the runner's settle,
@@ -283,12 +292,15 @@ def _parse_create(body: bytes) -> dict[str, Any]:
     return data
 
 
-def batch_check_input(*, stored: File, endpoint: str) -> int:
-    """The number of requests in ``stored``, each calling ``endpoint``, or a 400 naming the
-    first line that does not."""
+def batch_check_input(*, stored: File, endpoint: str) -> tuple[int, str]:
+    """The number of requests in ``stored``, each calling ``endpoint``, and the model the
+    first names; or a 400 naming the first line that does not call it."""
     total = 0
+    model = ""
     with stored.file.open("rb") as handle:
         for request in iter_requests(handle):
+            if not model and isinstance(request.body.get("model"), str):
+                model = request.body["model"][:200]
             if request.url != endpoint:
                 raise invalid_request(
                     f"Line {request.line} of the input file calls {request.url}, not the batch's "
@@ -297,7 +309,7 @@ def batch_check_input(*, stored: File, endpoint: str) -> int:
                     code="mismatched_endpoint",
                 )
             total += 1
-    return total
+    return total, model
 
 
 def batch_create(*, key: ApiKey, body: bytes) -> Batch:
@@ -316,7 +328,7 @@ def batch_create(*, key: ApiKey, body: bytes) -> Batch:
             f"The file {stored.id} was uploaded for '{stored.purpose}', not 'batch'.",
             param="input_file_id",
         )
-    total = batch_check_input(stored=stored, endpoint=endpoint)
+    total, model = batch_check_input(stored=stored, endpoint=endpoint)
     with transaction.atomic():
         batch = Batch.objects.create(
             project=project,
@@ -325,6 +337,7 @@ def batch_create(*, key: ApiKey, body: bytes) -> Batch:
             completion_window=data["completion_window"],
             input_file=stored,
             total=total,
+            model=model,
             metadata=data["metadata"],
             expires_at=timezone.now() + COMPLETION_WINDOW,
         )
@@ -427,6 +440,14 @@ def batch_json(batch: Batch) -> dict[str, Any]:
             "failed": batch.failed,
         },
         "metadata": batch.metadata or None,
+        "model": batch.model or None,
+        "usage": {
+            "input_tokens": batch.input_tokens,
+            "input_tokens_details": {"cached_tokens": batch.cached_tokens},
+            "output_tokens": batch.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": batch.input_tokens + batch.output_tokens,
+        },
     }
 
 
@@ -529,19 +550,20 @@ def _output_line(batch_id: str, request: BatchRequest, run: LineRun) -> dict[str
     return line
 
 
-def _record(batch: Batch, request: BatchRequest, run: LineRun) -> None:
-    """The line done: its answer appended, then in one transaction its ledger row written,
-    ``next_line`` moved past it and its counts and cost added (see the rule above)."""
+def record_line(
+    batch: Batch,
+    *,
+    index: int,
+    ok: bool,
+    request_id: str,
+    line: dict[str, Any],
+    settle: Callable[[], UsageRecord] | None,
+) -> None:
+    """Line ``index`` done (here, or collected from an upstream's batch): its answer appended,
+    then in one transaction its ledger row written (``settle``), ``next_line`` moved past it
+    and its counts, tokens and cost added (see the rule above)."""
     name = work_name(batch)
-    _append(
-        name,
-        {
-            "index": request.index,
-            "ok": run.ok,
-            "request_id": run.request_id,
-            "line": _output_line(batch.id, request, run),
-        },
-    )
+    _append(name, {"index": index, "ok": ok, "request_id": request_id, "line": line})
     try:
         with transaction.atomic():
             current = (
@@ -550,20 +572,34 @@ def _record(batch: Batch, request: BatchRequest, run: LineRun) -> None:
                 .values_list("next_line", "cost")
                 .first()
             )
-            if current is None or current[0] != request.index:
+            if current is None or current[0] != index:
                 raise _Overtaken
-            row = run.settle() if run.settle is not None else None
-            cost = row.cost if row is not None else Decimal(0)
+            row = settle() if settle is not None else None
             Batch.objects.filter(pk=batch.pk).update(
-                next_line=request.index + 1,
-                completed=F("completed") + (1 if run.ok else 0),
-                failed=F("failed") + (0 if run.ok else 1),
-                cost=current[1] + cost,
+                next_line=index + 1,
+                completed=F("completed") + (1 if ok else 0),
+                failed=F("failed") + (0 if ok else 1),
+                cost=current[1] + (row.cost if row is not None else Decimal(0)),
+                input_tokens=F("input_tokens") + (row.prompt_tokens if row is not None else 0),
+                cached_tokens=F("cached_tokens") + (row.cached_tokens if row is not None else 0),
+                output_tokens=F("output_tokens")
+                + (row.completion_tokens if row is not None else 0),
             )
     except _Overtaken:
         # This attempt's answer must not be the one kept: the recorded one is.
-        _append(name, {"index": request.index, "void": run.request_id})
+        _append(name, {"index": index, "void": request_id})
         raise
+
+
+def _record(batch: Batch, request: BatchRequest, run: LineRun) -> None:
+    record_line(
+        batch,
+        index=request.index,
+        ok=run.ok,
+        request_id=run.request_id,
+        line=_output_line(batch.id, request, run),
+        settle=run.settle,
+    )
 
 
 def _run_line(runner: Runner, key: ApiKey, request: BatchRequest) -> LineRun | None:
@@ -623,6 +659,11 @@ def _expired(batch: Batch) -> bool:
 
 
 def _run(batch: Batch, *, seconds: float, lines: int | None) -> Progress:
+    from .upstream_batches import batch_run_upstream  # it imports this module
+
+    handed_off = batch_run_upstream(batch)  # None: it runs here, line by line
+    if handed_off is not None:
+        return handed_off
     if batch.status == Batch.Status.CANCELLING:
         _finalize(batch, Batch.Status.CANCELLED)
         return Progress.DONE

@@ -326,23 +326,21 @@ def file_chunks(stored: File, *, size: int = 64 * 1024) -> Generator[bytes, None
 
 
 def file_delete(*, project: Project, file_id: str) -> dict[str, Any]:
-    """``DELETE /v1/files/{id}``: the row, then (once committed) its bytes. A batch's input is
-    kept while the batch runs; it is the batch's record of what was asked afterwards too
-    (``Batch.input_file`` protects it)."""
+    """``DELETE /v1/files/{id}``: the row, then (once committed) its bytes. A running batch's
+    input is kept until the batch ends; an ended batch keeps its input's id, as OpenAI's do."""
     with transaction.atomic():
         stored = file_get(project=project, file_id=file_id)
-        user = Batch.objects.for_project(project).filter(input_file=stored).order_by("-created_at")
-        batch = user.first()
-        if batch is not None:
-            running = batch.status in RUNNING
+        running = (
+            Batch.objects.for_project(project)
+            .filter(input_file=stored, status__in=RUNNING)
+            .order_by("-created_at")
+            .first()
+        )
+        if running is not None:
             raise ApiError(
-                409 if running else 400,
-                (
-                    f"The file is the input of batch {batch.id}, which is still running; "
-                    "cancel the batch first."
-                )
-                if running
-                else f"The file is the input of batch {batch.id} and stays with it.",
+                409,
+                f"The file is the input of batch {running.id}, which is still running; "
+                "cancel the batch first.",
                 type="invalid_request_error",
                 code="file_in_use",
                 param="id",

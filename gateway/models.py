@@ -145,7 +145,15 @@ class Batch(models.Model):
     )
     endpoint = models.CharField(max_length=40)
     completion_window = models.CharField(max_length=8, default="24h")
-    input_file = models.ForeignKey(File, on_delete=models.PROTECT, related_name="+")
+    # Kept as an id once the batch has ended and its input is deleted (as OpenAI keeps it): no
+    # constraint, nothing done on delete. A running batch's input cannot be deleted (files).
+    input_file = models.ForeignKey(
+        File,
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
     output_file = models.ForeignKey(
         File, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -159,10 +167,29 @@ class Batch(models.Model):
     # Lines done so far (in order): a worker that restarts goes on from here.
     next_line = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(**MONEY, default=Decimal(0))  # the sum of its lines' rows
+    # The model its first line names (OpenAI's ``model``), and the tokens of its lines' rows.
+    model = models.CharField(max_length=200, blank=True)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
     metadata = models.JSONField(default=dict, blank=True)
     errors = models.JSONField(null=True, blank=True)  # why the batch failed validation
     # The upstream's batch id, when it was handed to the connection's own Batch API.
     upstream_id = models.CharField(max_length=200, blank=True)
+    # Handed to the upstream (``gateway.upstream_batches``): when its hold was taken, the
+    # connection it went to, the price of each model's lines held then, the input file it was
+    # sent as, and the upstream's status as last seen.
+    handed_off_at = models.DateTimeField(null=True, blank=True)
+    connection = models.ForeignKey(
+        "providers.ProviderConnection",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    held_prices = models.JSONField(default=dict, blank=True)
+    upstream_input_file_id = models.CharField(max_length=200, blank=True)
+    upstream_status = models.CharField(max_length=20, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     in_progress_at = models.DateTimeField(null=True, blank=True)
     finalizing_at = models.DateTimeField(null=True, blank=True)

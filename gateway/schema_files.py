@@ -146,6 +146,25 @@ BATCH_OBJECT = inline_serializer(
             },
         ),
         "metadata": serializers.DictField(child=serializers.CharField(), **_NULLABLE),
+        "model": serializers.CharField(
+            help_text="The model the batch's first request names.", **_NULLABLE
+        ),
+        "usage": inline_serializer(
+            "OpenAIBatchUsage",
+            {
+                "input_tokens": serializers.IntegerField(),
+                "input_tokens_details": inline_serializer(
+                    "OpenAIBatchInputTokensDetails", {"cached_tokens": serializers.IntegerField()}
+                ),
+                "output_tokens": serializers.IntegerField(),
+                "output_tokens_details": inline_serializer(
+                    "OpenAIBatchOutputTokensDetails",
+                    {"reasoning_tokens": serializers.IntegerField()},
+                ),
+                "total_tokens": serializers.IntegerField(),
+            },
+            help_text="The tokens of the requests recorded so far, as billed.",
+        ),
     },
 )
 

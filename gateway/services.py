@@ -191,6 +191,15 @@ def _check_fits(parsed: ParsedChat, spec: ProviderSpec) -> None:
         )
 
 
+def chat_check(*, project: Project, parsed: ParsedChat) -> ProviderSpec:
+    """The checks a chat call passes before anything is held: the model is the project's, it
+    sees images if the call sends some, and the prompt fits its window. Its connection."""
+    spec = _resolve(project, parsed.request.model)
+    _check_vision(parsed, project)
+    _check_fits(parsed, spec)
+    return spec
+
+
 def chat_prepare(
     *, key: ApiKey, body: bytes, source: str = UsageRecord.Source.API, batch: bool = False
 ) -> GatewayCall:
@@ -201,9 +210,7 @@ def chat_prepare(
     if batch and parsed.stream:
         raise invalid_request("A batch request cannot stream: leave 'stream' out.", param="stream")
     project = key.project
-    spec = _resolve(project, parsed.request.model)
-    _check_vision(parsed, project)
-    _check_fits(parsed, spec)
+    spec = chat_check(project=project, parsed=parsed)
     metered = metering.metered_reserve(
         context=CallContext(
             organization_id=project.organization_id,

@@ -1,6 +1,10 @@
 """Batches, run off the request path at low priority: a slice of lines per task, then the rest
 queued behind whatever else waits; a beat sweep resumes what no worker runs.
 
+A batch handed to its connection's own Batch API (``gateway.upstream_batches``) is run by the
+same task: a run submits it, then each run the sweep queues polls the upstream, and the run
+that finds it ended collects its results. Between two polls no worker holds it.
+
 Low priority, on every broker: a run works ``batches.SLICE_SECONDS`` and queues its next
 slice at the back of the queue, so a worker (the embedded profile's one ``--pool=solo``
 worker) does the titles, alerts and summaries queued meanwhile between two slices. Production
@@ -42,7 +46,8 @@ def run_batch(batch_id: str) -> None:
 @shared_task(ignore_result=True)
 def sweep_batches() -> int:
     """Celery beat: queue a run of each unfinished batch no worker runs (one that died, one
-    paused by a rate limit, one past its window)."""
+    paused by a rate limit, one past its window, one handed to its upstream: that run polls
+    it)."""
     waiting = batches.batches_to_resume()
     for batch_id in waiting:
         enqueue_batch(batch_id)

@@ -4,14 +4,17 @@ Everything here is plain Python (no Django) so providers can be used from servic
 tasks and benchmarks alike. Providers translate their backend's failures into `ProviderError`
 with one of a small set of `ErrorCode`s, so callers decide about retries, budgets and user
 messages without knowing which SDK sits underneath.
+
+A provider whose upstream has OpenAI's Batch API (files and batches) is also a `BatchProvider`;
+`batch_provider` says which, refusing the others with a `ProviderError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class ErrorCode(StrEnum):
@@ -252,3 +255,76 @@ class Provider(Protocol):
     async def list_models(self) -> list[str]: ...
 
     async def aclose(self) -> None: ...
+
+
+# --- the upstream's own Batch API ----------------------------------------------------------------
+
+# OpenAI's batch statuses after which nothing changes any more.
+BATCH_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True)
+class UpstreamBatch:
+    """What an upstream says of one of its batches, as far as a caller needs it: the status
+    (OpenAI's words: ``validating``, ``in_progress``, ``finalizing``, ``completed``, ``failed``,
+    ``expired``, ``cancelling``, ``cancelled``), the result files once it ended, its counts, why
+    it failed (OpenAI's ``errors.data`` items), and the metadata it was created with."""
+
+    id: str
+    status: str
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in BATCH_ENDED
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """The upstream's own Batch API (``/v1/files`` and ``/v1/batches``). Every method raises
+    ``ProviderError`` (its kinds as for a chat call); a provider whose upstream has none refuses
+    with ``BAD_REQUEST`` (``supports_batches`` False)."""
+
+    supports_batches: bool
+
+    async def upload_batch_file(self, *, data: bytes, filename: str) -> str:
+        """Upload a JSONL input file (purpose ``batch``); the upstream's file id."""
+        ...
+
+    async def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+    ) -> UpstreamBatch: ...
+
+    async def retrieve_batch(self, batch_id: str) -> UpstreamBatch: ...
+
+    async def cancel_batch(self, batch_id: str) -> UpstreamBatch: ...
+
+    async def list_batches(self, *, limit: int = 100) -> list[UpstreamBatch]:
+        """The upstream's latest batches, newest first (one page of at most ``limit``)."""
+        ...
+
+    async def file_content(self, file_id: str) -> bytes:
+        """The bytes of one of the upstream's files (a batch's output or error file)."""
+        ...
+
+
+def batch_provider(provider: object) -> BatchProvider:
+    """``provider`` as a `BatchProvider`; a `ProviderError` (``BAD_REQUEST``) if it has no
+    Batch API."""
+    if isinstance(provider, BatchProvider) and provider.supports_batches:
+        return provider
+    raise ProviderError(
+        ErrorCode.BAD_REQUEST, "This provider has no Batch API; batches run line by line here."
+    )

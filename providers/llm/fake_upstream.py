@@ -83,6 +83,26 @@ naming the part. The echo then ends with `` [image/png 1234 B]`` per image.
   mid-stream, then the body ends); without streaming ``@drop`` sends half the JSON body and
   closes, ``@badjson`` answers half of it, ``@errorevent`` is ``@500``. The others are ignored.
   ``GET /v1/responses/{id}`` answers a stored response (404 otherwise); ``DELETE`` forgets it.
+- The Batch API, in OpenAI's wire shapes: ``POST /v1/files`` (multipart, purpose ``batch``)
+  keeps an upload (`FakeUpstream.uploads` lists them, bytes included); ``GET /v1/files/{id}``
+  and ``GET /v1/files/{id}/content`` answer a file (404 otherwise). ``POST /v1/batches`` makes
+  a batch over an uploaded file (status ``validating``); ``GET /v1/batches/{id}`` is a poll, and
+  moves it on: a batch ends at its first poll, each request answered as ``POST
+  /v1/chat/completions`` answers it without streaming (`batch_line_answer`: the same reply and
+  usage, the error markers as error lines; the fake answers batches over chat completions
+  only), the 200s in its output file and the others in its error file, as OpenAI writes them
+  (``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``).
+  ``POST /v1/batches/{id}/cancel`` makes it ``cancelling``, and the next poll ``cancelled``
+  with nothing answered (409 for a batch that ended). ``GET /v1/batches`` lists them, newest
+  first. `FakeUpstream.batches` shows them as last answered. A batch is steered by markers on
+  the model of any of its requests (the others' answers ignore them): ``@batchwait`` (in
+  progress until `FakeUpstream.release_batches`), ``@batchfail`` (fails at its first poll,
+  with OpenAI's ``errors``; so does an input line that is not a JSON object),
+  ``@batchexpire`` (ends ``expired``, only its first request answered, the others
+  ``batch_expired`` error lines with no response), ``@batchgarbage`` (its output file holds a
+  line that is not JSON, a line for a custom_id nobody asked for and the first line's
+  custom_id a second time with another answer, and ends in the middle of its last line),
+  ``@batchlost`` (its ``output_file_id`` names a file that is not there: 404).
 
 Misbehaviour is chosen per request by markers appended to the model name, each after ``@``,
 combinable in any order (``fake-gpt@slow20@drop3``). "After N chunks" counts content (or
@@ -140,6 +160,8 @@ means after all of them, before the finish chunk.
                     the usage chunk if asked and [DONE]. Non-streaming: ``"choices": []``
 ``@history``        Responses API only: the reply echoes every user message of the
                     conversation (see above)
+``@batchwait``      Batch API only: the batch stays in progress until released (see above);
+                    ``@batchfail``, ``@batchexpire``, ``@batchgarbage``, ``@batchlost`` too
 ==================  =======================================================================
 
 When markers conflict, the first of these that applies decides the whole answer: ``@hang``
@@ -174,7 +196,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from providers.llm.tokens import count_message_tokens, count_text_tokens
 
@@ -190,7 +212,7 @@ _LOREM = (
 )  # fmt: skip
 _MARKER = re.compile(
     r"(429|quota|401|500|context|hang|nousage|toolloop|tool|json|html|text|surrogate|nul|ignorecap|badusage"
-    r"|nochoices|history)"
+    r"|nochoices|history|batchwait|batchfail|batchgarbage|batchexpire|batchlost)"
     r"|(drop|slow|words|cached|cut|stall|overusage|errorevent)(\d+)"
     r"|(badjson)(\d*)"
 )
@@ -209,6 +231,11 @@ _FLAGS = {
     "badusage": "bad_usage",
     "nochoices": "no_choices",
     "history": "history",
+    "batchwait": "batch_wait",
+    "batchfail": "batch_fail",
+    "batchgarbage": "batch_garbage",
+    "batchexpire": "batch_expire",
+    "batchlost": "batch_lost",
 }
 _COUNTS = {
     "drop": "drop_after",
@@ -250,6 +277,12 @@ class Faults:
     error_event_after: int | None = None
     no_choices: bool = False
     history: bool = False
+    # Batch API only (any line of a batch's input naming them decides for the whole batch).
+    batch_wait: bool = False
+    batch_fail: bool = False
+    batch_garbage: bool = False
+    batch_expire: bool = False
+    batch_lost: bool = False
 
 
 def parse_model(model: str) -> tuple[str, Faults]:
@@ -572,6 +605,105 @@ def argument_fragments(arguments: str) -> list[str]:
     return _ARGUMENT_FRAGMENT.findall(arguments)
 
 
+# --- chat completions, answered -------------------------------------------------------------
+
+
+@dataclass
+class ChatReply:
+    """What the fake answers a chat completion with, before it is put on the wire: the reply's
+    tokens (or the tool call's argument fragments), why it ended, the call (if any), the usage
+    (None with ``@nousage``)."""
+
+    tokens: list[str]
+    finish_reason: str
+    call: dict[str, str] | None
+    usage: dict[str, Any] | None
+
+
+def cap_problem(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, param) of a reply cap that is not an integer, else None."""
+    for param in ("max_completion_tokens", "max_tokens"):
+        value = body.get(param)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"Invalid type for '{param}': expected an integer, got {value!r}.", param
+    return None
+
+
+def chat_reply(body: dict[str, Any], messages: list[dict[str, Any]], faults: Faults) -> ChatReply:
+    """The reply to a chat completion whose body passed the checks (``cap_problem`` among them)."""
+    # tool_choice "none" forbids a call, as OpenAI's does: the reply is text.
+    wants_call = faults.tool_call and body.get("tool_choice") != "none"
+    call = tool_call(messages, body["tools"], loop=faults.tool_loop) if wants_call else None
+    if call is None:
+        tokens, finish_reason = reply_tokens(messages, faults), "stop"
+    else:
+        tokens, finish_reason = argument_fragments(call["arguments"]), "tool_calls"
+        call["id"] = f"call_{uuid.uuid4().hex[:24]}"
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is not None and len(tokens) > limit and not faults.ignore_cap:
+        tokens, finish_reason = tokens[:limit], "length"
+    if call is None and (faults.surrogate or faults.nul):
+        tokens = list(tokens) or [""]
+        at = min(1, len(tokens) - 1)
+        bad = (_SURROGATE if faults.surrogate else "") + (_NUL if faults.nul else "")
+        tokens[at] = bad + tokens[at]
+    prompt_tokens = count_message_tokens(messages)
+    usage: dict[str, Any] | None = None
+    if faults.bad_usage and not faults.no_usage:
+        usage = dict(BAD_USAGE)
+    elif not faults.no_usage:
+        completion_tokens = len(tokens) if faults.over_usage is None else faults.over_usage
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": min(faults.cached, prompt_tokens)},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+    return ChatReply(tokens, finish_reason, call, usage)
+
+
+def _envelope(completion_id: str, model: str) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def completion_json(envelope: dict[str, Any], reply: ChatReply, faults: Faults) -> dict[str, Any]:
+    """The ``chat.completion`` object of a reply (not streamed)."""
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens)}
+    if reply.call is not None:
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": reply.call["id"],
+                "type": "function",
+                "function": {"name": reply.call["name"], "arguments": "".join(reply.tokens)},
+            }
+        ]
+    message["refusal"] = None
+    completion = {
+        **envelope,
+        "object": "chat.completion",
+        "choices": []
+        if faults.no_choices
+        else [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+    }
+    if reply.usage is not None:
+        completion["usage"] = reply.usage
+    return completion
+
+
 def _error_body(
     message: str, type_: str, code: str | None, param: str | None = None
 ) -> dict[str, Any]:
@@ -647,6 +779,280 @@ _SURROGATE = "\ud800"
 _NUL = "\u0000"
 
 
+# --- the Batch API ---------------------------------------------------------------------------
+
+_FILES_PATH = "/v1/files/"
+_BATCHES_PATH = "/v1/batches/"
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+BATCH_EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+# What @batchgarbage puts among the results (see the module's docstring).
+GARBAGE_LINE = b"this line of the output file is not JSON"
+UNKNOWN_CUSTOM_ID = "nobody-asked-for-this"
+DUPLICATE_REPLY = "Echo: a second answer to the same request"
+LOST_FILE_ID = "file-fake-lost"
+
+
+def multipart_fields(content_type: str, data: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """The fields of a ``multipart/form-data`` body: name -> (filename, bytes). Raises
+    ValueError for a body that is not one."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.startswith("multipart/form-data") or match is None:
+        raise ValueError("expected multipart/form-data with a boundary")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in data.split(b"--" + match.group(1).encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        head, separator, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not separator:
+            raise ValueError("a part without headers")
+        name = re.search(rb'\bname="([^"]*)"', head)
+        filename = re.search(rb'\bfilename="([^"]*)"', head)
+        if name is None:
+            raise ValueError("a part without a name")
+        fields[name.group(1).decode()] = (
+            filename.group(1).decode() if filename else None,
+            content.removesuffix(b"\r\n"),
+        )
+    return fields
+
+
+def file_object(filename: str, data: bytes, purpose: str) -> dict[str, Any]:
+    return {
+        "id": f"file-fake{uuid.uuid4().hex}",
+        "object": "file",
+        "bytes": len(data),
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+
+
+def _line_error(
+    status: int, message: str, code: str | None, param: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    return status, _error_body(message, "invalid_request_error", code, param)
+
+
+def batch_line_answer(
+    server: _Server, endpoint: str, request: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """One request of a batch, answered as ``POST /v1/chat/completions`` answers it without
+    streaming (the error markers answer their errors; the markers that act on the connection
+    itself — hang, drop, html... — do not apply to a batch and are ignored). The fake answers
+    batches over chat completions only."""
+    body = request.get("body")
+    if request.get("url") != endpoint or not isinstance(body, dict):
+        return _line_error(400, "The request's url is not the batch's endpoint.", None, "url")
+    if endpoint != "/v1/chat/completions":
+        return _line_error(400, "The fake upstream answers batches of chat completions only.", None)
+    model, messages = body.get("model"), body.get("messages")
+    if not isinstance(model, str) or not isinstance(messages, list):
+        return _line_error(400, "Invalid request: 'model' and 'messages' are required.", None)
+    number = server.count(model, body)
+    try:
+        base, faults = parse_model(model)
+    except ValueError as exc:
+        return _line_error(400, str(exc), None, "model")
+    if base not in MODELS:
+        message = f"The model `{base}` does not exist or you do not have access to it."
+        return _line_error(404, message, "model_not_found")
+    if faults.tool_call and _first_tool_name(body.get("tools")) is None:
+        return _line_error(
+            400, "@tool needs 'tools', the first one a function with a name.", None, "tools"
+        )
+    bad_image = check_images(messages)
+    if bad_image is not None:
+        param, problem = bad_image
+        return _line_error(400, f"Invalid image in {param}: {problem}.", "invalid_image_url", param)
+    if faults.error:
+        status, payload = _ERRORS[faults.error]
+        return status, payload
+    bad_cap = cap_problem(body)
+    if bad_cap is not None:
+        return _line_error(400, bad_cap[0], None, bad_cap[1])
+    reply = chat_reply(body, messages, faults)
+    envelope = _envelope(f"chatcmpl-fake{number}", model)
+    return 200, completion_json(envelope, reply, faults)
+
+
+def _result_line(custom_id: Any, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
+        "error": None,
+    }
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _garbled(lines: list[dict[str, Any]]) -> bytes:
+    """What @batchgarbage sends for an output file: the first line, a line that is not JSON, a
+    line for a custom_id nobody asked for, the first line's custom_id again (another answer),
+    then the rest, the very last line cut in half."""
+    if not lines:
+        return GARBAGE_LINE + b"\n"
+    first = lines[0]
+    again = json.loads(json.dumps(first))
+    choices = (again.get("response") or {}).get("body", {}).get("choices") or []
+    if choices:
+        choices[0]["message"]["content"] = DUPLICATE_REPLY
+    stranger = {**json.loads(json.dumps(first)), "custom_id": UNKNOWN_CUSTOM_ID}
+    data = _jsonl([first]) + GARBAGE_LINE + b"\n" + _jsonl([stranger, again, *lines[1:]])
+    last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    return data[: len(data) - 1 - len(last) // 2]
+
+
+@dataclass
+class _FakeBatch:
+    """A batch and what decides how it goes: its object (OpenAI's shape, answered as it is),
+    its input's requests, the batch markers of their models, whether a test let it finish."""
+
+    object: dict[str, Any]
+    requests: list[dict[str, Any]]
+    faults: Faults
+    released: bool = False
+    unreadable_line: int | None = None  # the first input line that is not a JSON object
+
+    @classmethod
+    def create(cls, input_file_id: str, data: bytes, endpoint: str, metadata: Any) -> _FakeBatch:
+        requests: list[dict[str, Any]] = []
+        unreadable = None
+        faults = Faults()
+        for number, raw in enumerate(data.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                request = json.loads(raw)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                unreadable = unreadable or number
+                continue
+            requests.append(request)
+            model = (
+                (request.get("body") or {}).get("model")
+                if isinstance(request.get("body"), dict)
+                else None
+            )
+            try:
+                _, marked = parse_model(model) if isinstance(model, str) else ("", Faults())
+            except ValueError:
+                continue  # answered as an error line of its own
+            for name in ("batch_wait", "batch_fail", "batch_garbage", "batch_expire", "batch_lost"):
+                if getattr(marked, name):
+                    setattr(faults, name, True)
+        now = int(time.time())
+        batch = {
+            "id": f"batch_fake{uuid.uuid4().hex}",
+            "object": "batch",
+            "endpoint": endpoint,
+            "errors": None,
+            "input_file_id": input_file_id,
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 24 * 3600,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": len(requests), "completed": 0, "failed": 0},
+            "metadata": metadata if isinstance(metadata, dict) else None,
+        }
+        return cls(object=batch, requests=requests, faults=faults, unreadable_line=unreadable)
+
+    def cancel(self) -> bool:
+        """Whether it could be (or already was) cancelled."""
+        status = self.object["status"]
+        if status in ("validating", "in_progress"):
+            self.object.update(status="cancelling", cancelling_at=int(time.time()))
+        return self.object["status"] in ("cancelling", "cancelled")
+
+    def advance(self, server: _Server) -> None:
+        """What a poll finds: a cancel takes effect; a batch a test holds (``@batchwait``) is
+        in progress until `FakeUpstream.release_batches`; any other ends, its lines answered."""
+        now = int(time.time())
+        status = self.object["status"]
+        if status == "cancelling":
+            self.object.update(status="cancelled", cancelled_at=now)
+            return
+        if status not in ("validating", "in_progress"):
+            return
+        if self.faults.batch_fail or self.unreadable_line is not None:
+            line = self.unreadable_line or 1
+            message = (
+                f"Line {line} of the input file is not a JSON object."
+                if self.unreadable_line is not None
+                else "The fake upstream was told to fail this batch (@batchfail)."
+            )
+            error = {"code": "invalid_request", "message": message, "param": None, "line": line}
+            self.object.update(
+                status="failed", failed_at=now, errors={"object": "list", "data": [error]}
+            )
+            return
+        self.object["in_progress_at"] = self.object["in_progress_at"] or now
+        if self.faults.batch_wait and not self.released:
+            self.object["status"] = "in_progress"
+            return
+        self._finish(server, now)
+
+    def _finish(self, server: _Server, now: int) -> None:
+        answered = self.requests[:1] if self.faults.batch_expire else self.requests
+        output: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        endpoint = self.object["endpoint"]
+        for request in answered:
+            status, body = batch_line_answer(server, endpoint, request)
+            (output if status == 200 else errors).append(
+                _result_line(request.get("custom_id"), status, body)
+            )
+        for request in self.requests[len(answered) :]:
+            errors.append(
+                {
+                    "id": f"batch_req_{uuid.uuid4().hex}",
+                    "custom_id": request.get("custom_id"),
+                    "response": None,
+                    "error": {"code": "batch_expired", "message": BATCH_EXPIRED_MESSAGE},
+                }
+            )
+        batch_id = self.object["id"]
+        files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
+        for kind, lines in (("output", output), ("error", errors)):
+            if not lines:
+                continue
+            data = (
+                _garbled(lines) if kind == "output" and self.faults.batch_garbage else _jsonl(lines)
+            )
+            stored = file_object(f"{batch_id}_{kind}.jsonl", data, "batch_output")
+            server.store_file(stored, data)
+            files[f"{kind}_file_id"] = stored["id"]
+        if self.faults.batch_lost:
+            files["output_file_id"] = LOST_FILE_ID
+        ended = "expired" if self.faults.batch_expire else "completed"
+        self.object.update(
+            status=ended,
+            finalizing_at=now,
+            **{f"{ended}_at": now},
+            **files,
+            request_counts={
+                "total": len(self.requests),
+                "completed": len(output),
+                "failed": len(errors),
+            },
+        )
+
+
 class _Server(ThreadingHTTPServer):
     # Benchmarks open many connections at once; the default backlog of 5 would refuse them.
     request_queue_size = 128
@@ -664,6 +1070,12 @@ class _Server(ThreadingHTTPServer):
         # The Responses API's stored responses: id -> (the response, the conversation so far:
         # its input items with those of the responses it continues, then its output).
         self._responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        # The Batch API: files (their object and bytes), uploads as received, batches.
+        self._files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.uploads: list[dict[str, Any]] = []
+        self._batches: dict[str, _FakeBatch] = {}
+        # One batch changes state at a time (answering its lines counts them: not under _lock).
+        self.batch_lock = threading.Lock()
 
     def count(self, model: str, body: dict[str, Any] | None = None) -> int:
         with self._lock:
@@ -686,6 +1098,43 @@ class _Server(ThreadingHTTPServer):
             self.request_counts.clear()
             self.bodies.clear()
             self._responses.clear()
+            self._files.clear()
+            self.uploads.clear()
+            self._batches.clear()
+
+    def store_file(self, stored: dict[str, Any], data: bytes, *, upload: bool = False) -> None:
+        with self._lock:
+            self._files[stored["id"]] = (stored, data)
+            if upload:
+                self.uploads.append({**stored, "data": data})
+
+    def stored_file(self, file_id: str) -> tuple[dict[str, Any], bytes] | None:
+        with self._lock:
+            return self._files.get(file_id)
+
+    def recorded_uploads(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(upload) for upload in self.uploads]
+
+    def add_batch(self, batch: _FakeBatch) -> None:
+        with self._lock:
+            self._batches[batch.object["id"]] = batch
+
+    def batch(self, batch_id: str) -> _FakeBatch | None:
+        with self._lock:
+            return self._batches.get(batch_id)
+
+    def all_batches(self) -> list[_FakeBatch]:
+        """Newest first."""
+        with self._lock:
+            return list(reversed(self._batches.values()))
+
+    def release_batches(self) -> int:
+        with self._lock:
+            waiting = [b for b in self._batches.values() if not b.released]
+            for batch in waiting:
+                batch.released = True
+            return len(waiting)
 
     def store_response(self, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -758,6 +1207,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
+        if path.startswith(("/v1/files", "/v1/batches")):
+            if self._authorized():
+                self._batch_api_get(path)
+            return
         if path == "/_fake/stats":
             self._send_json(200, {"requests": dict(self.server.snapshot())})
         elif path == "/v1/models":
@@ -793,6 +1246,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
+        if path.startswith(("/v1/files", "/v1/batches")):
+            self._batch_api_post(path)
+            return
         if path == "/v1/moderations":
             self._moderate()
             return
@@ -1282,47 +1738,19 @@ class _Handler(BaseHTTPRequestHandler):
         faults: Faults,
         completion_id: str,
     ) -> None:
-        for param in ("max_completion_tokens", "max_tokens"):
-            value = body.get(param)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                problem = f"Invalid type for '{param}': expected an integer, got {value!r}."
-                self._send_json(400, _error_body(problem, "invalid_request_error", None, param))
-                return
-        # tool_choice "none" forbids a call, as OpenAI's does: the reply is text.
-        wants_call = faults.tool_call and body.get("tool_choice") != "none"
-        call = tool_call(messages, body["tools"], loop=faults.tool_loop) if wants_call else None
-        if call is None:
-            tokens, finish_reason = reply_tokens(messages, faults), "stop"
-        else:
-            tokens, finish_reason = argument_fragments(call["arguments"]), "tool_calls"
-            call["id"] = f"call_{uuid.uuid4().hex[:24]}"
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if limit is not None and len(tokens) > limit and not faults.ignore_cap:
-            tokens, finish_reason = tokens[:limit], "length"
-        if call is None and (faults.surrogate or faults.nul):
-            tokens = list(tokens) or [""]
-            at = min(1, len(tokens) - 1)
-            bad = (_SURROGATE if faults.surrogate else "") + (_NUL if faults.nul else "")
-            tokens[at] = bad + tokens[at]
-        prompt_tokens = count_message_tokens(messages)
-        usage: dict[str, Any] | None = None
-        if faults.bad_usage and not faults.no_usage:
-            usage = dict(BAD_USAGE)
-        elif not faults.no_usage:
-            completion_tokens = len(tokens) if faults.over_usage is None else faults.over_usage
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": min(faults.cached, prompt_tokens)},
-                "completion_tokens_details": {"reasoning_tokens": 0},
-            }
-        envelope: dict[str, Any] = {
-            "id": completion_id,
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "fp_fake",
-        }
+        problem = cap_problem(body)
+        if problem is not None:
+            message, param = problem
+            self._send_json(400, _error_body(message, "invalid_request_error", None, param))
+            return
+        reply = chat_reply(body, messages, faults)
+        tokens, finish_reason, call, usage = (
+            reply.tokens,
+            reply.finish_reason,
+            reply.call,
+            reply.usage,
+        )
+        envelope = _envelope(completion_id, model)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             if call is None:
@@ -1358,34 +1786,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if faults.slow_ms and self.server.stopping.wait(faults.slow_ms / 1000):
             return
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
-        if call is not None:
-            message["content"] = None
-            message["tool_calls"] = [
-                {
-                    "id": call["id"],
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": "".join(tokens)},
-                }
-            ]
-        message["refusal"] = None
-        completion = {
-            **envelope,
-            "object": "chat.completion",
-            "choices": []
-            if faults.no_choices
-            else [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-        }
-        if usage is not None:
-            completion["usage"] = usage
-        data = json.dumps(completion).encode()
+        data = json.dumps(completion_json(envelope, reply, faults)).encode()
         if faults.drop_after is not None or faults.cut_after is not None:
             self._send_head(200, "application/json", {"Content-Length": str(len(data))})
             self.wfile.write(data[: len(data) // 2])
@@ -1464,6 +1865,145 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._write_chunk(data)
         self._write_chunk(b"")  # the zero-length chunk that ends a chunked body
+
+    # -- the Batch API: files and batches ------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        """The request's body, sent with a Content-Length or chunked."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        data = b""
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            data += self.rfile.read(size)
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return data
+
+    def _batch_api_post(self, path: str) -> None:
+        data = self._read_body()
+        if not self._authorized():
+            return
+        if path == "/v1/files":
+            self._upload(data)
+        elif path == "/v1/batches":
+            self._create_batch(data)
+        elif path.startswith(_BATCHES_PATH) and path.endswith("/cancel"):
+            self._cancel_batch(path.removeprefix(_BATCHES_PATH).removesuffix("/cancel"))
+        else:
+            self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
+
+    def _batch_api_get(self, path: str) -> None:
+        if path == "/v1/batches":
+            self._list_batches()
+        elif path.startswith(_BATCHES_PATH):
+            self._retrieve_batch(path.removeprefix(_BATCHES_PATH))
+        elif path.startswith(_FILES_PATH):
+            file_id, _, rest = path.removeprefix(_FILES_PATH).partition("/")
+            stored = self.server.stored_file(file_id)
+            if stored is None or rest not in ("", "content"):
+                message = f"No such File object: {file_id}"
+                self._send_json(404, _error_body(message, "invalid_request_error", None, "id"))
+            elif rest == "content":
+                self._send_bytes(200, "application/octet-stream", stored[1])
+            else:
+                self._send_json(200, stored[0])
+        else:
+            self._send_json(404, _error_body("Unknown path", "invalid_request_error", None))
+
+    def _upload(self, data: bytes) -> None:
+        try:
+            fields = multipart_fields(self.headers.get("Content-Type", ""), data)
+            filename, content = fields["file"]
+            purpose = fields["purpose"][1].decode()
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            self._refuse(f"Invalid upload: {exc}", "file")
+            return
+        if purpose != "batch":
+            self._refuse(
+                f"The fake upstream takes files for batches only, not {purpose!r}.", "purpose"
+            )
+            return
+        stored = file_object(filename or "upload.jsonl", content, purpose)
+        self.server.store_file(stored, content, upload=True)
+        self._send_json(200, stored)
+
+    def _create_batch(self, data: bytes) -> None:
+        try:
+            body = json.loads(data)
+            input_file_id, endpoint = body["input_file_id"], body["endpoint"]
+            window, metadata = body.get("completion_window"), body.get("metadata")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._refuse(f"Invalid request: {exc}", None)
+            return
+        stored = self.server.stored_file(input_file_id) if isinstance(input_file_id, str) else None
+        if stored is None:
+            message = f"No such File object: {input_file_id}"
+            self._send_json(
+                404, _error_body(message, "invalid_request_error", None, "input_file_id")
+            )
+            return
+        if endpoint not in BATCH_ENDPOINTS:
+            self._refuse(f"Invalid value: {endpoint!r}.", "endpoint")
+            return
+        if window != "24h":
+            self._refuse(
+                f"Invalid value: {window!r}. Supported values are: '24h'.", "completion_window"
+            )
+            return
+        batch = _FakeBatch.create(input_file_id, stored[1], endpoint, metadata)
+        self.server.add_batch(batch)
+        self._send_json(200, batch.object)
+
+    def _retrieve_batch(self, batch_id: str) -> None:
+        with self.server.batch_lock:
+            batch = self.server.batch(batch_id)
+            if batch is not None:
+                batch.advance(self.server)
+                answer = json.loads(json.dumps(batch.object))
+        if batch is None:
+            self._batch_not_found(batch_id)
+        else:
+            self._send_json(200, answer)
+
+    def _cancel_batch(self, batch_id: str) -> None:
+        with self.server.batch_lock:
+            batch = self.server.batch(batch_id)
+            if batch is not None:
+                cancelled = batch.cancel()
+                answer = json.loads(json.dumps(batch.object))
+        if batch is None:
+            self._batch_not_found(batch_id)
+        elif not cancelled:
+            message = f"Cannot cancel a batch with status '{answer['status']}'."
+            self._send_json(409, _error_body(message, "invalid_request_error", None))
+        else:
+            self._send_json(200, answer)
+
+    def _list_batches(self) -> None:
+        query = dict(parse_qsl(urlsplit(self.path).query))
+        try:
+            limit = int(query.get("limit", 20))
+        except ValueError:
+            self._refuse("Invalid 'limit'.", "limit")
+            return
+        with self.server.batch_lock:
+            data = [json.loads(json.dumps(b.object)) for b in self.server.all_batches()]
+        page = data[:limit]
+        self._send_json(
+            200,
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(data) > limit,
+            },
+        )
+
+    def _batch_not_found(self, batch_id: str) -> None:
+        message = f"No batch found with id '{batch_id}'."
+        self._send_json(404, _error_body(message, "invalid_request_error", None, "batch_id"))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -1575,7 +2115,7 @@ class FakeUpstream:
     @property
     def request_counts(self) -> Counter[str]:
         """Requests received per model name (markers included): chat completions,
-        moderations, embeddings and responses."""
+        moderations, embeddings and responses, and each request of a batch as it is answered."""
         return self.server.snapshot()
 
     @property
@@ -1583,6 +2123,21 @@ class FakeUpstream:
         """The bodies of the latest requests counted in `request_counts` (at most
         `REQUESTS_KEPT`), oldest first."""
         return self.server.recorded()
+
+    @property
+    def uploads(self) -> list[dict[str, Any]]:
+        """The files uploaded to ``/v1/files``: each file object with its bytes (``data``)."""
+        return self.server.recorded_uploads()
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """The batches made through ``/v1/batches``, newest first, as last answered."""
+        with self.server.batch_lock:
+            return [json.loads(json.dumps(b.object)) for b in self.server.all_batches()]
+
+    def release_batches(self) -> int:
+        """Let the batches held by ``@batchwait`` end at their next poll; how many there were."""
+        return self.server.release_batches()
 
     def reset(self) -> None:
         self.server.reset()

@@ -22,7 +22,8 @@ length so that cosine similarity is a dot product), loaded on first use by the s
 thread and queued with the generations in the same FIFO, so llama.cpp still runs on one thread
 (see below). Each input may be at most `EMBEDDING_CONTEXT` tokens: a pooled input must fit in one
 batch, and every input token gets an output row of n_vocab logits (llama.cpp allocates them in
-embedding mode too), so the context is kept small. The Responses API is not spoken here.
+embedding mode too), so the context is kept small. The Responses API is not spoken here, nor
+the Batch API (`supports_batches` is False: a batch on this model runs line by line).
 
 Usage is counted with the model's own tokenizer: prompt tokens are the chat-formatted prompt
 exactly as llama-cpp-python tokenizes it, completion tokens are the tokens sampled (the
@@ -80,6 +81,7 @@ from providers.llm.base import (
     ProviderError,
     StreamEnd,
     TextDelta,
+    UpstreamBatch,
     Usage,
     Waiting,
 )
@@ -796,6 +798,13 @@ def _no_responses() -> ProviderError:
     )
 
 
+def _no_batches() -> ProviderError:
+    return ProviderError(
+        ErrorCode.BAD_REQUEST,
+        "The local model has no Batch API; its batches run here line by line.",
+    )
+
+
 async def _refused_stream(error: ProviderError) -> AsyncGenerator[dict[str, Any], None]:
     """A stream that fails when first read, as an upstream's refusal does."""
     raise error
@@ -969,6 +978,34 @@ class LocalProvider:
 
     def respond_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         return _refused_stream(_no_responses())
+
+    # The Batch API (`BatchProvider`): none here, every call refused.
+    supports_batches = False
+
+    async def upload_batch_file(self, *, data: bytes, filename: str) -> str:
+        raise _no_batches()
+
+    async def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+    ) -> UpstreamBatch:
+        raise _no_batches()
+
+    async def retrieve_batch(self, batch_id: str) -> UpstreamBatch:
+        raise _no_batches()
+
+    async def cancel_batch(self, batch_id: str) -> UpstreamBatch:
+        raise _no_batches()
+
+    async def list_batches(self, *, limit: int = 100) -> list[UpstreamBatch]:
+        raise _no_batches()
+
+    async def file_content(self, file_id: str) -> bytes:
+        raise _no_batches()
 
     async def list_models(self) -> list[str]:
         return [LOCAL_MODEL_NAME]

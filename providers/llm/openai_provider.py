@@ -15,6 +15,14 @@ event handed back as the JSON the upstream sent (`_as_json`), so fields the SDK 
 yet are kept. An ``error`` event of a response stream, a stream that ends before its final
 event, and an event that is not JSON are `ProviderError`s like any other failure;
 ``response.failed`` and ``response.incomplete`` are answers, passed on as they come.
+
+The Batch API (`BatchProvider`): a JSONL input file uploaded (``files.create``, purpose
+``batch``), a batch created over it, retrieved, listed and cancelled (``batches``), and its
+result files read (``files.content``). Each batch comes back as an `UpstreamBatch`, read from
+what the upstream sent without trusting its shape (the SDK does not validate answers): an
+answer that is not a batch is a `ProviderError` like a failed call. A result line's own error
+(its ``status_code`` and body) becomes a `ProviderError` by the rules of a failed call
+(`batch_line_error`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from providers.llm.base import (
     StreamEvent,
     TextDelta,
     ToolCallDelta,
+    UpstreamBatch,
     Usage,
 )
 
@@ -158,6 +167,97 @@ def _tool_call_deltas(calls: list[ChoiceDeltaToolCall] | None) -> list[ToolCallD
             )
         )
     return events
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _optional_id(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def upstream_batch(value: object) -> UpstreamBatch:
+    """A batch object as the upstream sent it; ValueError if it is not one (no id, no status)."""
+    data = _as_json(value)
+    batch_id, status = data.get("id"), data.get("status")
+    if not isinstance(batch_id, str) or not batch_id or not isinstance(status, str):
+        raise ValueError("not a batch object")
+    counts = data.get("request_counts")
+    counts = counts if isinstance(counts, dict) else {}
+    errors = data.get("errors")
+    items = errors.get("data") if isinstance(errors, dict) else None
+    metadata = data.get("metadata")
+    return UpstreamBatch(
+        id=batch_id,
+        status=status,
+        input_file_id=_optional_id(data.get("input_file_id")),
+        output_file_id=_optional_id(data.get("output_file_id")),
+        error_file_id=_optional_id(data.get("error_file_id")),
+        total=_count(counts.get("total")),
+        completed=_count(counts.get("completed")),
+        failed=_count(counts.get("failed")),
+        errors=(
+            [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+        ),
+        metadata=(
+            {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
+            if isinstance(metadata, dict)
+            else {}
+        ),
+    )
+
+
+def batch_line_error(status: int, body: object, *, secret: str = "") -> ProviderError:
+    """The failure of one request of an upstream batch (its result line's ``status_code`` and
+    ``body``), by the rules of a failed call: auth, rate limit, quota, model, context, the
+    upstream's own failure, else a refused request. The upstream's message is passed on
+    shortened, ``secret`` (the connection's key) scrubbed out, except for auth failures."""
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = error.get("message")
+    detail = ""
+    if isinstance(message, str) and message:
+        detail = " " + (message.replace(secret, "***") if secret else message)[:_MAX_DETAIL]
+    if status in (401, 403):
+        return ProviderError(
+            ErrorCode.AUTH, f"The provider rejected the API key ({status}).", status=status
+        )
+    if _is_quota_error(error):
+        return ProviderError(
+            ErrorCode.QUOTA_EXHAUSTED,
+            "The provider account is out of quota; add credit or change its plan.",
+            status=status,
+        )
+    if status == 429:
+        return ProviderError(
+            ErrorCode.RATE_LIMITED,
+            f"The provider is rate limiting requests ({status}).{detail}",
+            status=status,
+        )
+    if status == 404:
+        return ProviderError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"The provider does not offer this model ({status}).{detail}",
+            status=status,
+        )
+    if error.get("code") == "context_length_exceeded":
+        return ProviderError(
+            ErrorCode.CONTEXT_TOO_LONG,
+            f"The conversation is too long for this model.{detail}",
+            status=status,
+        )
+    if status >= 500 or status in (408, 409) or status < 400:
+        return ProviderError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"The provider failed ({status}).{detail}",
+            status=status,
+        )
+    return ProviderError(
+        ErrorCode.BAD_REQUEST,
+        f"The provider refused the request ({status}).{detail}",
+        status=status,
+    )
 
 
 class OpenAIProvider:
@@ -370,6 +470,91 @@ class OpenAIProvider:
                 ErrorCode.UPSTREAM_UNAVAILABLE,
                 "The provider ended the stream before the response was finished.",
             )
+
+    # --- the Batch API (`BatchProvider`) ------------------------------------------------------
+
+    supports_batches = True
+
+    async def upload_batch_file(self, *, data: bytes, filename: str) -> str:
+        try:
+            uploaded = await self._client.files.create(
+                file=(filename, data, "application/jsonl"), purpose="batch"
+            )
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._batch_error(exc) from exc
+        except ValueError:  # a body that is not JSON
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's answer was unusable."
+            ) from None
+        file_id = _optional_id(getattr(uploaded, "id", None))
+        if file_id is None:
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's file answer had no id."
+            )
+        return file_id
+
+    async def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+    ) -> UpstreamBatch:
+        return await self._batch(
+            self._client.batches.create(
+                input_file_id=input_file_id,
+                endpoint=endpoint,  # type: ignore[arg-type]  # one of ours: BATCH_ENDPOINTS
+                completion_window=completion_window,  # type: ignore[arg-type]
+                metadata=openai.omit if metadata is None else metadata,
+            )
+        )
+
+    async def retrieve_batch(self, batch_id: str) -> UpstreamBatch:
+        return await self._batch(self._client.batches.retrieve(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> UpstreamBatch:
+        return await self._batch(self._client.batches.cancel(batch_id))
+
+    async def list_batches(self, *, limit: int = 100) -> list[UpstreamBatch]:
+        try:
+            page = await self._client.batches.list(limit=limit)
+            return [upstream_batch(item) for item in page.data]
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._batch_error(exc) from exc
+        except (AttributeError, TypeError, ValueError):
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's list of batches was unusable."
+            ) from None
+
+    async def file_content(self, file_id: str) -> bytes:
+        try:
+            content = await self._client.files.content(file_id)
+            return content.content
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._batch_error(exc) from exc
+
+    async def _batch(self, answer: Any) -> UpstreamBatch:
+        try:
+            return upstream_batch(await answer)
+        except (openai.OpenAIError, AddressRefused) as exc:
+            raise self._batch_error(exc) from exc
+        except ValueError:  # not JSON, or JSON that is not a batch
+            raise ProviderError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider's batch answer was unusable."
+            ) from None
+
+    def _batch_error(self, exc: openai.OpenAIError | AddressRefused) -> ProviderError:
+        """As `_error`, but a 404 names a file or batch the upstream does not have (or a Batch
+        API it does not have), not a model: refused, and not retried."""
+        if isinstance(exc, openai.NotFoundError):
+            return ProviderError(
+                ErrorCode.BAD_REQUEST,
+                f"The provider has no such file or batch, or no Batch API ({exc.status_code})."
+                f"{self._detail(exc)}",
+                status=exc.status_code,
+            )
+        return self._error(exc)
 
     def unsupported(self, request: ChatRequest) -> str | None:
         """None: every parameter is sent on as it is, and the upstream decides (an OpenAI-

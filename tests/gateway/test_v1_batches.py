@@ -188,12 +188,14 @@ def test_it_creates_a_batch_as_openai_answers_it(key, project_a):
         "id", "object", "endpoint", "errors", "input_file_id", "completion_window", "status",
         "output_file_id", "error_file_id", "created_at", "in_progress_at", "expires_at",
         "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
-        "cancelled_at", "request_counts", "metadata",
+        "cancelled_at", "request_counts", "metadata", "model", "usage",
     }  # fmt: skip
     assert (batch["object"], batch["status"], batch["endpoint"]) == ("batch", "validating", CHAT)
     assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
     assert batch["expires_at"] - batch["created_at"] == 24 * 3600
     assert batch["errors"] is batch["output_file_id"] is batch["metadata"] is None
+    assert batch["model"] == "fake-gpt"
+    assert batch["usage"]["total_tokens"] == 0
     assert get(key, f"{URL}/{batch['id']}").json() == batch
 
 
@@ -250,6 +252,10 @@ def test_a_batch_runs_each_line_once_in_order(
     rows = UsageRecord.objects.all()
     assert rows.count() == 5 == fake_upstream.request_counts["fake-gpt"]
     assert batch.cost == sum(r.cost for r in rows) > 0
+    assert (batch.input_tokens, batch.output_tokens) == (
+        sum(r.prompt_tokens for r in rows),
+        sum(r.completion_tokens for r in rows),
+    )
     assert (batch.output_file.purpose, batch.output_file.bytes) == (
         "batch_output",
         batch.output_file.file.size,

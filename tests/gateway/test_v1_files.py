@@ -232,6 +232,29 @@ def test_a_running_batchs_input_cannot_be_deleted(key, project_a, fake_upstream)
     assert Batch.objects.get().status == Batch.Status.VALIDATING
 
 
+def test_an_ended_batchs_input_may_be_deleted_and_the_batch_keeps_its_id(
+    key, project_a, fake_upstream, fake_price, settings, tmp_path
+):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    serve(project_a, fake_upstream)
+    api_key = ApiKey.objects.select_related("project").get(project=project_a)
+    stored = stored_file(project_a, jsonl(request_line("a")), key=api_key)
+    body = {"input_file_id": stored.id, "endpoint": "/v1/chat/completions"}
+    batch = batches.batch_create(
+        key=api_key, body=json.dumps({**body, "completion_window": "24h"}).encode()
+    )
+    batches.batch_run(batch_id=batch.id)
+
+    response = delete(key, f"{URL}/{stored.id}")
+
+    assert response.status_code == 200
+    assert not File.objects.filter(pk=stored.id).exists()
+    ended = get(key, f"/v1/batches/{batch.id}").json()
+    assert (ended["status"], ended["input_file_id"]) == ("completed", stored.id)
+    # Its results are still there to download.
+    assert get(key, f"{URL}/{ended['output_file_id']}/content").status_code == 200
+
+
 def test_a_key_without_the_chat_scope_reads_but_cannot_upload(alice, org_a, project_a):
     reader = make_key(alice, org_a, project_a, ["read"])
     stored = stored_file(project_a, jsonl(request_line("a")))
