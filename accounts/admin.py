@@ -13,6 +13,11 @@ from django_stubs_ext import WithAnnotations
 from core import config_cache
 
 from .models import ApiKey, Invitation, Membership, Organization, Project, User
+from .signals import AuditedAdmin
+
+# What staff's changes here are recorded as in the audit trail (accounts.signals.AuditedAdmin).
+MEMBER_AUDIT = {"add": "member.added", "change": "member.role_changed", "delete": "member.removed"}
+PROJECT_AUDIT = {"delete": "project.deleted"}
 
 
 class _Counts(TypedDict):
@@ -41,7 +46,9 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AuditedAdmin, DjangoUserAdmin):
+    audit_actions = {"change": "user.access_changed"}
+    audit_fields = ("is_active", "is_staff", "is_superuser")
     add_form = UserCreationForm
     form = UserEditForm
     ordering = ["email"]
@@ -71,7 +78,10 @@ class ProjectInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = {"change": "organization.two_factor_changed", "delete": "organization.deleted"}
+    audit_fields = ("require_two_factor",)
+    audit_inlines = {Membership: MEMBER_AUDIT, Project: PROJECT_AUDIT}
     list_display = ["name", "slug", "is_personal", "member_count", "project_count", "created_at"]
     list_filter = ["is_personal", "created_at"]
     search_fields = ["name", "slug", "memberships__user__email"]
@@ -98,7 +108,8 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = PROJECT_AUDIT
     list_display = ["name", "organization", "slug", "created_at"]
     list_filter = ["created_at"]
     list_select_related = ["organization"]
@@ -107,7 +118,9 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = MEMBER_AUDIT
+    audit_fields = ("role",)
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role", "created_at"]
     list_select_related = ["user", "organization"]
@@ -116,7 +129,8 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = {"change": "invitation.updated", "delete": "invitation.revoked"}
     list_display = ["email", "organization", "role", "invited_by", "expires_at", "accepted_at"]
     list_filter = ["role", "expires_at", "accepted_at"]
     list_select_related = ["organization", "invited_by"]
@@ -132,7 +146,8 @@ class InvitationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = {"change": "api_key.updated", "delete": "api_key.deleted"}
     list_display = ["name", "project", "display", "scopes", "created_by", "last_used_at",
                     "expires_at", "revoked_at"]  # fmt: skip
     list_filter = ["revoked_at", "expires_at", "created_at"]
@@ -146,9 +161,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # keys are made on the project's API keys page, which shows them once
 
+    def audit_action_for_change(self, changes) -> str | None:
+        revoked = changes.get("revoked_at")
+        if isinstance(revoked, list) and revoked[0] is None and revoked[1] is not None:
+            return "api_key.revoked"
+        return super().audit_action_for_change(changes)
+
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request, queryset) -> None:
+        from django.db import transaction
         from django.utils import timezone
 
-        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        now = timezone.now()
+        with transaction.atomic():  # the revocations and their audit events, or neither
+            keys = list(
+                queryset.filter(revoked_at__isnull=True).select_related("project__organization")
+            )
+            ApiKey.objects.filter(pk__in=[key.pk for key in keys]).update(revoked_at=now)
+            for key in keys:
+                self.audit(request, "api_key.revoked", key, {"revoked_at": [None, now]})
         config_cache.invalidate()  # update() sends no signal: keys are kept in memory

@@ -26,6 +26,7 @@ from core.errors import ServiceError
 
 from .models import ApiKey, Membership, Project
 from .services import check_can_manage
+from .signals import created, record_change, values_of
 
 KEY_PREFIX = "lgw_"
 ALPHABET = string.digits + string.ascii_letters
@@ -66,6 +67,10 @@ def is_well_formed(raw: str) -> bool:
 
 def digest_of(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+# What the audit trail shows of a new key.
+AUDITED_FIELDS = ("name", "scopes", "expires_at", "requests_per_minute", "tokens_per_minute")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,14 @@ def api_key_create(
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
     )
+    record_change(
+        action="api_key.created",
+        organization=project.organization,
+        actor=actor,
+        project=project,
+        target=key,
+        changes=created(values_of(key, AUDITED_FIELDS)),  # never the digest
+    )
     return CreatedKey(key=key, plaintext=plaintext)
 
 
@@ -133,6 +146,14 @@ def api_key_revoke(*, actor: Membership, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        record_change(
+            action="api_key.revoked",
+            organization=key.project.organization,
+            actor=actor,
+            project=key.project,
+            target=key,
+            changes={"revoked_at": [None, key.revoked_at]},
+        )
     return key
 
 

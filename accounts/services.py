@@ -35,6 +35,7 @@ from .models import (
     normalize_address,
 )
 from .selectors import owner_count
+from .signals import Target, record_change
 from .tasks import send_email
 from .two_factor import has_two_factor
 
@@ -228,8 +229,16 @@ def organization_set_two_factor_requirement(*, actor: Membership, required: bool
             code="two_factor_required",
         )
     organization = actor.organization
+    before = organization.require_two_factor
     organization.require_two_factor = required
     organization.save(update_fields=["require_two_factor"])
+    record_change(
+        action="organization.two_factor_changed",
+        organization=organization,
+        actor=actor,
+        target=organization,
+        changes={"require_two_factor": [before, required]} if before != required else {},
+    )
     return organization
 
 
@@ -269,6 +278,14 @@ def project_update(
 @transaction.atomic
 def project_delete(*, actor: Membership, project: Project) -> None:
     check_can_manage(actor)
+    # Before the delete, while it has its id; its name stays on the event.
+    record_change(
+        action="project.deleted",
+        organization=project.organization,
+        actor=actor,
+        project=project,
+        target=project,
+    )
     project.delete()
 
 
@@ -311,6 +328,13 @@ def member_invite(*, actor: Membership, email: str, role: str, site_url: str) ->
         organization=organization, email=email, role=role, invited_by=actor.user
     )
     _send_invitation(invitation, inviter=inviter, site_url=site_url)
+    record_change(
+        action="member.invited",
+        organization=organization,
+        actor=actor,
+        target=Target.of(invitation, label=email),
+        changes={"email": [None, email], "role": [None, role]},
+    )
     return InviteResult(invitation=invitation)
 
 
@@ -349,6 +373,12 @@ def invitation_resend(*, actor: Membership, invitation: Invitation, site_url: st
             _("%(email)s has already accepted this invitation.") % {"email": invitation.email}
         )
     _send_invitation(invitation, inviter=actor.user.get_full_name(), site_url=site_url)
+    record_change(
+        action="invitation.resent",
+        organization=invitation.organization,
+        actor=actor,
+        target=Target.of(invitation, label=invitation.email),
+    )
     return invitation
 
 
@@ -396,9 +426,17 @@ def invitation_accept(*, token: str, user: User) -> Membership:
     invitation = invitation_for_token(token)
     check_invitation_usable(invitation=invitation, user=user)
     assert invitation is not None  # noqa: S101 - narrowed by the check above
-    membership, _ = Membership.objects.get_or_create(
+    membership, joined = Membership.objects.get_or_create(
         user=user, organization=invitation.organization, defaults={"role": invitation.role}
     )
+    if joined:
+        record_change(
+            action="member.joined",
+            organization=invitation.organization,
+            actor=user,
+            target=user,
+            changes={"role": [None, membership.role]},
+        )
     # The link was mailed to this address: following it proves the person reads that mail.
     _mark_verified(user)
     invitation.accepted_at = timezone.now()
@@ -409,6 +447,13 @@ def invitation_accept(*, token: str, user: User) -> Membership:
 @transaction.atomic
 def invitation_revoke(*, actor: Membership, invitation: Invitation) -> None:
     check_can_manage(actor)
+    record_change(
+        action="invitation.revoked",
+        organization=invitation.organization,
+        actor=actor,
+        target=Target.of(invitation, label=invitation.email),
+        changes={"email": [invitation.email, None], "role": [invitation.role, None]},
+    )
     invitation.delete()
 
 
@@ -418,8 +463,16 @@ def membership_change_role(*, actor: Membership, membership: Membership, role: s
     # leave it with none (a no-op on SQLite, whose write transactions are serialized anyway).
     list(Membership.objects.select_for_update().for_organization(membership.organization))
     check_role_change(actor=actor, membership=membership, role=role)
+    before = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
+    record_change(
+        action="member.role_changed",
+        organization=membership.organization,
+        actor=actor,
+        target=membership.user,  # the person: named, and forgotten, as themselves
+        changes={"role": [before, role]} if before != role else {},
+    )
     return membership
 
 
@@ -427,4 +480,11 @@ def membership_change_role(*, actor: Membership, membership: Membership, role: s
 def membership_remove(*, actor: Membership, membership: Membership) -> None:
     list(Membership.objects.select_for_update().for_organization(membership.organization))
     check_removal(actor=actor, membership=membership)
+    record_change(
+        action="member.removed",
+        organization=membership.organization,
+        actor=actor,
+        target=membership.user,
+        changes={"role": [membership.role, None]},
+    )
     membership.delete()

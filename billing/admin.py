@@ -43,6 +43,7 @@ from django.utils.safestring import SafeString
 
 from accounts.admin import OrganizationAdmin, ProjectAdmin
 from accounts.models import Membership, Organization, Project
+from accounts.signals import AuditedAdmin
 from core import config_cache
 from core.money import usd
 
@@ -252,6 +253,8 @@ BUDGET_FIELDS = [
     "scope", "project", "user", "api_key", "period", "limit_usd", "soft_thresholds", "enabled",
 ]  # fmt: skip
 FIGURES = ["spent", "reserved", "used", "remaining"]
+# What staff's changes are recorded as in the audit trail (accounts.signals.AuditedAdmin).
+BUDGET_AUDIT = {"add": "budget.created", "change": "budget.updated", "delete": "budget.deleted"}
 COVERS = ["organization", "scope", "project", "user", "api_key"]
 
 
@@ -401,15 +404,18 @@ admin.site.unregister(Project)
 @admin.register(Organization)
 class OrganizationWithBudgetsAdmin(OrganizationAdmin):
     inlines = [*OrganizationAdmin.inlines, OrganizationBudgetInline]
+    audit_inlines = {**OrganizationAdmin.audit_inlines, Budget: BUDGET_AUDIT}
 
 
 @admin.register(Project)
 class ProjectWithBudgetsAdmin(ProjectAdmin):
     inlines = [*ProjectAdmin.inlines, ProjectBudgetInline]
+    audit_inlines = {**ProjectAdmin.audit_inlines, Budget: BUDGET_AUDIT}
 
 
 @admin.register(Budget)
-class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin[Budget]):
+class BudgetAdmin(AuditedAdmin, BudgetFiguresMixin, admin.ModelAdmin[Budget]):
+    audit_actions = BUDGET_AUDIT
     form = BudgetForm
     list_display = [
         "scope", "organization", "project", "user", "api_key", "period", "limit", *FIGURES,
@@ -443,16 +449,23 @@ class BudgetAdmin(BudgetFiguresMixin, admin.ModelAdmin[Budget]):
         with transaction.atomic():
             # Decimal arithmetic here, not F() + amount: SQLite would add in floating point.
             for budget in Budget.objects.select_for_update().filter(pk__in=[b.pk for b in budgets]):
+                before = budget.limit_usd
                 budget.limit_usd += amount
                 budget.save(update_fields=["limit_usd"])
                 self.log_change(request, budget, f"Raised the limit by ${amount}.")
+                self.audit(
+                    request, "budget.updated", budget, {"limit_usd": [before, budget.limit_usd]}
+                )
         self.message_user(request, f"Raised {len(budgets)} limit(s) by {usd(amount)}.")
         return None
 
     @admin.action(description="Disable", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
-        budgets = list(queryset.filter(enabled=True))
-        Budget.objects.filter(pk__in=[b.pk for b in budgets]).update(enabled=False)
+        with transaction.atomic():  # the change and its audit events, or neither
+            budgets = list(queryset.filter(enabled=True))
+            Budget.objects.filter(pk__in=[b.pk for b in budgets]).update(enabled=False)
+            for budget in budgets:
+                self.audit(request, "budget.updated", budget, {"enabled": [True, False]})
         config_cache.invalidate()  # update() sends no signal: calls must stop seeing them now
         for budget in budgets:
             self.log_change(request, budget, "Disabled.")
@@ -466,10 +479,15 @@ PRICE_FIELDS = [
     "model", "input_per_million", "cached_input_per_million", "output_per_million",
     "batch_input_per_million", "batch_output_per_million", "effective_from", "source",
 ]  # fmt: skip
+LONG_CONTEXT_FIELDS = [
+    "long_context_threshold", "long_input_per_million", "long_cached_input_per_million",
+    "long_output_per_million",
+]  # fmt: skip
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin[ModelPrice]):
+class ModelPriceAdmin(AuditedAdmin, admin.ModelAdmin[ModelPrice]):
+    audit_actions = {"add": "price.created", "change": "price.changed", "delete": "price.deleted"}
     list_display = [*PRICE_FIELDS, "created_at"]
     list_filter = ["effective_from"]
     search_fields = ["model"]
@@ -488,12 +506,24 @@ class ModelPriceAdmin(admin.ModelAdmin[ModelPrice]):
                 ),
             },
         ),
+        (
+            "Long-context tier",
+            {
+                "fields": [*LONG_CONTEXT_FIELDS],
+                "classes": ["collapse"],
+                "description": (
+                    "For a model priced by prompt length (gemini-2.5-pro: over 200,000 prompt "
+                    "tokens): a call whose prompt is longer than the threshold is charged these "
+                    "rates for all its tokens (empty: the normal rate); a batch line, half."
+                ),
+            },
+        ),
     ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ModelPrice | None = None) -> list[str]:
         if obj is not None and UsageRecord.objects.filter(price=obj).exists():
             # Already charged: the ledger points at it.
-            return PRICE_FIELDS
+            return [*PRICE_FIELDS, *LONG_CONTEXT_FIELDS]
         return []
 
 
@@ -686,7 +716,8 @@ class BudgetAlertAdmin(ReadOnlyAdmin[BudgetAlert]):
 
 
 @admin.register(RateLimit)
-class RateLimitAdmin(admin.ModelAdmin[RateLimit]):
+class RateLimitAdmin(AuditedAdmin, admin.ModelAdmin[RateLimit]):
+    audit_actions = dict.fromkeys(["add", "change", "delete"], "rate_limit.changed")
     list_display = ["project", "requests_per_minute", "tokens_per_minute"]
     list_select_related = ["project__organization"]
     search_fields = ["project__name", "project__organization__name"]

@@ -37,6 +37,7 @@ from django.utils.translation import gettext_lazy
 
 from accounts.models import ApiKey, Membership, Organization, Project, User
 from accounts.services import check_can_manage
+from accounts.signals import created, diff, record_change, removed, values_of
 from core.errors import ServiceError
 
 from .models import Budget, BudgetAlert, BudgetPeriod, RateLimit
@@ -51,6 +52,9 @@ NEEDS_A_PROJECT: dict[str, StrPromise] = {
     Budget.Scope.MEMBER: gettext_lazy("A member budget needs a project."),
 }
 NO_COVERAGE_CHANGE = gettext_lazy("What a budget covers cannot change: add another budget instead.")
+# What the audit trail shows of a budget: what it covers, then what may change.
+EDITABLE = ("limit_usd", "period", "soft_thresholds", "enabled")
+AUDITED_FIELDS = (*COVERAGE, *EDITABLE)
 
 
 def _invalid(message: str, *, param: str) -> ServiceError:
@@ -200,6 +204,14 @@ def budget_create(
         soft_thresholds=check_thresholds(soft_thresholds),
         enabled=enabled,
     )
+    record_change(
+        action="budget.created",
+        organization=organization,
+        actor=actor,
+        project=project,
+        target=budget,
+        changes=created(values_of(budget, AUDITED_FIELDS)),
+    )
     _alert_thresholds_passed(budget)
     return budget
 
@@ -221,6 +233,7 @@ def budget_update(
     # below must see the period and state that are saved). No joins: PostgreSQL locks no
     # nullable side of an outer join.
     locked = Budget.objects.select_for_update().get(pk=budget.pk)
+    before = values_of(locked, EDITABLE)
     changed: list[str] = []
     if limit_usd is not None and (value := check_limit(limit_usd)) != locked.limit_usd:
         locked.limit_usd = value
@@ -242,6 +255,14 @@ def budget_update(
     if not changed:
         return locked
     locked.save(update_fields=changed)  # the save empties the config cache (billing/apps.py)
+    record_change(
+        action="budget.updated",
+        organization=locked.organization,
+        actor=actor,
+        project=locked.project,
+        target=locked,
+        changes=diff(before, values_of(locked, EDITABLE)),
+    )
     if restart and locked.enabled:
         _recount_current_period(locked)
     _alert_thresholds_passed(locked)
@@ -252,6 +273,14 @@ def budget_update(
 def budget_delete(*, actor: Membership, budget: Budget) -> None:
     """Its counters and holds go with it; calls in flight settle against the budgets left."""
     check_manager_of(actor, budget.organization)
+    record_change(
+        action="budget.deleted",
+        organization=budget.organization,
+        actor=actor,
+        project=budget.project,
+        target=budget,
+        changes=removed(values_of(budget, AUDITED_FIELDS)),
+    )
     budget.delete()
 
 
@@ -296,6 +325,8 @@ def _alert_thresholds_passed(budget: Budget) -> None:
 
 # --- rate limits ---------------------------------------------------------------------------------
 
+RATE_FIELDS = ("requests_per_minute", "tokens_per_minute")
+
 
 def check_per_minute(value: int | None, *, param: str) -> int | None:
     """A per-minute limit: a whole number from 1 up, or None for none."""
@@ -323,6 +354,18 @@ def rate_limit_set(
     check_manager_of(actor, project.organization)
     requests = check_per_minute(requests_per_minute, param="requests_per_minute")
     tokens = check_per_minute(tokens_per_minute, param="tokens_per_minute")
+    current = RateLimit.objects.filter(project=project).first()
+    record_change(
+        action="rate_limit.changed",
+        organization=project.organization,
+        actor=actor,
+        project=project,
+        target=project,
+        changes=diff(
+            values_of(current, RATE_FIELDS) if current else dict.fromkeys(RATE_FIELDS),
+            {"requests_per_minute": requests, "tokens_per_minute": tokens},
+        ),
+    )
     if requests is None and tokens is None:
         for row in RateLimit.objects.filter(project=project):
             row.delete()  # one by one: each delete empties the config cache
@@ -344,7 +387,16 @@ def api_key_rate_limits_set(
 ) -> ApiKey:
     """A key's own requests and tokens per minute, on top of its project's (None: none)."""
     check_manager_of(actor, key.project.organization)
+    before = values_of(key, RATE_FIELDS)
     key.requests_per_minute = check_per_minute(requests_per_minute, param="requests_per_minute")
     key.tokens_per_minute = check_per_minute(tokens_per_minute, param="tokens_per_minute")
     key.save(update_fields=["requests_per_minute", "tokens_per_minute"])
+    record_change(
+        action="rate_limit.changed",
+        organization=key.project.organization,
+        actor=actor,
+        project=key.project,
+        target=key,
+        changes=diff(before, values_of(key, RATE_FIELDS)),
+    )
     return key

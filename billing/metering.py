@@ -22,6 +22,12 @@ likewise: its inputs estimated by the text rule, held with no reply tokens, made
 
 Nothing calls a provider around this module (connection checks and model listings are not
 billed calls and never generate tokens).
+
+Observed here too, from what each call has in hand (no query of its own): every settle logs
+one line (``upstream_call``: the request id the call was made for — an HTTP request's, a
+socket frame's, a task's — its ledger row's ``request_id``, model, outcome, tokens, cost,
+latency) and counts the call for ``/metrics`` (``billing.metrics``), as do refusals at reserve,
+streams in flight and their first tokens.
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ import time
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy
@@ -46,6 +54,7 @@ from django_stubs_ext import StrOrPromise
 from core.db import db_sync_to_async
 from core.detached import run_detached
 from core.errors import ServiceError, kind_of
+from core.logging import current_request_id
 from providers.llm.base import (
     ChatRequest,
     Completion,
@@ -67,11 +76,12 @@ from providers.models import ProviderConnection
 from providers.pool import leased_provider
 from providers.specs import ProviderSpec, build_provider
 
-from . import pricing
+from . import metrics, pricing
 from .models import UsageRecord
-from .services import CallContext, Reservation, quota_reserve, quota_settle
+from .services import CallContext, QuotaExceeded, Reservation, quota_reserve, quota_settle
 
 logger = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 # The hold is built on an estimate (cl100k counts other tokenizers only approximately): it
 # covers the prompt with this margin, so a real prompt a little longer than counted never
@@ -128,6 +138,9 @@ class MeteredCall:
     spec: ProviderSpec = field(repr=False)
     reservation: Reservation
     prompt_tokens: int  # our estimate (the hold adds a margin to it)
+    # The request id bound where the call is reserved (core.logging), for its settle's line:
+    # the settle may run in a task of its own, where no request's id is bound any more.
+    log_request_id: str | None = field(default_factory=current_request_id, repr=False)
 
     @property
     def cap(self) -> int:
@@ -147,13 +160,23 @@ def _with_cap(request: ChatRequest, cap: int, spec: ProviderSpec) -> ChatRequest
     return replace(request, max_tokens=cap)
 
 
+def _reserve(*, context: CallContext, **kwargs: Any) -> Reservation:
+    """``quota_reserve``, its refusals counted for /metrics (the refusal itself is logged once,
+    by whoever answers it: the request's line, the socket frame's)."""
+    try:
+        return quota_reserve(context=context, **kwargs)
+    except QuotaExceeded as refusal:
+        metrics.observe_refusal(refusal, source=context.source)
+        raise
+
+
 def metered_reserve(
     *, context: CallContext, request: ChatRequest, spec: ProviderSpec, asked: int | None
 ) -> MeteredCall:
     """Estimate, cap and hold. ``asked``: the reply cap the caller asked for (None: the model's
     limit). Raises ``QuotaExceeded`` (a budget, a rate limit) before anything is sent."""
     prompt_tokens = estimate_prompt_tokens(request)
-    reservation = quota_reserve(
+    reservation = _reserve(
         context=context,
         prompt_tokens=held_prompt_tokens(prompt_tokens),
         max_tokens=asked,
@@ -264,12 +287,21 @@ async def stream_capped(
     call: MeteredCall, provider: Provider, outcome: Outcome
 ) -> AsyncGenerator[StreamEvent, None]:
     """The provider's events for the call, cut off at the cap. Raises ``ProviderError`` for
-    every failure, whatever its type; ``outcome`` says what happened either way."""
+    every failure, whatever its type; ``outcome`` says what happened either way. Counted for
+    /metrics while it runs (streams in flight), and its first token's wait."""
+    in_flight = metrics.ACTIVE_STREAMS.labels(call.context.source)
+    in_flight.inc()
+    opened, first_token = time.monotonic(), True
     try:
         async with contextlib.aclosing(provider.stream(call.request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta | ToolCallDelta):
                     text = _generated_by(event)
+                    if first_token and text:
+                        first_token = False
+                        metrics.TIME_TO_FIRST_TOKEN.labels(call.context.model).observe(
+                            time.monotonic() - opened
+                        )
                     counted = outcome.counted + count_text_tokens(text)
                     held = call.reservation.held_reply
                     if counted > held:
@@ -295,6 +327,8 @@ async def stream_capped(
     except Exception as exc:
         outcome.status, outcome.error = UsageRecord.Status.ERROR, _unusable(exc)
         raise outcome.error from exc
+    finally:
+        in_flight.dec()  # the upstream stream is closed, however it ended
     if outcome.cut_at_cap:
         # Like an upstream that honoured its cap: a reply cut at its length.
         outcome.status, outcome.finish_reason = UsageRecord.Status.OK, "length"
@@ -371,7 +405,7 @@ def moderation_reserve(*, context: CallContext, spec: ProviderSpec, text: str) -
     unpriced model under a budget is refused. Raises ``QuotaExceeded`` before anything is sent."""
     request = ChatRequest(model=context.model, messages=[{"role": "user", "content": text}])
     prompt_tokens = estimate_prompt_tokens(request)
-    reservation = quota_reserve(
+    reservation = _reserve(
         context=context, prompt_tokens=held_prompt_tokens(prompt_tokens), max_tokens=0
     )
     return MeteredCall(
@@ -448,7 +482,7 @@ def embedding_reserve(*, context: CallContext, spec: ProviderSpec, input: list[s
     call, and an unpriced model under a budget is refused. Raises ``QuotaExceeded`` before
     anything is sent."""
     prompt_tokens = estimate_embedding_tokens(input)
-    reservation = quota_reserve(
+    reservation = _reserve(
         context=context, prompt_tokens=held_prompt_tokens(prompt_tokens), max_tokens=0
     )
     return MeteredCall(
@@ -575,7 +609,8 @@ def settle(
         usage=outcome.usage,
         generated=outcome.generated,
     )
-    return quota_settle(
+    began = timezone.now()
+    record = quota_settle(
         reservation=call.reservation,
         status=outcome.status,
         prompt_tokens=usage.prompt_tokens,
@@ -586,6 +621,63 @@ def settle(
         message_id=message_id,
         conversation_deleted=conversation_deleted,
     )
+    observe_settle(
+        record,
+        began=began,
+        error=outcome.error,
+        finish_reason=outcome.finish_reason,
+        request_id=call.log_request_id,
+    )
+    return record
+
+
+def observe_settle(
+    record: UsageRecord,
+    *,
+    began: datetime,
+    error: ProviderError | None = None,
+    finish_reason: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """A call settled: counted for /metrics and logged as one line, by which one request can
+    be followed from its HTTP line (or socket frame) to its ledger row (``ledger_request_id``
+    is ``UsageRecord.request_id``). Once per call: a second settle (a reply closed as orphaned
+    whose process finished after all) gets back the row written first, before ``began``."""
+    if record.created_at < began:
+        return
+    outcome = record.status
+    if record.status == UsageRecord.Status.ERROR and error is not None:
+        outcome = str(error.code)  # the provider's error kind: timeout, rate_limited…
+    metrics.observe_settled(
+        model=record.model,
+        source=str(record.source),
+        outcome=str(outcome),
+        prompt_tokens=record.prompt_tokens,
+        cached_tokens=record.cached_tokens,
+        completion_tokens=record.completion_tokens,
+        cost=record.cost,
+        latency_ms=record.latency_ms,
+    )
+    fields: dict[str, Any] = {
+        "ledger_request_id": str(record.request_id),
+        "model": record.model,
+        "source": str(record.source),
+        "outcome": str(outcome),
+        "finish_reason": finish_reason,
+        "prompt_tokens": record.prompt_tokens,
+        "cached_tokens": record.cached_tokens,
+        "completion_tokens": record.completion_tokens,
+        "estimated": record.estimated,
+        "cost_usd": str(record.cost),
+        "latency_ms": record.latency_ms,
+        "organization_id": record.organization_id,
+        "project_id": record.project_id,
+        "conversation_id": record.conversation_id,
+    }
+    if request_id is not None:  # else the one bound where this runs, if any
+        fields["request_id"] = request_id
+    failed = record.status == UsageRecord.Status.ERROR
+    log.log(logging.WARNING if failed else logging.INFO, "upstream_call", **fields)
 
 
 async def settle_shielded(
@@ -621,7 +713,8 @@ def settle_orphan(
     usage, estimated = usage_to_charge(
         prompt_tokens=prompt_tokens, status=status, usage=None, generated=generated
     )
-    return quota_settle(
+    began = timezone.now()
+    record = quota_settle(
         reservation=reservation,
         status=status,
         prompt_tokens=usage.prompt_tokens,
@@ -629,3 +722,5 @@ def settle_orphan(
         estimated=estimated,
         message_id=message_id,
     )
+    observe_settle(record, began=began)
+    return record

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -101,8 +102,16 @@ class QuotaExceeded(ServiceError):
     """A refusal before anything was sent: ``budget_exceeded``, ``rate_limit_exceeded`` or
     ``model_unpriced``."""
 
-    def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        retry_after: float | None = None,
+        scope: str | None = None,
+    ) -> None:
         super().__init__(message, code=code, retry_after=retry_after)
+        self.scope = scope  # the refusing budget's scope (budget_exceeded), for /metrics
 
 
 # --- periods -----------------------------------------------------------------------------------
@@ -464,6 +473,23 @@ def _unpriced_allowed(connection_id: int, model: str) -> bool:
     ).exists()
 
 
+# Refusals that apps above billing add (billing imports none of them): each is called with a
+# call's context before anything is held, and raises a ServiceError to refuse the call. Each
+# runs on every call, so it reads memory (core.config_cache), never the database. lifecycle adds
+# one: an organization scheduled for deletion spends nothing during its grace.
+SPEND_GUARDS: list[Callable[[CallContext], None]] = []
+
+
+def spend_guard_add(guard: Callable[[CallContext], None]) -> None:
+    if guard not in SPEND_GUARDS:
+        SPEND_GUARDS.append(guard)
+
+
+def _check_spend_guards(context: CallContext) -> None:
+    for guard in SPEND_GUARDS:
+        guard(context)
+
+
 @transaction.atomic
 def quota_reserve(
     *,
@@ -490,6 +516,7 @@ def quota_reserve(
     """
     if max_tokens is None and output_limit is None:
         raise ValueError("a reservation needs max_tokens or output_limit")
+    _check_spend_guards(context)
     now = timezone.now()
     wanted = min(t for t in (max_tokens, output_limit) if t is not None)
     price = pricing.price_for(context.model, on=now.date())
@@ -502,6 +529,7 @@ def quota_reserve(
             )
             % {"model": context.model, "budget": budgets[0].describe()},
             code="budget_exceeded",
+            scope=budgets[0].scope,
         )
     if price is None and not unpriced_allowed(context):
         raise QuotaExceeded(
@@ -528,7 +556,7 @@ def quota_reserve(
             afford = cap_within(afford, margin=margin) if afford >= 0 else -1
             if afford < (1 if max_tokens is None else max_tokens):
                 message = _over_budget(budget, period, now, afford=afford)
-                return cap, QuotaExceeded(message, code="budget_exceeded")
+                return cap, QuotaExceeded(message, code="budget_exceeded", scope=budget.scope)
             cap = min(cap, afford)
         return cap, None
 
@@ -755,6 +783,7 @@ def quota_reserve_batch(
     Lines are not capped to what a budget can pay here: the caller caps them first."""
     from dataclasses import replace
 
+    _check_spend_guards(context)
     now = timezone.now()
     budgets = applicable_budgets(context)
     prices: dict[str, ModelPrice | None] = {}
@@ -771,6 +800,7 @@ def quota_reserve_batch(
                     )
                     % {"model": line.model, "budget": budgets[0].describe()},
                     code="budget_exceeded",
+                    scope=budgets[0].scope,
                 )
             if price is None and not unpriced_allowed(replace(context, model=line.model)):
                 raise QuotaExceeded(
@@ -798,7 +828,7 @@ def quota_reserve_batch(
             period, _ = locked[budget.pk]
             if budget.limit_usd - period.spent - period.reserved < amount:
                 message = _over_budget(budget, period, now, afford=0)
-                return QuotaExceeded(message, code="budget_exceeded")
+                return QuotaExceeded(message, code="budget_exceeded", scope=budget.scope)
         return None
 
     refused = refusal()

@@ -1,8 +1,19 @@
-"""Budget alerts by e-mail, and beat jobs: expired holds released, last month closed."""
+"""Budget alerts by e-mail, and beat jobs: expired holds released, last month closed.
+
+The e-mails and the statements are late-acknowledged (``acks_late``, ``reject_on_worker_lost``):
+a worker killed mid-task leaves its message to be delivered again, to itself once restarted or
+to another worker (on Redis, once the broker's visibility timeout has passed: see
+CELERY_BROKER_TRANSPORT_OPTIONS). So each may run twice, and each is safe to: a statement is
+written once per organization and month, and an e-mail already sent is marked as such.
+"""
+
+from datetime import datetime
 
 from celery import shared_task
 from django.conf import settings
-from django.utils import translation
+from django.core.cache import cache
+from django.utils import timezone, translation
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext, gettext_noop
 
 from accounts.models import User
@@ -10,12 +21,26 @@ from accounts.selectors import managers_of
 from accounts.tasks import send_email
 
 from . import services
-from .models import Budget, UsageRecord
+from .models import Budget, BudgetAlert, UsageRecord
+
+# How long an e-mail is remembered as sent: past any redelivery (the broker's visibility
+# timeout is an hour at most), and past a period (a lifetime budget's alert has one period).
+SENT_MARK_SECONDS = 400 * 24 * 3600
 
 
-@shared_task(ignore_result=True)
+def _send_once(mark: str, *, subject: str, body: str, to: list[str]) -> None:
+    """Send unless a delivery of this task sent it already. Marked after sending: a worker
+    killed between the two sends it again on redelivery (a repeat beats a lost alert)."""
+    if cache.get(mark):
+        return
+    send_email(subject=subject, body=body, to=to)
+    cache.set(mark, 1, SENT_MARK_SECONDS)
+
+
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def send_budget_alert(budget_id: int, threshold: int) -> None:
-    """E-mail the organization's owners and admins that a budget crossed a threshold."""
+    """E-mail the organization's owners and admins that a budget crossed a threshold: once per
+    budget, period and threshold (the BudgetAlert row), even if the task runs twice."""
     budget = (
         Budget.objects.select_related("organization", "project", "user", "api_key")
         .filter(pk=budget_id)
@@ -23,6 +48,14 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
     )
     if budget is None:
         return
+    # The period of the crossing: its alert row (the latest, made just before this was queued),
+    # else the current one.
+    period_start = (
+        BudgetAlert.objects.filter(budget=budget, threshold=threshold)
+        .order_by("-period_start")
+        .values_list("period_start", flat=True)
+        .first()
+    ) or services.period_bounds(budget.period, timezone.now())[0]
     # One e-mail per language the owners and admins read (their choice, else the default).
     by_language: dict[str, list[str]] = {}
     for email, language in managers_of(budget.organization).values_list("email", "language"):
@@ -30,7 +63,8 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
     for language, recipients in sorted(by_language.items()):
         with translation.override(language):
             subject, body = _budget_alert(budget, threshold)
-        send_email(subject=subject, body=body, to=sorted(recipients))
+        mark = f"billing:alert-sent:{budget.pk}:{threshold}:{period_start.isoformat()}:{language}"
+        _send_once(mark, subject=subject, body=body, to=sorted(recipients))
 
 
 # "(… per calendar month (UTC))": the period inside a sentence.
@@ -71,7 +105,7 @@ def _budget_alert(budget: Budget, threshold: int) -> tuple[str, str]:
     return subject % figures, body
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def alert_over_hold(record_id: int) -> None:
     """E-mail staff that an upstream billed more than a call held (see UsageRecord.over_hold)."""
     record = UsageRecord.objects.select_related("organization", "connection").filter(pk=record_id)
@@ -83,7 +117,8 @@ def alert_over_hold(record_id: int) -> None:
     )
     if not staff:
         return
-    send_email(
+    _send_once(
+        f"billing:over-hold-sent:{row.pk}",
         subject=f"[gateway] an upstream used more than was held: {row.model}",
         body=(
             f"Call {row.request_id} ({row.model}, connection {row.connection or '-'}, "
@@ -102,9 +137,12 @@ def expire_holds() -> int:
     return services.holds_expire()
 
 
-@shared_task(ignore_result=True)
-def close_last_month() -> int:
-    """Celery beat: write last month's statements (idempotent, so it runs hourly)."""
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def close_last_month(as_of: str | None = None) -> int:
+    """Celery beat: write last month's statements (idempotent, so it runs hourly). ``as_of``:
+    an ISO 8601 instant that stands for now (the month before it is closed), for a test or an
+    operator closing a month by hand; beat sends none."""
     from .statement_services import statements_close_previous_month
 
-    return len(statements_close_previous_month())
+    now: datetime | None = parse_datetime(as_of) if as_of else None
+    return len(statements_close_previous_month(now=now))

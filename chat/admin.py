@@ -9,6 +9,8 @@ from django.contrib import admin
 from django.db import models
 from django.http import HttpRequest
 
+from accounts.signals import AuditedAdmin
+
 from . import moderation
 from .models import (
     Attachment,
@@ -100,7 +102,12 @@ class RoomMemberAdmin(admin.ModelAdmin):
 
 
 @admin.register(Persona)
-class PersonaAdmin(admin.ModelAdmin):
+class PersonaAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = {
+        "add": "persona.created",
+        "change": "persona.updated",
+        "delete": "persona.deleted",
+    }
     list_display = [
         "tag", "name", "project", "model", "temperature", "top_p", "json_mode", "enabled",
         "preset", "updated_at",
@@ -123,7 +130,9 @@ class ChatSettingsForm(forms.ModelForm):
 
 
 @admin.register(ChatSettings)
-class ChatSettingsAdmin(admin.ModelAdmin):
+class ChatSettingsAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_actions = dict.fromkeys(["add", "change"], "moderation.changed")
+    audit_fields = ("moderation_enabled", "moderation_check_replies", "moderation_patterns")
     form = ChatSettingsForm
     list_display = [
         "project", "summarize_after_tokens", "summary_persona", "moderation_enabled",

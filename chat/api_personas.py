@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api_base import ProjectEndpoint
+from accounts.models import Membership
 from core.schema import OPENAI_ERROR
 
 from . import personas
@@ -158,6 +159,10 @@ class PersonaEndpoint(ProjectEndpoint):
     def allow_keys(self) -> bool:
         return self.request.method in SAFE_METHODS
 
+    def _actor(self) -> Membership | None:
+        # Only people write personas (keys read): the audit trail names who.
+        return self.membership
+
 
 WRITE_REFUSALS = {403: OPENAI_ERROR, 409: OPENAI_ERROR}
 
@@ -187,7 +192,9 @@ class PersonaListView(ListModelMixin, PersonaEndpoint):
         self.require_manager()
         form = PersonaWriteSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        persona = personas.persona_create(project=self.project, changes=dict(form.validated_data))
+        persona = personas.persona_create(
+            project=self.project, changes=dict(form.validated_data), actor=self._actor()
+        )
         return Response(PersonaSerializer(persona).data, status=status.HTTP_201_CREATED)
 
 
@@ -208,11 +215,13 @@ class PersonaDetailView(PersonaEndpoint):
         persona = self._persona(persona_id)
         form = PersonaWriteSerializer(data=request.data, partial=True)
         form.is_valid(raise_exception=True)
-        persona = personas.persona_update(persona=persona, changes=dict(form.validated_data))
+        persona = personas.persona_update(
+            persona=persona, changes=dict(form.validated_data), actor=self._actor()
+        )
         return Response(PersonaSerializer(persona).data)
 
     @extend_schema(responses={204: None, 403: OPENAI_ERROR})
     def delete(self, request: Request, project_id: int, persona_id: int) -> Response:
         self.require_manager()
-        personas.persona_delete(persona=self._persona(persona_id))
+        personas.persona_delete(persona=self._persona(persona_id), actor=self._actor())
         return Response(status=status.HTTP_204_NO_CONTENT)

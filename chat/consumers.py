@@ -56,21 +56,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
+import structlog
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.two_factor import two_factor_satisfied
 from core.db import db_async
 from core.errors import ServiceError, public_code, retryable
+from core.logging import bound_request_id
 
 from . import posting, selectors, services
 from .actors import Actor
 from .streaming import control_group, conversation_group, start_reply
 
 TYPING_EVERY = 2.0  # seconds between two "typing" events of one socket
+# Frames sent all the time that change nothing: their lines are DEBUG only.
+QUIET_FRAMES = frozenset({"typing", "sync"})
+
+log = structlog.get_logger(__name__)
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
@@ -86,6 +93,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         "sync": "on_sync",
         "typing": "on_typing",
     }
+    # The frame being handled, for its log line: its type, and the code it was refused with.
+    frame_kind = "invalid"
+    refused: str | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -129,6 +139,26 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 await self.broadcast({"type": "presence", "user": self.who, "here": False})
         # The reply, if any, goes on: it is saved and the other tabs still see it.
 
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        # A frame is a request of its own: its id is on every line it causes (the reply's
+        # upstream calls included), and it is logged as one line, a refusal with its code.
+        with bound_request_id():
+            self.frame_kind, self.refused = "invalid", None
+            try:
+                await super().websocket_receive(message)
+            finally:
+                self.log_frame()
+
+    def log_frame(self) -> None:
+        level = logging.DEBUG if self.frame_kind in QUIET_FRAMES else logging.INFO
+        fields: dict[str, Any] = {
+            "type": self.frame_kind,
+            "conversation_id": getattr(self, "conversation_id", None),
+        }
+        if self.refused is not None:
+            level, fields["code"] = logging.WARNING, self.refused
+        log.log(level, "socket_frame", **fields)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             frame = json.loads(text_data or "")
@@ -142,6 +172,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if name is None:
             await self.send_error("bad_frame", f"Unknown frame type {frame['type']!r}.")
             return
+        self.frame_kind = frame["type"]  # one of ours (never text the client made up)
         await getattr(self, name)(frame)
 
     async def on_message(self, frame: dict[str, Any]) -> None:
@@ -279,6 +310,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def send_error(
         self, code: str, message: str, *, retry_after: float | None = None
     ) -> None:
+        self.refused = code  # for the frame's line (websocket_receive)
         # The code's row in the one error table decides whether asking again can help.
         frame = {
             "type": "error",

@@ -39,6 +39,7 @@ from django.utils.translation import ngettext
 
 from accounts.models import Membership, Project
 from accounts.services import check_can_manage
+from accounts.signals import diff, record_change, values_of
 from billing import metering
 from billing.services import CallContext
 from core import config_cache
@@ -296,6 +297,10 @@ def forget_config() -> None:
     transaction.on_commit(config_cache.invalidate)
 
 
+# What the audit trail shows of a change of the settings.
+AUDITED_FIELDS = ("moderation_enabled", "moderation_check_replies", "moderation_patterns")
+
+
 @transaction.atomic
 def moderation_update(
     *,
@@ -310,6 +315,7 @@ def moderation_update(
     check_can_manage(actor)
     patterns = storable(patterns.replace("\r\n", "\n").replace("\r", "\n")).strip("\n")
     parse_patterns(patterns)
+    before = values_of(settings_for(project), AUDITED_FIELDS)
     chat_settings, _created = ChatSettings.objects.update_or_create(
         project=project,
         defaults={
@@ -317,6 +323,14 @@ def moderation_update(
             "moderation_check_replies": check_replies,
             "moderation_patterns": patterns,
         },
+    )
+    record_change(
+        action="moderation.changed",
+        organization=project.organization,
+        actor=actor,
+        project=project,
+        target=chat_settings,
+        changes=diff(before, values_of(chat_settings, AUDITED_FIELDS)),
     )
     forget_config()
     return chat_settings

@@ -19,7 +19,8 @@ from django.http import Http404
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from accounts.models import Project
+from accounts.models import Membership, Project, User
+from accounts.signals import created, diff, record_change, removed, values_of
 from core.errors import ServiceError
 from providers import selectors as provider_selectors
 
@@ -472,7 +473,10 @@ def _save(persona: Persona) -> Persona:
     return persona
 
 
-def persona_create(*, project: Project, changes: dict[str, Any]) -> Persona:
+def persona_create(
+    *, project: Project, changes: dict[str, Any], actor: Membership | User | None = None
+) -> Persona:
+    """``actor`` (for the audit trail): None, the person the current request is from."""
     clean = _clean(project, changes)
     if "name" not in clean or "tag" not in clean:
         raise ServiceError(
@@ -481,20 +485,52 @@ def persona_create(*, project: Project, changes: dict[str, Any]) -> Persona:
     _check_model(project, clean.get("model", ""))
     persona = Persona(project=project, **clean)
     _check_abilities(project, persona)
-    return _save(persona)
+    with transaction.atomic():  # the persona and its audit event, or neither
+        _save(persona)
+        record_change(
+            action="persona.created",
+            organization=project.organization,
+            actor=actor,
+            project=project,
+            target=persona,
+            changes=created(values_of(persona, EDITABLE)),
+        )
+    return persona
 
 
-def persona_update(*, persona: Persona, changes: dict[str, Any]) -> Persona:
+def persona_update(
+    *, persona: Persona, changes: dict[str, Any], actor: Membership | User | None = None
+) -> Persona:
     clean = _clean(persona.project, changes)
+    before = values_of(persona, EDITABLE)
     if "model" in clean:
         _check_model(persona.project, clean["model"])
     for field, value in clean.items():
         setattr(persona, field, value)
     if {"model", "json_schema", "tools"} & set(clean):
         _check_abilities(persona.project, persona)
-    return _save(persona)
+    with transaction.atomic():
+        _save(persona)
+        record_change(
+            action="persona.updated",
+            organization=persona.project.organization,
+            actor=actor,
+            project=persona.project,
+            target=persona,
+            changes=diff(before, values_of(persona, EDITABLE)),
+        )
+    return persona
 
 
-def persona_delete(*, persona: Persona) -> None:
+@transaction.atomic
+def persona_delete(*, persona: Persona, actor: Membership | User | None = None) -> None:
+    record_change(
+        action="persona.deleted",
+        organization=persona.project.organization,
+        actor=actor,
+        project=persona.project,
+        target=persona,
+        changes=removed(values_of(persona, EDITABLE)),
+    )
     # Replies keep their text; their persona link is cleared (SET_NULL).
     persona.delete()

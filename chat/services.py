@@ -1311,6 +1311,32 @@ def streams_expire_stale(*, conversation: Conversation | None = None) -> int:
     return len(stale)
 
 
+def streams_sweep_stale() -> int:
+    """Close the stale replies of every conversation (Celery beat runs this; opening a
+    conversation closes its own): a reply whose process was killed mid-stream ends incomplete
+    with the text flushed so far, billed for it, its hold freed, even if nobody opens it again.
+
+    One transaction per conversation, so the sweep never locks the whole table and one that
+    fails does not hold back the others: the failures are raised together at the end (the task
+    logs them) and the next sweep tries them again."""
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
+    stale_in = (
+        Message.objects.filter(state=Message.State.STREAMING, updated_at__lt=cutoff)
+        .order_by()
+        .values_list("conversation_id", flat=True)
+        .distinct()
+    )
+    closed, failures = 0, []
+    for conversation in Conversation.objects.filter(pk__in=list(stale_in)).order_by("pk"):
+        try:
+            closed += streams_expire_stale(conversation=conversation)
+        except Exception as failure:
+            failures.append(failure)
+    if failures:
+        raise ExceptionGroup(f"{len(failures)} of the stale conversations failed", failures)
+    return closed
+
+
 # --- titles ----------------------------------------------------------------------------------
 
 

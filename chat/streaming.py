@@ -29,6 +29,7 @@ from billing import metering
 from core.db import db_async
 from core.detached import run_detached
 from core.errors import ServiceError, retryable
+from core.logging import bind_request_id, current_request_id
 from providers.llm.base import ProviderError, TextDelta, ToolCallDelta, Waiting
 from providers.pool import leased_provider
 
@@ -127,6 +128,9 @@ class ReplyRunner:
         self.started = time.monotonic()
         self.separate = False
         self.round_text_from = 0
+        # The request (or socket frame) that asked for the reply: its id goes on every line the
+        # reply's task logs, its later rounds' upstream calls included (core.logging).
+        self.request_id = current_request_id()
 
     @property
     def message_id(self) -> int:
@@ -138,6 +142,8 @@ class ReplyRunner:
         await self.layer.group_send(self.group, event(payload))
 
     async def run(self) -> None:
+        if self.request_id is not None:  # this task's own context (core.detached)
+            bind_request_id(self.request_id)
         control = await self.layer.new_channel()
         await self.layer.group_add(self.control_group, control)
         listener = asyncio.create_task(self.listen(control))

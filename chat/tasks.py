@@ -26,7 +26,11 @@ TITLE_PROMPT = (
 )
 
 
-@shared_task(ignore_result=True)
+# acks_late and reject_on_worker_lost, here and on the summary: a worker killed mid-task (the
+# machine lost, the pool's process killed) leaves the message to be delivered again. Safe to
+# run twice: only an untitled conversation is titled, and the title is set only if it is
+# still untitled (conversation_set_title).
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def title_conversation(conversation_id: int) -> None:
     """Name a conversation after its first exchange; the first words if the model cannot."""
     conversation = (
@@ -84,7 +88,7 @@ def _title_from_model(conversation: Conversation, first_message: str) -> str:
     return services.clean_title(metering.complete_blocking(call).text)
 
 
-@shared_task(ignore_result=True)
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def summarize_conversation(
     conversation_id: int,
     user_id: int | None = None,
@@ -106,6 +110,16 @@ def summarize_conversation(
         )
     except Exception:  # the task boundary: a reply's commit must never see a summary's bug
         logger.exception("summarizing conversation %s failed", conversation_id)
+
+
+@shared_task(ignore_result=True)
+def expire_stale_streams() -> int | None:
+    """Celery beat: close the replies whose process died mid-stream, in every conversation."""
+    try:
+        return services.streams_sweep_stale()
+    except Exception:  # the task boundary: those that failed are tried again next time
+        logger.exception("closing stale replies failed")
+        return None
 
 
 @shared_task(ignore_result=True)

@@ -521,11 +521,11 @@ def _persona_form_page(
         try:
             if persona is None:
                 saved = personas.persona_create(
-                    project=project, changes=form.changes(only_changed=False)
+                    project=project, changes=form.changes(only_changed=False), actor=membership
                 )
             else:
                 saved = personas.persona_update(
-                    persona=persona, changes=form.changes(only_changed=True)
+                    persona=persona, changes=form.changes(only_changed=True), actor=membership
                 )
         except ServiceError as error:
             form.add_error(error.param if error.param in form.fields else None, error.message)
@@ -569,7 +569,7 @@ def persona_set_enabled(
     require_manager(membership)
     persona = personas.get_persona_or_404(project=project, persona_id=persona_id)
     enabled = request.POST.get("enabled") == "1"
-    personas.persona_update(persona=persona, changes={"enabled": enabled})
+    personas.persona_update(persona=persona, changes={"enabled": enabled}, actor=membership)
     if enabled:
         messages.success(
             request, _("@%(tag)s is on: people can call it again.") % {"tag": persona.tag}
@@ -589,7 +589,7 @@ def persona_delete(
     require_manager(membership)
     persona = personas.get_persona_or_404(project=project, persona_id=persona_id)
     if request.method == "POST":
-        personas.persona_delete(persona=persona)
+        personas.persona_delete(persona=persona, actor=membership)
         messages.success(
             request, _("Deleted %(name)s (@%(tag)s).") % {"name": persona.name, "tag": persona.tag}
         )

@@ -9,6 +9,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.embedded")
 # Django must be set up before anything imports models (the routing below does).
 django_asgi_app = get_asgi_application()
 
+from config.startup import require_collected_static  # noqa: E402
+
+require_collected_static()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

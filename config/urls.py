@@ -10,6 +10,8 @@ from django.views.i18n import JavaScriptCatalog
 
 from core.api import status_error_body
 from core.errors import ServiceError
+from core.health import ReadinessView, healthz
+from core.metrics import metrics_view
 
 # Paths whose clients read JSON: their 404s (a path no route matches) are JSON too.
 API_PREFIXES = ("/api/", "/v1/")
@@ -45,6 +47,10 @@ handler500 = server_error
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("favicon.ico", no_favicon),
+    # Operations: served by handlers of their own, outside the page machinery (config.handlers).
+    path("healthz", healthz, name="healthz"),
+    path("readyz", ReadinessView.as_view(), name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     # The translations static/js needs (gettext() in the browser), in the page's language.
     path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("v1/", include("gateway.urls")),

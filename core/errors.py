@@ -86,6 +86,15 @@ ERRORS: dict[str, ErrorKind] = {
     "budget_exceeded": ErrorKind(
         429, "insufficient_quota", "never", _("A budget would be exceeded; the call was not made.")
     ),
+    "organization_pending_deletion": ErrorKind(
+        403,
+        "permission_error",
+        "never",
+        _(
+            "This organization is scheduled for deletion: it makes no new calls. An owner can "
+            "cancel the deletion."
+        ),
+    ),
     "rate_limit_exceeded": ErrorKind(
         429, "requests", "after", _("Too many requests right now. Try again shortly.")
     ),

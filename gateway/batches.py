@@ -688,7 +688,7 @@ def _run(batch: Batch, *, seconds: float, lines: int | None) -> Progress:
         )
     started = time.monotonic()
     ran = 0
-    with batch.input_file.file.open("rb") as handle:
+    with open_input(batch) as handle:
         for request in iter_requests(handle):
             if request.index < batch.next_line:
                 continue
@@ -756,8 +756,17 @@ def _kept_answers(name: str, below: int) -> dict[int, bytes]:
     return kept
 
 
+def open_input(batch: Batch) -> IO[bytes]:
+    """The batch's input file, to read. Only an ended batch's input can be deleted; a running
+    one whose bytes or row are gone anyway fails (``batch_run``: FileNotFoundError)."""
+    if batch.input_file is None:
+        raise FileNotFoundError(batch.input_file_id)
+    handle: IO[bytes] = batch.input_file.file.open("rb")
+    return handle
+
+
 def _expired_lines(batch: Batch, start: int) -> Iterator[bytes]:
-    with batch.input_file.file.open("rb") as handle:
+    with open_input(batch) as handle:
         for request in iter_requests(handle):
             if request.index >= start:
                 yield _dumps(

@@ -206,7 +206,7 @@ def _plan(batch: Batch, key: ApiKey) -> _Plan | None:
     lines: list[_Line] = []
     connection_ids: set[int] = set()
     names: dict[str, str] = {}
-    with batch.input_file.file.open("rb") as handle:
+    with batches.open_input(batch) as handle:
         for request in iter_requests(handle):
             try:
                 line, connection_id = _prepared(key, request, names)
@@ -674,8 +674,10 @@ def _settle_line(
     usage: Usage,
     estimated: bool,
 ) -> UsageRecord:
-    """One line's ledger row, paid out of the batch's hold (a second call is a no-op)."""
-    return quota_settle_held(
+    """One line's ledger row, paid out of the batch's hold (a second call is a no-op), counted
+    and logged as every settled call is (``metering.observe_settle``)."""
+    began = timezone.now()
+    record = quota_settle_held(
         hold_id=hold_id(batch.id),
         request_id=request_id,
         context=context,
@@ -686,6 +688,8 @@ def _settle_line(
         cached_tokens=usage.cached_tokens,
         estimated=estimated,
     )
+    metering.observe_settle(record, began=began, request_id=request_id.hex)
+    return record
 
 
 def _record(batch: Batch, position: int, answer: _Answer) -> None:
@@ -736,7 +740,7 @@ def _collect(batch: Batch, spec: ProviderSpec, upstream: UpstreamBatch) -> batch
                 "batch %s: %s lines of the upstream's file %s were skipped", batch.id, skipped,
                 file_id,
             )  # fmt: skip
-    with batch.input_file.file.open("rb") as handle:
+    with batches.open_input(batch) as handle:
         requests = list(iter_requests(handle))
     if final == Batch.Status.FAILED:
         for item in upstream.errors:

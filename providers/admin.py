@@ -5,6 +5,8 @@ setting only staff may change: whether a model with no price may run (``unpriced
 from django import forms
 from django.contrib import admin
 
+from accounts.signals import AuditedAdmin
+
 from .addresses import AddressRefused
 from .crypto import encrypt, key_hint
 from .models import ConnectionModel, ProjectModel, ProviderConnection
@@ -76,8 +78,21 @@ class ConnectionModelInline(admin.TabularInline[ConnectionModel, ProviderConnect
     ]  # fmt: skip
 
 
+MODEL_AUDIT = {
+    "add": "connection_model.added",
+    "change": "connection_model.updated",
+    "delete": "connection_model.removed",
+}
+
+
 @admin.register(ProviderConnection)
-class ProviderConnectionAdmin(admin.ModelAdmin[ProviderConnection]):
+class ProviderConnectionAdmin(AuditedAdmin, admin.ModelAdmin[ProviderConnection]):
+    audit_actions = {
+        "add": "connection.created",
+        "change": "connection.updated",
+        "delete": "connection.deleted",
+    }
+    audit_inlines = {ConnectionModel: MODEL_AUDIT}
     form = ProviderConnectionForm
     list_display = ["name", "kind", "organization", "project", "api_key_hint", "base_url",
                     "models_refreshed_at"]  # fmt: skip
@@ -90,7 +105,8 @@ class ProviderConnectionAdmin(admin.ModelAdmin[ProviderConnection]):
 
 
 @admin.register(ConnectionModel)
-class ConnectionModelAdmin(admin.ModelAdmin[ConnectionModel]):
+class ConnectionModelAdmin(AuditedAdmin, admin.ModelAdmin[ConnectionModel]):
+    audit_actions = MODEL_AUDIT
     form = ConnectionModelForm
     list_display = ["name", "connection", "context_window", "supports_vision", "supports_tools",
                     "supports_json", "supports_embeddings", "unpriced_allowed"]  # fmt: skip

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -19,6 +21,7 @@ from django_stubs_ext import StrOrPromise
 
 from accounts.models import Membership, Project
 from accounts.services import check_can_manage
+from accounts.signals import SECRET, created, diff, record_change, removed, values_of
 from core import config_cache
 from core.errors import ServiceError
 
@@ -65,6 +68,12 @@ GEMINI = ConnectionPreset(
     ),
 )
 PRESETS = {preset.key: preset for preset in (GEMINI,)}
+
+# What the audit trail shows of a connection; its key only as "changed".
+AUDITED_FIELDS = (
+    "kind", "name", "base_url", "openai_organization", "openai_project", "timeout",
+    "max_retries", "supports_moderation",
+)  # fmt: skip
 
 
 def check_can_edit(*, actor: Membership, connection: ProviderConnection) -> None:
@@ -139,7 +148,19 @@ def _new_connection(
         created_by=actor.user,
     )
     _set_key(connection, api_key)
-    connection.save()
+    with transaction.atomic():  # the row and its audit event, or neither
+        connection.save()
+        record_change(
+            action="connection.created",
+            organization=connection.organization,
+            actor=actor,
+            project=project,
+            target=connection,
+            changes={
+                **created(values_of(connection, AUDITED_FIELDS)),
+                **({"api_key": SECRET} if api_key.strip() else {}),
+            },
+        )
     return connection
 
 
@@ -240,6 +261,7 @@ def connection_update(  # not atomic: see connection_create
         has_key=bool(api_key.strip() or connection.api_key_encrypted),
     )
     _check_address(base_url)
+    before = values_of(connection, AUDITED_FIELDS)
     connection.name = name.strip() or connection.name
     connection.base_url = base_url.strip()
     connection.openai_organization = openai_organization.strip()
@@ -250,7 +272,19 @@ def connection_update(  # not atomic: see connection_create
         connection.supports_moderation = supports_moderation
     if api_key.strip():
         _set_key(connection, api_key)
-    connection.save()
+    with transaction.atomic():  # the row and its audit event, or neither
+        connection.save()
+        record_change(
+            action="connection.updated",
+            organization=connection.organization,
+            actor=actor,
+            project=connection.project,
+            target=connection,
+            changes={
+                **diff(before, values_of(connection, AUDITED_FIELDS)),
+                **({"api_key": SECRET} if api_key.strip() else {}),
+            },
+        )
     return connection
 
 
@@ -269,6 +303,14 @@ def connection_delete(*, actor: Membership, connection: ProviderConnection) -> N
             % {"name": connection.name, "uses": listed},
             code="connection_in_use",
         )
+    record_change(
+        action="connection.deleted",
+        organization=connection.organization,
+        actor=actor,
+        project=connection.project,
+        target=connection,
+        changes=removed(values_of(connection, AUDITED_FIELDS)),
+    )
     connection.delete()
 
 
@@ -305,7 +347,7 @@ def connection_model_add(
     if not name:
         raise ServiceError(_("A model needs a name."), code="invalid_model")
     guessed = capabilities(name)
-    model, _created = ConnectionModel.objects.update_or_create(
+    model, added = ConnectionModel.objects.update_or_create(
         connection=connection,
         name=name,
         defaults={
@@ -325,6 +367,15 @@ def connection_model_add(
             **({} if unpriced_allowed is None else {"unpriced_allowed": unpriced_allowed}),
         },
     )
+    if added and actor is not None:  # a person's; not what a refresh or a preset lists
+        record_change(
+            action="connection_model.added",
+            organization=connection.organization,
+            actor=actor,
+            project=connection.project,
+            target=model,
+            changes={"connection": [None, connection.name], "model": [None, model.name]},
+        )
     return model
 
 
@@ -337,6 +388,14 @@ def connection_model_remove(*, actor: Membership, model: ConnectionModel) -> Non
             % {"name": model.name},
             code="model_in_use",
         )
+    record_change(
+        action="connection_model.removed",
+        organization=model.connection.organization,
+        actor=actor,
+        project=model.connection.project,
+        target=model,
+        changes={"connection": [model.connection.name, None], "model": [model.name, None]},
+    )
     model.delete()
 
 
@@ -453,13 +512,30 @@ def project_models_set(
         )
     if chosen and default_id not in {m.pk for m in chosen}:
         raise ServiceError(_("Choose the default among the allowed models."), code="no_default")
+    before = _allowed(ProjectModel.objects.filter(project=project))
     ProjectModel.objects.filter(project=project).delete()
-    return [
+    allowed = [
         ProjectModel.objects.create(
             project=project, model=m, name=m.name, is_default=m.pk == default_id
         )
         for m in chosen
     ]
+    record_change(
+        action="project_models.changed",
+        organization=project.organization,
+        actor=actor,
+        project=project,
+        target=project,
+        changes=diff(before, _allowed(allowed)),
+    )
+    return allowed
+
+
+def _allowed(rows: Iterable[ProjectModel]) -> dict[str, Any]:
+    """A project's allow-list as the audit trail shows it (empty: every visible model)."""
+    rows = list(rows)
+    default = next((row.name for row in rows if row.is_default), None)
+    return {"models": sorted(row.name for row in rows), "default": default}
 
 
 # --- global connections and key rotation ----------------------------------------------------

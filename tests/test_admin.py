@@ -15,17 +15,20 @@ def staff_client(client, alice, bob, charlie, project_a):
     return client
 
 
+OUR_APPS = {"accounts", "audit", "billing", "chat", "gateway", "lifecycle", "providers"}
+
+
 def test_every_model_is_registered():
     from django.apps import apps
 
-    ours = [m for m in apps.get_models() if m._meta.app_label in {"accounts", "chat", "billing"}]
+    ours = [m for m in apps.get_models() if m._meta.app_label in OUR_APPS]
     assert ours
     assert [m for m in ours if m not in admin.site._registry] == []
 
 
 @pytest.mark.parametrize(
     "model",
-    [m for m in admin.site._registry if m._meta.app_label in {"accounts", "chat", "billing"}],
+    [m for m in admin.site._registry if m._meta.app_label in OUR_APPS],
 )
 def test_staff_can_list_search_and_filter(staff_client, model):
     opts = model._meta

@@ -11,6 +11,8 @@ from pathlib import Path
 import django_stubs_ext
 import environ
 
+from core import logging as core_logging
+
 # Django's generic classes (ModelAdmin[Model], QuerySet[Model], forms.ModelForm[Model]) take a
 # type argument at run time as they do for mypy.
 django_stubs_ext.monkeypatch()
@@ -44,6 +46,10 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
     "csp",
+    # /healthz and /readyz (core.health), and its `manage.py health_check readyz` command.
+    "health_check",
+    # The request id carried into Celery tasks (DJANGO_STRUCTLOG_CELERY_ENABLED below).
+    "django_structlog",
     # The project's apps, in the order of their layers (each imports only those above it).
     "core",
     "accounts",
@@ -56,6 +62,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every request's id and its one log line (core.logging), async, no thread hop.
+    "core.logging.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files and /v1 have handlers of their own, with less middleware (config.handlers).
     "csp.middleware.CSPMiddleware",
@@ -65,6 +73,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changed what, from where: the request an audit event comes from (audit, no hop).
+    "audit.middleware.request_context",
     # A signed-in person's own language choice wins over the browser's (accounts.User.language).
     "accounts.middleware.UserLanguageMiddleware",
     # request.user.otp_device: the device that verified this session (None until one did);
@@ -199,29 +209,35 @@ CELERY_TIMEZONE = "UTC"
 # on their own queue when this names one that dedicated workers consume (celery -Q batches).
 BATCH_QUEUE = env.str("CELERY_BATCH_QUEUE", default="celery")
 CELERY_TASK_ROUTES = {"gateway.tasks.run_batch": {"queue": BATCH_QUEUE}}
-
-LOGGING_FILTERS = {"refusals_without_traceback": {"()": "core.logging.RefusalsWithoutTraceback"}}
-# Expected refusals (401/403/404/429) are one line without a traceback (core.logging).
-DJANGO_REQUEST_LOGGER = {"level": "WARNING", "filters": ["refusals_without_traceback"]}
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
-    },
-    "filters": LOGGING_FILTERS,
-    "root": {"handlers": ["console"], "level": "INFO"},
-    "loggers": {
-        "django.request": DJANGO_REQUEST_LOGGER,
-        # At INFO these log every request's URL (an MCP server's may carry a secret) and the
-        # MCP sessions' ids: warnings and worse only.
-        "httpx2": {"level": "WARNING"},
-        "mcp": {"level": "WARNING"},
-    },
+# On Redis (production), a task a worker took and never acknowledged (the late-acknowledged
+# ones: titles, summaries, alerts, statements, batches, whose worker was killed) goes back on
+# the queue this long after it was taken; kombu looks for such tasks every ~100 s. Longer than
+# any task runs, or one still running is delivered twice (they are safe to run twice, but it
+# costs). The embedded profile's file-system broker has options of its own.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
 }
+
+# Logs (core.logging): every logger through one formatter, JSON lines (LOG_JSON, the production
+# profile's default) or readable ones, with the request id of the request, socket frame or task
+# they belong to. Expected refusals (401/403/404/429) are one line without a traceback.
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING_FILTERS = core_logging.LOGGING_FILTERS
+DJANGO_REQUEST_LOGGER = core_logging.DJANGO_REQUEST_LOGGER
+LOGGING = core_logging.logging_config(
+    json_lines=env.bool("LOG_JSON", default=False), level=LOG_LEVEL
+)
+core_logging.configure_structlog()
+# django-structlog: a task enqueued during a request (or a socket frame) carries its request id
+# to the worker, which binds it while the task runs (the worker's boot step: config.celery).
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+
+# Prometheus metrics on /metrics (core.metrics): for a scraper sending this token as a Bearer
+# token, or a staff session; anyone else gets 404. Empty: staff only. Several processes on one
+# host: PROMETHEUS_MULTIPROC_DIR (see core.metrics and the README).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Collectors read at scrape time (each one cheap query).
+METRICS_COLLECTORS = ["billing.metrics.OutstandingHolds"]
 
 # --- Chat and the providers ------------------------------------------------------------------
 # Provider keys are encrypted with these Fernet keys, newest first (see chat/crypto.py).
@@ -322,7 +338,27 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Batches no worker runs (one died, a rate limit paused it, its window ran out) go on.
     "sweep-batches": {"task": "gateway.tasks.sweep_batches", "schedule": 60.0},
+    # Replies whose Daphne process died mid-stream: closed as incomplete, billed for the text
+    # flushed so far, their holds freed (stale after CHAT_STALE_STREAM_SECONDS without a write).
+    "expire-stale-streams": {"task": "chat.tasks.expire_stale_streams", "schedule": 30.0},
+    # Daily and idempotent: conversations past their organization's retention period, and
+    # organizations past their deletion grace (lifecycle).
+    "purge-expired-conversations": {
+        "task": "lifecycle.tasks.purge_expired_conversations",
+        "schedule": 86400.0,
+    },
+    "delete-due-organizations": {
+        "task": "lifecycle.tasks.delete_due_organizations",
+        "schedule": 86400.0,
+    },
 }
+
+# --- data lifecycle (lifecycle/) ---------------------------------------------------------------
+
+# An organization an owner deletes stays this many days, spending nothing, until it goes.
+ORG_DELETION_GRACE_DAYS = env.int("ORG_DELETION_GRACE_DAYS", default=14)
+# A person's data export carries their images up to this many bytes in all (then listed only).
+LIFECYCLE_EXPORT_IMAGE_BYTES = env.int("LIFECYCLE_EXPORT_IMAGE_BYTES", default=100 * 1024 * 1024)
 
 # --- REST API (/api/v1/) -----------------------------------------------------------------------
 

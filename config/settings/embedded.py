@@ -52,7 +52,8 @@ DB_THREADS = env.int("DB_THREADS", default=1)
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "core.channel_layers.InMemoryChannelLayer"}}
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Django's local-memory cache, its reads counted for /metrics (core.metrics).
+CACHES = {"default": {"BACKEND": "core.metrics.MeteredLocMemCache"}}
 
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 

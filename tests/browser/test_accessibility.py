@@ -63,6 +63,7 @@ def pages(alice, bob, org_a, project_a, fake_upstream) -> dict[str, list[str]]:
             reverse("statement_list", args=org),
             reverse("budgets", args=org),
             reverse("organization_settings", args=org),
+            reverse("audit_log", args=org),
             reverse("organization_create"),
             reverse("project_settings", args=project),
             reverse("project_limits", args=project),

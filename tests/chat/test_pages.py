@@ -73,9 +73,10 @@ def test_a_conversation_of_10000_messages_opens_with_a_bounded_number_of_queries
 
     # However long the conversation: the page, its versions (one query), the sidebar's chats
     # and folders, the models with their prices, the budget banner, the page's tool calls and
-    # images (one query each), the tools the settings offer, and what the model can do and
-    # whether replies are checked (each read once, then kept in memory).
-    with django_assert_max_num_queries(24):
+    # images (one query each), the tools the settings offer, and what the model can do,
+    # whether replies are checked and which organizations are scheduled for deletion (each
+    # read once, then kept in memory).
+    with django_assert_max_num_queries(25):
         response = client.get(url("conversation_detail", conversation))
 
     body = response.content.decode()
