@@ -391,6 +391,9 @@ class BudgetAlert(models.Model):
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     period_start = models.DateTimeField()
     threshold = models.PositiveIntegerField()
+    # The languages its e-mail went out in (one e-mail per language the managers read): a task
+    # delivered again after a worker died sends none of them twice.
+    sent_languages = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

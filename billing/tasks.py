@@ -4,7 +4,8 @@ The e-mails and the statements are late-acknowledged (``acks_late``, ``reject_on
 a worker killed mid-task leaves its message to be delivered again, to itself once restarted or
 to another worker (on Redis, once the broker's visibility timeout has passed: see
 CELERY_BROKER_TRANSPORT_OPTIONS). So each may run twice, and each is safe to: a statement is
-written once per organization and month, and an e-mail already sent is marked as such.
+written once per organization and month, and an e-mail already sent is marked as such (on its
+alert's row; in the cache for an alert whose row is gone).
 """
 
 from datetime import datetime
@@ -12,6 +13,7 @@ from datetime import datetime
 from celery import shared_task
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.utils import timezone, translation
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext, gettext_noop
@@ -37,6 +39,24 @@ def _send_once(mark: str, *, subject: str, body: str, to: list[str]) -> None:
     cache.set(mark, 1, SENT_MARK_SECONDS)
 
 
+def _alert_sent_once(
+    alert_id: int, language: str, *, subject: str, body: str, to: list[str]
+) -> None:
+    """As ``_send_once``, marked on the alert's row (in the database: a mark that outlives the
+    worker and the cache)."""
+    if language in (
+        BudgetAlert.objects.filter(pk=alert_id).values_list("sent_languages", flat=True).first()
+        or []
+    ):
+        return
+    send_email(subject=subject, body=body, to=to)
+    with transaction.atomic():
+        alert = BudgetAlert.objects.select_for_update().filter(pk=alert_id).first()
+        if alert is not None and language not in alert.sent_languages:
+            alert.sent_languages = [*alert.sent_languages, language]
+            alert.save(update_fields=["sent_languages"])
+
+
 @shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def send_budget_alert(budget_id: int, threshold: int) -> None:
     """E-mail the organization's owners and admins that a budget crossed a threshold: once per
@@ -50,12 +70,15 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
         return
     # The period of the crossing: its alert row (the latest, made just before this was queued),
     # else the current one.
-    period_start = (
+    alert = (
         BudgetAlert.objects.filter(budget=budget, threshold=threshold)
         .order_by("-period_start")
-        .values_list("period_start", flat=True)
+        .values_list("pk", "period_start")
         .first()
-    ) or services.period_bounds(budget.period, timezone.now())[0]
+    )
+    period_start = (
+        alert[1] if alert is not None else services.period_bounds(budget.period, timezone.now())[0]
+    )
     # One e-mail per language the owners and admins read (their choice, else the default).
     by_language: dict[str, list[str]] = {}
     for email, language in managers_of(budget.organization).values_list("email", "language"):
@@ -63,6 +86,9 @@ def send_budget_alert(budget_id: int, threshold: int) -> None:
     for language, recipients in sorted(by_language.items()):
         with translation.override(language):
             subject, body = _budget_alert(budget, threshold)
+        if alert is not None:
+            _alert_sent_once(alert[0], language, subject=subject, body=body, to=sorted(recipients))
+            continue
         mark = f"billing:alert-sent:{budget.pk}:{threshold}:{period_start.isoformat()}:{language}"
         _send_once(mark, subject=subject, body=body, to=sorted(recipients))
 
