@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import cache
@@ -593,6 +593,20 @@ def quota_reserve(
     )
 
 
+def _ledger_row(context: CallContext, **fields: Any) -> UsageRecord:
+    """A call's ledger row (not saved): who and where from its context, the rest as given."""
+    return UsageRecord(
+        organization_id=context.organization_id,
+        project_id=context.project_id,
+        user_id=context.user_id,
+        api_key_id=context.api_key_id,
+        connection_id=context.connection_id,
+        source=context.source,
+        model=context.model,
+        **fields,
+    )
+
+
 @transaction.atomic
 def quota_settle(
     *,
@@ -627,17 +641,11 @@ def quota_settle(
     over_hold = reservation.cap > 0 and (
         completion_tokens > reservation.held_reply or cost > reservation.amount
     )
-    record = UsageRecord(
+    record = _ledger_row(
+        context,
         request_id=reservation.request_id,
-        organization_id=context.organization_id,
-        project_id=context.project_id,
-        user_id=context.user_id,
-        api_key_id=context.api_key_id,
         conversation_id=None if conversation_deleted else context.conversation_id,
         message_id=message_id,
-        connection_id=context.connection_id,
-        source=context.source,
-        model=context.model,
         prompt_tokens=prompt_tokens,
         cached_tokens=cached_tokens,
         completion_tokens=completion_tokens,
@@ -906,16 +914,10 @@ def quota_settle_held(
         completion_tokens=completion_tokens,
         batch=context.batch,
     )
-    record = UsageRecord(
+    record = _ledger_row(
+        context,
         request_id=request_id,
-        organization_id=context.organization_id,
-        project_id=context.project_id,
-        user_id=context.user_id,
-        api_key_id=context.api_key_id,
         conversation_id=context.conversation_id,
-        connection_id=context.connection_id,
-        source=context.source,
-        model=context.model,
         prompt_tokens=prompt_tokens,
         cached_tokens=cached_tokens,
         completion_tokens=completion_tokens,
