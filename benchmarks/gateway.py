@@ -473,6 +473,11 @@ def start_ours(tmp: Path, profile: Profile, upstream_base_url: str, counts: dict
     setup_log = tmp / f"setup-{profile.name}.log"
     manage = [str(PYTHON), "manage.py"]
     run_checked([*manage, "migrate", "--noinput"], profile.env, setup_log, "migrate")
+    if profile.env.get("DJANGO_SETTINGS_MODULE") == "config.settings.production":
+        # A production web process starts only with collectstatic's manifest (config/startup.py).
+        run_checked(
+            [*manage, "collectstatic", "--noinput"], profile.env, setup_log, "collectstatic"
+        )
     spec = {
         "email": BENCH_EMAIL,
         "password": BENCH_PASSWORD,
