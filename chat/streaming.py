@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -30,6 +31,7 @@ from core.db import db_async
 from core.detached import run_detached
 from core.errors import ServiceError, retryable
 from core.logging import bind_request_id, current_request_id
+from core.money import decimal_text
 from providers.llm.base import ProviderError, TextDelta, ToolCallDelta, Waiting
 from providers.pool import leased_provider
 
@@ -61,13 +63,22 @@ def event(payload: dict[str, Any]) -> dict[str, Any]:
     return {"type": "chat.event", "payload": payload}
 
 
-def announce_title(*, project_id: int, conversation_id: int, title: str) -> None:
-    """Tell the conversation's open tabs its new title (from a worker: sync). It reaches them
-    through the channel layer: on Redis (production) from any process; on the embedded
-    profile's in-memory layer only within the process that serves the sockets."""
+def announce_title(
+    *, project_id: int, conversation_id: int, title: str, conversation_cost: Decimal | None = None
+) -> None:
+    """Tell the conversation's open tabs its new title (from a worker: sync), and what the
+    conversation has cost with the title's call. It reaches them through the channel layer: on
+    Redis (production) from any process; on the embedded profile's in-memory layer only within
+    the process that serves the sockets."""
+    payload = {
+        "type": "title",
+        "conversation_id": conversation_id,
+        "title": title,
+        "conversation_cost": decimal_text(conversation_cost),
+    }
     async_to_sync(get_channel_layer().group_send)(
         conversation_group(project_id=project_id, conversation_id=conversation_id),
-        event({"type": "title", "conversation_id": conversation_id, "title": title}),
+        event(payload),
     )
 
 

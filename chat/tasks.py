@@ -13,7 +13,7 @@ from providers.llm.base import ChatRequest, ProviderError
 from providers.models import ProviderConnection
 from providers.specs import spec_for
 
-from . import services, summaries
+from . import selectors, services, summaries
 from .models import Conversation, Message
 from .streaming import announce_title
 
@@ -52,7 +52,10 @@ def title_conversation(conversation_id: int) -> None:
     title = title or services.fallback_title(first.content)
     if services.conversation_set_title(conversation_id=conversation_id, title=title):
         announce_title(
-            project_id=conversation.project_id, conversation_id=conversation_id, title=title
+            project_id=conversation.project_id,
+            conversation_id=conversation_id,
+            title=title,
+            conversation_cost=selectors.conversation_cost(conversation),
         )
 
 

@@ -185,6 +185,8 @@
     document.title = document.title.replace(old, event.title);
     const link = document.querySelector(".conv-list a[aria-current='page']");
     if (link) link.textContent = event.title;
+    // The title was a metered call of its own: the conversation's total includes it now.
+    showConversationCost(event.conversation_cost);
   }
 
   function applyEvent(event) {
@@ -418,12 +420,15 @@
     errorBox.querySelector(".msg-error-text").textContent = message.error_message || "";
     errorBox.hidden = !message.error_message;
     if (message.model) node.querySelector(".msg-usage").textContent = usageText(message);
+    showConversationCost(message.conversation_cost);
+  }
+
+  function showConversationCost(amount) {
     const total = document.getElementById("chat-cost");
-    if (total && message.conversation_cost != null) {
-      total.textContent = formatUsd(message.conversation_cost);
-      const roomTotal = document.getElementById("room-total"); // the room's People panel
-      if (roomTotal) roomTotal.textContent = formatUsd(message.conversation_cost);
-    }
+    if (!total || amount == null) return;
+    total.textContent = formatUsd(amount);
+    const roomTotal = document.getElementById("room-total"); // the room's People panel
+    if (roomTotal) roomTotal.textContent = formatUsd(amount);
   }
 
   // --- tool calls ----------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 import asyncio
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 from channels.db import database_sync_to_async
 
+from billing.models import UsageRecord
 from chat.actors import Actor
 from chat.models import Conversation, Message
+from core.money import decimal_text
 from tests.conftest import wait_for_background
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -312,7 +315,7 @@ async def test_a_long_history_is_trimmed_and_the_reply_says_how_much(
 
 
 async def test_the_first_exchange_names_the_conversation(
-    open_socket, make_conversation, alice, project_a
+    open_socket, make_conversation, alice, project_a, fake_price
 ):
     conversation = await create(make_conversation, alice, project_a)
     _, socket = await open_socket(alice, conversation.pk)
@@ -323,10 +326,16 @@ async def test_the_first_exchange_names_the_conversation(
 
     await database_sync_to_async(conversation.refresh_from_db)()
     assert conversation.title == "Echo: Plan a trip to Jeju"
+    # The title's call is billed to the conversation too: its total, with it, comes along.
+    rows = [row async for row in UsageRecord.objects.filter(conversation=conversation)]
+    assert len(rows) == 2  # the reply and the title
+    total = sum((row.cost for row in rows), Decimal(0))
+    assert total > 0
     assert events[-1] == {
         "type": "title",
         "conversation_id": conversation.pk,
         "title": "Echo: Plan a trip to Jeju",
+        "conversation_cost": decimal_text(total),
     }
 
 
