@@ -5,11 +5,13 @@ ever allows: its actor stops being named once they deleted their account)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from django.db import models
 from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Cast
 from django.http import HttpRequest
 
 from accounts.models import ApiKey, Membership, Organization, Project, User
@@ -104,18 +106,50 @@ def record_received(sender: object, signal: object, **event: Any) -> AuditEvent:
     return audit_record(**event)
 
 
-def audit_forget_actor(*, user_id: int) -> int:
+def audit_forget_actor(*, user_id: int, email: str = "") -> int:
     """A person deleted their account: the events they made keep what was done, but no longer
     say who (shown as "deleted user"), and events about them (a role change, a removal) no
-    longer name them. Returns how many events changed. The one change the trail allows."""
+    longer name them; with ``email``, their address is also taken out of every event's target
+    and before/after values (an invitation sent to it, a member budget's person). Returns how
+    many events changed. The one change the trail allows."""
     target = Q(target_type=User._meta.label_lower, target_id=str(user_id)) & ~Q(
         target_label=DELETED_USER
     )
     # The base manager: the trail's own queryset refuses every update.
-    return AuditEvent._base_manager.filter(Q(actor_id=user_id) | target).update(
+    changed: int = AuditEvent._base_manager.filter(Q(actor_id=user_id) | target).update(
         actor=Case(When(actor_id=user_id, then=Value(None)), default=F("actor")),
         actor_label=Case(
             When(actor_id=user_id, then=Value(DELETED_USER)), default=F("actor_label")
         ),
         target_label=Case(When(target, then=Value(DELETED_USER)), default=F("target_label")),
     )
+    if email:
+        changed += _forget_address(email)
+    return changed
+
+
+def _forget_address(email: str) -> int:
+    """Every event whose target or values still carry ``email``, with it replaced."""
+    address = re.compile(re.escape(email), re.IGNORECASE)
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            return address.sub(DELETED_USER, value)
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {key: scrub(item) for key, item in value.items()}
+        return value
+
+    naming = (
+        AuditEvent._base_manager.annotate(values_text=Cast("changes", models.TextField()))
+        .filter(Q(values_text__icontains=email) | Q(target_label__icontains=email))
+        .only("pk", "changes", "target_label")
+    )
+    changed = 0
+    for event in naming:
+        AuditEvent._base_manager.filter(pk=event.pk).update(
+            changes=scrub(event.changes), target_label=scrub(event.target_label)
+        )
+        changed += 1
+    return changed

@@ -493,7 +493,7 @@ def account_delete(*, user: User, password: str, code: str = "") -> None:
         _conversations_delete(Conversation.objects.filter(owner=user))
         Invitation.objects.filter(email__iexact=user.email, accepted_at__isnull=False).delete()
         _sessions_forget(user.pk)
-        audit_forget_actor(user_id=user.pk)
+        audit_forget_actor(user_id=user.pk, email=user.email)
         user_id = user.pk
         user.delete()
     logger.info("deleted account %s", user_id)

@@ -7,7 +7,7 @@ from django.db import transaction
 from django.test import RequestFactory
 
 from accounts.models import Organization, Project
-from accounts.signals import SECRET, changed, diff, record_change
+from accounts.signals import SECRET, Target, changed, diff, record_change
 from audit.models import DELETED_USER, SYSTEM, AuditEvent
 from audit.services import audit_forget_actor, audit_record, record_received
 from tests.audit.conftest import events, only
@@ -162,6 +162,27 @@ def test_forgetting_a_person_keeps_what_they_did_but_not_who(org_a, alice, bob):
     assert about_bob.target_label == DELETED_USER
     assert (by_alice.actor, by_alice.actor_label) == (alice, "alice@example.com")
     assert audit_forget_actor(user_id=bob.pk) == 0  # nothing left naming bob
+
+
+def test_forgetting_a_person_takes_their_address_out_of_every_event(org_a, alice, bob):
+    invited = audit_record(
+        action="member.invited",
+        organization=org_a,
+        actor=alice,
+        target=Target("accounts.invitation", "7", "Bob@Example.com"),
+        changes={"email": [None, "bob@example.com"], "role": [None, "member"]},
+    )
+    budget = record(org_a, actor=alice, changes={"user": [None, "bob@example.com"]})
+    other = record(org_a, actor=alice, changes={"user": [None, "carol@example.com"]})
+
+    assert audit_forget_actor(user_id=bob.pk, email=bob.email) == 2
+
+    invited, budget, other = (AuditEvent.objects.get(pk=e.pk) for e in (invited, budget, other))
+    assert invited.target_label == DELETED_USER
+    assert invited.changes == {"email": [None, DELETED_USER], "role": [None, "member"]}
+    assert budget.changes == {"user": [None, DELETED_USER]}
+    assert other.changes == {"user": [None, "carol@example.com"]}
+    assert audit_forget_actor(user_id=bob.pk, email=bob.email) == 0
 
 
 def test_a_deleted_account_is_unlinked_even_before_it_is_forgotten(org_a):
