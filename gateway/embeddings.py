@@ -32,16 +32,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import tiktoken
 
-from accounts.models import ApiKey, Project
+from accounts.models import ApiKey
 from billing import metering
 from billing.metering import MeteredCall, Outcome
 from billing.models import UsageRecord
 from billing.services import CallContext
 from core.errors import ServiceError, invalid_request
 from providers.llm.base import Embeddings, ErrorCode, ProviderError
-from providers.specs import ProviderSpec, build_provider, spec_for
+from providers.specs import build_provider
 
 from .params import json_object
+from .services import resolve_model
 
 if TYPE_CHECKING:
     from .batches import LineRun
@@ -165,19 +166,6 @@ class EmbeddingsCall:
     metered: MeteredCall
 
 
-def _resolve(project: Project, model: str) -> ProviderSpec:
-    try:
-        return spec_for(project=project, model=model)
-    except ServiceError as exc:
-        if exc.code == "model_not_found":
-            raise ServiceError(
-                f"The model '{model}' does not exist or this project may not use it.",
-                code="model_not_found",
-                param="model",
-            ) from None
-        raise
-
-
 def embeddings_prepare(
     *, key: ApiKey, body: bytes | dict[str, Any], batch: bool = False
 ) -> EmbeddingsCall:
@@ -187,7 +175,7 @@ def embeddings_prepare(
     ledger row."""
     parsed = parse_embeddings_body(body=body)
     project = key.project
-    spec = _resolve(project, parsed.model)
+    spec = resolve_model(project, parsed.model)
     context = CallContext(
         organization_id=project.organization_id,
         project_id=project.pk,

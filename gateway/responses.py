@@ -88,12 +88,12 @@ from providers.llm.images import content_image_tokens
 from providers.llm.tokens import REPLY_PRIMING_TOKENS, count_message_tokens
 from providers.models import ProviderConnection
 from providers.pool import leased_provider
-from providers.specs import ProviderSpec, build_provider, spec_for, unsupported_param
+from providers.specs import ProviderSpec, build_provider, unsupported_param
 
 from . import moderation
 from .models import StoredResponse, response_id
 from .params import ParsedChat, json_object, parse_chat_body
-from .services import gateway_authenticate
+from .services import gateway_authenticate, resolve_model
 
 if TYPE_CHECKING:
     from .batches import LineRun
@@ -662,19 +662,6 @@ def _previous_not_found(response: str) -> ApiError:
     )
 
 
-def _resolve(project: Project, model: str) -> ProviderSpec:
-    try:
-        return spec_for(project=project, model=model)
-    except ServiceError as exc:
-        if exc.code == "model_not_found":
-            raise ServiceError(
-                f"The model '{model}' does not exist or this project may not use it.",
-                code="model_not_found",
-                param="model",
-            ) from None
-        raise
-
-
 def speaks_responses(spec: ProviderSpec) -> bool:
     """Whether the spec's connection speaks the Responses API itself (kept in memory with the
     other connection settings; ``core.config_cache`` forgets it when the connection changes)."""
@@ -928,7 +915,7 @@ def response_prepare(*, key: ApiKey, body: bytes | dict[str, Any], batch: bool =
         )
         if previous is None:
             raise _previous_not_found(parsed.previous_response_id)
-    spec = _resolve(project, parsed.model)
+    spec = resolve_model(project, parsed.model)
 
     head = [{"role": "system", "content": parsed.instructions}] if parsed.instructions else []
     current = chat_messages(parsed.items)

@@ -122,7 +122,9 @@ class GatewayCall:
         return self.metered.request.model
 
 
-def _resolve(project: Project, model: str) -> ProviderSpec:
+def resolve_model(project: Project, model: str) -> ProviderSpec:
+    """The connection serving ``model`` for the project, or a 404 naming ``model`` as OpenAI
+    words it."""
     try:
         return spec_for(project=project, model=model)
     except ServiceError as exc:
@@ -194,7 +196,7 @@ def _check_fits(parsed: ParsedChat, spec: ProviderSpec) -> None:
 def chat_check(*, project: Project, parsed: ParsedChat) -> ProviderSpec:
     """The checks a chat call passes before anything is held: the model is the project's, it
     sees images if the call sends some, and the prompt fits its window. Its connection."""
-    spec = _resolve(project, parsed.request.model)
+    spec = resolve_model(project, parsed.request.model)
     _check_vision(parsed, project)
     _check_fits(parsed, spec)
     return spec
